@@ -1,0 +1,375 @@
+//! One worker's connection: the handshake, then a reader and a writer running side by side.
+//!
+//! - **Handshake**: the first frame must be a [`Hello`] within the handshake timeout. A wrong
+//!   version (in the hello or the offered subprotocol), a wrong token, a disallowed origin or
+//!   a full house is answered with a [`Refusal`] frame and a close frame carrying the reason.
+//! - **Writer**: drains the scheduler's [`Outgoing`] queue, feeding many frames per flush,
+//!   and sends heartbeat pings; a worker silent for two heartbeat intervals is dead.
+//! - **Reader**: passes results to the scheduler. A malformed or unexpected frame closes this
+//!   connection with a reason and a log line; other workers never notice.
+//!
+//! When the connection ends for any reason the scheduler hears [`Event::Leave`] and puts the
+//! worker's unanswered jobs back in the queue.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use bytes::Bytes;
+use distchan_protocol::{
+    session::{close_frame_for, truncate_reason},
+    wire::{
+        self, Hello, Refusal, RefusalCode, ToCoordinator, ToWorker, Welcome, CLOSE_GOING_AWAY,
+        CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, PROTOCOL_VERSION,
+    },
+    Error,
+};
+use futures_util::{
+    stream::{SplitSink, SplitStream},
+    SinkExt, StreamExt,
+};
+use subtle::ConstantTimeEq;
+use tokio::{
+    sync::{mpsc, oneshot},
+    time::{timeout, Instant},
+};
+
+use crate::{
+    scheduler::{Event, Outgoing, WorkerId},
+    Shared,
+};
+
+/// What the HTTP upgrade request told us about the peer.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerInfo {
+    pub addr: SocketAddr,
+    pub origin: Option<String>,
+    /// Protocol versions offered as `distchan.vN` subprotocols.
+    pub offered_versions: Vec<u32>,
+}
+
+/// Most frames written per flush.
+const BATCH: usize = 256;
+
+/// Serves one upgraded WebSocket until it ends.
+pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo) {
+    let (mut sink, mut stream) = socket.split();
+    let hello = match handshake(&mut stream, &shared, &peer).await {
+        Ok(hello) => hello,
+        Err(refusal) => {
+            tracing::warn!(peer = %peer.addr, %refusal, "worker refused");
+            refuse(&mut sink, refusal).await;
+            return;
+        }
+    };
+    let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
+        let refusal = Refusal::new(
+            RefusalCode::TooManyWorkers,
+            format!(
+                "this coordinator accepts at most {} workers",
+                shared.config.max_workers
+            ),
+        );
+        tracing::warn!(peer = %peer.addr, %refusal, "worker refused");
+        refuse(&mut sink, refusal).await;
+        return;
+    };
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let join = Event::Join {
+        agent: hello.agent.clone(),
+        kind: hello.kind,
+        addr: peer.addr,
+        capacity: hello.capacity,
+        tx,
+        reply: reply_tx,
+    };
+    let worker = match shared.events.send(join) {
+        Ok(()) => reply_rx.await.ok().flatten(),
+        Err(_) => None,
+    };
+    let Some(worker) = worker else {
+        refuse(
+            &mut sink,
+            Refusal::new(
+                RefusalCode::ShuttingDown,
+                "the coordinator is shutting down",
+            ),
+        )
+        .await;
+        return;
+    };
+    tracing::info!(worker, peer = %peer.addr, agent = %hello.agent, capacity = hello.capacity, "worker joined");
+
+    let welcome = ToWorker::Welcome(Welcome {
+        worker_id: worker,
+        task: shared.config.task.clone(),
+        heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
+        max_frame: shared.config.max_frame as u64,
+    });
+    let (code, reason) = match wire::encode_to_worker(&welcome) {
+        Ok(frame) => match sink.send(Message::Binary(frame)).await {
+            Ok(()) => run(worker, &mut sink, &mut stream, rx, &shared).await,
+            Err(e) => (CLOSE_GOING_AWAY, format!("could not send the welcome: {e}")),
+        },
+        Err(e) => (
+            CLOSE_GOING_AWAY,
+            format!("could not encode the welcome: {e}"),
+        ),
+    };
+    if code == wire::CLOSE_NORMAL {
+        tracing::info!(worker, %reason, "worker left");
+    } else {
+        tracing::warn!(worker, code, %reason, "worker disconnected");
+    }
+    close(&mut sink, code, &reason).await;
+    let _ = shared.events.send(Event::Leave { worker, reason });
+}
+
+async fn handshake(
+    stream: &mut SplitStream<WebSocket>,
+    shared: &Shared,
+    peer: &PeerInfo,
+) -> Result<Hello, Refusal> {
+    let config = &shared.config;
+    let first = loop {
+        match timeout(config.handshake_timeout, stream.next()).await {
+            Err(_) => {
+                return Err(Refusal::new(
+                    RefusalCode::HandshakeTimeout,
+                    format!("no hello within {:?}", config.handshake_timeout),
+                ))
+            }
+            Ok(None) => {
+                return Err(Refusal::new(
+                    RefusalCode::Malformed,
+                    "closed before the hello",
+                ))
+            }
+            Ok(Some(Err(e))) => return Err(Refusal::new(RefusalCode::Malformed, read_error(&e).1)),
+            Ok(Some(Ok(Message::Binary(b)))) => break b,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(_))) => {
+                return Err(Refusal::new(
+                    RefusalCode::Malformed,
+                    "expected a binary MessagePack hello",
+                ))
+            }
+        }
+    };
+    let ours = wire::subprotocol(PROTOCOL_VERSION);
+    let version_mismatch = |theirs: u32| {
+        Refusal::new(
+            RefusalCode::VersionMismatch,
+            format!(
+                "protocol version mismatch: the coordinator speaks {ours}, the worker {}",
+                wire::subprotocol(theirs)
+            ),
+        )
+    };
+    if !peer.offered_versions.is_empty() && !peer.offered_versions.contains(&PROTOCOL_VERSION) {
+        return Err(version_mismatch(peer.offered_versions[0]));
+    }
+    let hello = match wire::decode_to_coordinator(&first) {
+        Ok(ToCoordinator::Hello(hello)) => hello,
+        Ok(_) => {
+            return Err(Refusal::new(
+                RefusalCode::Malformed,
+                "the first message must be a hello",
+            ))
+        }
+        Err(e) => {
+            return Err(match wire::peek_hello_version(&first) {
+                Some(v) if v != PROTOCOL_VERSION => version_mismatch(v),
+                _ => Refusal::new(RefusalCode::Malformed, format!("unreadable hello: {e}")),
+            })
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        return Err(version_mismatch(hello.version));
+    }
+    if !config.allowed_origins.is_empty() {
+        if let Some(origin) = &peer.origin {
+            if !config.allowed_origins.iter().any(|o| o == origin) {
+                return Err(Refusal::new(
+                    RefusalCode::OriginNotAllowed,
+                    format!("pages from {origin} may not volunteer here"),
+                ));
+            }
+        }
+    }
+    if let Some(expected) = &config.token {
+        let given = hello.token.as_deref().unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            let what = if hello.token.is_none() {
+                "an access token is required"
+            } else {
+                "wrong access token"
+            };
+            return Err(Refusal::new(RefusalCode::BadToken, what));
+        }
+    }
+    if hello.capacity == 0 {
+        return Err(Refusal::new(
+            RefusalCode::Malformed,
+            "capacity must be at least 1",
+        ));
+    }
+    Ok(hello)
+}
+
+/// Runs the reader and the writer until one of them ends the connection.
+async fn run(
+    worker: WorkerId,
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut SplitStream<WebSocket>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    shared: &Shared,
+) -> (u16, String) {
+    let start = Instant::now();
+    let last_seen = AtomicU64::new(0);
+    let seen = || last_seen.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let heartbeat = shared.config.heartbeat;
+
+    let reader = async {
+        while let Some(msg) = stream.next().await {
+            seen();
+            let frame = match msg {
+                Ok(Message::Binary(frame)) => frame,
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Close(_)) => {
+                    return (wire::CLOSE_NORMAL, "closed by the worker".to_owned())
+                }
+                Ok(Message::Text(_)) => {
+                    return (
+                        CLOSE_PROTOCOL_ERROR,
+                        "text frames are not part of the protocol".to_owned(),
+                    )
+                }
+                Err(e) => return read_error(&e),
+            };
+            let event = match wire::decode_to_coordinator(&frame) {
+                Ok(ToCoordinator::Result(r)) => Event::Result {
+                    worker,
+                    id: r.id,
+                    outcome: r.outcome,
+                },
+                Ok(ToCoordinator::Emit { payload }) => Event::Emit { payload },
+                Ok(ToCoordinator::Drain) => {
+                    tracing::info!(worker, "worker is draining");
+                    Event::Drain { worker }
+                }
+                Ok(ToCoordinator::Hello(_)) => {
+                    return close_frame_for(&Error::Unexpected("a second hello".into()))
+                }
+                Err(e) => return close_frame_for(&e),
+            };
+            if shared.events.send(event).is_err() {
+                return (
+                    CLOSE_GOING_AWAY,
+                    "the coordinator is shutting down".to_owned(),
+                );
+            }
+        }
+        (CLOSE_GOING_AWAY, "connection lost".to_owned())
+    };
+
+    let writer = async {
+        let mut batch = Vec::with_capacity(BATCH);
+        let enabled = !heartbeat.is_zero();
+        let period = if enabled {
+            heartbeat
+        } else {
+            Duration::from_secs(3600)
+        };
+        let mut ping = tokio::time::interval_at(start + period, period);
+        let deadline = tokio::time::sleep_until(start + 2 * period);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return (CLOSE_GOING_AWAY, "the coordinator is shutting down".to_owned());
+                    }
+                    for out in batch.drain(..) {
+                        let msg = match out {
+                            Outgoing::Job(job) => ToWorker::Job(job),
+                            Outgoing::EndOfWork => ToWorker::EndOfWork,
+                            Outgoing::Close { code, reason } => return (code, reason),
+                        };
+                        let frame = match wire::encode_to_worker(&msg) {
+                            Ok(frame) => frame,
+                            Err(e) => return (CLOSE_POLICY, e.to_string()),
+                        };
+                        if let Err(e) = sink.feed(Message::Binary(frame)).await {
+                            return (CLOSE_GOING_AWAY, format!("write failed: {e}"));
+                        }
+                    }
+                    if let Err(e) = sink.flush().await {
+                        return (CLOSE_GOING_AWAY, format!("write failed: {e}"));
+                    }
+                }
+                _ = ping.tick(), if enabled => {
+                    if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
+                        return (CLOSE_GOING_AWAY, format!("write failed: {e}"));
+                    }
+                }
+                _ = &mut deadline, if enabled => {
+                    let seen_at = start + Duration::from_millis(last_seen.load(Ordering::Relaxed));
+                    if Instant::now() >= seen_at + 2 * period {
+                        return (CLOSE_GOING_AWAY, format!("no sign of life for {:?} (two heartbeats)", 2 * period));
+                    }
+                    deadline.as_mut().reset(seen_at + 2 * period);
+                }
+            }
+        }
+    };
+
+    tokio::select! {
+        r = reader => r,
+        w = writer => w,
+    }
+}
+
+/// Sends a refusal frame, then a close frame with the same reason.
+async fn refuse(sink: &mut SplitSink<WebSocket, Message>, refusal: Refusal) {
+    let code = close_frame_for(&Error::Refused(refusal.clone())).0;
+    let reason = refusal.to_string();
+    if let Ok(frame) = wire::encode_to_worker(&ToWorker::Refused(refusal)) {
+        let _ = timeout(Duration::from_secs(2), sink.send(Message::Binary(frame))).await;
+    }
+    close(sink, code, &reason).await;
+}
+
+async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: truncate_reason(reason).into(),
+    };
+    let _ = timeout(
+        Duration::from_secs(2),
+        sink.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+/// Close code and reason for a read error; oversized frames get their own code.
+fn read_error(e: &axum::Error) -> (u16, String) {
+    let text = e.to_string();
+    let too_big = std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_)))
+        || text.contains("Space limit exceeded");
+    if too_big {
+        (CLOSE_TOO_BIG, format!("frame too large: {text}"))
+    } else {
+        (CLOSE_GOING_AWAY, format!("read failed: {text}"))
+    }
+}

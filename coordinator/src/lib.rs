@@ -1,0 +1,353 @@
+//! The distchan coordinator: typed job and result channels whose work is done by workers
+//! connected over WebSocket, native processes and browser tabs alike.
+//!
+//! # Layout
+//!
+//! The data path walks forward through one module per step:
+//!
+//! - [`job`]: [`JobSender`] encodes a typed job and queues it (bounded, with backpressure).
+//! - `queue` (private): the bounded channel and the line of jobs waiting for a worker.
+//! - [`scheduler`]: credit-based round-robin dispatch, in-flight tracking, re-dispatch of
+//!   lost jobs, leases, exactly-once delivery, end-of-work.
+//! - `connection` (private): one worker's handshake, reader, writer and heartbeats.
+//! - [`result`]: [`ResultReceiver`] decodes outcomes (optionally in send order).
+//!
+//! Around it: [`config`] (every setting, with defaults), `server` (HTTP, WebSocket upgrade,
+//! static files), [`stats`] (counters) and [`demo`] (the binary's demo workloads).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use distchan_coordinator::Coordinator;
+//!
+//! # async fn demo() -> Result<(), distchan_coordinator::Error> {
+//! let (coordinator, jobs, mut results) =
+//!     Coordinator::builder().bind::<String, String>("127.0.0.1:5678").await?;
+//! println!("workers connect to {}", coordinator.ws_url());
+//! tokio::spawn(async move {
+//!     for word in ["why", "hello", "there", "world"] {
+//!         jobs.send(word.to_string()).await?;
+//!     }
+//!     Ok::<_, distchan_coordinator::Error>(()) // dropping `jobs` means "no more work"
+//! });
+//! while let Some(outcome) = results.recv().await {
+//!     println!("{}: {:?}", outcome.id, outcome.result);
+//! }
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod config;
+mod connection;
+pub mod demo;
+pub mod job;
+mod queue;
+pub mod result;
+pub mod scheduler;
+mod server;
+pub mod stats;
+
+use std::{net::SocketAddr, sync::Arc};
+
+pub use config::Config;
+pub use distchan_protocol::{transform, Error, JobId};
+pub use job::{JobSender, TrySendError};
+pub use result::{JobOutcome, ResultReceiver};
+pub use scheduler::ShutdownReport;
+pub use stats::Stats;
+
+use distchan_protocol::transform::{Transform, TransformChain};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::{
+    net::{TcpListener, ToSocketAddrs},
+    sync::{mpsc, watch, Semaphore},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    scheduler::{Event, Scheduler, SchedulerHandles},
+    stats::Counters,
+};
+
+/// State shared by the HTTP server and every connection.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub slots: Arc<Semaphore>,
+}
+
+/// Configures a coordinator before it starts: settings and transforms.
+///
+/// Nothing flows until one of the `bind`/`listen` methods starts it, so every transform is
+/// in place before the first job is encoded.
+#[derive(Debug, Default)]
+pub struct Builder {
+    config: Config,
+    chain: TransformChain,
+}
+
+impl Builder {
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes the configuration in place.
+    pub fn configure(mut self, f: impl FnOnce(&mut Config)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Adds a payload transform; transforms apply in the order they are added.
+    pub fn transform(mut self, transform: impl Transform) -> Self {
+        self.chain.push(transform);
+        self
+    }
+
+    /// Binds `addr` and starts, returning the coordinator and its typed channels.
+    pub async fn bind<J, R>(
+        self,
+        addr: impl ToSocketAddrs,
+    ) -> Result<(Coordinator, JobSender<J>, ResultReceiver<R>), Error>
+    where
+        J: Serialize,
+        R: DeserializeOwned,
+    {
+        let listener = TcpListener::bind(addr).await?;
+        self.listen(listener)
+    }
+
+    /// Starts on an already bound listener, returning the coordinator and its typed channels.
+    pub fn listen<J, R>(
+        self,
+        listener: TcpListener,
+    ) -> Result<(Coordinator, JobSender<J>, ResultReceiver<R>), Error>
+    where
+        J: Serialize,
+        R: DeserializeOwned,
+    {
+        let (job_tx, job_rx) = mpsc::channel(self.config.queue_capacity.max(1));
+        let (result_tx, result_rx) = mpsc::channel(self.config.result_capacity.max(1));
+        let jobs = JobSender::new(job_tx, self.chain.clone());
+        let results = ResultReceiver::new(result_rx, self.chain.clone(), self.config.ordered);
+        let coordinator = self.start(listener, Some(job_rx), Some(result_tx))?;
+        Ok((coordinator, jobs, results))
+    }
+
+    /// Starts on `listener` with channels made by the caller, like Go's
+    /// `NewServer(ln, out, in)`: either side may be absent.
+    ///
+    /// Without a job side, workers can still send values on their own (results-only use);
+    /// without a result side, outcomes are counted and dropped (jobs-only use).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), distchan_coordinator::Error> {
+    /// use distchan_coordinator::{Coordinator, JobOutcome};
+    /// use tokio::sync::mpsc;
+    ///
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let (out, jobs) = mpsc::channel::<String>(16);
+    /// let (results, mut into) = mpsc::channel::<JobOutcome<String>>(16);
+    /// let _coordinator = Coordinator::builder().listen_with(listener, Some(jobs), Some(results))?;
+    /// out.send("hello world".into()).await.unwrap();
+    /// drop(out);
+    /// while let Some(outcome) = into.recv().await {
+    ///     println!("{:?}", outcome.result);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn listen_with<J, R>(
+        self,
+        listener: TcpListener,
+        jobs: Option<mpsc::Receiver<J>>,
+        results: Option<mpsc::Sender<JobOutcome<R>>>,
+    ) -> Result<Coordinator, Error>
+    where
+        J: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
+        let chain = self.chain.clone();
+        let ordered = self.config.ordered;
+        let (job_rx, job_sender) = match jobs {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(self.config.queue_capacity.max(1));
+                (Some(rx), Some(JobSender::<J>::new(tx, chain.clone())))
+            }
+            None => (None, None),
+        };
+        let (result_tx, result_rx) = match results {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(self.config.result_capacity.max(1));
+                (Some(tx), Some(ResultReceiver::<R>::new(rx, chain, ordered)))
+            }
+            None => (None, None),
+        };
+        let coordinator = self.start(listener, job_rx, result_tx)?;
+        if let (Some(mut user_jobs), Some(sender)) = (jobs, job_sender) {
+            tokio::spawn(async move {
+                while let Some(job) = user_jobs.recv().await {
+                    match sender.send(job).await {
+                        Ok(_) => {}
+                        Err(Error::Closed) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "a job could not be encoded and was not sent")
+                        }
+                    }
+                }
+            });
+        }
+        if let (Some(user_results), Some(mut receiver)) = (results, result_rx) {
+            tokio::spawn(async move {
+                while let Some(outcome) = receiver.recv().await {
+                    if user_results.send(outcome).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Ok(coordinator)
+    }
+
+    fn start(
+        self,
+        listener: TcpListener,
+        jobs: Option<mpsc::Receiver<queue::QueuedJob>>,
+        results: Option<mpsc::Sender<result::RawOutcome>>,
+    ) -> Result<Coordinator, Error> {
+        let local_addr = listener.local_addr()?;
+        if !self.config.ws_path.starts_with('/') {
+            return Err(Error::Config(format!(
+                "ws_path must start with '/', got {:?}",
+                self.config.ws_path
+            )));
+        }
+        let cancel = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        let (workers_tx, workers_rx) = watch::channel(0);
+        let (finished_tx, finished_rx) = watch::channel(false);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let handles = SchedulerHandles {
+            workers: workers_tx,
+            finished: finished_tx,
+            counters: counters.clone(),
+            cancel: cancel.clone(),
+        };
+        let scheduler = Scheduler::new(self.config.clone(), jobs, results, handles);
+        let scheduler_task = tokio::spawn(scheduler.run(events_rx));
+        let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(self.config.max_workers)),
+            config: self.config,
+            events: events_tx,
+        });
+        let server_task = server::spawn(listener, server::router(shared.clone()), cancel.clone());
+        tracing::info!(%local_addr, "coordinator listening");
+        Ok(Coordinator {
+            shared,
+            local_addr,
+            cancel,
+            counters,
+            workers: workers_rx,
+            finished: finished_rx,
+            scheduler_task: Some(scheduler_task),
+            server_task: Some(server_task),
+        })
+    }
+}
+
+/// A running coordinator. Dropping it shuts it down; [`Coordinator::shutdown`] also
+/// reports what was left unfinished.
+#[derive(Debug)]
+pub struct Coordinator {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    cancel: CancellationToken,
+    counters: Arc<Counters>,
+    workers: watch::Receiver<usize>,
+    finished: watch::Receiver<bool>,
+    scheduler_task: Option<JoinHandle<ShutdownReport>>,
+    server_task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Coordinator {
+    /// A builder with the default [`Config`] and no transforms.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// The address the coordinator listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The URL workers connect to, e.g. `ws://127.0.0.1:5678/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}{}", self.local_addr, self.shared.config.ws_path)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// True while at least one worker is connected.
+    pub fn ready(&self) -> bool {
+        *self.workers.borrow() > 0
+    }
+
+    /// Number of connected workers.
+    pub fn worker_count(&self) -> usize {
+        *self.workers.borrow()
+    }
+
+    /// Waits until at least one worker is connected.
+    pub async fn wait_until_ready(&self) {
+        self.wait_for_workers(1).await;
+    }
+
+    /// Waits until at least `n` workers are connected.
+    pub async fn wait_for_workers(&self, n: usize) {
+        let mut rx = self.workers.clone();
+        let _ = rx.wait_for(|&count| count >= n).await;
+    }
+
+    /// Waits until the job side is closed and every job has its outcome (end-of-work sent).
+    pub async fn finished(&self) {
+        let mut rx = self.finished.clone();
+        let _ = rx.wait_for(|&done| done).await;
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+
+    /// Stops accepting connections, tells every worker, ends the result channel and reports
+    /// the jobs that never got an outcome.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        self.cancel.cancel();
+        let report = match self.scheduler_task.take() {
+            Some(task) => task.await.unwrap_or_default(),
+            None => ShutdownReport::default(),
+        };
+        if let Some(server) = self.server_task.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+        }
+        report
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,44 @@
+//! The distchan protocol: everything a coordinator and its workers must agree on.
+//!
+//! This crate has no I/O and no runtime, so it compiles for native targets and for
+//! `wasm32-unknown-unknown` alike. Both workers (native and browser) drive the same
+//! [`session::WorkerSession`], so their behaviour cannot drift apart.
+//!
+//! # Layout
+//!
+//! - [`wire`]: every message that crosses the WebSocket, one MessagePack value per binary
+//!   message, plus the protocol version and its WebSocket subprotocol name.
+//! - [`transform`]: the payload transform chain (the Go package's encoders and decoders),
+//!   with AES-256-GCM built in.
+//! - [`payload`]: typed values to payload bytes and back (serde, MessagePack, transforms).
+//! - [`session`]: the worker-side state machine: hello, welcome or refusal, jobs, results,
+//!   end of work.
+//! - [`tasks`]: built-in demo tasks (capitalize, add, Mandelbrot tiles) that every worker can run.
+//! - [`error`]: the one error type of the project.
+//!
+//! # Example
+//!
+//! ```
+//! use distchan_protocol::{payload, transform::{Aes256GcmTransform, TransformChain}};
+//!
+//! let chain = TransformChain::new().with(Aes256GcmTransform::new(&[7; 32]));
+//! let bytes = payload::encode(&"why hello there", &chain)?;
+//! let back: String = payload::decode(bytes, &chain)?;
+//! assert_eq!(back, "why hello there");
+//! # Ok::<(), distchan_protocol::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod payload;
+pub mod session;
+#[cfg(feature = "tasks")]
+pub mod tasks;
+pub mod transform;
+pub mod wire;
+
+pub use error::Error;
+pub use wire::JobId;
+
+/// Convenience alias for results whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,54 @@
+//! Typed values to payload bytes and back: serde, then MessagePack (with field names, so
+//! JavaScript handlers see objects), then the transform chain.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{transform::TransformChain, Error, Result};
+
+/// Serializes `value` to MessagePack without transforms.
+pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
+    rmp_serde::to_vec_named(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::Encode(e.to_string()))
+}
+
+/// Deserializes MessagePack bytes (already through the transform chain).
+pub fn from_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// Serializes `value` and applies the transform chain.
+pub fn encode<T: Serialize + ?Sized>(value: &T, chain: &TransformChain) -> Result<Bytes> {
+    chain.encode(to_msgpack(value)?)
+}
+
+/// Undoes the transform chain and deserializes.
+pub fn decode<T: DeserializeOwned>(bytes: Bytes, chain: &TransformChain) -> Result<T> {
+    let plain = chain.decode(bytes)?;
+    from_msgpack(&plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transform::Aes256GcmTransform;
+
+    #[test]
+    fn wrong_type_is_a_decode_error() {
+        let chain = TransformChain::new();
+        let bytes = encode(&"text", &chain).unwrap();
+        assert!(matches!(
+            decode::<u64>(bytes, &chain),
+            Err(Error::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn round_trip_through_aes() {
+        let chain = TransformChain::new().with(Aes256GcmTransform::new(&[3; 32]));
+        let v = vec![(1u32, "a".to_string()), (2, "b".to_string())];
+        let back: Vec<(u32, String)> = decode(encode(&v, &chain).unwrap(), &chain).unwrap();
+        assert_eq!(back, v);
+    }
+}

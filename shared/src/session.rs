@@ -1,0 +1,466 @@
+//! The worker side of a connection, as a state machine without I/O.
+//!
+//! The native worker and the browser worker both feed received frames into a
+//! [`WorkerSession`] and send the frames it produces; the session decides what each
+//! frame means. So the handshake, refusals, transform handling, result bookkeeping and
+//! end-of-work behave the same on every worker.
+//!
+//! ```
+//! use distchan_protocol::session::{Event, SessionConfig, WorkerSession};
+//! use distchan_protocol::transform::TransformChain;
+//! use distchan_protocol::wire::{self, Job, ToWorker, Welcome};
+//! use distchan_protocol::{payload, JobId};
+//!
+//! let mut session = WorkerSession::new(SessionConfig::native(8), TransformChain::new());
+//! let _hello = session.hello_frame()?; // send this first
+//! let welcome = wire::encode_to_worker(&ToWorker::Welcome(Welcome {
+//!     worker_id: 1, task: None, heartbeat_ms: 0, max_frame: 0,
+//! }))?;
+//! assert!(matches!(session.handle_frame(&welcome)?, Event::Welcomed(_)));
+//! let job = wire::encode_to_worker(&ToWorker::Job(Job {
+//!     id: JobId(0),
+//!     payload: payload::to_msgpack("hi")?,
+//! }))?;
+//! let Event::Job { id, payload: p } = session.handle_frame(&job)? else { unreachable!() };
+//! let answer: String = payload::from_msgpack(&p)?;
+//! let _result = session.result_frame(id, Ok(payload::to_msgpack(&answer.to_uppercase())?))?;
+//! assert_eq!(session.outstanding(), 0);
+//! # Ok::<(), distchan_protocol::Error>(())
+//! ```
+
+use std::{collections::HashMap, time::Duration};
+
+use bytes::Bytes;
+
+use crate::{
+    transform::TransformChain,
+    wire::{
+        self, Hello, JobResult, RefusalCode, ToCoordinator, ToWorker, Welcome, WorkerKind,
+        CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, DEFAULT_MAX_FRAME,
+        PROTOCOL_VERSION,
+    },
+    Error, JobId, Result,
+};
+
+/// What a worker announces about itself.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Largest number of unanswered jobs this worker accepts.
+    pub capacity: u32,
+    /// Access token to present, if any.
+    pub token: Option<String>,
+    /// Human-readable name shown on the coordinator's side.
+    pub agent: String,
+    /// Native or browser.
+    pub kind: WorkerKind,
+    /// Largest frame accepted from the coordinator.
+    pub max_frame: usize,
+    /// The protocol version to announce (tests use other values to check refusals).
+    pub version: u32,
+}
+
+impl SessionConfig {
+    /// Defaults for a native worker with the given capacity.
+    pub fn native(capacity: u32) -> Self {
+        SessionConfig {
+            capacity,
+            token: None,
+            agent: format!("distchan-worker/{}", env!("CARGO_PKG_VERSION")),
+            kind: WorkerKind::Native,
+            max_frame: DEFAULT_MAX_FRAME,
+            version: PROTOCOL_VERSION,
+        }
+    }
+
+    /// Defaults for a browser worker with the given capacity and user agent.
+    pub fn browser(capacity: u32, agent: impl Into<String>) -> Self {
+        SessionConfig {
+            agent: agent.into(),
+            kind: WorkerKind::Browser,
+            ..Self::native(capacity)
+        }
+    }
+
+    /// The WebSocket subprotocol a worker with this configuration offers.
+    pub fn subprotocol(&self) -> String {
+        wire::subprotocol(self.version)
+    }
+}
+
+/// What a received frame meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The coordinator accepted the hello.
+    Welcomed(Welcome),
+    /// A job to run, its payload already through the transform chain (plain MessagePack).
+    Job {
+        /// The job's id, to pass to [`WorkerSession::result_frame`].
+        id: JobId,
+        /// The decoded payload.
+        payload: Bytes,
+    },
+    /// No more work will come. Finish the outstanding jobs, then close.
+    EndOfWork,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitingWelcome,
+    Running,
+    Draining,
+    EndOfWork,
+    Failed,
+}
+
+/// The worker-side protocol state machine. See the [module docs](self).
+#[derive(Debug)]
+pub struct WorkerSession {
+    config: SessionConfig,
+    chain: TransformChain,
+    phase: Phase,
+    welcome: Option<Welcome>,
+    outstanding: HashMap<JobId, u32>,
+    outstanding_total: usize,
+}
+
+impl WorkerSession {
+    /// A new session that has not said hello yet.
+    pub fn new(config: SessionConfig, chain: TransformChain) -> Self {
+        WorkerSession {
+            config,
+            chain,
+            phase: Phase::AwaitingWelcome,
+            welcome: None,
+            outstanding: HashMap::new(),
+            outstanding_total: 0,
+        }
+    }
+
+    /// The session's configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// The frame to send right after the WebSocket opens.
+    pub fn hello_frame(&self) -> Result<Bytes> {
+        wire::encode_to_coordinator(&ToCoordinator::Hello(Hello {
+            version: self.config.version,
+            token: self.config.token.clone(),
+            capacity: self.config.capacity,
+            agent: self.config.agent.clone(),
+            kind: self.config.kind,
+        }))
+    }
+
+    /// The coordinator's welcome, once received.
+    pub fn welcome(&self) -> Option<&Welcome> {
+        self.welcome.as_ref()
+    }
+
+    /// The task the coordinator named in its welcome, if any.
+    pub fn task(&self) -> Option<&str> {
+        self.welcome.as_ref()?.task.as_deref()
+    }
+
+    /// How long the coordinator may stay silent before the worker gives up on it:
+    /// three heartbeat intervals, or `None` when the coordinator sends no heartbeats.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        match self.welcome.as_ref()?.heartbeat_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms.saturating_mul(3))),
+        }
+    }
+
+    /// Interprets one received binary frame.
+    ///
+    /// An error means the connection must close (use [`close_frame_for`] for the code and
+    /// reason); the session does not accept further frames after it.
+    pub fn handle_frame(&mut self, frame: &[u8]) -> Result<Event> {
+        let result = self.interpret(frame);
+        if result.is_err() {
+            self.phase = Phase::Failed;
+        }
+        result
+    }
+
+    fn interpret(&mut self, frame: &[u8]) -> Result<Event> {
+        if frame.len() > self.config.max_frame {
+            return Err(Error::FrameTooLarge {
+                size: frame.len(),
+                limit: self.config.max_frame,
+            });
+        }
+        let msg = wire::decode_to_worker(frame)?;
+        match (self.phase, msg) {
+            (Phase::Failed, _) => Err(Error::Unexpected("frame after the session failed".into())),
+            (_, ToWorker::Refused(refusal)) => Err(Error::Refused(refusal)),
+            (Phase::AwaitingWelcome, ToWorker::Welcome(welcome)) => {
+                self.phase = Phase::Running;
+                self.welcome = Some(welcome.clone());
+                Ok(Event::Welcomed(welcome))
+            }
+            (Phase::AwaitingWelcome, other) => Err(Error::Unexpected(format!(
+                "expected a welcome, got {}",
+                to_worker_name(&other)
+            ))),
+            (Phase::Running | Phase::Draining, ToWorker::Job(job)) => {
+                let payload = self
+                    .chain
+                    .decode(job.payload)
+                    .map_err(|e| Error::Decode(format!("job {}: {e}", job.id)))?;
+                *self.outstanding.entry(job.id).or_insert(0) += 1;
+                self.outstanding_total += 1;
+                Ok(Event::Job {
+                    id: job.id,
+                    payload,
+                })
+            }
+            (Phase::Running | Phase::Draining, ToWorker::EndOfWork) => {
+                self.phase = Phase::EndOfWork;
+                Ok(Event::EndOfWork)
+            }
+            (_, other) => Err(Error::Unexpected(format!(
+                "{} is not expected now",
+                to_worker_name(&other)
+            ))),
+        }
+    }
+
+    /// Encodes the result of a job received from [`WorkerSession::handle_frame`].
+    ///
+    /// `outcome` is the plain MessagePack result or the handler's error message. If the
+    /// transform chain fails on the result, the coordinator gets an error outcome for the
+    /// job instead, so the job is never silently lost. Fails only for an id this session
+    /// does not hold.
+    pub fn result_frame(&mut self, id: JobId, outcome: Result<Bytes, String>) -> Result<Bytes> {
+        match self.outstanding.get_mut(&id) {
+            Some(1) => {
+                self.outstanding.remove(&id);
+            }
+            Some(n) => *n -= 1,
+            None => {
+                return Err(Error::Unexpected(format!(
+                    "a result for job {id}, which this worker does not hold"
+                )))
+            }
+        }
+        self.outstanding_total -= 1;
+        let outcome = outcome.and_then(|plain| {
+            self.chain
+                .encode(plain)
+                .map_err(|e| format!("result could not be encoded: {e}"))
+        });
+        wire::encode_to_coordinator(&ToCoordinator::Result(JobResult { id, outcome }))
+    }
+
+    /// The frame that tells the coordinator this worker is leaving; after it the
+    /// coordinator sends no more jobs, and the session is finished once the outstanding
+    /// jobs are answered.
+    pub fn drain_frame(&mut self) -> Result<Bytes> {
+        if self.phase == Phase::Running {
+            self.phase = Phase::Draining;
+        }
+        wire::encode_to_coordinator(&ToCoordinator::Drain)
+    }
+
+    /// Encodes a value the worker sends on its own (results-only use); `plain` is
+    /// MessagePack and goes through the transform chain.
+    pub fn emit_frame(&self, plain: Bytes) -> Result<Bytes> {
+        let payload = self.chain.encode(plain)?;
+        wire::encode_to_coordinator(&ToCoordinator::Emit { payload })
+    }
+
+    /// Number of jobs received and not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding_total
+    }
+
+    /// True once the coordinator said end-of-work (or the worker drained) and every job
+    /// received has been answered: the worker may close the connection.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::EndOfWork | Phase::Draining) && self.outstanding_total == 0
+    }
+
+    /// True once end-of-work has been received.
+    pub fn end_of_work(&self) -> bool {
+        self.phase == Phase::EndOfWork
+    }
+}
+
+/// The WebSocket close code and reason a side sends when it ends a connection because of
+/// `err`. The reason is cut to the 123 bytes a close frame can carry.
+pub fn close_frame_for(err: &Error) -> (u16, String) {
+    let code = match err {
+        Error::Refused(r) if r.code == RefusalCode::VersionMismatch => CLOSE_PROTOCOL_ERROR,
+        Error::Refused(_) => CLOSE_POLICY,
+        Error::FrameTooLarge { .. } => CLOSE_TOO_BIG,
+        Error::Closed => CLOSE_NORMAL,
+        Error::Malformed(_) | Error::Unexpected(_) | Error::VersionMismatch { .. } => {
+            CLOSE_PROTOCOL_ERROR
+        }
+        _ => CLOSE_POLICY,
+    };
+    (code, truncate_reason(&err.to_string()))
+}
+
+/// Cuts a close reason to the 123 bytes allowed by RFC 6455, on a character boundary.
+pub fn truncate_reason(reason: &str) -> String {
+    const MAX: usize = 123;
+    if reason.len() <= MAX {
+        return reason.to_owned();
+    }
+    let mut end = MAX;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_owned()
+}
+
+fn to_worker_name(msg: &ToWorker) -> &'static str {
+    match msg {
+        ToWorker::Welcome(_) => "a welcome",
+        ToWorker::Refused(_) => "a refusal",
+        ToWorker::Job(_) => "a job",
+        ToWorker::EndOfWork => "end-of-work",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        payload,
+        transform::Aes256GcmTransform,
+        wire::{Job, Refusal},
+    };
+
+    fn welcome() -> Bytes {
+        wire::encode_to_worker(&ToWorker::Welcome(Welcome {
+            worker_id: 1,
+            task: Some("capitalize".into()),
+            heartbeat_ms: 100,
+            max_frame: 0,
+        }))
+        .unwrap()
+    }
+
+    fn job(id: u64, payload: Bytes) -> Bytes {
+        wire::encode_to_worker(&ToWorker::Job(Job {
+            id: JobId(id),
+            payload,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn full_conversation() {
+        let mut s = WorkerSession::new(SessionConfig::native(2), TransformChain::new());
+        let hello = wire::decode_to_coordinator(&s.hello_frame().unwrap()).unwrap();
+        assert!(
+            matches!(hello, ToCoordinator::Hello(h) if h.capacity == 2 && h.version == PROTOCOL_VERSION)
+        );
+        assert!(matches!(
+            s.handle_frame(&welcome()).unwrap(),
+            Event::Welcomed(_)
+        ));
+        assert_eq!(s.task(), Some("capitalize"));
+        assert_eq!(s.idle_timeout(), Some(Duration::from_millis(300)));
+        let p = payload::to_msgpack("a").unwrap();
+        assert_eq!(
+            s.handle_frame(&job(5, p.clone())).unwrap(),
+            Event::Job {
+                id: JobId(5),
+                payload: p
+            }
+        );
+        assert_eq!(
+            s.handle_frame(&wire::encode_to_worker(&ToWorker::EndOfWork).unwrap())
+                .unwrap(),
+            Event::EndOfWork
+        );
+        assert!(!s.is_finished(), "a job is still outstanding");
+        let frame = s.result_frame(JobId(5), Err("nope".into())).unwrap();
+        assert_eq!(
+            wire::decode_to_coordinator(&frame).unwrap(),
+            ToCoordinator::Result(JobResult {
+                id: JobId(5),
+                outcome: Err("nope".into())
+            })
+        );
+        assert!(s.is_finished());
+        assert!(
+            s.result_frame(JobId(5), Ok(Bytes::new())).is_err(),
+            "no double answers"
+        );
+    }
+
+    #[test]
+    fn refusal_is_an_error_with_the_reason() {
+        let mut s = WorkerSession::new(SessionConfig::native(1), TransformChain::new());
+        let frame = wire::encode_to_worker(&ToWorker::Refused(Refusal::new(
+            RefusalCode::BadToken,
+            "wrong token",
+        )))
+        .unwrap();
+        match s.handle_frame(&frame) {
+            Err(Error::Refused(r)) => assert_eq!(r.reason, "wrong token"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn job_before_welcome_is_unexpected() {
+        let mut s = WorkerSession::new(SessionConfig::native(1), TransformChain::new());
+        assert!(matches!(
+            s.handle_frame(&job(1, Bytes::new())),
+            Err(Error::Unexpected(_))
+        ));
+        assert!(
+            s.handle_frame(&welcome()).is_err(),
+            "a failed session stays failed"
+        );
+    }
+
+    #[test]
+    fn undecodable_job_fails_the_session() {
+        let sender = TransformChain::new().with(Aes256GcmTransform::new(&[1; 32]));
+        let mut s = WorkerSession::new(
+            SessionConfig::native(1),
+            TransformChain::new().with(Aes256GcmTransform::new(&[2; 32])),
+        );
+        s.handle_frame(&welcome()).unwrap();
+        let sealed = sender.encode(payload::to_msgpack("x").unwrap()).unwrap();
+        let err = s.handle_frame(&job(0, sealed)).unwrap_err();
+        assert!(matches!(err, Error::Decode(_)), "{err:?}");
+        assert_eq!(close_frame_for(&err).0, CLOSE_POLICY);
+    }
+
+    #[test]
+    fn oversized_frame_is_refused() {
+        let mut config = SessionConfig::native(1);
+        config.max_frame = 8;
+        let mut s = WorkerSession::new(config, TransformChain::new());
+        let err = s.handle_frame(&[0u8; 9]).unwrap_err();
+        assert!(matches!(err, Error::FrameTooLarge { size: 9, limit: 8 }));
+        assert_eq!(close_frame_for(&err).0, CLOSE_TOO_BIG);
+    }
+
+    #[test]
+    fn drain_finishes_after_outstanding_jobs() {
+        let mut s = WorkerSession::new(SessionConfig::native(4), TransformChain::new());
+        s.handle_frame(&welcome()).unwrap();
+        s.handle_frame(&job(1, payload::to_msgpack("a").unwrap()))
+            .unwrap();
+        s.drain_frame().unwrap();
+        assert!(!s.is_finished());
+        s.result_frame(JobId(1), Ok(Bytes::new())).unwrap();
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "é".repeat(200);
+        let cut = truncate_reason(&long);
+        assert!(cut.len() <= 123 && long.starts_with(&cut));
+    }
+}

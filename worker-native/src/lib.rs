@@ -1,0 +1,138 @@
+//! The native distchan worker: connect to a coordinator, take typed jobs, send back results.
+//!
+//! # Layout
+//!
+//! - [`connection`]: WebSocket connection, handshake and the frame loop, driven by the
+//!   protocol crate's [`WorkerSession`](distchan_protocol::session::WorkerSession) (the
+//!   browser worker drives the same one).
+//! - [`job`]: the typed job stream and result sink (the Go client's `in` and `out`).
+//! - [`serve`](mod@serve): run a handler on every job with bounded concurrency, or the
+//!   built-in demo tasks.
+//!
+//! # Example: the Go README's capitalizer worker
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), distchan_worker::Error> {
+//! let (mut jobs, results, client) =
+//!     distchan_worker::connect::<String, String>("ws://127.0.0.1:5678/ws", Default::default()).await?;
+//! while let Some(job) = jobs.recv().await {
+//!     results.send(job.id, Ok(job.value.to_uppercase())).await?;
+//! }
+//! drop(results);
+//! client.done().await // completes once the last result is flushed
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod connection;
+pub mod job;
+pub mod serve;
+
+use std::time::Duration;
+
+pub use connection::{connect_raw, Client, RawJob, Reply};
+pub use distchan_protocol::{transform, Error, JobId, Result};
+pub use job::{Job, JobStream, ResultSink};
+pub use serve::{serve, serve_builtin, serve_raw};
+pub use tokio_util::sync::CancellationToken;
+
+use distchan_protocol::{
+    session::SessionConfig,
+    transform::{Transform, TransformChain},
+    wire::{DEFAULT_MAX_FRAME, PROTOCOL_VERSION},
+};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// How a worker connects and what it announces.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Most unanswered jobs the coordinator may send at once (the credit window).
+    pub capacity: u32,
+    /// Jobs run at the same time by [`serve`] and friends.
+    pub concurrency: usize,
+    /// Access token, if the coordinator requires one.
+    pub token: Option<String>,
+    /// Payload transforms; must match the coordinator's.
+    pub transforms: TransformChain,
+    /// Name shown on the coordinator's side; defaults to `distchan-worker/VERSION on HOST`.
+    pub agent: Option<String>,
+    /// Largest frame accepted from the coordinator.
+    pub max_frame: usize,
+    /// Longest wait for the connection and the welcome.
+    pub handshake_timeout: Duration,
+    /// Cancel to leave cleanly: no more jobs are taken, the ones held are finished.
+    pub drain: CancellationToken,
+    /// Protocol version announced; only tests need to change it.
+    pub protocol_version: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Options {
+            capacity: 32,
+            concurrency,
+            token: None,
+            transforms: TransformChain::new(),
+            agent: None,
+            max_frame: DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(10),
+            drain: CancellationToken::new(),
+            protocol_version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+impl Options {
+    /// Adds a payload transform (builder style); transforms apply in the order they are added.
+    pub fn transform(mut self, transform: impl Transform) -> Self {
+        self.transforms.push(transform);
+        self
+    }
+
+    /// Sets the access token (builder style).
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Sets the credit window (builder style).
+    pub fn capacity(mut self, capacity: u32) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    pub(crate) fn session_config(&self) -> SessionConfig {
+        let mut config = SessionConfig::native(self.capacity.max(1));
+        config.token = self.token.clone();
+        config.max_frame = self.max_frame;
+        config.version = self.protocol_version;
+        config.agent = self.agent.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+            format!("{} on {host}", config.agent)
+        });
+        config
+    }
+}
+
+/// Connects to the coordinator at `url` (e.g. `ws://host:port/ws`) and returns the typed job
+/// stream, the result sink and the [`Client`] whose [`done`](Client::done) completes after
+/// the last result is flushed. Like Go's `NewClient(conn, out, in).Start()`.
+///
+/// Fails with [`Error::Refused`] (with the coordinator's reason) when the coordinator
+/// refuses this worker.
+pub async fn connect<J, R>(
+    url: &str,
+    options: Options,
+) -> Result<(JobStream<J>, ResultSink<R>, Client)>
+where
+    J: DeserializeOwned,
+    R: Serialize,
+{
+    let (jobs, replies, client) = connect_raw(url, &options).await?;
+    Ok((
+        JobStream::new(jobs, replies.clone()),
+        ResultSink::new(replies),
+        client,
+    ))
+}

@@ -1,0 +1,79 @@
+//! `distchan-worker`: joins a coordinator and runs the built-in task it names.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use distchan_protocol::transform::Aes256GcmTransform;
+use distchan_worker::{serve_builtin, Error, Options};
+
+/// Join a distchan coordinator and compute its jobs with the built-in tasks.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The coordinator's WebSocket URL.
+    #[arg(long, env = "DISTCHAN_URL", default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// Jobs run at the same time (default: number of cores).
+    #[arg(long, env = "DISTCHAN_CONCURRENCY")]
+    concurrency: Option<usize>,
+    /// Unanswered jobs the coordinator may send at once (default: 4 x concurrency).
+    #[arg(long, env = "DISTCHAN_CAPACITY")]
+    capacity: Option<u32>,
+    /// Access token the coordinator requires.
+    #[arg(long, env = "DISTCHAN_TOKEN")]
+    token: Option<String>,
+    /// AES-256-GCM key (64 hex digits) if the coordinator encrypts payloads.
+    #[arg(long, env = "DISTCHAN_AES_KEY", hide_env_values = true)]
+    aes_key: Option<String>,
+    /// Name shown on the coordinator's side.
+    #[arg(long, env = "DISTCHAN_AGENT")]
+    agent: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("distchan-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Error> {
+    let mut options = Options::default();
+    if let Some(c) = args.concurrency {
+        options.concurrency = c.max(1);
+    }
+    options.capacity = args
+        .capacity
+        .unwrap_or((options.concurrency * 4) as u32)
+        .max(1);
+    options.token = args.token;
+    options.agent = args.agent;
+    if let Some(key) = &args.aes_key {
+        options = options.transform(Aes256GcmTransform::from_hex(key)?);
+    }
+    let drain = options.drain.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!(
+                "distchan-worker: finishing the jobs held, then leaving (Ctrl-C again to quit now)"
+            );
+            drain.cancel();
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("distchan-worker: quitting; the coordinator hands unanswered jobs to other workers");
+                std::process::exit(130);
+            }
+        }
+    });
+    serve_builtin(&args.url, options).await
+}
