@@ -1,0 +1,138 @@
+//! Helpers shared by the coordinator's integration tests: a coordinator on 127.0.0.1 port 0
+//! and a raw WebSocket client that speaks the protocol by hand (to misbehave on purpose).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use distchan_coordinator::{Config, Coordinator, JobSender, ResultReceiver};
+use distchan_protocol::{
+    payload,
+    wire::{self, Hello, ToCoordinator, ToWorker, WorkerKind, PROTOCOL_VERSION},
+};
+use futures_util::{SinkExt, StreamExt};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    tungstenite::{client::IntoClientRequest, http::HeaderValue, Message},
+    MaybeTlsStream, WebSocketStream,
+};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Upper bound for anything a test waits on, so that a bug fails the test instead of hanging it.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+pub async fn start<J: Serialize, R: DeserializeOwned>(
+    config: Config,
+) -> (Coordinator, JobSender<J>, ResultReceiver<R>) {
+    Coordinator::builder()
+        .config(config)
+        .bind::<J, R>("127.0.0.1:0")
+        .await
+        .expect("coordinator starts")
+}
+
+pub fn hello() -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        token: None,
+        capacity: 4,
+        agent: "raw test client".into(),
+        kind: WorkerKind::Other,
+    }
+}
+
+/// Opens a WebSocket to `url` offering the current subprotocol, with optional extra headers.
+pub async fn open(url: &str, headers: &[(&str, &str)]) -> Ws {
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&wire::subprotocol(PROTOCOL_VERSION)).unwrap(),
+    );
+    for (k, v) in headers {
+        let name =
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes()).unwrap();
+        request
+            .headers_mut()
+            .insert(name, HeaderValue::from_str(v).unwrap());
+    }
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket opens");
+    ws
+}
+
+pub async fn send_hello(ws: &mut Ws, hello: Hello) {
+    let frame = wire::encode_to_coordinator(&ToCoordinator::Hello(hello)).unwrap();
+    ws.send(Message::Binary(frame)).await.unwrap();
+}
+
+/// Opens a connection and completes the handshake; returns the socket and the worker id.
+pub async fn raw_worker(url: &str, hello: Hello) -> (Ws, u64) {
+    let mut ws = open(url, &[]).await;
+    send_hello(&mut ws, hello).await;
+    match next_msg(&mut ws).await {
+        Some(ToWorker::Welcome(w)) => (ws, w.worker_id),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}
+
+/// The next protocol message, or `None` once the connection is closed.
+pub async fn next_msg(ws: &mut Ws) -> Option<ToWorker> {
+    loop {
+        match tokio::time::timeout(LIMIT, ws.next())
+            .await
+            .expect("no hang")
+        {
+            Some(Ok(Message::Binary(b))) => return Some(wire::decode_to_worker(&b).unwrap()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Reads until the close frame and returns its code and reason.
+pub async fn close_of(ws: &mut Ws) -> Option<(u16, String)> {
+    loop {
+        match tokio::time::timeout(LIMIT, ws.next())
+            .await
+            .expect("no hang")
+        {
+            Some(Ok(Message::Close(Some(f)))) => {
+                return Some((f.code.into(), f.reason.to_string()))
+            }
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Sends a result for `id` carrying `value`.
+pub async fn answer<T: Serialize>(ws: &mut Ws, id: distchan_protocol::JobId, value: &T) {
+    let payload: Bytes = payload::to_msgpack(value).unwrap();
+    let frame = wire::encode_to_coordinator(&ToCoordinator::Result(wire::JobResult {
+        id,
+        outcome: Ok(payload),
+    }))
+    .unwrap();
+    ws.send(Message::Binary(frame)).await.unwrap();
+}
+
+/// A worker that upper-cases strings until end-of-work, returning what it received.
+pub async fn capitalizer(url: String, options: distchan_worker::Options) -> Vec<String> {
+    let (mut jobs, results, client) = distchan_worker::connect::<String, String>(&url, options)
+        .await
+        .expect("worker connects");
+    let mut seen = Vec::new();
+    while let Some(job) = jobs.recv().await {
+        seen.push(job.value.clone());
+        results
+            .send(job.id, Ok(job.value.to_uppercase()))
+            .await
+            .unwrap();
+    }
+    drop(results);
+    client.done().await.expect("worker ends cleanly");
+    seen
+}
