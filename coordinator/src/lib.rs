@@ -13,7 +13,8 @@
 //! - [`result`]: [`ResultReceiver`] decodes outcomes (optionally in send order).
 //!
 //! Around it: [`config`] (every setting, with defaults), `server` (HTTP, WebSocket upgrade,
-//! static files), [`stats`] (counters) and [`demo`] (the binary's demo workloads).
+//! static files), [`stats`] (counters), [`memory`] (an in-process transport for tests) and
+//! [`demo`] (the binary's demo workloads).
 //!
 //! # Example
 //!
@@ -41,6 +42,7 @@ pub mod config;
 mod connection;
 pub mod demo;
 pub mod job;
+pub mod memory;
 mod queue;
 pub mod result;
 pub mod scheduler;
@@ -128,12 +130,43 @@ impl Builder {
         J: Serialize,
         R: DeserializeOwned,
     {
+        let (jobs, results, job_rx, result_tx) = self.channels();
+        let coordinator =
+            self.start(listener, server::tcp_nodelay, Some(job_rx), Some(result_tx))?;
+        Ok((coordinator, jobs, results))
+    }
+
+    /// Starts on any [`Listener`](axum::serve::Listener), such as a
+    /// [`memory::MemoryListener`] in tests.
+    pub fn listen_on<L, J, R>(
+        self,
+        listener: L,
+    ) -> Result<(Coordinator, JobSender<J>, ResultReceiver<R>), Error>
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+        J: Serialize,
+        R: DeserializeOwned,
+    {
+        let (jobs, results, job_rx, result_tx) = self.channels();
+        let coordinator =
+            self.start(listener, |_: &mut L::Io| {}, Some(job_rx), Some(result_tx))?;
+        Ok((coordinator, jobs, results))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn channels<J: Serialize, R: DeserializeOwned>(
+        &self,
+    ) -> (
+        JobSender<J>,
+        ResultReceiver<R>,
+        mpsc::Receiver<queue::QueuedJob>,
+        mpsc::Sender<result::RawOutcome>,
+    ) {
         let (job_tx, job_rx) = mpsc::channel(self.config.queue_capacity.max(1));
         let (result_tx, result_rx) = mpsc::channel(self.config.result_capacity.max(1));
         let jobs = JobSender::new(job_tx, self.chain.clone());
         let results = ResultReceiver::new(result_rx, self.chain.clone(), self.config.ordered);
-        let coordinator = self.start(listener, Some(job_rx), Some(result_tx))?;
-        Ok((coordinator, jobs, results))
+        (jobs, results, job_rx, result_tx)
     }
 
     /// Starts on `listener` with channels made by the caller, like Go's
@@ -184,7 +217,7 @@ impl Builder {
             }
             None => (None, None),
         };
-        let coordinator = self.start(listener, job_rx, result_tx)?;
+        let coordinator = self.start(listener, server::tcp_nodelay, job_rx, result_tx)?;
         if let (Some(mut user_jobs), Some(sender)) = (jobs, job_sender) {
             tokio::spawn(async move {
                 while let Some(job) = user_jobs.recv().await {
@@ -210,12 +243,17 @@ impl Builder {
         Ok(coordinator)
     }
 
-    fn start(
+    fn start<L, F>(
         self,
-        listener: TcpListener,
+        listener: L,
+        tap: F,
         jobs: Option<mpsc::Receiver<queue::QueuedJob>>,
         results: Option<mpsc::Sender<result::RawOutcome>>,
-    ) -> Result<Coordinator, Error> {
+    ) -> Result<Coordinator, Error>
+    where
+        L: axum::serve::Listener<Addr = SocketAddr>,
+        F: FnMut(&mut L::Io) + Send + 'static,
+    {
         let local_addr = listener.local_addr()?;
         if !self.config.ws_path.starts_with('/') {
             return Err(Error::Config(format!(
@@ -241,7 +279,12 @@ impl Builder {
             config: self.config,
             events: events_tx,
         });
-        let server_task = server::spawn(listener, server::router(shared.clone()), cancel.clone());
+        let server_task = server::spawn(
+            listener,
+            tap,
+            server::router(shared.clone()),
+            cancel.clone(),
+        );
         tracing::info!(%local_addr, "coordinator listening");
         Ok(Coordinator {
             shared,
@@ -318,6 +361,11 @@ impl Coordinator {
     pub async fn wait_for_workers(&self, n: usize) {
         let mut rx = self.workers.clone();
         let _ = rx.wait_for(|&count| count >= n).await;
+    }
+
+    /// A watch of the number of connected workers, to wait for any condition on it.
+    pub fn watch_workers(&self) -> watch::Receiver<usize> {
+        self.workers.clone()
     }
 
     /// Waits until the job side is closed and every job has its outcome (end-of-work sent).

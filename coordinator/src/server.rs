@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
+use axum::serve::{Listener, ListenerExt};
 use axum::{
     extract::{ws::WebSocketUpgrade, ConnectInfo, State},
     http::{header, HeaderMap},
@@ -11,7 +12,7 @@ use axum::{
     Router,
 };
 use distchan_protocol::wire::{self, PROTOCOL_VERSION};
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower_http::services::ServeDir;
 
@@ -28,14 +29,20 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     router.with_state(shared)
 }
 
-/// Serves `router` on `listener` until `cancel` fires.
-pub(crate) fn spawn(
-    listener: TcpListener,
+/// Serves `router` on `listener` until `cancel` fires; `tap` sees every accepted connection.
+pub(crate) fn spawn<L, F>(
+    listener: L,
+    tap: F,
     router: Router,
     cancel: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<()>
+where
+    L: Listener<Addr = SocketAddr>,
+    F: FnMut(&mut L::Io) + Send + 'static,
+{
     tokio::spawn(async move {
         let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let listener = listener.tap_io(tap);
         if let Err(e) = axum::serve(listener, service)
             .with_graceful_shutdown(cancel.cancelled_owned())
             .await
@@ -43,6 +50,13 @@ pub(crate) fn spawn(
             tracing::error!(error = %e, "HTTP server failed");
         }
     })
+}
+
+/// Turns off Nagle's algorithm: frames are batched by the writer already.
+pub(crate) fn tcp_nodelay(stream: &mut TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+    }
 }
 
 async fn upgrade(

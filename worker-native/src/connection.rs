@@ -12,13 +12,13 @@ use distchan_protocol::{
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
-    net::TcpStream,
+    io::{AsyncRead, AsyncWrite},
     sync::mpsc,
     task::JoinHandle,
     time::{timeout, Instant},
 };
 use tokio_tungstenite::{
-    connect_async_with_config,
+    client_async_with_config, connect_async_with_config,
     tungstenite::{
         self,
         client::IntoClientRequest,
@@ -26,13 +26,11 @@ use tokio_tungstenite::{
         protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
         Message,
     },
-    MaybeTlsStream, WebSocketStream,
+    WebSocketStream,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::Options;
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// A job as it arrives: its id and plain MessagePack payload (transforms already undone).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,39 +90,81 @@ impl Client {
     }
 }
 
+/// What [`connect_raw`] returns: the raw job stream, the reply sender and the [`Client`].
+pub type RawConnection = (mpsc::Receiver<RawJob>, mpsc::Sender<Reply>, Client);
+
 /// Connects to `url`, completes the handshake and starts the connection task.
 ///
 /// Returns when the coordinator has welcomed the worker; a refusal is
 /// [`Error::Refused`] with the coordinator's reason.
-pub async fn connect_raw(
+pub async fn connect_raw(url: &str, options: &Options) -> Result<RawConnection> {
+    let (request, subprotocol) = request(url, options)?;
+    let connecting = connect_async_with_config(request, Some(ws_config(options)), true);
+    let ws = match timeout(options.handshake_timeout, connecting).await {
+        Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
+        Ok(result) => upgrade_result(url, &subprotocol, result)?,
+    };
+    start(url, ws, options).await
+}
+
+/// Like [`connect_raw`], over a connection the caller already opened (a TLS stream, a
+/// Unix socket, or an in-memory pipe in tests). `url` still names the endpoint.
+pub async fn connect_raw_io<S>(url: &str, io: S, options: &Options) -> Result<RawConnection>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (request, subprotocol) = request(url, options)?;
+    let connecting = client_async_with_config(request, io, Some(ws_config(options)));
+    let ws = match timeout(options.handshake_timeout, connecting).await {
+        Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
+        Ok(result) => upgrade_result(url, &subprotocol, result)?,
+    };
+    start(url, ws, options).await
+}
+
+fn request(
     url: &str,
     options: &Options,
-) -> Result<(mpsc::Receiver<RawJob>, mpsc::Sender<Reply>, Client)> {
-    let mut session = WorkerSession::new(options.session_config(), options.transforms.clone());
+) -> Result<(tungstenite::handshake::client::Request, String)> {
     let mut request = url
         .into_client_request()
         .map_err(|e| Error::Config(format!("bad coordinator URL {url:?}: {e}")))?;
-    let subprotocol = session.config().subprotocol();
+    let subprotocol = options.session_config().subprotocol();
     request.headers_mut().insert(
         SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_str(&subprotocol).map_err(|e| Error::Config(e.to_string()))?,
     );
-    let ws_config = WebSocketConfig::default()
+    Ok((request, subprotocol))
+}
+
+fn ws_config(options: &Options) -> WebSocketConfig {
+    WebSocketConfig::default()
         .max_message_size(Some(options.max_frame))
-        .max_frame_size(Some(options.max_frame));
-    let connecting = connect_async_with_config(request, Some(ws_config), true);
-    let (mut ws, _response) = match timeout(options.handshake_timeout, connecting).await {
-        Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
-        Ok(Err(tungstenite::Error::Protocol(
+        .max_frame_size(Some(options.max_frame))
+}
+
+fn upgrade_result<S, R>(
+    url: &str,
+    subprotocol: &str,
+    result: std::result::Result<(WebSocketStream<S>, R), tungstenite::Error>,
+) -> Result<WebSocketStream<S>> {
+    match result {
+        Err(tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
-        ))) => {
-            return Err(Error::Connection(format!(
-                "the coordinator at {url} does not speak {subprotocol} (another protocol version?)"
-            )))
-        }
-        Ok(Err(e)) => return Err(Error::Connection(format!("connecting to {url}: {e}"))),
-        Ok(Ok(pair)) => pair,
-    };
+        )) => Err(Error::Connection(format!(
+            "the coordinator at {url} does not speak {subprotocol} (another protocol version?)"
+        ))),
+        Err(e) => Err(Error::Connection(format!("connecting to {url}: {e}"))),
+        Ok((ws, _response)) => Ok(ws),
+    }
+}
+
+/// Says hello, waits for the welcome and spawns the connection task.
+async fn start<S>(url: &str, mut ws: WebSocketStream<S>, options: &Options) -> Result<RawConnection>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut session = WorkerSession::new(options.session_config(), options.transforms.clone());
     ws.send(Message::Binary(session.hello_frame()?))
         .await
         .map_err(|e| Error::Connection(e.to_string()))?;
@@ -141,7 +181,7 @@ pub async fn connect_raw(
         Ok(w) => w,
         Err(e) => {
             let (code, reason) = close_frame_for(&e);
-            let _ = close(&mut ws, code, &reason).await;
+            close(&mut ws, code, &reason).await;
             return Err(e);
         }
     };
@@ -163,7 +203,10 @@ pub async fn connect_raw(
 }
 
 /// Reads frames until one means something to the session.
-async fn next_event(ws: &mut Socket, session: &mut WorkerSession) -> Result<Event> {
+async fn next_event<S>(ws: &mut WebSocketStream<S>, session: &mut WorkerSession) -> Result<Event>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         match ws.next().await {
             Some(Ok(Message::Binary(frame))) => return session.handle_frame(&frame),
@@ -201,7 +244,10 @@ fn read_error(e: tungstenite::Error) -> Error {
     }
 }
 
-async fn close(ws: &mut Socket, code: u16, reason: &str) -> Result<()> {
+async fn close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: truncate_reason(reason).into(),
@@ -212,19 +258,21 @@ async fn close(ws: &mut Socket, code: u16, reason: &str) -> Result<()> {
         while ws.next().await.is_some() {}
     })
     .await;
-    Ok(())
 }
 
 /// Most result frames written per flush.
 const BATCH: usize = 256;
 
-async fn drive(
-    mut ws: Socket,
+async fn drive<S>(
+    mut ws: WebSocketStream<S>,
     mut session: WorkerSession,
     jobs_tx: mpsc::Sender<RawJob>,
     mut replies: mpsc::Receiver<Reply>,
     drain: CancellationToken,
-) -> Result<()> {
+) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut jobs_tx = Some(jobs_tx);
     let mut replies_open = true;
     let mut draining = false;
@@ -242,9 +290,21 @@ async fn drive(
             } else {
                 "worker left"
             };
-            break close(&mut ws, CLOSE_NORMAL, reason).await;
+            close(&mut ws, CLOSE_NORMAL, reason).await;
+            break Ok(());
         }
         tokio::select! {
+            biased;
+            _ = drain.cancelled(), if !draining => {
+                draining = true;
+                tracing::info!(outstanding = session.outstanding(), "draining: finishing the jobs held, then leaving");
+                match session.drain_frame() {
+                    Ok(frame) => if let Err(e) = ws.send(Message::Binary(frame)).await {
+                        break Err(Error::Connection(e.to_string()));
+                    },
+                    Err(e) => break Err(e),
+                }
+            }
             msg = ws.next() => {
                 last_seen = Instant::now();
                 let frame = match msg {
@@ -253,7 +313,7 @@ async fn drive(
                     Some(Ok(Message::Text(_))) => {
                         let e = Error::Malformed("text frames are not part of the protocol".into());
                         let (code, reason) = close_frame_for(&e);
-                        let _ = close(&mut ws, code, &reason).await;
+                        close(&mut ws, code, &reason).await;
                         break Err(e);
                     }
                     Some(Ok(_)) => continue,
@@ -268,13 +328,13 @@ async fn drive(
                             Some(Err(mpsc::error::TrySendError::Full(_))) => {
                                 let e = Error::Unexpected("the coordinator sent more jobs than the declared capacity".into());
                                 let (code, reason) = close_frame_for(&e);
-                                let _ = close(&mut ws, code, &reason).await;
+                                close(&mut ws, code, &reason).await;
                                 break Err(e);
                             }
                             // Nobody takes jobs any more: the worker is leaving, and the
                             // coordinator re-dispatches what it does not answer.
                             Some(Err(mpsc::error::TrySendError::Closed(_))) | None => {
-                                let _ = close(&mut ws, CLOSE_GOING_AWAY, "the worker stopped taking jobs").await;
+                                close(&mut ws, CLOSE_GOING_AWAY, "the worker stopped taking jobs").await;
                                 break Ok(());
                             }
                         }
@@ -286,7 +346,7 @@ async fn drive(
                     Err(e) => {
                         let (code, reason) = close_frame_for(&e);
                         tracing::warn!(error = %e, "closing the connection");
-                        let _ = close(&mut ws, code, &reason).await;
+                        close(&mut ws, code, &reason).await;
                         break Err(e);
                     }
                 }
@@ -296,7 +356,7 @@ async fn drive(
                     replies_open = false;
                     if session.outstanding() > 0 || !session.end_of_work() {
                         let reason = format!("the worker stopped with {} jobs unanswered", session.outstanding());
-                        let _ = close(&mut ws, CLOSE_GOING_AWAY, &reason).await;
+                        close(&mut ws, CLOSE_GOING_AWAY, &reason).await;
                         break Ok(());
                     }
                     continue;
@@ -324,21 +384,11 @@ async fn drive(
                     break Err(Error::Connection(e.to_string()));
                 }
             }
-            _ = drain.cancelled(), if !draining => {
-                draining = true;
-                tracing::info!(outstanding = session.outstanding(), "draining: finishing the jobs held, then leaving");
-                match session.drain_frame() {
-                    Ok(frame) => if let Err(e) = ws.send(Message::Binary(frame)).await {
-                        break Err(Error::Connection(e.to_string()));
-                    },
-                    Err(e) => break Err(e),
-                }
-            }
             _ = &mut deadline, if idle.is_some() => {
                 let limit = idle.unwrap_or(far);
                 if last_seen.elapsed() >= limit {
                     let e = Error::Timeout(format!("the coordinator was silent for {limit:?}"));
-                    let _ = close(&mut ws, CLOSE_GOING_AWAY, &e.to_string()).await;
+                    close(&mut ws, CLOSE_GOING_AWAY, &e.to_string()).await;
                     break Err(e);
                 }
                 deadline.as_mut().reset(last_seen + limit);

@@ -30,7 +30,7 @@ pub mod serve;
 
 use std::time::Duration;
 
-pub use connection::{connect_raw, Client, RawJob, Reply};
+pub use connection::{connect_raw, connect_raw_io, Client, RawConnection, RawJob, Reply};
 pub use distchan_protocol::{transform, Error, JobId, Result};
 pub use job::{Job, JobStream, ResultSink};
 pub use serve::{serve, serve_builtin, serve_raw};
@@ -130,6 +130,26 @@ where
     R: Serialize,
 {
     let (jobs, replies, client) = connect_raw(url, &options).await?;
+    Ok((
+        JobStream::new(jobs, replies.clone()),
+        ResultSink::new(replies),
+        client,
+    ))
+}
+
+/// Like [`connect`], over a connection the caller already opened (a TLS stream, a Unix
+/// socket, or an in-memory pipe in tests); `url` still names the endpoint.
+pub async fn connect_io<J, R, S>(
+    url: &str,
+    io: S,
+    options: Options,
+) -> Result<(JobStream<J>, ResultSink<R>, Client)>
+where
+    J: DeserializeOwned,
+    R: Serialize,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (jobs, replies, client) = connect_raw_io(url, io, &options).await?;
     Ok((
         JobStream::new(jobs, replies.clone()),
         ResultSink::new(replies),

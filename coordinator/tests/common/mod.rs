@@ -136,3 +136,114 @@ pub async fn capitalizer(url: String, options: distchan_worker::Options) -> Vec<
     client.done().await.expect("worker ends cleanly");
     seen
 }
+
+/// A coordinator served over the in-memory transport (deterministic under paused time).
+pub async fn start_mem<J: Serialize, R: DeserializeOwned>(
+    config: Config,
+) -> (
+    Coordinator,
+    distchan_coordinator::memory::MemoryConnector,
+    JobSender<J>,
+    ResultReceiver<R>,
+) {
+    let (listener, connector) = distchan_coordinator::memory::channel();
+    let (coordinator, jobs, results) = Coordinator::builder()
+        .config(config)
+        .listen_on::<_, J, R>(listener)
+        .expect("coordinator starts");
+    (coordinator, connector, jobs, results)
+}
+
+pub type MemWs = WebSocketStream<tokio::io::DuplexStream>;
+
+/// Opens a WebSocket over the in-memory transport, offering the current subprotocol.
+pub async fn open_mem(connector: &distchan_coordinator::memory::MemoryConnector) -> MemWs {
+    let mut request = "ws://memory/ws".into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&wire::subprotocol(PROTOCOL_VERSION)).unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::client_async(request, connector.connect().unwrap())
+        .await
+        .expect("websocket opens");
+    ws
+}
+
+/// A raw client over the in-memory transport that has completed its handshake.
+pub async fn raw_mem_worker(
+    connector: &distchan_coordinator::memory::MemoryConnector,
+    hello: Hello,
+) -> (MemWs, u64) {
+    let mut ws = open_mem(connector).await;
+    let frame = wire::encode_to_coordinator(&ToCoordinator::Hello(hello)).unwrap();
+    ws.send(Message::Binary(frame)).await.unwrap();
+    match next_mem(&mut ws).await {
+        Some(ToWorker::Welcome(w)) => (ws, w.worker_id),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}
+
+/// The next protocol message on an in-memory client, or `None` once closed.
+pub async fn next_mem(ws: &mut MemWs) -> Option<ToWorker> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => return Some(wire::decode_to_worker(&b).unwrap()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// The next job on an in-memory client.
+pub async fn next_job(ws: &mut MemWs) -> wire::Job {
+    match next_mem(ws).await {
+        Some(ToWorker::Job(job)) => job,
+        other => panic!("expected a job, got {other:?}"),
+    }
+}
+
+/// Reads until the close frame of an in-memory client and returns its code and reason.
+pub async fn mem_close_of(ws: &mut MemWs) -> Option<(u16, String)> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => {
+                return Some((f.code.into(), f.reason.to_string()))
+            }
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Sends a result for `id` on an in-memory client.
+pub async fn mem_answer<T: Serialize>(ws: &mut MemWs, id: distchan_protocol::JobId, value: &T) {
+    let frame = wire::encode_to_coordinator(&ToCoordinator::Result(wire::JobResult {
+        id,
+        outcome: Ok(payload::to_msgpack(value).unwrap()),
+    }))
+    .unwrap();
+    ws.send(Message::Binary(frame)).await.unwrap();
+}
+
+/// A library capitalizer worker over the in-memory transport.
+pub async fn mem_capitalizer(
+    connector: distchan_coordinator::memory::MemoryConnector,
+    options: distchan_worker::Options,
+) -> Vec<String> {
+    let io = connector.connect().unwrap();
+    let (mut jobs, results, client) =
+        distchan_worker::connect_io::<String, String, _>("ws://memory/ws", io, options)
+            .await
+            .expect("worker connects");
+    let mut seen = Vec::new();
+    while let Some(job) = jobs.recv().await {
+        seen.push(job.value.clone());
+        results
+            .send(job.id, Ok(job.value.to_uppercase()))
+            .await
+            .unwrap();
+    }
+    drop(results);
+    client.done().await.expect("worker ends cleanly");
+    seen
+}

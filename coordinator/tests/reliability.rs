@@ -1,0 +1,315 @@
+//! Nothing lost: re-dispatch of jobs from lost workers, heartbeats and leases (on tokio's
+//! paused clock over the in-memory transport, so nothing really waits), retry limits,
+//! handler errors, credit, drain and shutdown.
+
+mod common;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use common::{
+    capitalizer, hello, mem_answer, mem_capitalizer, mem_close_of, next_job, raw_mem_worker, start,
+    start_mem, LIMIT,
+};
+use distchan_coordinator::Config;
+use distchan_protocol::{wire::Hello, Error};
+use distchan_worker::Options;
+use tokio::time::{timeout, Instant};
+
+fn capacity(n: u32) -> Hello {
+    Hello {
+        capacity: n,
+        ..hello()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_worker_is_declared_dead_within_two_heartbeats() {
+    let heartbeat = Duration::from_secs(1);
+    let config = Config {
+        heartbeat,
+        ..Config::default()
+    };
+    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    // A takes the job, then never reads again, so it never answers a ping.
+    let (mut a, _) = raw_mem_worker(&net, capacity(1)).await;
+    let last_sign_of_life = Instant::now();
+    jobs.send("held by a".into()).await.unwrap();
+    let job = next_job(&mut a).await;
+    let b = tokio::spawn(mem_capitalizer(net.clone(), Options::default()));
+
+    let outcome = results.recv().await.expect("the job is answered by b");
+    assert_eq!(outcome.id, job.id);
+    assert_eq!(outcome.result.unwrap(), "HELD BY A");
+    let waited = last_sign_of_life.elapsed();
+    assert!(
+        waited >= 2 * heartbeat,
+        "declared dead too early: {waited:?}"
+    );
+    assert!(
+        waited < 2 * heartbeat + Duration::from_millis(100),
+        "declared dead too late: {waited:?}"
+    );
+    assert_eq!(coordinator.stats().redelivered, 1);
+    // Its connection is over: the stream ends (the close frame sits behind a ping that a's
+    // client can no longer answer, so the reason is not observable from here).
+    assert!(mem_close_of(&mut a)
+        .await
+        .is_none_or(|(_, reason)| reason.contains("no sign of life")));
+
+    // b answers pings: a minute later it is still connected.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(coordinator.worker_count(), 1);
+    drop(jobs);
+    assert!(results.recv().await.is_none());
+    assert_eq!(b.await.unwrap(), ["held by a"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overrun_lease_redispatches_and_the_late_result_is_dropped() {
+    let lease = Duration::from_secs(10);
+    let config = Config {
+        heartbeat: Duration::ZERO,
+        lease: Some(lease),
+        ..Config::default()
+    };
+    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    let (mut a, _) = raw_mem_worker(&net, capacity(1)).await;
+    jobs.send("slow".into()).await.unwrap();
+    let job = next_job(&mut a).await;
+    let dispatched_at = Instant::now();
+    let b = tokio::spawn(mem_capitalizer(net.clone(), Options::default()));
+
+    let first = results.recv().await.unwrap();
+    assert!(
+        dispatched_at.elapsed() >= lease,
+        "re-dispatched only after the lease"
+    );
+    assert_eq!(first.result.unwrap(), "SLOW");
+    // a finally answers, then leaves: its result is a duplicate and must be dropped.
+    mem_answer(&mut a, job.id, &"late from a".to_owned()).await;
+    drop(a);
+    let mut workers = coordinator.watch_workers();
+    workers.wait_for(|&n| n == 1).await.unwrap();
+    assert_eq!(coordinator.stats().duplicates, 1);
+    drop(jobs);
+    assert!(
+        results.recv().await.is_none(),
+        "exactly one outcome for the job"
+    );
+    assert_eq!(b.await.unwrap(), ["slow"]);
+}
+
+#[tokio::test]
+async fn a_worker_that_vanishes_mid_job_loses_nothing() {
+    let (coordinator, net, jobs, mut results) =
+        start_mem::<String, String>(Config::default()).await;
+    let (mut a, _) = raw_mem_worker(&net, capacity(3)).await;
+    for i in 0..10 {
+        jobs.send(format!("job {i}")).await.unwrap();
+    }
+    drop(jobs);
+    for _ in 0..3 {
+        next_job(&mut a).await;
+    }
+    drop(a); // gone without a word, holding three jobs
+    let b = tokio::spawn(mem_capitalizer(net.clone(), Options::default()));
+    let outcomes = timeout(LIMIT, results.collect_all()).await.unwrap();
+    let by_id: BTreeMap<u64, String> = outcomes
+        .into_iter()
+        .map(|o| (o.id.0, o.result.unwrap()))
+        .collect();
+    assert_eq!(by_id.len(), 10, "each job exactly once");
+    assert!(by_id.iter().all(|(id, v)| *v == format!("JOB {id}")));
+    assert_eq!(coordinator.stats().redelivered, 3);
+    assert_eq!(b.await.unwrap().len(), 10);
+}
+
+#[tokio::test]
+async fn a_job_lost_too_often_is_reported_as_failed() {
+    let config = Config {
+        max_retries: 1,
+        ..Config::default()
+    };
+    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    jobs.send("cursed".into()).await.unwrap();
+    drop(jobs);
+    for _ in 0..2 {
+        let (mut ws, _) = raw_mem_worker(&net, capacity(1)).await;
+        next_job(&mut ws).await;
+        drop(ws);
+    }
+    let outcome = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(outcome.result, Err(Error::WorkerLost { attempts: 2 })),
+        "{:?}",
+        outcome.result
+    );
+    assert!(results.recv().await.is_none());
+    assert_eq!(coordinator.stats().failed, 1);
+}
+
+async fn picky_worker(url: String) {
+    distchan_worker::serve(&url, Options::default(), |s: String| async move {
+        if s == "bad" {
+            Err(format!("cannot handle {s:?}"))
+        } else {
+            Ok(s.to_uppercase())
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_handler_error_is_reported_for_that_job_and_not_retried() {
+    let (coordinator, jobs, mut results) = start::<String, String>(Config::default()).await;
+    let worker = tokio::spawn(picky_worker(coordinator.ws_url()));
+    for s in ["good", "bad", "fine"] {
+        jobs.send(s.into()).await.unwrap();
+    }
+    drop(jobs);
+    let outcomes = timeout(LIMIT, results.collect_all()).await.unwrap();
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.result.is_err()).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].id.0, 1);
+    assert!(matches!(&failed[0].result, Err(Error::Handler(m)) if m.contains("cannot handle")));
+    assert_eq!(coordinator.stats().dispatched, 3, "no retry by default");
+    worker.await.unwrap();
+}
+
+#[tokio::test]
+async fn handler_errors_are_retried_when_configured() {
+    let config = Config {
+        handler_retries: 2,
+        ..Config::default()
+    };
+    let (coordinator, jobs, mut results) = start::<String, String>(config).await;
+    let worker = tokio::spawn(picky_worker(coordinator.ws_url()));
+    jobs.send("bad".into()).await.unwrap();
+    drop(jobs);
+    let outcomes = timeout(LIMIT, results.collect_all()).await.unwrap();
+    assert_eq!(outcomes.len(), 1);
+    assert!(outcomes[0].result.is_err());
+    assert_eq!(
+        coordinator.stats().dispatched,
+        3,
+        "first attempt plus two retries"
+    );
+    worker.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_slow_worker_never_delays_jobs_others_could_take() {
+    let (_coordinator, net, jobs, mut results) =
+        start_mem::<String, String>(Config::default()).await;
+    let (mut slow, _) = raw_mem_worker(&net, capacity(1)).await;
+    jobs.send("for the slow one".into()).await.unwrap();
+    let held = next_job(&mut slow).await;
+    let fast = tokio::spawn(mem_capitalizer(net.clone(), Options::default()));
+    for i in 0..20 {
+        jobs.send(format!("quick {i}")).await.unwrap();
+    }
+    drop(jobs);
+    // All twenty complete while the slow worker still holds its one job.
+    for _ in 0..20 {
+        let o = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
+        assert_ne!(o.id, held.id);
+    }
+    mem_answer(&mut slow, held.id, &"SLOW".to_owned()).await;
+    let last = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (last.id, last.result.unwrap()),
+        (held.id, "SLOW".to_owned())
+    );
+    drop(slow);
+    assert_eq!(fast.await.unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn credit_caps_the_jobs_a_worker_holds() {
+    let (coordinator, net, jobs, _results) = start_mem::<String, String>(Config::default()).await;
+    let (mut a, _) = raw_mem_worker(&net, capacity(3)).await;
+    for i in 0..10 {
+        jobs.send(format!("{i}")).await.unwrap();
+    }
+    for _ in 0..3 {
+        next_job(&mut a).await;
+    }
+    // The other seven wait; the counters say so once the scheduler has taken them in.
+    let stats = coordinator.stats();
+    assert_eq!(stats.dispatched, 3);
+    assert_eq!(stats.in_flight, 3);
+}
+
+#[tokio::test]
+async fn a_draining_worker_finishes_its_jobs_and_takes_no_more() {
+    let (coordinator, net, jobs, mut results) =
+        start_mem::<String, String>(Config::default()).await;
+    let options = Options::default().capacity(2);
+    let drain = options.drain.clone();
+    let io = net.connect().unwrap();
+    let (mut a_jobs, a_results, a_client) =
+        distchan_worker::connect_io::<String, String, _>("ws://memory/ws", io, options)
+            .await
+            .unwrap();
+    for i in 0..6 {
+        jobs.send(format!("w{i}")).await.unwrap();
+    }
+    drop(jobs);
+    let first = a_jobs.recv().await.unwrap();
+    let second = a_jobs.recv().await.unwrap();
+    drain.cancel();
+    a_results
+        .send(first.id, Ok(first.value.to_uppercase()))
+        .await
+        .unwrap();
+    a_results
+        .send(second.id, Ok(second.value.to_uppercase()))
+        .await
+        .unwrap();
+    timeout(LIMIT, a_client.done())
+        .await
+        .unwrap()
+        .expect("a leaves cleanly");
+    let b = tokio::spawn(mem_capitalizer(net.clone(), Options::default()));
+    let outcomes = timeout(LIMIT, results.collect_all()).await.unwrap();
+    assert_eq!(outcomes.len(), 6);
+    assert_eq!(
+        b.await.unwrap().len(),
+        4,
+        "b took exactly the jobs a did not"
+    );
+    assert_eq!(coordinator.stats().redelivered, 0);
+}
+
+#[tokio::test]
+async fn shutdown_reports_the_unfinished_jobs() {
+    let (coordinator, jobs, mut results) = start::<String, String>(Config::default()).await;
+    for i in 0..5 {
+        jobs.send(format!("{i}")).await.unwrap();
+    }
+    let report = coordinator.shutdown().await;
+    assert_eq!(
+        report.unfinished.iter().map(|id| id.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    assert!(
+        timeout(LIMIT, results.recv()).await.unwrap().is_none(),
+        "the result receiver ends"
+    );
+    assert!(matches!(jobs.send("late".into()).await, Err(Error::Closed)));
+}
+
+#[tokio::test]
+async fn shutdown_tells_connected_workers() {
+    let (coordinator, _jobs, _results) = start::<String, String>(Config::default()).await;
+    let (_jobs_a, _results_a, client) =
+        distchan_worker::connect::<String, String>(&coordinator.ws_url(), Options::default())
+            .await
+            .unwrap();
+    let report = coordinator.shutdown().await;
+    assert_eq!(report.workers, 1);
+    let err = timeout(LIMIT, client.done()).await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("shutting down"), "{err}");
+    let _ = capitalizer; // shared helper, used by other test files
+}
