@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test of the project: installs what is missing (wasm target, wasm-bindgen-cli,
+# wasm-pack, Chromium), then the workspace's cargo tests (unit, integration, doc tests),
+# formatting and lint checks, the wasm worker's tests under Node and in headless Chromium,
+# the browser end-to-end test, and the benchmark in quick mode.
+#
+# Usage: scripts/test.sh            (from anywhere)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "setup (every step checks before it acts)"
+bash scripts/setup.sh
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --exclude distchan-worker-wasm --all-targets -- -D warnings
+cargo clippy -p distchan-worker-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
+
+step "cargo test (workspace: unit, integration and doc tests)"
+cargo test --workspace --exclude distchan-worker-wasm
+
+step "release binaries (for the browser tests)"
+cargo build --release --bins
+
+step "wasm worker: Node, headless Chromium, end to end"
+bash scripts/test-wasm.sh
+
+echo
+echo "all tests passed"
