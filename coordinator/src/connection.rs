@@ -83,12 +83,14 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
 
     let (tx, rx) = mpsc::unbounded_channel();
     let (reply_tx, reply_rx) = oneshot::channel();
+    let last_seen = Arc::new(AtomicU64::new(shared.epoch.elapsed().as_millis() as u64));
     let join = Event::Join {
         agent: hello.agent.clone(),
         kind: hello.kind,
         addr: peer.addr,
         capacity: hello.capacity,
         tx,
+        last_seen: last_seen.clone(),
         reply: reply_tx,
     };
     let worker = match shared.events.send(join) {
@@ -116,7 +118,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
     });
     let (code, reason) = match wire::encode_to_worker(&welcome) {
         Ok(frame) => match sink.send(Message::Binary(frame)).await {
-            Ok(()) => run(worker, &mut sink, &mut stream, rx, &shared).await,
+            Ok(()) => run(worker, &mut sink, &mut stream, rx, &shared, &last_seen).await,
             Err(e) => (CLOSE_GOING_AWAY, format!("could not send the welcome: {e}")),
         },
         Err(e) => (
@@ -232,17 +234,21 @@ async fn run(
     stream: &mut SplitStream<WebSocket>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: &Shared,
+    last_seen: &AtomicU64,
 ) -> (u16, String) {
+    let epoch = shared.epoch;
     let start = Instant::now();
-    let last_seen = AtomicU64::new(0);
-    let seen = || last_seen.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let seen = || last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     let heartbeat = shared.config.heartbeat;
 
     let reader = async {
         while let Some(msg) = stream.next().await {
             seen();
             let frame = match msg {
-                Ok(Message::Binary(frame)) => frame,
+                Ok(Message::Binary(frame)) => {
+                    shared.counters.bytes_in.inc_by(frame.len() as u64);
+                    frame
+                }
                 Ok(Message::Ping(_) | Message::Pong(_)) => continue,
                 Ok(Message::Close(_)) => {
                     return (wire::CLOSE_NORMAL, "closed by the worker".to_owned())
@@ -308,6 +314,7 @@ async fn run(
                             Ok(frame) => frame,
                             Err(e) => return (CLOSE_POLICY, e.to_string()),
                         };
+                        shared.counters.bytes_out.inc_by(frame.len() as u64);
                         if let Err(e) = sink.feed(Message::Binary(frame)).await {
                             return (CLOSE_GOING_AWAY, format!("write failed: {e}"));
                         }
@@ -322,7 +329,7 @@ async fn run(
                     }
                 }
                 _ = &mut deadline, if enabled => {
-                    let seen_at = start + Duration::from_millis(last_seen.load(Ordering::Relaxed));
+                    let seen_at = epoch + Duration::from_millis(last_seen.load(Ordering::Relaxed));
                     if Instant::now() >= seen_at + 2 * period {
                         return (CLOSE_GOING_AWAY, format!("no sign of life for {:?} (two heartbeats)", 2 * period));
                     }

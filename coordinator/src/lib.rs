@@ -40,6 +40,7 @@
 
 pub mod config;
 mod connection;
+mod dashboard;
 pub mod demo;
 pub mod job;
 pub mod memory;
@@ -55,7 +56,7 @@ pub use config::Config;
 pub use distchan_protocol::{transform, Error, JobId};
 pub use job::{JobSender, TrySendError};
 pub use result::{JobOutcome, ResultReceiver};
-pub use scheduler::ShutdownReport;
+pub use scheduler::{ShutdownReport, WorkerSnapshot};
 pub use stats::Stats;
 
 use distchan_protocol::transform::{Transform, TransformChain};
@@ -75,6 +76,9 @@ use crate::{
 /// State shared by the HTTP server and every connection.
 pub(crate) struct Shared {
     pub config: Config,
+    pub counters: Arc<Counters>,
+    pub epoch: tokio::time::Instant,
+    pub dashboard: dashboard::Hub,
     pub events: mpsc::UnboundedSender<Event>,
     pub slots: Arc<Semaphore>,
 }
@@ -266,7 +270,9 @@ impl Builder {
         let (workers_tx, workers_rx) = watch::channel(0);
         let (finished_tx, finished_rx) = watch::channel(false);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let epoch = tokio::time::Instant::now();
         let handles = SchedulerHandles {
+            epoch,
             workers: workers_tx,
             finished: finished_tx,
             counters: counters.clone(),
@@ -275,6 +281,9 @@ impl Builder {
         let scheduler = Scheduler::new(self.config.clone(), jobs, results, handles);
         let scheduler_task = tokio::spawn(scheduler.run(events_rx));
         let shared = Arc::new(Shared {
+            counters: counters.clone(),
+            epoch,
+            dashboard: dashboard::Hub::default(),
             slots: Arc::new(Semaphore::new(self.config.max_workers)),
             config: self.config,
             events: events_tx,
@@ -374,6 +383,24 @@ impl Coordinator {
         let _ = rx.wait_for(|&done| done).await;
     }
 
+    /// Describes every connected worker.
+    pub async fn workers(&self) -> Vec<scheduler::WorkerSnapshot> {
+        workers_of(&self.shared).await
+    }
+
+    /// Every metric in the Prometheus text format (what `/metrics` serves).
+    pub fn metrics(&self) -> String {
+        self.counters.render()
+    }
+
+    /// Publishes an application event to every open dashboard (`/dashboard`), and to those
+    /// opened later. The demo publishes each finished Mandelbrot tile this way.
+    pub fn publish<T: Serialize>(&self, event: &T) -> Result<(), Error> {
+        let json = serde_json::to_string(event).map_err(|e| Error::Encode(e.to_string()))?;
+        self.shared.dashboard.publish(json);
+        Ok(())
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         self.counters.snapshot()
@@ -392,6 +419,15 @@ impl Coordinator {
         }
         report
     }
+}
+
+/// Asks the scheduler to describe every connected worker.
+pub(crate) async fn workers_of(shared: &Shared) -> Vec<scheduler::WorkerSnapshot> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if shared.events.send(Event::Snapshot(tx)).is_err() {
+        return Vec::new();
+    }
+    rx.await.unwrap_or_default()
 }
 
 impl Drop for Coordinator {

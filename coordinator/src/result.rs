@@ -15,6 +15,7 @@ use crate::scheduler::EMITTED_ID_BASE;
 #[derive(Debug)]
 pub(crate) struct RawOutcome {
     pub id: JobId,
+    pub worker: Option<u64>,
     pub result: Result<Bytes, Error>,
 }
 
@@ -28,6 +29,8 @@ pub struct JobOutcome<R> {
     /// The id [`JobSender::send`](crate::JobSender::send) returned for the job. Values a
     /// worker emits on its own (results-only use) carry ids from 2^63 upward.
     pub id: JobId,
+    /// The worker whose answer this is (`None` when no worker answered, e.g. a lost job).
+    pub worker: Option<u64>,
     /// The result, or why there is none.
     pub result: Result<R, Error>,
 }
@@ -137,6 +140,10 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
         let result = raw
             .result
             .and_then(|bytes| payload::decode(bytes, &self.chain));
-        JobOutcome { id: raw.id, result }
+        JobOutcome {
+            id: raw.id,
+            worker: raw.worker,
+            result,
+        }
     }
 }

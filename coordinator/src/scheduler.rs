@@ -19,7 +19,11 @@
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -65,8 +69,12 @@ pub(crate) enum Event {
         addr: SocketAddr,
         capacity: u32,
         tx: mpsc::UnboundedSender<Outgoing>,
+        /// Milliseconds since the coordinator started when the worker was last heard from.
+        last_seen: Arc<AtomicU64>,
         reply: oneshot::Sender<Option<WorkerId>>,
     },
+    /// Asks for a description of every connected worker.
+    Snapshot(oneshot::Sender<Vec<WorkerSnapshot>>),
     Result {
         worker: WorkerId,
         id: JobId,
@@ -82,6 +90,31 @@ pub(crate) enum Event {
         worker: WorkerId,
         reason: String,
     },
+}
+
+/// One connected worker, as [`Coordinator::workers`](crate::Coordinator::workers) describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerSnapshot {
+    /// The worker's id.
+    pub id: u64,
+    /// What the worker calls itself.
+    pub agent: String,
+    /// Native, browser or other.
+    pub kind: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The credit window granted.
+    pub capacity: usize,
+    /// Jobs it holds now.
+    pub in_flight: usize,
+    /// Jobs it answered.
+    pub done: u64,
+    /// Milliseconds since it was last heard from.
+    pub last_seen_ms: u64,
+    /// Milliseconds since it joined.
+    pub connected_ms: u64,
+    /// True once it asked to leave.
+    pub draining: bool,
 }
 
 /// What [`Coordinator::shutdown`](crate::Coordinator::shutdown) reports.
@@ -102,6 +135,10 @@ enum State {
 /// A job between leaving the channel and the delivery of its outcome.
 struct Entry {
     payload: Bytes,
+    /// When the job entered the line (for the dispatch-wait histogram).
+    queued_at: Instant,
+    /// When it was last sent to a worker (for the round-trip histogram).
+    dispatched_at: Instant,
     state: State,
     /// Times the job was dispatched (for lease bookkeeping).
     dispatches: u32,
@@ -112,6 +149,12 @@ struct Entry {
 }
 
 struct Worker {
+    agent: String,
+    kind: WorkerKind,
+    addr: SocketAddr,
+    joined: Instant,
+    last_seen: Arc<AtomicU64>,
+    done: u64,
     tx: mpsc::UnboundedSender<Outgoing>,
     capacity: usize,
     held: HashSet<JobId>,
@@ -137,6 +180,8 @@ struct Lease {
 
 /// Handles the scheduler shares with the [`Coordinator`](crate::Coordinator).
 pub(crate) struct SchedulerHandles {
+    /// When the coordinator started; `last_seen` values count from here.
+    pub epoch: Instant,
     pub workers: watch::Sender<usize>,
     pub finished: watch::Sender<bool>,
     pub counters: Arc<Counters>,
@@ -210,11 +255,14 @@ impl Scheduler {
                 Wake::Cancelled | Wake::Event(None) => break,
                 Wake::Event(Some(ev)) => self.handle(ev).await,
                 Wake::NewJobs => {
+                    let now = Instant::now();
                     for job in buf.drain(..) {
                         self.table.insert(
                             job.id,
                             Entry {
                                 payload: job.payload,
+                                queued_at: now,
+                                dispatched_at: now,
                                 state: State::Waiting,
                                 dispatches: 0,
                                 lost: 0,
@@ -255,12 +303,16 @@ impl Scheduler {
 
     async fn handle(&mut self, ev: Event) {
         match ev {
+            Event::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
             Event::Join {
                 agent,
                 kind,
                 addr,
                 capacity,
                 tx,
+                last_seen,
                 reply,
             } => {
                 let id = self.next_worker;
@@ -273,6 +325,12 @@ impl Scheduler {
                 self.workers.insert(
                     id,
                     Worker {
+                        agent,
+                        kind,
+                        addr,
+                        joined: Instant::now(),
+                        last_seen,
+                        done: 0,
                         tx,
                         capacity,
                         held: HashSet::new(),
@@ -298,6 +356,7 @@ impl Scheduler {
                 self.next_emitted += 1;
                 self.deliver(RawOutcome {
                     id,
+                    worker: None,
                     result: Ok(payload),
                 })
                 .await;
@@ -340,6 +399,14 @@ impl Scheduler {
             };
             let entry = self.table.get_mut(&id).expect("checked above");
             let w = self.workers.get_mut(&wid).expect("picked workers exist");
+            let now = Instant::now();
+            if entry.dispatches == 0 {
+                self.handles
+                    .counters
+                    .dispatch_wait
+                    .observe(secs(now - entry.queued_at));
+            }
+            entry.dispatched_at = now;
             entry.dispatches += 1;
             entry.state = State::Running {
                 worker: wid,
@@ -359,7 +426,7 @@ impl Scheduler {
             }
             if let Some(lease) = self.config.lease {
                 self.leases.push_back(Lease {
-                    deadline: Instant::now() + lease,
+                    deadline: now + lease,
                     id,
                     dispatch: entry.dispatches,
                 });
@@ -410,9 +477,21 @@ impl Scheduler {
                 return;
             }
         }
-        self.table.remove(&id);
+        let entry = self.table.remove(&id).expect("checked above");
+        self.handles
+            .counters
+            .round_trip
+            .observe(secs(entry.dispatched_at.elapsed()));
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.done += 1;
+        }
         let result = outcome.map_err(Error::Handler);
-        self.deliver(RawOutcome { id, result }).await;
+        self.deliver(RawOutcome {
+            id,
+            worker: Some(worker),
+            result,
+        })
+        .await;
     }
 
     async fn remove_worker(&mut self, worker: WorkerId, reason: &str) {
@@ -451,16 +530,7 @@ impl Scheduler {
                 "worker lost with jobs in flight"
             );
         }
-        stats::add(&self.handles.counters.redelivered, requeue.len() as u64);
-        self.queue.requeue_front(requeue);
-        for (id, attempts) in failed {
-            self.table.remove(&id);
-            self.deliver(RawOutcome {
-                id,
-                result: Err(Error::WorkerLost { attempts }),
-            })
-            .await;
-        }
+        self.requeue_or_fail(requeue, failed).await;
         let _ = self.handles.workers.send(self.workers.len());
     }
 
@@ -493,13 +563,20 @@ impl Scheduler {
                 requeue.push(lease.id);
             }
         }
+        self.requeue_or_fail(requeue, failed).await;
+    }
+
+    /// Puts lost jobs back at the front of the line, and reports those lost too often.
+    async fn requeue_or_fail(&mut self, requeue: Vec<JobId>, failed: Vec<(JobId, u32)>) {
         stats::add(&self.handles.counters.redelivered, requeue.len() as u64);
         self.queue.requeue_front(requeue);
         for (id, attempts) in failed {
             self.table.remove(&id);
+            let result = Err(Error::WorkerLost { attempts });
             self.deliver(RawOutcome {
                 id,
-                result: Err(Error::WorkerLost { attempts }),
+                worker: None,
+                result,
             })
             .await;
         }
@@ -546,6 +623,28 @@ impl Scheduler {
         let _ = self.handles.finished.send(true);
     }
 
+    fn snapshot(&self) -> Vec<WorkerSnapshot> {
+        let now_ms = self.handles.epoch.elapsed().as_millis() as u64;
+        let mut out: Vec<WorkerSnapshot> = self
+            .workers
+            .iter()
+            .map(|(&id, w)| WorkerSnapshot {
+                id,
+                agent: w.agent.clone(),
+                kind: format!("{:?}", w.kind).to_lowercase(),
+                addr: w.addr,
+                capacity: w.capacity,
+                in_flight: w.held.len(),
+                done: w.done,
+                last_seen_ms: now_ms.saturating_sub(w.last_seen.load(Ordering::Relaxed)),
+                connected_ms: w.joined.elapsed().as_millis() as u64,
+                draining: w.draining,
+            })
+            .collect();
+        out.sort_by_key(|w| w.id);
+        out
+    }
+
     fn publish_gauges(&self) {
         let c = &self.handles.counters;
         stats::set(&c.workers, self.workers.len() as u64);
@@ -556,4 +655,8 @@ impl Scheduler {
         let held: usize = self.table.len().saturating_sub(self.queue.waiting());
         stats::set(&c.in_flight, held as u64);
     }
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
 }

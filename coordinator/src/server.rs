@@ -1,5 +1,5 @@
-//! HTTP on one port: the WebSocket endpoint for workers, `/healthz`, and the volunteer
-//! page's static files at `/`.
+//! HTTP on one port: the WebSocket endpoint for workers, `/healthz`, `/metrics`, the
+//! dashboard's event stream, and the volunteer page's static files at `/`.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -14,17 +14,21 @@ use axum::{
 use distchan_protocol::wire::{self, PROTOCOL_VERSION};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use tower_http::services::ServeDir;
+use tower_http::services::{ServeDir, ServeFile};
 
-use crate::{connection, Shared};
+use crate::{connection, dashboard, Shared};
 
 /// Builds the router for a coordinator.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let mut router = Router::new()
         .route(&shared.config.ws_path, get(upgrade))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/dashboard/events", get(dashboard::events));
     if let Some(dir) = &shared.config.static_dir {
-        router = router.fallback_service(ServeDir::new(dir));
+        router = router
+            .route_service("/dashboard", ServeFile::new(dir.join("dashboard.html")))
+            .fallback_service(ServeDir::new(dir));
     }
     router.with_state(shared)
 }
@@ -57,6 +61,19 @@ pub(crate) fn tcp_nodelay(stream: &mut TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "could not set TCP_NODELAY");
     }
+}
+
+/// `GET /metrics`: every counter in the Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let body = shared.counters.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn upgrade(

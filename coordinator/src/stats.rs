@@ -1,22 +1,111 @@
-//! Counters the scheduler keeps up to date, readable at any time without locks.
+//! Counters the scheduler and connections keep up to date, readable at any time without
+//! locks, and exposed in the Prometheus text format at `/metrics`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
 
-/// Live counters shared between the scheduler and the [`Coordinator`](crate::Coordinator) handle.
-#[derive(Debug, Default)]
+/// Live metrics shared between the scheduler, the connections and the
+/// [`Coordinator`](crate::Coordinator) handle.
+#[derive(Debug)]
 pub(crate) struct Counters {
-    pub workers: AtomicU64,
-    pub queued: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub dispatched: AtomicU64,
-    pub completed: AtomicU64,
-    pub failed: AtomicU64,
-    pub redelivered: AtomicU64,
-    pub duplicates: AtomicU64,
+    pub workers: Gauge,
+    pub queued: Gauge,
+    pub in_flight: Gauge,
+    pub dispatched: Counter,
+    pub completed: Counter,
+    pub failed: Counter,
+    pub redelivered: Counter,
+    pub duplicates: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    /// Seconds a job waited in the scheduler's line before it was sent to a worker.
+    pub dispatch_wait: Histogram,
+    /// Seconds between sending a job to a worker and receiving its result.
+    pub round_trip: Histogram,
+    registry: Registry,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        let buckets = || {
+            Histogram::new([
+                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
+                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ])
+        };
+        let mut c = Counters {
+            workers: Gauge::default(),
+            queued: Gauge::default(),
+            in_flight: Gauge::default(),
+            dispatched: Counter::default(),
+            completed: Counter::default(),
+            failed: Counter::default(),
+            redelivered: Counter::default(),
+            duplicates: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            dispatch_wait: buckets(),
+            round_trip: buckets(),
+            registry: Registry::with_prefix("distchan"),
+        };
+        let r = &mut c.registry;
+        r.register("workers", "Workers connected now", c.workers.clone());
+        r.register("jobs_queued", "Jobs waiting for a worker", c.queued.clone());
+        r.register(
+            "jobs_in_flight",
+            "Jobs sent to a worker and not yet answered",
+            c.in_flight.clone(),
+        );
+        r.register(
+            "jobs_dispatched",
+            "Times a job was sent to a worker",
+            c.dispatched.clone(),
+        );
+        r.register(
+            "jobs_done",
+            "Jobs whose successful result was delivered",
+            c.completed.clone(),
+        );
+        r.register(
+            "jobs_failed",
+            "Jobs whose failure was delivered",
+            c.failed.clone(),
+        );
+        r.register(
+            "jobs_redelivered",
+            "Jobs taken back from a lost worker or lease and queued again",
+            c.redelivered.clone(),
+        );
+        r.register(
+            "results_duplicate",
+            "Late or duplicate results dropped",
+            c.duplicates.clone(),
+        );
+        r.register(
+            "bytes_received",
+            "Bytes received from workers",
+            c.bytes_in.clone(),
+        );
+        r.register("bytes_sent", "Bytes sent to workers", c.bytes_out.clone());
+        r.register(
+            "dispatch_wait_seconds",
+            "Time a job waited for a worker",
+            c.dispatch_wait.clone(),
+        );
+        r.register(
+            "job_round_trip_seconds",
+            "Time from sending a job to a worker to its result",
+            c.round_trip.clone(),
+        );
+        c
+    }
 }
 
 /// A snapshot of the coordinator's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// Workers connected now.
     pub workers: u64,
@@ -34,30 +123,42 @@ pub struct Stats {
     pub redelivered: u64,
     /// Late or duplicate results that were dropped.
     pub duplicates: u64,
+    /// Bytes received from workers.
+    pub bytes_in: u64,
+    /// Bytes sent to workers.
+    pub bytes_out: u64,
 }
 
 impl Counters {
     pub fn snapshot(&self) -> Stats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Stats {
-            workers: get(&self.workers),
-            queued: get(&self.queued),
-            in_flight: get(&self.in_flight),
-            dispatched: get(&self.dispatched),
-            completed: get(&self.completed),
-            failed: get(&self.failed),
-            redelivered: get(&self.redelivered),
-            duplicates: get(&self.duplicates),
+            workers: self.workers.get().max(0) as u64,
+            queued: self.queued.get().max(0) as u64,
+            in_flight: self.in_flight.get().max(0) as u64,
+            dispatched: self.dispatched.get(),
+            completed: self.completed.get(),
+            failed: self.failed.get(),
+            redelivered: self.redelivered.get(),
+            duplicates: self.duplicates.get(),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
         }
+    }
+
+    /// Every metric in the Prometheus (OpenMetrics) text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
     }
 }
 
 /// Adds `n` to a counter.
-pub(crate) fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+pub(crate) fn add(counter: &Counter, n: u64) {
+    counter.inc_by(n);
 }
 
 /// Sets a gauge.
-pub(crate) fn set(counter: &AtomicU64, v: u64) {
-    counter.store(v, Ordering::Relaxed);
+pub(crate) fn set(gauge: &Gauge, v: u64) {
+    gauge.set(v as i64);
 }

@@ -31,6 +31,12 @@ pub const MANDELBROT: &str = "mandelbrot";
 /// Every built-in task name.
 pub const ALL: [&str; 3] = [CAPITALIZE, ADD, MANDELBROT];
 
+/// True for tasks that take long enough to deserve a thread of their own (the native worker
+/// runs them on blocking threads; cheap tasks run inline).
+pub fn is_cpu_heavy(task: &str) -> bool {
+    task == MANDELBROT
+}
+
 /// Runs the built-in task `task` on a plain MessagePack payload.
 ///
 /// Errors (unknown task, payload of the wrong shape) are messages fit for an error result.

@@ -68,13 +68,18 @@ pub async fn serve_builtin(url: &str, options: Options) -> Result<()> {
             "this worker does not know the task `{task}`"
         )));
     }
+    let heavy = tasks::is_cpu_heavy(&task);
     let task: Arc<str> = task.into();
     run(jobs, replies, options.concurrency, move |plain: Bytes| {
         let task = task.clone();
         async move {
-            tokio::task::spawn_blocking(move || tasks::run(&task, &plain))
-                .await
-                .map_err(|e| format!("the task failed: {e}"))?
+            if heavy {
+                tokio::task::spawn_blocking(move || tasks::run(&task, &plain))
+                    .await
+                    .map_err(|e| format!("the task failed: {e}"))?
+            } else {
+                tasks::run(&task, &plain)
+            }
         }
     })
     .await;
