@@ -111,6 +111,7 @@ pub struct Progress {
     failed: usize,
     started: Instant,
     last_print: Instant,
+    most_workers: usize,
 }
 
 impl Progress {
@@ -123,12 +124,14 @@ impl Progress {
             failed: 0,
             started: now,
             last_print: now,
+            most_workers: 0,
         }
     }
 
     /// Counts one outcome; returns a line to print when one is due.
     pub fn record(&mut self, ok: bool, workers: usize) -> Option<String> {
         self.done += 1;
+        self.most_workers = self.most_workers.max(workers);
         if !ok {
             self.failed += 1;
         }
@@ -151,6 +154,11 @@ impl Progress {
     /// Jobs per second so far.
     pub fn rate(&self) -> f64 {
         self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9)
+    }
+
+    /// The most workers connected at once while outcomes arrived.
+    pub fn workers_seen(&self) -> usize {
+        self.most_workers
     }
 
     /// Jobs expected.

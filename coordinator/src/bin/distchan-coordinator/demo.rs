@@ -1,0 +1,206 @@
+//! `distchan-coordinator demo`: a workload worth watching, computed by whoever volunteers.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use clap::{Args, ValueEnum};
+use distchan_coordinator::{
+    demo::{words, Picture, PictureSpec, Progress},
+    Coordinator, Error, JobOutcome,
+};
+use distchan_protocol::tasks::{self, TilePixels};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{announce, ServerArgs};
+
+/// Options of the demo.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Which workload.
+    #[arg(long, env = "DISTCHAN_DEMO", value_enum, default_value_t = DemoKind::Mandelbrot)]
+    pub demo: DemoKind,
+    /// Number of jobs for the capitalize demo.
+    #[arg(long, env = "DISTCHAN_JOBS", default_value_t = 10_000)]
+    pub jobs: usize,
+    /// Picture width for the Mandelbrot demo.
+    #[arg(long, default_value_t = PictureSpec::default().width)]
+    pub width: u32,
+    /// Picture height for the Mandelbrot demo.
+    #[arg(long, default_value_t = PictureSpec::default().height)]
+    pub height: u32,
+    /// Tile edge for the Mandelbrot demo.
+    #[arg(long, default_value_t = PictureSpec::default().tile)]
+    pub tile: u32,
+    /// Iteration limit for the Mandelbrot demo.
+    #[arg(long, default_value_t = PictureSpec::default().max_iter)]
+    pub max_iter: u32,
+    /// Where the Mandelbrot picture is written.
+    #[arg(long, env = "DISTCHAN_OUTPUT", default_value = "mandelbrot.png")]
+    pub output: PathBuf,
+    /// Recompute every result locally and count mismatches (used by the tests).
+    #[arg(long)]
+    pub verify: bool,
+}
+
+impl Default for DemoArgs {
+    fn default() -> Self {
+        let spec = PictureSpec::default();
+        DemoArgs {
+            demo: DemoKind::Mandelbrot,
+            jobs: 10_000,
+            width: spec.width,
+            height: spec.height,
+            tile: spec.tile,
+            max_iter: spec.max_iter,
+            output: "mandelbrot.png".into(),
+            verify: false,
+        }
+    }
+}
+
+/// The demo workloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DemoKind {
+    /// Mandelbrot tiles assembled into a PNG picture (shown live on the dashboard).
+    Mandelbrot,
+    /// Upper-case words (the Go README's example).
+    Capitalize,
+}
+
+/// Runs the chosen demo; `Ok(true)` when every job came back correct.
+pub async fn run(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error> {
+    match args.demo {
+        DemoKind::Mandelbrot => mandelbrot(server, args).await,
+        DemoKind::Capitalize => capitalize(server, args).await,
+    }
+}
+
+async fn mandelbrot(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error> {
+    let spec = PictureSpec {
+        width: args.width,
+        height: args.height,
+        tile: args.tile,
+        max_iter: args.max_iter,
+    };
+    let tiles = spec.tiles();
+    let mut picture = Picture::new(spec);
+    println!(
+        "demo: a {}x{} Mandelbrot picture in {} tiles",
+        spec.width,
+        spec.height,
+        tiles.len()
+    );
+    let verify = args.verify;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let all_ok = run_jobs(
+        server,
+        tasks::MANDELBROT,
+        tiles.clone(),
+        |coordinator, id, worker, px: TilePixels| {
+            if verify && tasks::mandelbrot(&tiles[id as usize]) != px {
+                return Err(format!(
+                    "tile at ({}, {}) differs from the local computation",
+                    px.x, px.y
+                ));
+            }
+            picture.place(&px)?;
+            let event = serde_json::json!({
+                "type": "tile", "job": id, "worker": worker,
+                "x": px.x, "y": px.y, "width": px.width, "height": px.height,
+                "image_width": spec.width, "image_height": spec.height,
+                "rgba": b64.encode(&px.rgba),
+            });
+            coordinator.publish(&event).map_err(|e| e.to_string())
+        },
+    )
+    .await?;
+    if picture.tiles_placed() > 0 {
+        picture.save_png(&args.output)?;
+        println!("picture written to {}", args.output.display());
+    }
+    Ok(all_ok)
+}
+
+async fn capitalize(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error> {
+    let input = words(args.jobs);
+    println!("demo: capitalizing {} words", input.len());
+    let verify = args.verify;
+    run_jobs(
+        server,
+        tasks::CAPITALIZE,
+        input.clone(),
+        |_, id, _, s: String| {
+            if verify && s != input[id as usize].to_uppercase() {
+                return Err(format!("{s:?} is not {:?} capitalized", input[id as usize]));
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Starts the coordinator, sends `jobs`, hands every result to `check`, prints progress and a
+/// summary. `Ok(true)` when every job succeeded and passed `check`.
+async fn run_jobs<J, R, F>(
+    server: &ServerArgs,
+    task: &str,
+    jobs: Vec<J>,
+    mut check: F,
+) -> Result<bool, Error>
+where
+    J: Serialize + Send + 'static,
+    R: DeserializeOwned,
+    F: FnMut(&Coordinator, u64, Option<u64>, R) -> Result<(), String>,
+{
+    let listener = tokio::net::TcpListener::bind(&server.listen).await?;
+    let (coordinator, sender, mut results) = server.builder(task)?.listen::<J, R>(listener)?;
+    let local = announce(&coordinator, server, false);
+    let total = jobs.len();
+    let producer = tokio::spawn(async move {
+        for job in jobs {
+            sender.send(job).await?;
+        }
+        Ok::<_, Error>(())
+    });
+    let mut progress = Progress::new(total);
+    let mut interrupted = false;
+    loop {
+        let outcome: Option<JobOutcome<R>> = tokio::select! {
+            o = results.recv() => o,
+            _ = tokio::signal::ctrl_c() => { interrupted = true; None }
+        };
+        let Some(outcome) = outcome else { break };
+        let checked = outcome
+            .result
+            .map_err(|e| e.to_string())
+            .and_then(|r| check(&coordinator, outcome.id.0, outcome.worker, r));
+        if let Err(e) = &checked {
+            eprintln!("job {} failed: {e}", outcome.id);
+        }
+        if let Some(line) = progress.record(checked.is_ok(), coordinator.worker_count()) {
+            println!("{line}");
+        }
+    }
+    producer.abort();
+    let stats = coordinator.stats();
+    let report = coordinator.shutdown().await;
+    drop(local);
+    println!(
+        "summary: {} of {total} jobs in {:.1}s ({:.1} jobs/s), {} failed, {} workers seen, {} re-dispatched, {} duplicates dropped",
+        progress.done(),
+        progress.elapsed_secs(),
+        progress.rate(),
+        progress.failed(),
+        progress.workers_seen(),
+        stats.redelivered,
+        stats.duplicates,
+    );
+    if interrupted || progress.done() < total {
+        println!(
+            "interrupted: {} of {total} jobs unfinished ({} of them queued or in flight at the coordinator)",
+            total - progress.done(),
+            report.unfinished.len()
+        );
+    }
+    Ok(!interrupted && progress.failed() == 0 && progress.done() == total)
+}

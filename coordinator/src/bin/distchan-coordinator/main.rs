@@ -1,0 +1,257 @@
+//! `distchan-coordinator`: hands jobs to workers (native processes and browser tabs).
+//!
+//! - `distchan-coordinator [demo]`: the Mandelbrot (or capitalize) demo, see [`demo`].
+//! - `distchan-coordinator pipe --task NAME`: JSON lines in, JSON lines out, see [`pipe`].
+//!
+//! Every setting is a flag with an environment-variable twin; logs go to stderr through
+//! `tracing` (`RUST_LOG=debug` for more).
+
+mod demo;
+mod pipe;
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, ExitCode},
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+use distchan_coordinator::{transform::Aes256GcmTransform, Builder, Config, Coordinator, Error};
+
+/// Hand out jobs to distchan workers (native processes and browser tabs) and collect results.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    about,
+    after_help = "Without a subcommand, runs `demo` with its defaults."
+)]
+struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Run a demo workload (default): a Mandelbrot picture, or words to capitalize.
+    Demo(demo::DemoArgs),
+    /// Read jobs as JSON lines, write results as JSON lines.
+    Pipe(pipe::PipeArgs),
+}
+
+/// Settings shared by every mode.
+#[derive(Debug, Clone, Args)]
+struct ServerArgs {
+    /// Address to listen on (HTTP page, dashboard, metrics and WebSocket on the same port).
+    #[arg(
+        long,
+        global = true,
+        env = "DISTCHAN_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen: String,
+    /// Access token workers must present.
+    #[arg(long, global = true, env = "DISTCHAN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// AES-256-GCM key (64 hex digits) to encrypt payloads with; workers need the same key.
+    #[arg(long, global = true, env = "DISTCHAN_AES_KEY", hide_env_values = true)]
+    aes_key: Option<String>,
+    /// Heartbeat interval in milliseconds; a worker silent for two intervals is dead (0: off).
+    #[arg(
+        long,
+        global = true,
+        env = "DISTCHAN_HEARTBEAT_MS",
+        default_value_t = 5000
+    )]
+    heartbeat_ms: u64,
+    /// Job lease in milliseconds: a job held longer goes to another worker (0: no lease).
+    #[arg(long, global = true, env = "DISTCHAN_LEASE_MS", default_value_t = 0)]
+    lease_ms: u64,
+    /// Times a job lost with its worker is dispatched again before it is reported failed.
+    #[arg(long, global = true, env = "DISTCHAN_MAX_RETRIES", default_value_t = 3)]
+    max_retries: u32,
+    /// Times a job whose handler failed is retried before the error is reported.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTCHAN_HANDLER_RETRIES",
+        default_value_t = 0
+    )]
+    handler_retries: u32,
+    /// Largest WebSocket message accepted from a worker, in bytes.
+    #[arg(long, global = true, env = "DISTCHAN_MAX_FRAME", default_value_t = Config::default().max_frame)]
+    max_frame: usize,
+    /// Largest number of connected workers.
+    #[arg(long, global = true, env = "DISTCHAN_MAX_WORKERS", default_value_t = Config::default().max_workers)]
+    max_workers: usize,
+    /// Milliseconds a new connection may take to say hello.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTCHAN_HANDSHAKE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    handshake_timeout_ms: u64,
+    /// Origins allowed for browser workers (repeat or comma-separate); empty allows all.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTCHAN_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origin: Vec<String>,
+    /// Folder with the volunteer page and dashboard, served at `/` [default: ./www if present]
+    #[arg(long, global = true, env = "DISTCHAN_STATIC_DIR")]
+    static_dir: Option<PathBuf>,
+    /// Local native worker processes to start (`distchan-worker` next to this binary).
+    #[arg(
+        long,
+        global = true,
+        env = "DISTCHAN_LOCAL_WORKERS",
+        default_value_t = 1
+    )]
+    local_workers: usize,
+    /// Concurrency of each local worker [default: number of cores]
+    #[arg(long, global = true, env = "DISTCHAN_LOCAL_CONCURRENCY")]
+    local_concurrency: Option<usize>,
+}
+
+impl ServerArgs {
+    /// The library configuration these flags describe, for jobs of `task`.
+    fn config(&self, task: &str) -> Config {
+        Config {
+            token: self.token.clone(),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            lease: (self.lease_ms > 0).then(|| Duration::from_millis(self.lease_ms)),
+            max_retries: self.max_retries,
+            handler_retries: self.handler_retries,
+            max_frame: self.max_frame,
+            max_workers: self.max_workers,
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            allowed_origins: self.allowed_origin.clone(),
+            static_dir: self.static_dir.clone().or_else(default_static_dir),
+            task: Some(task.to_owned()),
+            ..Config::default()
+        }
+    }
+
+    /// A builder with this configuration and the AES transform if a key was given.
+    fn builder(&self, task: &str) -> Result<Builder, Error> {
+        let mut builder = Coordinator::builder().config(self.config(task));
+        if let Some(key) = &self.aes_key {
+            builder = builder.transform(Aes256GcmTransform::from_hex(key)?);
+        }
+        Ok(builder)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.mode {
+        None => demo::run(&cli.server, &demo::DemoArgs::default()).await,
+        Some(Mode::Demo(args)) => demo::run(&cli.server, &args).await,
+        Some(Mode::Pipe(args)) => pipe::run(&cli.server, &args).await,
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(2),
+        Err(e) => {
+            eprintln!("distchan-coordinator: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_static_dir() -> Option<PathBuf> {
+    let candidates = [
+        PathBuf::from("www"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../www"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.join("index.html").is_file())
+}
+
+/// Prints where to connect (to stderr when stdout carries data) and starts local workers.
+fn announce(coordinator: &Coordinator, server: &ServerArgs, to_stderr: bool) -> LocalWorkers {
+    let addr = coordinator.local_addr();
+    let say = |line: String| {
+        if to_stderr {
+            eprintln!("{line}")
+        } else {
+            println!("{line}")
+        }
+    };
+    say(format!("distchan coordinator listening on {addr}"));
+    if coordinator.config().static_dir.is_some() {
+        say(format!(
+            "volunteer: open http://{addr}/ in a browser and press Start"
+        ));
+        say(format!("dashboard: http://{addr}/dashboard"));
+    }
+    say(format!("metrics: http://{addr}/metrics"));
+    say(format!(
+        "more workers: distchan-worker --url {}",
+        coordinator.ws_url()
+    ));
+    LocalWorkers::spawn(&coordinator.ws_url(), server)
+}
+
+/// Native worker processes started next to the coordinator; waited for on drop.
+struct LocalWorkers(Vec<Child>);
+
+impl LocalWorkers {
+    fn spawn(url: &str, server: &ServerArgs) -> Self {
+        if server.local_workers == 0 {
+            return LocalWorkers(Vec::new());
+        }
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("distchan-worker")))
+            .filter(|p| p.is_file());
+        let Some(exe) = exe else {
+            eprintln!("note: no distchan-worker binary next to this one; build it with `cargo build --release --bins`");
+            return LocalWorkers(Vec::new());
+        };
+        let mut children = Vec::new();
+        for i in 0..server.local_workers {
+            let mut cmd = Command::new(&exe);
+            cmd.arg("--url")
+                .arg(url)
+                .arg("--agent")
+                .arg(format!("local worker {}", i + 1));
+            cmd.stdout(std::process::Stdio::null());
+            if let Some(c) = server.local_concurrency {
+                cmd.arg("--concurrency").arg(c.to_string());
+            }
+            if let Some(t) = &server.token {
+                cmd.env("DISTCHAN_TOKEN", t);
+            }
+            if let Some(k) = &server.aes_key {
+                cmd.env("DISTCHAN_AES_KEY", k);
+            }
+            match cmd.spawn() {
+                Ok(child) => children.push(child),
+                Err(e) => eprintln!("note: could not start a local worker: {e}"),
+            }
+        }
+        LocalWorkers(children)
+    }
+}
+
+impl Drop for LocalWorkers {
+    fn drop(&mut self) {
+        // They leave by themselves at end-of-work or when the coordinator goes away.
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Pipe mode end to end through the real binaries: `distchan-coordinator pipe` with a local
+//! `distchan-worker` process, JSON lines in (one of them malformed), JSON lines out.
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+fn coordinator_bin() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_distchan-coordinator"));
+    let worker = exe.with_file_name("distchan-worker");
+    assert!(
+        worker.is_file(),
+        "{} is missing: run the tests for the whole workspace (`cargo test --workspace`)",
+        worker.display()
+    );
+    exe
+}
+
+fn run_pipe(input: &str, extra: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+    let mut child = Command::new(coordinator_bin())
+        .args([
+            "pipe",
+            "--task",
+            "capitalize",
+            "--listen",
+            "127.0.0.1:0",
+            "--local-workers",
+            "1",
+        ])
+        .args(["--local-concurrency", "2"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the coordinator starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every output line is JSON"))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn pipe_mode_answers_every_line_in_order_and_reports_the_bad_one() {
+    let mut input = String::new();
+    for i in 0..200 {
+        if i == 57 {
+            input.push_str("{not json\n");
+        } else {
+            input.push_str(&format!("\"word {i}\"\n"));
+        }
+    }
+    let (code, lines, stderr) = run_pipe(&input, &["--ordered"]);
+    assert_eq!(
+        code, 2,
+        "a skipped line makes the run unsuccessful; stderr: {stderr}"
+    );
+    assert!(stderr.contains("line 58: not valid JSON"), "{stderr}");
+    assert!(
+        stderr.contains("199 jobs, 199 results, 0 failed, 1 bad input lines"),
+        "{stderr}"
+    );
+    assert_eq!(lines.len(), 199);
+    for (id, record) in lines.iter().enumerate() {
+        let source_line = if id < 57 { id + 1 } else { id + 2 };
+        let word = if id < 57 { id } else { id + 1 };
+        assert_eq!(record["id"], id as u64, "results come in input order");
+        assert_eq!(record["line"], source_line as u64);
+        assert_eq!(record["value"], format!("WORD {word}"));
+    }
+}
+
+#[test]
+fn pipe_mode_can_stop_at_the_first_bad_line_and_reports_job_errors() {
+    let (code, lines, stderr) = run_pipe(
+        "\"a\"\n42\nbroken\n\"never sent\"\n",
+        &["--on-bad-line", "fail"],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("line 3: not valid JSON") && stderr.contains("stopping"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines.len(),
+        2,
+        "the two lines before the bad one still get results"
+    );
+    let error = lines
+        .iter()
+        .find(|r| r["line"] == 2)
+        .expect("line 2's result");
+    assert!(
+        error["error"].as_str().unwrap().contains("handler failed"),
+        "42 is not a string: {error}"
+    );
+    assert!(lines.iter().any(|r| r["value"] == "A"));
+}
+
+#[test]
+fn pipe_mode_succeeds_on_clean_input() {
+    let (code, lines, stderr) = run_pipe("\"x\"\n\"y\"\n", &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 2);
+}
