@@ -25,7 +25,7 @@ impl Default for PictureSpec {
             width: 1600,
             height: 1000,
             tile: 50,
-            max_iter: 6000,
+            max_iter: 100_000,
         }
     }
 }

@@ -42,22 +42,6 @@ pub struct DemoArgs {
     pub verify: bool,
 }
 
-impl Default for DemoArgs {
-    fn default() -> Self {
-        let spec = PictureSpec::default();
-        DemoArgs {
-            demo: DemoKind::Mandelbrot,
-            jobs: 10_000,
-            width: spec.width,
-            height: spec.height,
-            tile: spec.tile,
-            max_iter: spec.max_iter,
-            output: "mandelbrot.png".into(),
-            verify: false,
-        }
-    }
-}
-
 /// The demo workloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DemoKind {
@@ -182,6 +166,13 @@ where
         }
     }
     producer.abort();
+    // Give the workers a moment to leave on their own after end-of-work.
+    let mut workers = coordinator.watch_workers();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        workers.wait_for(|&n| n == 0),
+    )
+    .await;
     let stats = coordinator.stats();
     let report = coordinator.shutdown().await;
     drop(local);

@@ -23,11 +23,14 @@ use distchan_coordinator::{transform::Aes256GcmTransform, Builder, Config, Coord
 #[command(
     version,
     about,
-    after_help = "Without a subcommand, runs `demo` with its defaults."
+    after_help = "Without a subcommand, runs `demo` (whose options may be given directly).",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    demo: demo::DemoArgs,
     #[command(subcommand)]
     mode: Option<Mode>,
 }
@@ -156,7 +159,7 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let outcome = match cli.mode {
-        None => demo::run(&cli.server, &demo::DemoArgs::default()).await,
+        None => demo::run(&cli.server, &cli.demo).await,
         Some(Mode::Demo(args)) => demo::run(&cli.server, &args).await,
         Some(Mode::Pipe(args)) => pipe::run(&cli.server, &args).await,
     };

@@ -1,0 +1,113 @@
+// The coordinator's live dashboard: everything arrives pushed over server-sent events
+// from /dashboard/events ("status" twice a second, "app" for each finished tile).
+
+const $ = (id) => document.getElementById(id);
+const history = []; // [time ms, total done] over the last five minutes
+const perWorker = new Map(); // id -> {done, at, rate}
+const colours = new Map();
+const palette = ["#4cc2ff", "#ff7a59", "#5fd38d", "#f5c542", "#c17bff", "#ff5fa2", "#4de0c9", "#a3a3ff"];
+
+function colour(worker) {
+  if (worker == null) return "#888888";
+  if (!colours.has(worker)) colours.set(worker, palette[colours.size % palette.length]);
+  return colours.get(worker);
+}
+
+function ago(ms) {
+  if (ms < 1500) return "now";
+  if (ms < 90_000) return `${Math.round(ms / 1000)} s ago`;
+  return `${Math.round(ms / 60_000)} min ago`;
+}
+
+function showStatus(s) {
+  const st = s.stats;
+  $("task").textContent = s.task ? `task: ${s.task}` : "";
+  $("f-workers").textContent = st.workers;
+  $("f-queued").textContent = st.queued;
+  $("f-inflight").textContent = st.in_flight;
+  $("f-done").textContent = st.completed;
+  $("f-failed").textContent = st.failed;
+  $("f-redelivered").textContent = st.redelivered;
+  $("f-dups").textContent = st.duplicates;
+
+  const now = performance.now();
+  history.push([now, st.completed + st.failed]);
+  while (history.length && now - history[0][0] > 300_000) history.shift();
+  const recent = history.filter(([t]) => now - t <= 5000);
+  const rate = recent.length > 1
+    ? (recent.at(-1)[1] - recent[0][1]) / ((recent.at(-1)[0] - recent[0][0]) / 1000)
+    : 0;
+  $("f-rate").textContent = rate.toFixed(rate < 10 ? 1 : 0);
+  drawChart();
+
+  const rows = s.workers.map((w) => {
+    const prev = perWorker.get(w.id);
+    let r = prev ? prev.rate : 0;
+    if (prev && now > prev.at) r = 0.7 * r + 0.3 * ((w.done - prev.done) / ((now - prev.at) / 1000));
+    perWorker.set(w.id, { done: w.done, at: now, rate: r });
+    const tr = document.createElement("tr");
+    const cells = [w.id, w.agent, w.kind, w.capacity, w.in_flight, w.done, r.toFixed(1), ago(w.last_seen_ms)];
+    cells.forEach((v, i) => {
+      const td = document.createElement("td");
+      if (i === 0) {
+        const sw = document.createElement("span");
+        sw.className = "swatch";
+        sw.style.background = colour(w.id);
+        td.append(sw);
+      }
+      if (i === 1) { td.className = "agent"; td.title = v; }
+      td.append(String(v) + (i === 1 && w.draining ? " (leaving)" : ""));
+      tr.append(td);
+    });
+    return tr;
+  });
+  $("workers").replaceChildren(...rows);
+  $("empty").hidden = s.workers.length > 0;
+}
+
+function drawChart() {
+  const c = $("chart"), g = c.getContext("2d");
+  g.clearRect(0, 0, c.width, c.height);
+  if (history.length < 2) return;
+  const rates = [];
+  for (let i = 1; i < history.length; i++) {
+    const [t0, d0] = history[i - 1], [t1, d1] = history[i];
+    rates.push([t1, (d1 - d0) / Math.max((t1 - t0) / 1000, 1e-3)]);
+  }
+  const max = Math.max(1, ...rates.map(([, r]) => r));
+  const t0 = performance.now() - 300_000;
+  g.strokeStyle = "#4cc2ff";
+  g.lineWidth = 2;
+  g.beginPath();
+  rates.forEach(([t, r], i) => {
+    const x = ((t - t0) / 300_000) * c.width, y = c.height - 4 - (r / max) * (c.height - 20);
+    i ? g.lineTo(x, y) : g.moveTo(x, y);
+  });
+  g.stroke();
+  g.fillStyle = "#8b98a5";
+  g.font = "12px system-ui";
+  g.fillText(`${max.toFixed(0)} jobs/s`, 4, 12);
+}
+
+function showTile(t) {
+  const c = $("picture");
+  if (c.width !== t.image_width || c.height !== t.image_height) {
+    c.width = t.image_width;
+    c.height = t.image_height;
+  }
+  const bytes = Uint8ClampedArray.from(atob(t.rgba), (ch) => ch.charCodeAt(0));
+  const tint = colour(t.worker).match(/\w\w/g).map((h) => parseInt(h, 16));
+  for (let i = 0; i < bytes.length; i += 4) {
+    for (let k = 0; k < 3; k++) bytes[i + k] = bytes[i + k] * 0.7 + tint[k] * 0.3;
+  }
+  c.getContext("2d").putImageData(new ImageData(bytes, t.width, t.height), t.x, t.y);
+}
+
+const source = new EventSource("/dashboard/events");
+source.addEventListener("open", () => { $("conn").textContent = "live"; $("conn").className = "live"; });
+source.addEventListener("error", () => { $("conn").textContent = "reconnecting…"; $("conn").className = ""; });
+source.addEventListener("status", (e) => showStatus(JSON.parse(e.data)));
+source.addEventListener("app", (e) => {
+  const event = JSON.parse(e.data);
+  if (event.type === "tile") showTile(event);
+});
