@@ -1,0 +1,485 @@
+//! `distchan-bench`: measures distchan end to end against the ceiling of its transport.
+//!
+//! ```text
+//! cargo run --release -p distchan-bench -- [--quick] [--json PATH]
+//! ```
+//!
+//! One run prints a table and writes a JSON file (default `target/bench/results.json`).
+//! Everything happens on 127.0.0.1. The coordinator (and the echo server of the ceiling) runs
+//! in the bench process; every worker or client is a child process: the bench binary
+//! re-executed in a helper mode ([`modes`]), so the command needs nothing built beforehand
+//! and the workers run the `distchan-worker` library, not a copy of it.
+//!
+//! # Measurements
+//!
+//! - **Tiny jobs** ([`ours::throughput`]): `n` jobs whose encoded payload is 16 bytes,
+//!   sent with `JobSender::send` -> coordinator -> K `--worker` processes (K = 1, 2, 4) that
+//!   answer with the payload itself through `distchan_worker::serve_raw` -> taken from
+//!   `ResultReceiver::recv` and checked (every id exactly once, payload intact). Credit
+//!   window W = 256 and W = 32. One extra row (K=2, W=256) uses an inline worker (one loop on
+//!   `connect_raw`, no task per job), to separate worker-side from coordinator-side cost.
+//! - **Ceiling** ([`echo::throughput`]): the same number of messages, each the size of the
+//!   coordinator's job frame for that payload, through plain tokio-tungstenite: server in
+//!   this process, K `--echo-client` processes, W unanswered per connection, many frames
+//!   fed per flush on both sides, reading and writing at the same time. Each echo figure is
+//!   the median of three runs (an echo run is short). The ratio distchan / echo is the
+//!   figure that matters.
+//! - **Large payloads**: 64 KiB (W=16) and 1 MiB (W=4) payloads through the coordinator and
+//!   K=2 workers, as payload bytes per second one way; the echo of the same frames beside it.
+//! - **Latency** ([`ours::latency`], [`echo::latency`]): one 16-byte job at a time through
+//!   one worker (send, wait for the result, repeat), p50 and p99 of the round trip after a
+//!   warm-up; the same with one echo connection; the ratio.
+//! - **Scale** ([`ours::swarm`]): a `--swarm` child opens 10,000 worker connections (1,000
+//!   with `--quick`), each completing the hello handshake. While they sit idle (through a
+//!   heartbeat period), this process's resident memory (`VmRSS`) is sampled; the increase
+//!   over the figure before the coordinator started is what the coordinator holds for them.
+//!   Then tiny jobs are dispatched round-robin over *all* of those workers (each answers
+//!   its own jobs inline) and, with a fresh coordinator, over 10 workers in the same kind of
+//!   child process; the ratio of the two dispatch rates. Both processes raise their
+//!   open-file limit to the hard limit. This runs first, so the memory figure is not
+//!   blurred by memory that earlier measurements freed but the allocator kept.
+//!
+//! Every measurement has a deadline and fails the run when it passes; children are killed
+//! when their guard ([`children::Children`]) drops, whatever the reason, and die with the
+//! bench process otherwise (`PR_SET_PDEATHSIG`). A missing, duplicated or altered result,
+//! a worker that fails, or a job left unfinished fails the run (exit status 1). There are
+//! no pass/fail thresholds on the figures: the comparison with the targets of
+//! `performance.md` is printed (met / missed) for people to read.
+//!
+//! `--quick` runs the same measurements with small counts (well under a minute) for CI.
+
+mod children;
+mod echo;
+mod modes;
+mod ours;
+mod report;
+
+use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
+
+use bytes::Bytes;
+use clap::Parser;
+use distchan_protocol::{
+    payload,
+    wire::{self, Job, ToWorker},
+    JobId,
+};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::{
+    modes::Flavor,
+    report::{per_s, Cpu, LargeRow, LatencyRow, Report, ScaleRow, TinyRow},
+};
+
+/// The error type of the whole benchmark: any error, with a readable message.
+pub type BenchError = Box<dyn std::error::Error + Send + Sync>;
+/// Result with [`BenchError`].
+pub type BenchResult<T> = Result<T, BenchError>;
+
+/// Measure distchan end to end against plain tokio-tungstenite on this machine.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Small counts (1,000 idle workers instead of 10,000): well under a minute, for CI.
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the JSON results (default: target/bench/results.json).
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Helper mode: be one worker of the coordinator at this URL.
+    #[arg(long, hide = true)]
+    worker: Option<String>,
+    /// Helper mode: be one echo client of the server at this URL.
+    #[arg(long, hide = true)]
+    echo_client: Option<String>,
+    /// Helper mode: open `--connections` worker connections to this URL.
+    #[arg(long, hide = true)]
+    swarm: Option<String>,
+    /// Helper modes: credit window of each worker connection.
+    #[arg(long, hide = true, default_value_t = 256)]
+    capacity: u32,
+    /// Helper mode `--swarm`: how many connections.
+    #[arg(long, hide = true, default_value_t = 1)]
+    connections: usize,
+    /// Helper mode `--worker`: how the worker answers.
+    #[arg(long, hide = true, value_enum, default_value_t = Flavor::Serve)]
+    flavor: Flavor,
+}
+
+/// Throughput of one run: `items` (jobs or messages) in `secs` seconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Throughput {
+    /// Jobs or messages that made the round trip.
+    pub items: u64,
+    /// Seconds from the first send to the last answer.
+    pub secs: f64,
+    /// CPU seconds the bench process (coordinator or echo server, with the typed sender
+    /// and receiver) used meanwhile.
+    pub cpu_here: f64,
+    /// CPU seconds the child processes (workers or echo clients) used meanwhile.
+    pub cpu_children: f64,
+}
+
+impl Throughput {
+    /// Microseconds of CPU per item in the bench process and in the children.
+    pub fn cpu_us_per_item(&self) -> (f64, f64) {
+        let n = self.items.max(1) as f64;
+        (self.cpu_here * 1e6 / n, self.cpu_children * 1e6 / n)
+    }
+}
+
+/// Round-trip times of one-at-a-time runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Round trips recorded.
+    pub samples: usize,
+    /// Median, microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// Mean, microseconds.
+    pub mean_us: f64,
+}
+
+impl Latency {
+    /// Percentiles of `samples`.
+    pub fn from_samples(mut samples: Vec<Duration>) -> Self {
+        samples.sort_unstable();
+        let n = samples.len();
+        let at = |q: usize| {
+            samples
+                .get((n * q / 100).min(n.saturating_sub(1)))
+                .map_or(0.0, |d| d.as_secs_f64() * 1e6)
+        };
+        let mean = samples.iter().map(Duration::as_secs_f64).sum::<f64>() / n.max(1) as f64;
+        Latency {
+            samples: n,
+            p50_us: at(50),
+            p99_us: at(99),
+            mean_us: mean * 1e6,
+        }
+    }
+}
+
+/// Counts and limits of a run.
+#[derive(Debug, Clone)]
+struct Plan {
+    /// `full` or `quick`.
+    mode: &'static str,
+    /// Tiny jobs per throughput run.
+    tiny_jobs: u64,
+    /// Large payloads: (raw payload bytes, credit window, jobs).
+    large: Vec<(usize, u32, u64)>,
+    /// One-at-a-time round trips not recorded, then recorded.
+    latency: (usize, usize),
+    /// Workers connected in the scale measurement.
+    idle_workers: usize,
+    /// Jobs per dispatch-rate run of the scale measurement.
+    scale_jobs: u64,
+    /// How long the idle workers sit while memory is sampled (covers a 5 s heartbeat).
+    settle: Duration,
+    /// Deadline of each measurement.
+    deadline: Duration,
+}
+
+impl Plan {
+    /// The counts for `--quick` or a full run.
+    fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                mode: "quick",
+                tiny_jobs: 100_000,
+                large: vec![(64 << 10, 16, 2_000), (1 << 20, 4, 200)],
+                latency: (100, 1_000),
+                idle_workers: 1_000,
+                scale_jobs: 20_000,
+                settle: Duration::from_secs(1),
+                deadline: Duration::from_secs(60),
+            }
+        } else {
+            Plan {
+                mode: "full",
+                tiny_jobs: 1_000_000,
+                large: vec![(64 << 10, 16, 20_000), (1 << 20, 4, 2_000)],
+                latency: (300, 5_000),
+                idle_workers: 10_000,
+                scale_jobs: 200_000,
+                settle: Duration::from_secs(6),
+                deadline: Duration::from_secs(180),
+            }
+        }
+    }
+}
+
+/// Runs `fut` with the plan's deadline; `what` names it in progress lines and errors.
+async fn measure<T>(
+    plan: &Plan,
+    what: &str,
+    fut: impl Future<Output = BenchResult<T>>,
+) -> BenchResult<T> {
+    eprintln!("distchan-bench: {what} ...");
+    match tokio::time::timeout(plan.deadline, fut).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(format!("{what}: {e}").into()),
+        Err(_) => Err(format!(
+            "{what}: no result within the deadline of {:?}",
+            plan.deadline
+        )
+        .into()),
+    }
+}
+
+/// The median of three echo runs: an echo run is short (the same number of messages goes
+/// many times faster), so one run alone is at the mercy of a scheduling hiccup.
+async fn echo_median(k: usize, window: usize, msg: Bytes, n: u64) -> BenchResult<Throughput> {
+    let mut runs = Vec::with_capacity(3);
+    for _ in 0..3 {
+        runs.push(echo::throughput(k, window, msg.clone(), n).await?);
+    }
+    runs.sort_by(|a, b| per_s(a).total_cmp(&per_s(b)));
+    Ok(runs[1])
+}
+
+/// `raw` bytes of patterned data (a payload, or an echo message).
+fn data(raw: usize) -> Bytes {
+    (0..raw)
+        .map(|i| (i * 31 + 7) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// Size of the coordinator's job frame carrying `raw` as a typed payload, for job id `id`.
+fn job_frame_len(raw: &Bytes, id: u64) -> BenchResult<usize> {
+    let encoded = payload::to_msgpack(raw)?;
+    Ok(wire::encode_to_worker(&ToWorker::Job(Job {
+        id: JobId(id),
+        payload: encoded,
+    }))?
+    .len())
+}
+
+/// The whole benchmark.
+async fn bench(plan: Plan, json: PathBuf) -> BenchResult<Report> {
+    let started = Instant::now();
+    let nofile = children::raise_nofile();
+    if nofile < plan.idle_workers as u64 + 256 {
+        return Err(format!(
+            "the open-file limit is {nofile}, too low for {} connections (raise the hard \
+             limit, e.g. `ulimit -Hn 65536` as root)",
+            plan.idle_workers
+        )
+        .into());
+    }
+    // The tiny job: 14 bytes of data, 16 bytes once encoded as a MessagePack `bin`.
+    let tiny = data(14);
+    let tiny_payload = payload::to_msgpack(&tiny)?.len();
+    let tiny_frame = job_frame_len(&tiny, plan.tiny_jobs - 1)?;
+    let tiny_msg = data(tiny_frame);
+
+    // Scale first: see the module docs.
+    let many = measure(
+        &plan,
+        &format!(
+            "scale: {} idle workers, then dispatch over them",
+            plan.idle_workers
+        ),
+        ours::swarm(
+            plan.idle_workers,
+            256,
+            tiny.clone(),
+            plan.scale_jobs,
+            plan.settle,
+            plan.deadline / 2,
+        ),
+    )
+    .await?;
+    let ten = measure(
+        &plan,
+        "scale: dispatch over 10 workers",
+        ours::swarm(
+            10,
+            256,
+            tiny.clone(),
+            plan.scale_jobs,
+            Duration::ZERO,
+            Duration::from_secs(30),
+        ),
+    )
+    .await?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let delta = many.rss_idle.saturating_sub(many.rss_before);
+    let scale = ScaleRow {
+        workers: plan.idle_workers,
+        w: 256,
+        rss_before_mib: mib(many.rss_before),
+        rss_idle_mib: mib(many.rss_idle),
+        delta_mib: mib(delta),
+        per_worker_kib: delta as f64 / 1024.0 / plan.idle_workers as f64,
+        jobs: plan.scale_jobs,
+        rate_10: per_s(&ten.rate),
+        rate_many: per_s(&many.rate),
+        ratio: per_s(&many.rate) / per_s(&ten.rate),
+        cpu_10: Cpu::of(&ten.rate),
+        cpu_many: Cpu::of(&many.rate),
+    };
+
+    let mut tiny_rows = Vec::new();
+    for w in [256u32, 32] {
+        for k in [1usize, 2, 4] {
+            let ours = measure(
+                &plan,
+                &format!("tiny jobs K={k} W={w}"),
+                ours::throughput(k, w, Flavor::Serve, tiny.clone(), plan.tiny_jobs, None),
+            )
+            .await?;
+            let echo = measure(
+                &plan,
+                &format!("plain echo K={k} W={w}"),
+                echo_median(k, w as usize, tiny_msg.clone(), plan.tiny_jobs),
+            )
+            .await?;
+            tiny_rows.push(TinyRow {
+                k,
+                w,
+                flavor: Flavor::Serve,
+                jobs: plan.tiny_jobs,
+                ours_per_s: per_s(&ours),
+                echo_per_s: Some(per_s(&echo)),
+                ratio: Some(per_s(&ours) / per_s(&echo)),
+                ours_cpu: Cpu::of(&ours),
+                echo_cpu: Some(Cpu::of(&echo)),
+            });
+        }
+    }
+    let inline = measure(
+        &plan,
+        "tiny jobs K=2 W=256, inline worker",
+        ours::throughput(2, 256, Flavor::Inline, tiny.clone(), plan.tiny_jobs, None),
+    )
+    .await?;
+    let (echo_k2, echo_k2_cpu) = tiny_rows
+        .iter()
+        .find(|r| r.k == 2 && r.w == 256)
+        .map_or((None, None), |r| (r.echo_per_s, r.echo_cpu));
+    tiny_rows.push(TinyRow {
+        k: 2,
+        w: 256,
+        flavor: Flavor::Inline,
+        jobs: plan.tiny_jobs,
+        ours_per_s: per_s(&inline),
+        echo_per_s: echo_k2,
+        ratio: echo_k2.map(|e| per_s(&inline) / e),
+        ours_cpu: Cpu::of(&inline),
+        echo_cpu: echo_k2_cpu,
+    });
+
+    let mut large = Vec::new();
+    for &(raw, w, n) in &plan.large {
+        let payload = data(raw);
+        let queue = Some((4 * w as usize).max(16));
+        let ours = measure(
+            &plan,
+            &format!("{raw}-byte payloads K=2 W={w}"),
+            ours::throughput(2, w, Flavor::Serve, payload.clone(), n, queue),
+        )
+        .await?;
+        let msg = data(job_frame_len(&payload, n - 1)?);
+        let echo = measure(
+            &plan,
+            &format!("plain echo of {}-byte frames K=2 W={w}", msg.len()),
+            echo_median(2, w as usize, msg, n),
+        )
+        .await?;
+        large.push(LargeRow {
+            payload_bytes: raw,
+            k: 2,
+            w,
+            jobs: n,
+            ours_bytes_per_s: per_s(&ours) * raw as f64,
+            echo_bytes_per_s: per_s(&echo) * raw as f64,
+            ratio: per_s(&ours) / per_s(&echo),
+            ours_cpu: Cpu::of(&ours),
+            echo_cpu: Cpu::of(&echo),
+        });
+    }
+
+    let (warmup, n) = plan.latency;
+    let ours_lat = measure(
+        &plan,
+        "latency, one job at a time",
+        ours::latency(tiny.clone(), warmup, n),
+    )
+    .await?;
+    let echo_lat = measure(
+        &plan,
+        "latency, plain echo one at a time",
+        echo::latency(tiny_msg.clone(), warmup, n),
+    )
+    .await?;
+    let latency = LatencyRow {
+        p50_ratio: ours_lat.p50_us / echo_lat.p50_us,
+        p99_ratio: ours_lat.p99_us / echo_lat.p99_us,
+        ours: ours_lat,
+        echo: echo_lat,
+    };
+
+    let mut report = Report {
+        mode: plan.mode,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        tiny_payload_bytes: tiny_payload,
+        tiny_frame_bytes: tiny_frame,
+        tiny: tiny_rows,
+        large,
+        latency,
+        scale,
+        targets: Vec::new(),
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    };
+    report.judge(plan.mode == "quick");
+    if let Some(dir) = json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+    Ok(report)
+}
+
+/// `target/bench/results.json` beside the `target/release` folder holding this binary.
+fn default_json() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("bench").join("results.json")))
+        .unwrap_or_else(|| PathBuf::from("target/bench/results.json"))
+}
+
+/// Runs a helper mode or the benchmark.
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let outcome = if let Some(url) = &args.worker {
+        modes::worker(url, args.capacity, args.flavor).await
+    } else if let Some(url) = &args.echo_client {
+        modes::echo_client(url).await
+    } else if let Some(url) = &args.swarm {
+        children::raise_nofile();
+        modes::swarm(url, args.connections, args.capacity).await
+    } else if std::env::var_os(children::CHILD_ENV).is_some() {
+        Err("a child of the benchmark never runs the benchmark itself".into())
+    } else {
+        let json = args.json.clone().unwrap_or_else(default_json);
+        match bench(Plan::new(args.quick), json.clone()).await {
+            Ok(report) => {
+                println!("{}", report.table());
+                println!("JSON: {}", json.display());
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("distchan-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Our side of every comparison: typed jobs through the coordinator library and back.
+//!
+//! The coordinator runs in the bench process on 127.0.0.1; the workers are child processes
+//! (`--worker` or `--swarm`). A producer task sends `n` jobs with [`JobSender::send`] and
+//! then drops the sender ("no more work"); the bench task takes every outcome from
+//! [`ResultReceiver::recv`], checking that each job id comes back exactly once with its own
+//! payload. The clock runs from the first send to the last result; afterwards the result
+//! channel must end (end-of-work), every worker must exit successfully and the coordinator
+//! must report nothing unfinished.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use distchan_coordinator::{Config, Coordinator, JobSender, ResultReceiver};
+use tokio::time::{timeout, Instant};
+
+use crate::{
+    children::{cpu_secs, rss_bytes, Children},
+    modes::Flavor,
+    BenchResult, Latency, Throughput,
+};
+
+/// A running coordinator with its typed channels and its worker processes.
+struct Setup {
+    /// The coordinator under test.
+    coordinator: Coordinator,
+    /// The job side; taken by the producer, whose end drops it.
+    jobs: Option<JobSender<Bytes>>,
+    /// The result side.
+    results: ResultReceiver<Bytes>,
+    /// The worker processes.
+    children: Children,
+}
+
+/// Starts a coordinator with `config`, starts worker processes with `spawn(url, children)`
+/// and waits (up to `connect_within`) until `workers` workers have joined.
+async fn setup(
+    config: Config,
+    workers: usize,
+    connect_within: Duration,
+    spawn: impl FnOnce(&str, &mut Children) -> BenchResult<()>,
+) -> BenchResult<Setup> {
+    let (coordinator, jobs, results) = Coordinator::builder()
+        .config(config)
+        .bind::<Bytes, Bytes>("127.0.0.1:0")
+        .await?;
+    let mut children = Children::new("worker");
+    spawn(&coordinator.ws_url(), &mut children)?;
+    timeout(
+        connect_within,
+        children.watch(coordinator.wait_for_workers(workers)),
+    )
+    .await
+    .map_err(|_| {
+        format!(
+            "only {} of {workers} workers joined within {connect_within:?}",
+            coordinator.worker_count()
+        )
+    })??;
+    Ok(Setup {
+        coordinator,
+        jobs: Some(jobs),
+        results,
+        children,
+    })
+}
+
+/// True when `got` is `want` (compared in full when small, by length and ends when large).
+fn same_payload(got: &[u8], want: &[u8]) -> bool {
+    const EDGE: usize = 64;
+    if want.len() <= 4 * EDGE {
+        return got == want;
+    }
+    got.len() == want.len()
+        && got[..EDGE] == want[..EDGE]
+        && got[got.len() - EDGE..] == want[want.len() - EDGE..]
+}
+
+impl Setup {
+    /// Sends `n` jobs of `payload` and takes their `n` outcomes; the job side is closed
+    /// afterwards.
+    async fn pump(&mut self, payload: Bytes, n: u64) -> BenchResult<Throughput> {
+        let jobs = self.jobs.take().ok_or("the job side is already closed")?;
+        let (cpu_here, cpu_children) = (cpu_secs(None), self.children.cpu_secs());
+        let start = Instant::now();
+        let sent = payload.clone();
+        let producer = tokio::spawn(async move {
+            for _ in 0..n {
+                jobs.send(sent.clone()).await?;
+            }
+            BenchResult::Ok(())
+        });
+        let mut seen = vec![false; n as usize];
+        let results = &mut self.results;
+        self.children
+            .watch(async {
+                for _ in 0..n {
+                    let outcome = results
+                        .recv()
+                        .await
+                        .ok_or("the result channel ended before every job had its outcome")?;
+                    let slot = seen
+                        .get_mut(outcome.id.0 as usize)
+                        .ok_or_else(|| format!("outcome for unknown job {}", outcome.id))?;
+                    if std::mem::replace(slot, true) {
+                        return Err(format!("job {} answered twice", outcome.id).into());
+                    }
+                    let got = outcome
+                        .result
+                        .map_err(|e| format!("job {} failed: {e}", outcome.id))?;
+                    if !same_payload(&got, &payload) {
+                        return Err(format!("job {} came back altered", outcome.id).into());
+                    }
+                }
+                BenchResult::Ok(())
+            })
+            .await??;
+        let secs = start.elapsed().as_secs_f64();
+        let cpu_here = cpu_secs(None) - cpu_here;
+        let cpu_children = self.children.cpu_secs() - cpu_children;
+        producer.await??;
+        Ok(Throughput {
+            items: n,
+            secs,
+            cpu_here,
+            cpu_children,
+        })
+    }
+
+    /// Checks the end of the work: the result channel ends, every worker exits
+    /// successfully, and the coordinator has nothing unfinished.
+    async fn finish(mut self) -> BenchResult<()> {
+        drop(self.jobs.take());
+        match timeout(Duration::from_secs(30), self.results.recv()).await {
+            Ok(None) => {}
+            Ok(Some(o)) => return Err(format!("an extra outcome for job {}", o.id).into()),
+            Err(_) => return Err("the result channel did not end after the last job".into()),
+        }
+        self.children.wait_all(Duration::from_secs(30)).await?;
+        let report = self.coordinator.shutdown().await;
+        if !report.unfinished.is_empty() {
+            return Err(format!("{} jobs unfinished at shutdown", report.unfinished.len()).into());
+        }
+        Ok(())
+    }
+}
+
+/// Arguments that start one `--worker` child.
+fn worker_args(url: &str, capacity: u32, flavor: Flavor) -> Vec<String> {
+    vec![
+        "--worker".into(),
+        url.into(),
+        "--capacity".into(),
+        capacity.to_string(),
+        "--flavor".into(),
+        match flavor {
+            Flavor::Serve => "serve".into(),
+            Flavor::Inline => "inline".into(),
+        },
+    ]
+}
+
+/// A configuration with the default settings, except channel capacities when `queue` is
+/// given (large payloads: a deep queue would only hold gigabytes of waiting jobs).
+fn config(queue: Option<usize>) -> Config {
+    let mut config = Config::default();
+    if let Some(q) = queue {
+        config.queue_capacity = q;
+        config.result_capacity = q;
+    }
+    config
+}
+
+/// `n` jobs of `payload` through `k` worker processes with credit window `w` each.
+pub async fn throughput(
+    k: usize,
+    w: u32,
+    flavor: Flavor,
+    payload: Bytes,
+    n: u64,
+    queue: Option<usize>,
+) -> BenchResult<Throughput> {
+    let mut s = setup(config(queue), k, Duration::from_secs(30), |url, c| {
+        (0..k).try_for_each(|_| c.spawn(&worker_args(url, w, flavor)))
+    })
+    .await?;
+    let t = s.pump(payload, n).await?;
+    s.finish().await?;
+    Ok(t)
+}
+
+/// One job at a time through one worker process: `warmup` unrecorded, then `n` recorded.
+pub async fn latency(payload: Bytes, warmup: usize, n: usize) -> BenchResult<Latency> {
+    let mut s = setup(config(None), 1, Duration::from_secs(30), |url, c| {
+        c.spawn(&worker_args(url, 256, Flavor::Serve))
+    })
+    .await?;
+    let jobs = s.jobs.take().ok_or("no job side")?;
+    let mut samples = Vec::with_capacity(n);
+    let results = &mut s.results;
+    s.children
+        .watch(async {
+            for i in 0..warmup + n {
+                let start = Instant::now();
+                let id = jobs.send(payload.clone()).await?;
+                let outcome = results.recv().await.ok_or("the result channel ended")?;
+                if outcome.id != id || outcome.result.map_err(|e| e.to_string())? != payload {
+                    return Err(format!("wrong outcome for job {id}").into());
+                }
+                if i >= warmup {
+                    samples.push(start.elapsed());
+                }
+            }
+            BenchResult::Ok(())
+        })
+        .await??;
+    drop(jobs);
+    s.finish().await?;
+    Ok(Latency::from_samples(samples))
+}
+
+/// What one `--swarm` run measured.
+pub struct SwarmRun {
+    /// Resident memory of the bench process before the coordinator started.
+    pub rss_before: u64,
+    /// Highest resident memory seen while every worker was connected and idle.
+    pub rss_idle: u64,
+    /// Tiny jobs through all the connected workers.
+    pub rate: Throughput,
+}
+
+/// `connections` worker connections in one `--swarm` child, credit window `w` each: the
+/// coordinator's memory while they sit idle (sampled for `settle`), then `n` jobs of
+/// `payload` dispatched round-robin over all of them.
+pub async fn swarm(
+    connections: usize,
+    w: u32,
+    payload: Bytes,
+    n: u64,
+    settle: Duration,
+    connect_within: Duration,
+) -> BenchResult<SwarmRun> {
+    let rss_before = rss_bytes()?;
+    let mut s = setup(config(None), connections, connect_within, |url, c| {
+        c.spawn(&[
+            "--swarm".into(),
+            url.into(),
+            "--connections".into(),
+            connections.to_string(),
+            "--capacity".into(),
+            w.to_string(),
+        ])
+    })
+    .await?;
+    let mut rss_idle = rss_bytes()?;
+    let until = Instant::now() + settle;
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        s.children.check_alive()?;
+        rss_idle = rss_idle.max(rss_bytes()?);
+    }
+    if s.coordinator.worker_count() != connections {
+        return Err(format!(
+            "{} of {connections} idle workers still connected after {settle:?}",
+            s.coordinator.worker_count()
+        )
+        .into());
+    }
+    let rate = s.pump(payload, n).await?;
+    s.finish().await?;
+    Ok(SwarmRun {
+        rss_before,
+        rss_idle,
+        rate,
+    })
+}

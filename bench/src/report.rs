@@ -1,0 +1,387 @@
+//! What a run found: the figures, the table printed at the end, the comparison with the
+//! targets of `performance.md`, and the JSON file.
+
+use serde::Serialize;
+
+use crate::{Latency, Throughput};
+
+/// CPU microseconds per job (message): in the bench process (coordinator with the typed
+/// sender and receiver, or echo server) and in the children (workers or echo clients).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Cpu {
+    /// In the bench process.
+    pub here_us: f64,
+    /// In the child processes together.
+    pub children_us: f64,
+}
+
+impl Cpu {
+    /// The CPU per item of a run.
+    pub fn of(t: &Throughput) -> Self {
+        let (here_us, children_us) = t.cpu_us_per_item();
+        Cpu {
+            here_us,
+            children_us,
+        }
+    }
+
+    /// `3.1+2.0` (bench process + children).
+    fn show(&self) -> String {
+        if self.here_us >= 100.0 || self.children_us >= 100.0 {
+            format!("{:.0}+{:.0}", self.here_us, self.children_us)
+        } else {
+            format!("{:.1}+{:.1}", self.here_us, self.children_us)
+        }
+    }
+}
+
+/// Tiny jobs through the coordinator next to the echo of the same messages.
+#[derive(Debug, Serialize)]
+pub struct TinyRow {
+    /// Worker processes (and echo clients).
+    pub k: usize,
+    /// Unanswered jobs (messages) per worker (connection).
+    pub w: u32,
+    /// How the workers answered.
+    pub flavor: crate::modes::Flavor,
+    /// Jobs sent (and messages echoed).
+    pub jobs: u64,
+    /// Jobs per second through the coordinator.
+    pub ours_per_s: f64,
+    /// Messages per second through the plain echo; `None` when the row has no echo of its
+    /// own (the inline-worker diagnostic shares the serve row's).
+    pub echo_per_s: Option<f64>,
+    /// `ours_per_s / echo_per_s`.
+    pub ratio: Option<f64>,
+    /// CPU per job through the coordinator.
+    pub ours_cpu: Cpu,
+    /// CPU per message through the echo.
+    pub echo_cpu: Option<Cpu>,
+}
+
+/// Large payloads through the coordinator next to the echo of the same frames.
+#[derive(Debug, Serialize)]
+pub struct LargeRow {
+    /// Payload size in bytes (one way).
+    pub payload_bytes: usize,
+    /// Worker processes (and echo clients).
+    pub k: usize,
+    /// Unanswered jobs per worker.
+    pub w: u32,
+    /// Jobs sent.
+    pub jobs: u64,
+    /// Payload bytes per second (one way) through the coordinator.
+    pub ours_bytes_per_s: f64,
+    /// Payload bytes per second (one way) through the plain echo.
+    pub echo_bytes_per_s: f64,
+    /// `ours / echo`.
+    pub ratio: f64,
+    /// CPU per job through the coordinator.
+    pub ours_cpu: Cpu,
+    /// CPU per message through the echo.
+    pub echo_cpu: Cpu,
+}
+
+/// One job (message) at a time.
+#[derive(Debug, Serialize)]
+pub struct LatencyRow {
+    /// Through the coordinator and one worker process.
+    pub ours: Latency,
+    /// Through one plain echo connection.
+    pub echo: Latency,
+    /// `ours.p50 / echo.p50`.
+    pub p50_ratio: f64,
+    /// `ours.p99 / echo.p99`.
+    pub p99_ratio: f64,
+}
+
+/// Many connected workers.
+#[derive(Debug, Serialize)]
+pub struct ScaleRow {
+    /// Workers connected at once.
+    pub workers: usize,
+    /// Credit window of each.
+    pub w: u32,
+    /// Bench-process resident memory before the coordinator started, MiB.
+    pub rss_before_mib: f64,
+    /// Highest resident memory while every worker sat idle, MiB.
+    pub rss_idle_mib: f64,
+    /// The difference: what the coordinator holds for them, MiB.
+    pub delta_mib: f64,
+    /// The difference per worker, KiB.
+    pub per_worker_kib: f64,
+    /// Jobs sent in each dispatch-rate run.
+    pub jobs: u64,
+    /// Jobs per second with ten workers connected (one `--swarm` process).
+    pub rate_10: f64,
+    /// Jobs per second with `workers` workers connected (one `--swarm` process).
+    pub rate_many: f64,
+    /// `rate_many / rate_10`.
+    pub ratio: f64,
+    /// CPU per job with ten workers.
+    pub cpu_10: Cpu,
+    /// CPU per job with `workers` workers.
+    pub cpu_many: Cpu,
+}
+
+/// One target of `performance.md` and whether this run met it.
+#[derive(Debug, Serialize)]
+pub struct TargetRow {
+    /// The target, in words.
+    pub target: String,
+    /// The figure measured.
+    pub figure: String,
+    /// `met`, `missed` or `n/a` (with why).
+    pub status: String,
+}
+
+/// Everything one run measured; written as JSON.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// `full` or `quick`.
+    pub mode: &'static str,
+    /// Cores this machine offers.
+    pub cores: usize,
+    /// Size of the tiny job's encoded payload and of the frames echoed for it.
+    pub tiny_payload_bytes: usize,
+    /// Size of a job frame carrying the tiny payload (the echo's message size).
+    pub tiny_frame_bytes: usize,
+    /// Tiny jobs.
+    pub tiny: Vec<TinyRow>,
+    /// Large payloads.
+    pub large: Vec<LargeRow>,
+    /// One at a time.
+    pub latency: LatencyRow,
+    /// Many connected workers.
+    pub scale: ScaleRow,
+    /// The targets.
+    pub targets: Vec<TargetRow>,
+    /// Wall time of the whole run, seconds.
+    pub elapsed_secs: f64,
+}
+
+/// `1.23M/s`, `456.7k/s`.
+pub fn rate(per_s: f64) -> String {
+    if per_s >= 1e6 {
+        format!("{:.2}M/s", per_s / 1e6)
+    } else if per_s >= 1e3 {
+        format!("{:.1}k/s", per_s / 1e3)
+    } else {
+        format!("{per_s:.0}/s")
+    }
+}
+
+/// `1.52 GB/s` (decimal units, as in `performance.md`).
+pub fn bytes_rate(per_s: f64) -> String {
+    if per_s >= 1e9 {
+        format!("{:.2} GB/s", per_s / 1e9)
+    } else {
+        format!("{:.0} MB/s", per_s / 1e6)
+    }
+}
+
+/// `12.3%`.
+fn pct(ratio: f64) -> String {
+    format!("{:.1}%", ratio * 100.0)
+}
+
+/// Human size of a payload: `16 B`, `64 KiB`, `1 MiB`.
+fn size(bytes: usize) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} B")
+    }
+}
+
+/// Jobs per second of a run.
+pub fn per_s(t: &Throughput) -> f64 {
+    t.items as f64 / t.secs.max(1e-9)
+}
+
+impl Report {
+    /// Fills in [`Report::targets`] from the figures.
+    pub fn judge(&mut self, quick: bool) {
+        let mut targets = Vec::new();
+        let verdict = |ok: bool| if ok { "met" } else { "missed" }.to_string();
+        let tiny = |w: u32| {
+            self.tiny
+                .iter()
+                .find(|r| r.k == 2 && r.w == w && r.flavor == crate::modes::Flavor::Serve)
+        };
+        for w in [256, 32] {
+            if let Some(r) = tiny(w) {
+                let ratio = r.ratio.unwrap_or(0.0);
+                targets.push(TargetRow {
+                    target: format!("16 B jobs, K=2, W={w}: >= 60% of plain echo"),
+                    figure: format!(
+                        "{} ({} vs {})",
+                        pct(ratio),
+                        rate(r.ours_per_s),
+                        rate(r.echo_per_s.unwrap_or(0.0))
+                    ),
+                    status: verdict(ratio >= 0.6),
+                });
+            }
+        }
+        if let Some(r) = tiny(256) {
+            targets.push(TargetRow {
+                target: "16 B jobs, K=2: >= 1M jobs/s".into(),
+                figure: rate(r.ours_per_s),
+                status: verdict(r.ours_per_s >= 1e6),
+            });
+        }
+        if let Some(r) = self.large.iter().find(|r| r.payload_bytes == 1 << 20) {
+            targets.push(TargetRow {
+                target: "1 MiB payloads, K=2: >= 1.5 GB/s".into(),
+                figure: format!(
+                    "{} (echo {})",
+                    bytes_rate(r.ours_bytes_per_s),
+                    bytes_rate(r.echo_bytes_per_s)
+                ),
+                status: verdict(r.ours_bytes_per_s >= 1.5e9),
+            });
+        }
+        let l = &self.latency;
+        targets.push(TargetRow {
+            target: "one job at a time: p50 within 1.3x of plain echo".into(),
+            figure: format!(
+                "{:.2}x ({:.0} vs {:.0} us)",
+                l.p50_ratio, l.ours.p50_us, l.echo.p50_us
+            ),
+            status: verdict(l.p50_ratio <= 1.3),
+        });
+        let s = &self.scale;
+        let scaled = if quick {
+            format!(
+                " (quick; x10,000 = {:.0} MiB extrapolated)",
+                s.per_worker_kib * 10_000.0 / 1024.0
+            )
+        } else {
+            String::new()
+        };
+        targets.push(TargetRow {
+            target: "10,000 idle workers: coordinator < 100 MiB resident".into(),
+            figure: format!(
+                "+{:.1} MiB for {} workers ({:.1} KiB each){scaled}",
+                s.delta_mib, s.workers, s.per_worker_kib
+            ),
+            status: if quick {
+                "n/a".into()
+            } else {
+                verdict(s.delta_mib < 100.0)
+            },
+        });
+        targets.push(TargetRow {
+            target: format!("dispatch rate with {} workers within 20% of 10", s.workers),
+            figure: format!(
+                "{} ({} vs {})",
+                pct(s.ratio),
+                rate(s.rate_many),
+                rate(s.rate_10)
+            ),
+            status: verdict(s.ratio >= 0.8),
+        });
+        self.targets = targets;
+    }
+
+    /// The table printed at the end of a run.
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "distchan-bench ({} mode, {} cores, {:.0} s). Absolute figures are noisy on a shared \
+             machine: compare the ratios, all measured in this run.",
+            self.mode, self.cores, self.elapsed_secs
+        );
+        let _ = writeln!(
+            out,
+            "Tiny job: {} B payload, {} B frame; plain echo = the same frames through \
+             tokio-tungstenite, same K and W, no scheduler.\n",
+            self.tiny_payload_bytes, self.tiny_frame_bytes
+        );
+        let _ = writeln!(
+            out,
+            "{:<46} {:>14} {:>14} {:>8}   CPU us/item here+children: distchan | echo",
+            "measurement", "distchan", "plain echo", "ratio",
+        );
+        let _ = writeln!(out, "{}", "-".repeat(130));
+        for r in &self.tiny {
+            let what = format!(
+                "tiny jobs, K={}, W={}{}",
+                r.k,
+                r.w,
+                match r.flavor {
+                    crate::modes::Flavor::Serve => "",
+                    crate::modes::Flavor::Inline => " (inline worker)",
+                }
+            );
+            let _ = writeln!(
+                out,
+                "{:<46} {:>14} {:>14} {:>8}   {} | {}",
+                what,
+                rate(r.ours_per_s),
+                r.echo_per_s.map(rate).unwrap_or_else(|| "-".into()),
+                r.ratio.map(pct).unwrap_or_else(|| "-".into()),
+                r.ours_cpu.show(),
+                r.echo_cpu.map(|c| c.show()).unwrap_or_else(|| "-".into()),
+            );
+        }
+        for r in &self.large {
+            let _ = writeln!(
+                out,
+                "{:<46} {:>14} {:>14} {:>8}   {} | {}",
+                format!("{} payloads, K={}, W={}", size(r.payload_bytes), r.k, r.w),
+                bytes_rate(r.ours_bytes_per_s),
+                bytes_rate(r.echo_bytes_per_s),
+                pct(r.ratio),
+                r.ours_cpu.show(),
+                r.echo_cpu.show(),
+            );
+        }
+        let l = &self.latency;
+        let _ = writeln!(
+            out,
+            "{:<46} {:>14} {:>14} {:>8}",
+            "one at a time, p50",
+            format!("{:.0} us", l.ours.p50_us),
+            format!("{:.0} us", l.echo.p50_us),
+            format!("{:.2}x", l.p50_ratio)
+        );
+        let _ = writeln!(
+            out,
+            "{:<46} {:>14} {:>14} {:>8}",
+            "one at a time, p99",
+            format!("{:.0} us", l.ours.p99_us),
+            format!("{:.0} us", l.echo.p99_us),
+            format!("{:.2}x", l.p99_ratio)
+        );
+        let s = &self.scale;
+        let _ = writeln!(
+            out,
+            "{:<46} {:>14} {:>14} {:>8}",
+            format!("coordinator RSS, {} idle workers", s.workers),
+            format!("+{:.1} MiB", s.delta_mib),
+            "-",
+            format!("{:.1}KiB/w", s.per_worker_kib)
+        );
+        let _ = writeln!(
+            out,
+            "{:<46} {:>14} {:>14} {:>8}   {} | {} (10)",
+            format!("dispatch, {} vs 10 workers (1 process)", s.workers),
+            rate(s.rate_many),
+            format!("{} (10)", rate(s.rate_10)),
+            pct(s.ratio),
+            s.cpu_many.show(),
+            s.cpu_10.show(),
+        );
+        let _ = writeln!(out, "\nTargets (shared/notes/performance.md):");
+        for t in &self.targets {
+            let _ = writeln!(out, "  {:<7} {}: {}", t.status, t.target, t.figure);
+        }
+        out
+    }
+}
