@@ -141,7 +141,7 @@ async fn handshake(
     peer: &PeerInfo,
 ) -> Result<Hello, Refusal> {
     let config = &shared.config;
-    let first = loop {
+    let first: Bytes = loop {
         match timeout(config.handshake_timeout, stream.next()).await {
             Err(_) => {
                 return Err(Refusal::new(
@@ -179,7 +179,7 @@ async fn handshake(
     if !peer.offered_versions.is_empty() && !peer.offered_versions.contains(&PROTOCOL_VERSION) {
         return Err(version_mismatch(peer.offered_versions[0]));
     }
-    let hello = match wire::decode_to_coordinator(&first) {
+    let hello = match wire::decode_to_coordinator_shared(&first) {
         Ok(ToCoordinator::Hello(hello)) => hello,
         Ok(_) => {
             return Err(Refusal::new(
@@ -261,7 +261,7 @@ async fn run(
                 }
                 Err(e) => return read_error(&e),
             };
-            let event = match wire::decode_to_coordinator(&frame) {
+            let event = match wire::decode_to_coordinator_shared(&frame) {
                 Ok(ToCoordinator::Result(r)) => Event::Result {
                     worker,
                     id: r.id,

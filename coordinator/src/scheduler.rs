@@ -17,7 +17,7 @@
 //!   empty, every worker is told end-of-work and the results channel ends.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -31,6 +31,7 @@ use distchan_protocol::{
     wire::{Job, Outcome, WorkerKind},
     Error, JobId,
 };
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     time::{sleep_until, Instant},
@@ -204,7 +205,8 @@ pub(crate) struct Scheduler {
 }
 
 enum Wake {
-    Event(Option<Event>),
+    /// Some events arrived (in `events_buf`), or none: every sender is gone.
+    Events(usize),
     NewJobs,
     Lease,
     Cancelled,
@@ -220,8 +222,8 @@ impl Scheduler {
         Scheduler {
             config,
             queue: JobQueue::new(jobs),
-            table: HashMap::new(),
-            workers: HashMap::new(),
+            table: HashMap::default(),
+            workers: HashMap::default(),
             ring: VecDeque::new(),
             free_credit: 0,
             leases: VecDeque::new(),
@@ -236,6 +238,7 @@ impl Scheduler {
     /// Runs until the coordinator is cancelled (or every connection and handle is gone).
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> ShutdownReport {
         let mut buf = Vec::with_capacity(256);
+        let mut events_buf = Vec::with_capacity(256);
         let cancel = self.handles.cancel.clone();
         loop {
             self.dispatch_waiting();
@@ -247,13 +250,17 @@ impl Scheduler {
             let wake = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => Wake::Cancelled,
-                ev = events.recv() => Wake::Event(ev),
+                n = events.recv_many(&mut events_buf, 256) => Wake::Events(n),
                 _ = self.queue.recv_new(&mut buf, limit), if want_new => Wake::NewJobs,
                 _ = sleep_until(lease.unwrap_or_else(Instant::now)), if lease.is_some() => Wake::Lease,
             };
             match wake {
-                Wake::Cancelled | Wake::Event(None) => break,
-                Wake::Event(Some(ev)) => self.handle(ev).await,
+                Wake::Cancelled | Wake::Events(0) => break,
+                Wake::Events(_) => {
+                    for ev in events_buf.drain(..) {
+                        self.handle(ev).await;
+                    }
+                }
                 Wake::NewJobs => {
                     let now = Instant::now();
                     for job in buf.drain(..) {
@@ -333,7 +340,7 @@ impl Scheduler {
                         done: 0,
                         tx,
                         capacity,
-                        held: HashSet::new(),
+                        held: HashSet::default(),
                         draining: false,
                         in_ring: true,
                     },
@@ -592,6 +599,14 @@ impl Scheduler {
         };
         stats::add(counter, 1);
         let Some(tx) = &self.results else { return };
+        let outcome = match tx.try_send(outcome) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.results = None;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(outcome)) => outcome,
+        };
         tokio::select! {
             sent = tx.send(outcome) => {
                 if sent.is_err() {

@@ -18,6 +18,9 @@ use tower_http::services::{ServeDir, ServeFile};
 
 use crate::{connection, dashboard, Shared};
 
+/// Bytes read from a worker's socket at a time.
+const READ_BUFFER: usize = 8 * 1024;
+
 /// Builds the router for a coordinator.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let mut router = Router::new()
@@ -110,6 +113,9 @@ async fn upgrade(
     ws.protocols(protocols)
         .max_message_size(max)
         .max_frame_size(max)
+        // Small reads keep an idle worker cheap (tungstenite fills its whole read buffer on
+        // the first read); large frames are simply read in more pieces.
+        .read_buffer_size(READ_BUFFER)
         .on_failed_upgrade(
             move |e| tracing::warn!(peer = %addr, error = %e, "WebSocket upgrade failed"),
         )

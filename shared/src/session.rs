@@ -176,6 +176,12 @@ impl WorkerSession {
     /// An error means the connection must close (use [`close_frame_for`] for the code and
     /// reason); the session does not accept further frames after it.
     pub fn handle_frame(&mut self, frame: &[u8]) -> Result<Event> {
+        self.handle_frame_shared(&Bytes::copy_from_slice(frame))
+    }
+
+    /// Like [`WorkerSession::handle_frame`], for a frame already in [`Bytes`]: a job's
+    /// payload then shares the frame's memory instead of being copied.
+    pub fn handle_frame_shared(&mut self, frame: &Bytes) -> Result<Event> {
         let result = self.interpret(frame);
         if result.is_err() {
             self.phase = Phase::Failed;
@@ -183,14 +189,14 @@ impl WorkerSession {
         result
     }
 
-    fn interpret(&mut self, frame: &[u8]) -> Result<Event> {
+    fn interpret(&mut self, frame: &Bytes) -> Result<Event> {
         if frame.len() > self.config.max_frame {
             return Err(Error::FrameTooLarge {
                 size: frame.len(),
                 limit: self.config.max_frame,
             });
         }
-        let msg = wire::decode_to_worker(frame)?;
+        let msg = wire::decode_to_worker_shared(frame)?;
         match (self.phase, msg) {
             (Phase::Failed, _) => Err(Error::Unexpected("frame after the session failed".into())),
             (_, ToWorker::Refused(refusal)) => Err(Error::Refused(refusal)),

@@ -232,34 +232,132 @@ pub enum ToCoordinator {
     },
 }
 
-fn encode_with<T: Serialize>(msg: &T, named: bool) -> Result<Bytes> {
-    let out = if named {
-        rmp_serde::to_vec_named(msg)
+fn encode_with<T: Serialize>(msg: &T, named: bool, payload_len: usize) -> Result<Bytes> {
+    // Sized up front so a large payload is copied once, not once per growth of the buffer.
+    let mut out = Vec::with_capacity(payload_len + 48);
+    let written = if named {
+        msg.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
     } else {
-        rmp_serde::to_vec(msg)
+        msg.serialize(&mut rmp_serde::Serializer::new(&mut out))
     };
-    out.map(Bytes::from)
-        .map_err(|e| Error::Encode(e.to_string()))
+    written.map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(out.into())
 }
 
 /// Encodes a message for a worker as one binary frame.
 pub fn encode_to_worker(msg: &ToWorker) -> Result<Bytes> {
-    encode_with(msg, !matches!(msg, ToWorker::Job(_)))
+    match msg {
+        ToWorker::Job(job) => encode_with(msg, false, job.payload.len()),
+        _ => encode_with(msg, true, 0),
+    }
 }
 
 /// Encodes a message for the coordinator as one binary frame.
 pub fn encode_to_coordinator(msg: &ToCoordinator) -> Result<Bytes> {
-    encode_with(msg, matches!(msg, ToCoordinator::Hello(_)))
+    match msg {
+        ToCoordinator::Hello(_) => encode_with(msg, true, 0),
+        ToCoordinator::Result(r) => encode_with(
+            msg,
+            false,
+            r.outcome.as_ref().map_or_else(String::len, Bytes::len),
+        ),
+        ToCoordinator::Emit { payload } => encode_with(msg, false, payload.len()),
+        ToCoordinator::Drain => encode_with(msg, false, 0),
+    }
+}
+
+/// Borrowed mirrors of the messages that carry payloads, so that decoding a frame held in
+/// [`Bytes`] hands out payloads that share its memory instead of copies.
+mod borrowed {
+    use serde::Deserialize;
+
+    use super::{JobId, Refusal, Welcome};
+
+    #[derive(Deserialize)]
+    pub struct Job<'a> {
+        pub id: JobId,
+        #[serde(borrow, with = "serde_bytes")]
+        pub payload: &'a [u8],
+    }
+
+    #[derive(Deserialize)]
+    pub enum ToWorker<'a> {
+        Welcome(Welcome),
+        Refused(Refusal),
+        #[serde(borrow)]
+        Job(Job<'a>),
+        EndOfWork,
+    }
+
+    #[derive(Deserialize)]
+    pub struct JobResult<'a> {
+        pub id: JobId,
+        #[serde(borrow)]
+        pub outcome: Result<&'a serde_bytes::Bytes, String>,
+    }
+
+    #[derive(Deserialize)]
+    pub enum ToCoordinator<'a> {
+        Hello(super::Hello),
+        #[serde(borrow)]
+        Result(JobResult<'a>),
+        Drain,
+        Emit {
+            #[serde(borrow, with = "serde_bytes")]
+            payload: &'a [u8],
+        },
+    }
 }
 
 /// Decodes a frame received by a worker.
 pub fn decode_to_worker(frame: &[u8]) -> Result<ToWorker> {
-    rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))
+    decode_to_worker_shared(&Bytes::copy_from_slice(frame))
+}
+
+/// Decodes a frame received by a worker; a job's payload shares the frame's memory.
+pub fn decode_to_worker_shared(frame: &Bytes) -> Result<ToWorker> {
+    let msg: borrowed::ToWorker<'_> =
+        rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))?;
+    Ok(match msg {
+        borrowed::ToWorker::Welcome(w) => ToWorker::Welcome(w),
+        borrowed::ToWorker::Refused(r) => ToWorker::Refused(r),
+        borrowed::ToWorker::Job(job) => ToWorker::Job(Job {
+            id: job.id,
+            payload: share(frame, job.payload),
+        }),
+        borrowed::ToWorker::EndOfWork => ToWorker::EndOfWork,
+    })
 }
 
 /// Decodes a frame received by the coordinator.
 pub fn decode_to_coordinator(frame: &[u8]) -> Result<ToCoordinator> {
-    rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))
+    decode_to_coordinator_shared(&Bytes::copy_from_slice(frame))
+}
+
+/// Decodes a frame received by the coordinator; a result's payload shares the frame's memory.
+pub fn decode_to_coordinator_shared(frame: &Bytes) -> Result<ToCoordinator> {
+    let msg: borrowed::ToCoordinator<'_> =
+        rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))?;
+    Ok(match msg {
+        borrowed::ToCoordinator::Hello(h) => ToCoordinator::Hello(h),
+        borrowed::ToCoordinator::Result(r) => ToCoordinator::Result(JobResult {
+            id: r.id,
+            outcome: r.outcome.map(|b| share(frame, b)),
+        }),
+        borrowed::ToCoordinator::Drain => ToCoordinator::Drain,
+        borrowed::ToCoordinator::Emit { payload } => ToCoordinator::Emit {
+            payload: share(frame, payload),
+        },
+    })
+}
+
+/// A [`Bytes`] for `part`, which lies inside `frame`, without copying.
+fn share(frame: &Bytes, part: &[u8]) -> Bytes {
+    if part.is_empty() {
+        Bytes::new()
+    } else {
+        frame.slice_ref(part)
+    }
 }
 
 /// Reads only the protocol version out of a hello frame, whatever else it holds.
@@ -396,6 +494,34 @@ mod tests {
             decode_to_worker(&frame).unwrap(),
             ToWorker::Refused(Refusal::new(RefusalCode::Other, "try later"))
         );
+    }
+
+    #[test]
+    fn decoded_payloads_share_the_frame() {
+        let payload = Bytes::from(vec![7u8; 1000]);
+        let frame = encode_to_worker(&ToWorker::Job(Job {
+            id: JobId(1),
+            payload: payload.clone(),
+        }))
+        .unwrap();
+        let ToWorker::Job(job) = decode_to_worker_shared(&frame).unwrap() else {
+            panic!()
+        };
+        assert_eq!(job.payload, payload);
+        let inside = frame.as_ptr_range();
+        assert!(
+            inside.contains(&job.payload.as_ptr()),
+            "no copy of the payload"
+        );
+        let frame = encode_to_coordinator(&ToCoordinator::Result(JobResult {
+            id: JobId(1),
+            outcome: Ok(payload.clone()),
+        }))
+        .unwrap();
+        let ToCoordinator::Result(r) = decode_to_coordinator_shared(&frame).unwrap() else {
+            panic!()
+        };
+        assert!(frame.as_ptr_range().contains(&r.outcome.unwrap().as_ptr()));
     }
 
     #[test]

@@ -209,7 +209,7 @@ where
 {
     loop {
         match ws.next().await {
-            Some(Ok(Message::Binary(frame))) => return session.handle_frame(&frame),
+            Some(Ok(Message::Binary(frame))) => return session.handle_frame_shared(&frame),
             Some(Ok(Message::Close(frame))) => return Err(closed_by_coordinator(frame)),
             Some(Ok(Message::Text(_))) => {
                 return Err(Error::Malformed(
@@ -320,7 +320,7 @@ where
                     Some(Err(e)) => break Err(read_error(e)),
                     None => break Err(Error::Connection("the coordinator closed the connection".into())),
                 };
-                match session.handle_frame(&frame) {
+                match session.handle_frame_shared(&frame) {
                     Ok(Event::Job { id, payload }) => {
                         let delivered = jobs_tx.as_ref().map(|tx| tx.try_send(RawJob { id, payload }));
                         match delivered {

@@ -98,6 +98,9 @@ where
 }
 
 /// Feeds every job to `handler`, at most `concurrency` at a time, and sends each outcome.
+///
+/// A handler that finishes without waiting (a plain computation) is run inline; only jobs
+/// whose handler waits get a task of their own.
 async fn run<F, Fut>(
     mut jobs: mpsc::Receiver<RawJob>,
     replies: mpsc::Sender<Reply>,
@@ -110,20 +113,37 @@ async fn run<F, Fut>(
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut running = JoinSet::new();
     while let Some(job) = jobs.recv().await {
+        // The permit is taken before the handler starts, so no more than `concurrency`
+        // handlers ever run at once.
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let fut = handler(job.payload);
+        let mut outcome = Box::pin(AssertUnwindSafe(handler(job.payload)).catch_unwind());
+        if let Some(done) = (&mut outcome).now_or_never() {
+            drop(permit);
+            if replies
+                .send(Reply::Result(job.id, panic_to_error(done)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            continue;
+        }
         let replies = replies.clone();
         running.spawn(async move {
-            let outcome = match AssertUnwindSafe(fut).catch_unwind().await {
-                Ok(outcome) => outcome,
-                Err(_) => Err("the job's handler panicked".to_owned()),
-            };
-            let _ = replies.send(Reply::Result(job.id, outcome)).await;
+            let _ = replies
+                .send(Reply::Result(job.id, panic_to_error(outcome.await)))
+                .await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
+}
+
+fn panic_to_error(
+    result: std::thread::Result<std::result::Result<Bytes, String>>,
+) -> std::result::Result<Bytes, String> {
+    result.unwrap_or_else(|_| Err("the job's handler panicked".to_owned()))
 }
