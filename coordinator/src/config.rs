@@ -37,6 +37,9 @@ pub struct Config {
     pub ordered: bool,
     /// Largest WebSocket message accepted from a worker, in bytes.
     pub max_frame: usize,
+    /// Bytes read from a worker's socket at a time. Small keeps idle workers cheap (each
+    /// connection holds one such buffer); raise it for payloads of many megabytes.
+    pub read_buffer_size: usize,
     /// How long a new connection may take to send its hello.
     pub handshake_timeout: Duration,
     /// Largest number of connected workers; more are refused with a reason.
@@ -69,6 +72,7 @@ impl Default for Config {
             handler_retries: 0,
             ordered: false,
             max_frame: DEFAULT_MAX_FRAME,
+            read_buffer_size: 8 * 1024,
             handshake_timeout: Duration::from_secs(10),
             max_workers: 100_000,
             max_capacity: 4096,

@@ -288,7 +288,7 @@ async fn run(
     };
 
     let writer = async {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Vec::new(); // grows on first use: idle workers stay small
         let enabled = !heartbeat.is_zero();
         let period = if enabled {
             heartbeat

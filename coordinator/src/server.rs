@@ -18,9 +18,6 @@ use tower_http::services::{ServeDir, ServeFile};
 
 use crate::{connection, dashboard, Shared};
 
-/// Bytes read from a worker's socket at a time.
-const READ_BUFFER: usize = 8 * 1024;
-
 /// Builds the router for a coordinator.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let mut router = Router::new()
@@ -115,7 +112,7 @@ async fn upgrade(
         .max_frame_size(max)
         // Small reads keep an idle worker cheap (tungstenite fills its whole read buffer on
         // the first read); large frames are simply read in more pieces.
-        .read_buffer_size(READ_BUFFER)
+        .read_buffer_size(shared.config.read_buffer_size.max(1024))
         .on_failed_upgrade(
             move |e| tracing::warn!(peer = %addr, error = %e, "WebSocket upgrade failed"),
         )

@@ -85,6 +85,9 @@ struct ServerArgs {
     /// Largest WebSocket message accepted from a worker, in bytes.
     #[arg(long, global = true, env = "DISTCHAN_MAX_FRAME", default_value_t = Config::default().max_frame)]
     max_frame: usize,
+    /// Bytes read from a worker's socket at a time (raise for multi-megabyte payloads).
+    #[arg(long, global = true, env = "DISTCHAN_READ_BUFFER_SIZE", default_value_t = Config::default().read_buffer_size)]
+    read_buffer_size: usize,
     /// Largest number of connected workers.
     #[arg(long, global = true, env = "DISTCHAN_MAX_WORKERS", default_value_t = Config::default().max_workers)]
     max_workers: usize,
@@ -131,6 +134,7 @@ impl ServerArgs {
             handler_retries: self.handler_retries,
             max_frame: self.max_frame,
             max_workers: self.max_workers,
+            read_buffer_size: self.read_buffer_size,
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             allowed_origins: self.allowed_origin.clone(),
             static_dir: self.static_dir.clone().or_else(default_static_dir),
