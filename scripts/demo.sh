@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # The volunteer page needs the wasm package; build it when the toolchain is there (or can be
 # installed), otherwise run without the page's worker.
-if bash scripts/setup.sh --wasm-only >&2 && source scripts/env.sh && bash scripts/build-wasm.sh >&2; then
+if bash scripts/setup.sh --build-only >&2 && source scripts/env.sh && bash scripts/build-wasm.sh >&2; then
     :
 else
     echo "note: the wasm package could not be built; the page will not be able to volunteer" >&2
