@@ -121,9 +121,20 @@ pub async fn answer<T: Serialize>(ws: &mut Ws, id: distchan_protocol::JobId, val
 
 /// A worker that upper-cases strings until end-of-work, returning what it received.
 pub async fn capitalizer(url: String, options: distchan_worker::Options) -> Vec<String> {
-    let (mut jobs, results, client) = distchan_worker::connect::<String, String>(&url, options)
+    let connection = distchan_worker::connect::<String, String>(&url, options)
         .await
         .expect("worker connects");
+    capitalize_until_end_of_work(connection).await
+}
+
+/// Upper-cases every job of a connected worker until end-of-work; returns what it received.
+pub async fn capitalize_until_end_of_work(
+    (mut jobs, results, client): (
+        distchan_worker::JobStream<String>,
+        distchan_worker::ResultSink<String>,
+        distchan_worker::Client,
+    ),
+) -> Vec<String> {
     let mut seen = Vec::new();
     while let Some(job) = jobs.recv().await {
         seen.push(job.value.clone());
@@ -231,19 +242,9 @@ pub async fn mem_capitalizer(
     options: distchan_worker::Options,
 ) -> Vec<String> {
     let io = connector.connect().unwrap();
-    let (mut jobs, results, client) =
+    let connection =
         distchan_worker::connect_io::<String, String, _>("ws://memory/ws", io, options)
             .await
             .expect("worker connects");
-    let mut seen = Vec::new();
-    while let Some(job) = jobs.recv().await {
-        seen.push(job.value.clone());
-        results
-            .send(job.id, Ok(job.value.to_uppercase()))
-            .await
-            .unwrap();
-    }
-    drop(results);
-    client.done().await.expect("worker ends cleanly");
-    seen
+    capitalize_until_end_of_work(connection).await
 }
