@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the browser worker (worker-wasm/) into www/pkg, where the volunteer page loads it from:
+#   wasm-pack build worker-wasm --target web --out-dir ../www/pkg   (release; `--dev` for debug)
+# Assumes scripts/setup.sh has run; sources scripts/env.sh itself. www/pkg is git-ignored.
+#
+# wasm-pack's own wasm-opt step is off (worker-wasm/Cargo.toml): it would download binaryen.
+# When npm binaryen's wasm-opt (set up in .tools by scripts/setup.sh) is on PATH, the release
+# module is optimised with it here instead; DISTCHAN_WASM_OPT=0 skips that.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+profile=--release
+[ "${1:-}" = "--dev" ] && profile=--dev
+
+RUSTUP_TOOLCHAIN="$WASM_TOOLCHAIN" wasm-pack --quiet build worker-wasm "$profile" --target web \
+    --out-dir ../www/pkg --no-pack
+
+wasm=www/pkg/distchan_worker_wasm_bg.wasm
+if [ "$profile" = --release ] && [ "${DISTCHAN_WASM_OPT:-1}" != 0 ] \
+    && [ -x "$DISTCHAN_TOOLS/node_modules/.bin/wasm-opt" ]; then
+    before=$(stat -c %s "$wasm")
+    "$DISTCHAN_TOOLS/node_modules/.bin/wasm-opt" -O2 --strip-debug \
+        "$wasm" -o "$wasm.opt"
+    mv "$wasm.opt" "$wasm"
+    echo "build-wasm: wasm-opt -O2: $before -> $(stat -c %s "$wasm") bytes"
+fi
+echo "build-wasm: www/pkg ready ($(stat -c %s "$wasm") bytes of wasm)"

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The browser worker's tests, in order; exits non-zero at the first failure.
+#
+#   1. the shared known values (frames, task results) checked by the native build
+#      (cargo test -p distchan-worker-wasm --test native);
+#   2. wasm-pack test --node: the same known values checked by the wasm build, MessagePack <->
+#      JavaScript conversions, JavaScript handlers (tests/node.rs);
+#   3. wasm-pack test --headless --chrome: BrowserWorker against two real coordinators started
+#      here (capitalize, 20 jobs, --verify; one with --token), whose addresses are compiled
+#      into the tests; both coordinators must then exit 0 (every result arrived and was right);
+#   4. scripts/build-wasm.sh: the release package into www/pkg;
+#   5. tests/e2e/run.sh: the volunteer page in headless Chromium against the coordinator.
+#
+# Assumes scripts/setup.sh has run (sources scripts/env.sh itself) and builds the
+# coordinator's release binary if it is missing or stale.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+
+LOG_DIR=target/wasm-tests
+# shellcheck source=tests/e2e/coordinator.sh
+source tests/e2e/coordinator.sh
+trap stop_all_coordinators EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$LOG_DIR"
+
+STEPS=0
+SECONDS=0
+step() {
+    printf '\n==> [wasm %s s] %s\n' "$SECONDS" "$*"
+}
+done_step() {
+    STEPS=$((STEPS + 1))
+}
+
+step "known values, native build"
+cargo test -p distchan-worker-wasm --test native
+done_step
+
+step "wasm-pack test --node"
+RUSTUP_TOOLCHAIN="$WASM_TOOLCHAIN" wasm-pack test --node worker-wasm
+done_step
+
+step "coordinators for the browser tests"
+cargo build --release -p distchan-coordinator --bin distchan-coordinator
+TEST_TOKEN=wasm-test-$RANDOM$RANDOM
+start_coordinator plain --demo capitalize --jobs 20 --local-workers 0 --verify
+start_coordinator guarded --demo capitalize --jobs 20 --local-workers 0 --verify --token "$TEST_TOKEN"
+
+step "wasm-pack test --headless --chrome (against the coordinators)"
+# Compiled into tests/browser.rs by option_env!; the marker makes a missing address a failure.
+DISTCHAN_TEST_URL="ws://$plain_ADDR/ws" \
+    DISTCHAN_TEST_TOKEN_URL="ws://$guarded_ADDR/ws" \
+    DISTCHAN_TEST_TOKEN="$TEST_TOKEN" \
+    DISTCHAN_TEST_REQUIRE_COORDINATOR=1 \
+    WASM_BINDGEN_TEST_TIMEOUT=120 \
+    RUSTUP_TOOLCHAIN="$WASM_TOOLCHAIN" \
+    wasm-pack test --headless --chrome worker-wasm
+for name in plain guarded; do
+    code=0
+    wait_coordinator "$name" 30 || code=$?
+    if [ "$code" != 0 ]; then
+        echo "test-wasm: coordinator $name exited $code (expected 0: all 20 results verified)" >&2
+        tail -n 20 "$LOG_DIR/$name.out" "$LOG_DIR/$name.err" >&2
+        exit 1
+    fi
+    echo "coordinator $name: every job answered and verified (exit 0)"
+done
+done_step
+
+step "wasm-pack build into www/pkg"
+bash scripts/build-wasm.sh
+done_step
+
+step "end to end: the volunteer page in headless Chromium"
+bash tests/e2e/run.sh
+done_step
+
+echo
+echo "test-wasm: all steps passed in $SECONDS s"
+echo "test-wasm: $STEPS passed, 0 failed"

@@ -1,0 +1,150 @@
+// End-to-end check of the volunteer page in headless Chromium (driven by tests/e2e/run.sh).
+//
+//   node tests/e2e/volunteer.mjs --url http://ADDR/?autostart=1 --expect finished \
+//        [--jobs N] [--text "..."] [--stop-after-jobs N] [--screenshot FILE] [--timeout SECONDS]
+//
+// Opens the page, waits until its verdict (#state) is the expected one and checks it:
+//   finished  "All work done": every thread ended at end of work; with --jobs N, the page
+//             counted exactly N jobs done (and drew N tiles, for the Mandelbrot demo);
+//   refused   "Refused by the coordinator", with --text in the banner;
+//   stopped   after --stop-after-jobs jobs (screenshot FILE-working.png), presses Stop and
+//             expects "Stopped": every thread drained and left cleanly.
+// Exits 0 on success, 1 with the reason otherwise; keeps a screenshot either way.
+//
+// Uses npm playwright-core from the project's .tools (scripts/setup.sh) and Debian's Chromium;
+// nothing is downloaded.
+
+import { createRequire } from "node:module";
+import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const tools = process.env.DISTCHAN_TOOLS || resolve(here, "../../.tools");
+const { chromium } = createRequire(join(tools, "node_modules", "noop.js"))("playwright-core");
+
+const args = parseArgs(process.argv.slice(2));
+const timeoutMs = Number(args.timeout || 120) * 1000;
+const expect = args.expect || "finished";
+const screenshot = args.screenshot;
+
+function parseArgs(argv) {
+  const out = {};
+  for (let i = 0; i < argv.length; i++) {
+    if (!argv[i].startsWith("--")) throw new Error(`unexpected argument ${argv[i]}`);
+    out[argv[i].slice(2)] = argv[i + 1];
+    i++;
+  }
+  if (!out.url) throw new Error("--url is required");
+  return out;
+}
+
+function log(...parts) {
+  console.log(`[e2e ${expect}]`, ...parts);
+}
+
+const profile = mkdtempSync(join(tmpdir(), "distchan-e2e-chromium-"));
+let context;
+let failure = null;
+
+try {
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
+    headless: true,
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+      "--disable-quic",
+    ],
+    viewport: { width: 1100, height: 900 },
+  });
+  const page = context.pages()[0] || (await context.newPage());
+  page.on("console", (msg) => log(`console.${msg.type()}:`, msg.text()));
+  page.on("pageerror", (err) => log("page error:", err.message));
+  page.on("requestfailed", (req) => log("request failed:", req.url(), req.failure()?.errorText));
+
+  log("opening", args.url);
+  const response = await page.goto(args.url, { waitUntil: "load", timeout: 30_000 });
+  if (!response || !response.ok()) throw new Error(`GET ${args.url} answered ${response && response.status()}`);
+
+  const read = () => page.evaluate(() => {
+    const text = (id) => document.getElementById(id)?.textContent?.trim() ?? "";
+    return {
+      state: text("state"),
+      detail: text("state-detail"),
+      banner: document.getElementById("banner").hidden ? "" : text("banner"),
+      connected: text("f-connected"),
+      task: text("f-task"),
+      done: Number(text("f-done").replace(/[^0-9]/g, "")),
+      failed: Number(text("f-failed").replace(/[^0-9]/g, "")),
+      tiles: Number(text("tile-count").replace(/[^0-9]/g, "")),
+      threads: [...document.querySelectorAll("#threads li")].map((li) => li.textContent),
+    };
+  });
+
+  const deadline = Date.now() + timeoutMs;
+  const waitFor = async (what, test) => {
+    let last = null;
+    while (Date.now() < deadline) {
+      last = await read();
+      if (test(last)) return last;
+      await page.waitForTimeout(250);
+    }
+    throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}; last page state: ${JSON.stringify(last)}`);
+  };
+  const terminal = (s) => /^(All work done|Stopped|Refused|Disconnected)/.test(s.state);
+
+  if (expect === "finished") {
+    const s = await waitFor("the page to finish", terminal);
+    log("final page state:", JSON.stringify(s));
+    if (!s.state.startsWith("All work done")) throw new Error(`expected "All work done", the page says "${s.state}": ${s.detail} ${s.banner}`);
+    if (s.failed !== 0) throw new Error(`${s.failed} jobs failed`);
+    if (args.jobs && s.done !== Number(args.jobs)) throw new Error(`the page counted ${s.done} jobs, expected ${args.jobs}`);
+    if (args.tiles && s.tiles !== Number(args.tiles)) throw new Error(`the page drew ${s.tiles} tiles, expected ${args.tiles}`);
+  } else if (expect === "refused") {
+    const s = await waitFor("a refusal", terminal);
+    log("final page state:", JSON.stringify(s));
+    if (!s.state.startsWith("Refused")) throw new Error(`expected a refusal, the page says "${s.state}": ${s.detail}`);
+    if (args.text && !s.banner.includes(args.text)) throw new Error(`the banner "${s.banner}" does not say "${args.text}"`);
+    if (s.done !== 0) throw new Error(`a refused tab did ${s.done} jobs`);
+  } else if (expect === "stopped") {
+    const want = Number(args["stop-after-jobs"] || 1);
+    const working = await waitFor(`${want} jobs done`, (s) => s.done >= want || terminal(s));
+    if (terminal(working)) throw new Error(`the page ended before Stop: "${working.state}": ${working.detail}`);
+    log("working:", JSON.stringify(working));
+    if (screenshot) {
+      mkdirSync(dirname(screenshot), { recursive: true });
+      await page.screenshot({ path: screenshot.replace(/\.png$/, "") + "-working.png", fullPage: true });
+    }
+    await page.click("#stop");
+    const s = await waitFor("the page to stop", terminal);
+    log("final page state:", JSON.stringify(s));
+    if (!s.state.startsWith("Stopped")) throw new Error(`expected "Stopped", the page says "${s.state}": ${s.detail} ${s.banner}`);
+    if (s.failed !== 0) throw new Error(`${s.failed} jobs failed`);
+    if (!s.threads.every((t) => t.includes(": done"))) throw new Error(`not every thread left cleanly: ${s.threads.join("; ")}`);
+  } else {
+    throw new Error(`unknown --expect ${expect}`);
+  }
+  if (screenshot) {
+    mkdirSync(dirname(screenshot), { recursive: true });
+    await page.screenshot({ path: screenshot, fullPage: true });
+    log("screenshot:", screenshot);
+  }
+} catch (err) {
+  failure = err;
+  if (context && screenshot) {
+    const page = context.pages()[0];
+    const path = screenshot.replace(/\.png$/, "") + ".failed.png";
+    await page?.screenshot({ path, fullPage: true }).then(() => log("screenshot of the failure:", path), () => {});
+  }
+} finally {
+  await context?.close().catch(() => {});
+  rmSync(profile, { recursive: true, force: true });
+}
+
+if (failure) {
+  console.error(`[e2e ${expect}] FAILED: ${failure.message}`);
+  process.exit(1);
+}
+log("ok");

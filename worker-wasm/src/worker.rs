@@ -1,0 +1,785 @@
+//! [`BrowserWorker`]: one connection from a browser to a coordinator, driving the protocol
+//! crate's [`WorkerSession`] exactly as the native worker does.
+//!
+//! The connection is one async loop ([`BrowserWorker::run`]) fed by a single channel of
+//! inputs: the WebSocket's events, finished jobs and the page's stop request. Every
+//! protocol decision (what a frame means, when the worker may close, what a refusal says)
+//! is the session's; this file only moves frames and reports what happened.
+//!
+//! What the loop does, in order:
+//! 1. opens the WebSocket offering `distchan.v1` and, once open, sends the hello
+//!    ([`WorkerKind::Browser`](distchan_protocol::wire::WorkerKind::Browser), the
+//!    capacity, the token, the agent);
+//! 2. waits for the welcome, at most the handshake timeout; a refusal (the `Refused` frame,
+//!    or failing that the close frame's reason) ends the run with state `refused` and the
+//!    coordinator's reason;
+//! 3. answers each job with the [`JobHandler`] (the page's function, or the built-in task
+//!    the welcome names), at most `capacity` at once because the coordinator never sends
+//!    more;
+//! 4. after end-of-work (or after [`BrowserWorker::stop`], which drains), once every job
+//!    held is answered, closes with 1000 and resolves.
+//!
+//! Liveness: the coordinator pings every `heartbeat_ms` and declares a silent worker dead;
+//! browsers answer those pings by themselves. Pings are invisible to page scripts, so a
+//! browser cannot apply the native worker's "three silent heartbeats" idle timeout without
+//! dropping every volunteer that merely waits for work: the welcome's idle timeout is
+//! reported in the status (`idleTimeoutMs`) but a dead coordinator is noticed through the
+//! WebSocket closing. The handshake and the closing handshake are bounded by timers.
+
+use std::{
+    cell::{Cell, RefCell},
+    rc::Rc,
+};
+
+use bytes::Bytes;
+use distchan_protocol::{
+    session::{close_frame_for, Event, SessionConfig, WorkerSession},
+    transform::{Aes256GcmTransform, TransformChain},
+    wire::{Outcome, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, DEFAULT_MAX_FRAME},
+    Error, JobId,
+};
+use futures_channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use futures_util::{
+    future::{select, Either},
+    StreamExt,
+};
+use gloo_timers::future::TimeoutFuture;
+use js_sys::{Function, Promise, Reflect};
+use serde::{Deserialize, Serialize};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::{future_to_promise, spawn_local};
+
+use crate::{
+    handler::{result_to_js, JobHandler},
+    socket::{Socket, SocketEvent},
+};
+
+/// Capacity announced when the page gives none: two jobs in hand keeps one thread busy
+/// while the next job is on its way.
+pub const DEFAULT_CAPACITY: u32 = 2;
+/// Longest wait for the connection and the welcome, when the page gives no other.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u32 = 10_000;
+/// Longest wait for the coordinator's answer to our close frame.
+const CLOSE_WAIT_MS: u32 = 2_000;
+/// Least time between two progress reports to `onStatus`.
+const PROGRESS_INTERVAL_MS: f64 = 250.0;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** Options of `new BrowserWorker(url, options)`; every field is optional. */
+export interface BrowserWorkerOptions {
+  /** Jobs the coordinator may hand this worker at once (default 2). */
+  capacity?: number;
+  /** Access token, if the coordinator requires one. */
+  token?: string;
+  /** Name shown on the coordinator's side (default: the browser's user agent). */
+  agent?: string;
+  /** AES-256-GCM key (64 hex digits), if the coordinator encrypts payloads. */
+  aesKey?: string;
+  /** Longest wait for the connection and the welcome, in ms (default 10000). */
+  handshakeTimeoutMs?: number;
+  /** Largest frame accepted from the coordinator, in bytes (default 64 MiB). */
+  maxFrame?: number;
+}
+
+/** What `onStatus` receives, `status()` returns and `run()` resolves with. */
+export interface BrowserWorkerStatus {
+  state: "idle" | "connecting" | "connected" | "draining" | "closed" | "refused";
+  /** Why the connection ended (or was refused), once it has. */
+  reason: string | null;
+  /** True when the run ended as it should: end of work, or a stop that drained. */
+  clean: boolean;
+  task: string | null;
+  workerId: number | null;
+  jobsDone: number;
+  jobsFailed: number;
+  outstanding: number;
+  capacity: number;
+  idleTimeoutMs: number | null;
+  url: string;
+}
+"#;
+
+/// How the page configures a worker (`new BrowserWorker(url, options)`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct WorkerOptions {
+    capacity: Option<u32>,
+    token: Option<String>,
+    agent: Option<String>,
+    aes_key: Option<String>,
+    handshake_timeout_ms: Option<u32>,
+    max_frame: Option<u32>,
+}
+
+/// Where a connection stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Not started.
+    Idle,
+    /// Opening the WebSocket, saying hello, waiting for the welcome.
+    Connecting,
+    /// Welcomed: taking jobs.
+    Connected,
+    /// Leaving: no new jobs, finishing the ones held.
+    Draining,
+    /// Over; `reason` says why and `clean` whether that was the expected end.
+    Closed,
+    /// The coordinator refused this worker; `reason` is the coordinator's.
+    Refused,
+}
+
+/// A snapshot of a connection, as the page sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// Where the connection stands.
+    pub state: State,
+    /// Why it ended or was refused, once it has.
+    pub reason: Option<String>,
+    /// True when it ended as it should (end of work, or a stop that drained).
+    pub clean: bool,
+    /// The task the coordinator named in its welcome.
+    pub task: Option<String>,
+    /// The id the coordinator gave this worker.
+    pub worker_id: Option<u64>,
+    /// Jobs answered (successes and failures).
+    pub jobs_done: u64,
+    /// Jobs answered with an error.
+    pub jobs_failed: u64,
+    /// Jobs held and not yet answered.
+    pub outstanding: u32,
+    /// The capacity announced in the hello.
+    pub capacity: u32,
+    /// Three heartbeat intervals, from the welcome (see the module docs).
+    pub idle_timeout_ms: Option<u64>,
+    /// The coordinator's WebSocket URL.
+    pub url: String,
+}
+
+impl Status {
+    fn new(url: &str, capacity: u32) -> Self {
+        Status {
+            state: State::Idle,
+            reason: None,
+            clean: false,
+            task: None,
+            worker_id: None,
+            jobs_done: 0,
+            jobs_failed: 0,
+            outstanding: 0,
+            capacity,
+            idle_timeout_ms: None,
+            url: url.to_owned(),
+        }
+    }
+
+    /// The status as a plain JavaScript object (`null` for absent fields).
+    pub fn to_js(&self) -> JsValue {
+        let serializer = serde_wasm_bindgen::Serializer::new().serialize_missing_as_null(true);
+        self.serialize(&serializer).unwrap_or(JsValue::NULL)
+    }
+
+    /// The error `run()` rejects with: a JavaScript `Error` whose message is the reason,
+    /// with the status as its `status` property and `refused` telling refusals apart.
+    pub fn to_js_error(&self) -> JsValue {
+        let reason = self.reason.as_deref().unwrap_or("the connection ended");
+        let error = js_sys::Error::new(reason);
+        let _ = Reflect::set(&error, &"status".into(), &self.to_js());
+        let _ = Reflect::set(
+            &error,
+            &"refused".into(),
+            &JsValue::from_bool(self.state == State::Refused),
+        );
+        error.into()
+    }
+}
+
+/// What the connection loop reacts to.
+#[derive(Debug)]
+enum Input {
+    /// The WebSocket reported something.
+    Socket(SocketEvent),
+    /// A job's handler finished; `job` is its payload when the page wants results.
+    Done {
+        id: JobId,
+        outcome: Outcome,
+        job: Option<Bytes>,
+    },
+    /// The page asked the worker to leave.
+    Stop,
+}
+
+/// A browser worker: one WebSocket connection to a coordinator.
+///
+/// ```js
+/// const worker = new BrowserWorker("ws://localhost:8080/ws", { capacity: 2 });
+/// worker.onStatus((s) => console.log(s.state, s.reason, s.jobsDone));
+/// worker.setHandler((job, { id, task }) => job.toUpperCase()); // optional
+/// const status = await worker.run(); // end of work; rejects with the reason otherwise
+/// ```
+#[wasm_bindgen]
+pub struct BrowserWorker {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    url: String,
+    config: SessionConfig,
+    chain: TransformChain,
+    handshake_timeout_ms: u32,
+    handler: RefCell<Option<Function>>,
+    on_status: RefCell<Option<Function>>,
+    on_result: RefCell<Option<Function>>,
+    status: RefCell<Status>,
+    control: RefCell<Option<UnboundedSender<Input>>>,
+    stop_requested: Cell<bool>,
+    started: Cell<bool>,
+    last_progress: Cell<f64>,
+}
+
+#[wasm_bindgen]
+impl BrowserWorker {
+    /// A worker for the coordinator at `url` (`ws://host:port/ws`); `options` is a
+    /// `BrowserWorkerOptions` object or `undefined`. Nothing connects before `run()`.
+    #[wasm_bindgen(constructor)]
+    pub fn new(url: &str, options: JsValue) -> Result<BrowserWorker, JsError> {
+        crate::install_panic_hook();
+        let options: WorkerOptions = if options.is_undefined() || options.is_null() {
+            WorkerOptions::default()
+        } else {
+            serde_wasm_bindgen::from_value(options)
+                .map_err(|e| JsError::new(&format!("invalid BrowserWorker options: {e}")))?
+        };
+        let capacity = options.capacity.unwrap_or(DEFAULT_CAPACITY);
+        if capacity == 0 {
+            return Err(JsError::new("capacity must be at least 1"));
+        }
+        let agent = options.agent.unwrap_or_else(default_agent);
+        let mut config = SessionConfig::browser(capacity, agent);
+        config.token = options.token.filter(|t| !t.is_empty());
+        config.max_frame = options.max_frame.map_or(DEFAULT_MAX_FRAME, |n| n as usize);
+        let mut chain = TransformChain::new();
+        if let Some(key) = options.aes_key.filter(|k| !k.is_empty()) {
+            chain.push(
+                Aes256GcmTransform::from_hex(&key).map_err(|e| JsError::new(&e.to_string()))?,
+            );
+        }
+        Ok(BrowserWorker {
+            inner: Rc::new(Inner {
+                url: url.to_owned(),
+                config,
+                chain,
+                handshake_timeout_ms: options
+                    .handshake_timeout_ms
+                    .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+                handler: RefCell::new(None),
+                on_status: RefCell::new(None),
+                on_result: RefCell::new(None),
+                status: RefCell::new(Status::new(url, capacity)),
+                control: RefCell::new(None),
+                stop_requested: Cell::new(false),
+                started: Cell::new(false),
+                last_progress: Cell::new(0.0),
+            }),
+        })
+    }
+
+    /// Calls `callback(status)` on every change of state and, at most four times a second,
+    /// as jobs complete. `null` removes it.
+    #[wasm_bindgen(js_name = onStatus)]
+    pub fn on_status(&self, callback: Option<Function>) {
+        *self.inner.on_status.borrow_mut() = callback;
+    }
+
+    /// Calls `callback(result, job, id)` with every successful result as a plain value (a
+    /// Mandelbrot tile's `rgba` is a `Uint8Array`). `null` removes it.
+    #[wasm_bindgen(js_name = onResult)]
+    pub fn on_result(&self, callback: Option<Function>) {
+        *self.inner.on_result.borrow_mut() = callback;
+    }
+
+    /// Answers jobs with `handler(job, {id, task})` instead of the built-in task: it returns
+    /// the result or a promise of it; a throw or a rejection becomes that job's error
+    /// result. Must be set before `run()`; `null` goes back to the built-in tasks.
+    #[wasm_bindgen(js_name = setHandler)]
+    pub fn set_handler(&self, handler: Option<Function>) {
+        *self.inner.handler.borrow_mut() = handler;
+    }
+
+    /// The current status (see `BrowserWorkerStatus`).
+    #[wasm_bindgen(js_name = status)]
+    pub fn status_js(&self) -> JsValue {
+        self.inner.status.borrow().to_js()
+    }
+
+    /// Connects and works until the end. Resolves with the final status after end-of-work
+    /// or a stop; rejects with an `Error` whose message is the reason otherwise (its
+    /// `refused` property is true for a refusal, and `status` holds the final status).
+    /// A worker runs once.
+    pub fn run(&self) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            match drive(inner).await {
+                Ok(status) => Ok(status.to_js()),
+                Err(status) => Err(status.to_js_error()),
+            }
+        })
+    }
+
+    /// Leaves cleanly: tells the coordinator to send no more jobs, finishes the jobs held,
+    /// then closes; `run()` then resolves. Before the welcome it just closes.
+    pub fn stop(&self) {
+        self.inner.stop_requested.set(true);
+        if let Some(control) = self.inner.control.borrow().as_ref() {
+            let _ = control.unbounded_send(Input::Stop);
+        }
+    }
+}
+
+impl BrowserWorker {
+    /// The Rust face of [`run`](Self::run): the final status, `Err` when the run did not
+    /// end cleanly (refused, connection lost, ...).
+    pub async fn run_to_end(&self) -> Result<Status, Status> {
+        drive(self.inner.clone()).await
+    }
+
+    /// The current status.
+    pub fn status(&self) -> Status {
+        self.inner.status.borrow().clone()
+    }
+}
+
+impl Inner {
+    fn update(&self, change: impl FnOnce(&mut Status)) {
+        change(&mut self.status.borrow_mut());
+    }
+
+    /// Sends the current status to the page's callback (no borrow is held during the call,
+    /// so the callback may call back into the worker).
+    fn report(&self) {
+        let callback = self.on_status.borrow().clone();
+        if let Some(callback) = callback {
+            let status = self.status.borrow().to_js();
+            if let Err(e) = callback.call1(&JsValue::NULL, &status) {
+                web_sys::console::warn_2(&"distchan: the onStatus callback threw".into(), &e);
+            }
+        }
+        self.last_progress.set(js_sys::Date::now());
+    }
+
+    fn report_progress(&self) {
+        if js_sys::Date::now() - self.last_progress.get() >= PROGRESS_INTERVAL_MS {
+            self.report();
+        }
+    }
+}
+
+fn default_agent() -> String {
+    let ua = Reflect::get(&js_sys::global(), &"navigator".into())
+        .ok()
+        .filter(|n| n.is_object())
+        .and_then(|n| Reflect::get(&n, &"userAgent".into()).ok())
+        .and_then(|ua| ua.as_string());
+    let name = format!("distchan-worker-wasm/{}", env!("CARGO_PKG_VERSION"));
+    match ua {
+        Some(ua) => format!("{name} ({ua})"),
+        None => name,
+    }
+}
+
+/// How a run ended.
+#[derive(Debug)]
+struct Ending {
+    state: State,
+    clean: bool,
+    reason: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The WebSocket is opening.
+    Connecting,
+    /// The hello is sent; the welcome is awaited.
+    AwaitingWelcome,
+    /// Welcomed.
+    Running,
+    /// Our close frame is sent; the coordinator's answer (or the timer) ends the run.
+    Closing,
+}
+
+/// The state of one run of the loop.
+struct Run {
+    inner: Rc<Inner>,
+    session: WorkerSession,
+    socket: Socket,
+    tx: UnboundedSender<Input>,
+    phase: Phase,
+    handler: Option<JobHandler>,
+    draining: bool,
+    deadline: Option<f64>,
+    closing: Option<Ending>,
+    ended: Option<Ending>,
+    saw_error: bool,
+}
+
+/// Runs one connection from start to end (see the module docs).
+async fn drive(inner: Rc<Inner>) -> Result<Status, Status> {
+    if inner.started.replace(true) {
+        let mut status = inner.status.borrow().clone();
+        status.reason = Some("this BrowserWorker has already run; create a new one".into());
+        return Err(status);
+    }
+    let (tx, mut rx) = mpsc::unbounded();
+    *inner.control.borrow_mut() = Some(tx.clone());
+    let session = WorkerSession::new(inner.config.clone(), inner.chain.clone());
+    inner.update(|s| s.state = State::Connecting);
+    inner.report();
+
+    let events = tx.clone();
+    let opened = Socket::open(&inner.url, &session.config().subprotocol(), move |event| {
+        let _ = events.unbounded_send(Input::Socket(event));
+    });
+    let ending = match opened {
+        Err(reason) => Ending {
+            state: State::Closed,
+            clean: false,
+            reason,
+        },
+        Ok(socket) => {
+            if inner.stop_requested.get() {
+                let _ = tx.unbounded_send(Input::Stop);
+            }
+            let mut run = Run {
+                deadline: Some(js_sys::Date::now() + f64::from(inner.handshake_timeout_ms)),
+                inner: inner.clone(),
+                session,
+                socket,
+                tx,
+                phase: Phase::Connecting,
+                handler: None,
+                draining: false,
+                closing: None,
+                ended: None,
+                saw_error: false,
+            };
+            loop {
+                match next_input(&mut rx, run.deadline).await {
+                    Some(input) => run.on_input(input),
+                    None => run.on_timeout(),
+                }
+                if let Some(ending) = run.ended.take() {
+                    break ending;
+                }
+            }
+            // Dropping `run` drops the socket, which detaches and frees its handlers.
+        }
+    };
+    inner.control.borrow_mut().take();
+    inner.update(|s| {
+        s.state = ending.state;
+        s.clean = ending.clean;
+        s.reason = Some(ending.reason);
+    });
+    inner.report();
+    let status = inner.status.borrow().clone();
+    if status.clean {
+        Ok(status)
+    } else {
+        Err(status)
+    }
+}
+
+/// The next input, or `None` when `deadline` (a `Date.now()` time) passes first.
+async fn next_input(rx: &mut UnboundedReceiver<Input>, deadline: Option<f64>) -> Option<Input> {
+    match deadline {
+        // The loop holds a sender, so the channel never ends.
+        None => rx.next().await,
+        Some(at) => {
+            let wait = (at - js_sys::Date::now()).clamp(0.0, f64::from(u32::MAX)) as u32;
+            match select(rx.next(), TimeoutFuture::new(wait)).await {
+                Either::Left((input, _)) => input,
+                Either::Right(_) => None,
+            }
+        }
+    }
+}
+
+impl Run {
+    fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Socket(event) => self.on_socket(event),
+            Input::Done { id, outcome, job } => self.on_done(id, outcome, job),
+            Input::Stop => self.stop(),
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        match self.phase {
+            Phase::Connecting | Phase::AwaitingWelcome => {
+                let secs = f64::from(self.inner.handshake_timeout_ms) / 1000.0;
+                let what = if self.phase == Phase::Connecting {
+                    "the connection did not open"
+                } else {
+                    "no welcome from the coordinator"
+                };
+                self.fail(Error::Timeout(format!("{what} within {secs} s")));
+            }
+            Phase::Closing => self.ended = self.closing.take(),
+            Phase::Running => self.deadline = None,
+        }
+    }
+
+    fn on_socket(&mut self, event: SocketEvent) {
+        match event {
+            SocketEvent::Open => self.on_open(),
+            SocketEvent::Binary(frame) => self.on_frame(&frame),
+            SocketEvent::Text => {
+                if self.phase != Phase::Closing {
+                    self.fail(Error::Malformed(
+                        "text frames are not part of the protocol".into(),
+                    ));
+                }
+            }
+            SocketEvent::Error => self.saw_error = true,
+            SocketEvent::Closed {
+                code,
+                reason,
+                clean,
+            } => self.on_closed(code, reason, clean),
+        }
+    }
+
+    fn on_open(&mut self) {
+        if self.phase != Phase::Connecting {
+            return;
+        }
+        if self.inner.stop_requested.get() {
+            self.leave("worker left", true, None);
+            return;
+        }
+        match self.session.hello_frame() {
+            Ok(hello) => match self.socket.send(&hello) {
+                Ok(()) => self.phase = Phase::AwaitingWelcome,
+                Err(e) => self.fail(Error::Connection(e)),
+            },
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn on_frame(&mut self, frame: &[u8]) {
+        if !matches!(self.phase, Phase::AwaitingWelcome | Phase::Running) {
+            return; // after our close frame, or before the hello: nothing counts
+        }
+        match self.session.handle_frame(frame) {
+            Ok(Event::Welcomed(welcome)) => {
+                self.phase = Phase::Running;
+                self.deadline = None;
+                let idle = self.session.idle_timeout().map(|d| d.as_millis() as u64);
+                self.inner.update(|s| {
+                    s.state = State::Connected;
+                    s.task = welcome.task.clone();
+                    s.worker_id = Some(welcome.worker_id);
+                    s.idle_timeout_ms = idle;
+                });
+                self.inner.report();
+                let js = self.inner.handler.borrow().clone();
+                match JobHandler::choose(js, welcome.task.as_deref()) {
+                    Ok(handler) => self.handler = Some(handler),
+                    Err(reason) => {
+                        // Like the native worker: say we are leaving, then go, with the reason.
+                        if let Ok(drain) = self.session.drain_frame() {
+                            let _ = self.socket.send(&drain);
+                        }
+                        self.leave("worker left", false, Some(reason));
+                        return;
+                    }
+                }
+                if self.inner.stop_requested.get() {
+                    self.stop();
+                }
+            }
+            Ok(Event::Job { id, payload }) => self.start_job(id, payload),
+            Ok(Event::EndOfWork) => self.finish_if_done(),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    fn on_closed(&mut self, code: u16, reason: String, clean: bool) {
+        if self.phase == Phase::Closing {
+            self.ended = self.closing.take();
+            return;
+        }
+        let reason = reason.trim().to_owned();
+        self.ended = Some(match self.phase {
+            Phase::Connecting => Ending {
+                state: State::Closed,
+                clean: false,
+                reason: format!(
+                    "could not connect to {} (is the coordinator running, and does it speak {}?)",
+                    self.inner.url,
+                    self.session.config().subprotocol()
+                ),
+            },
+            // A refusal whose Refused frame was lost still says why in the close frame.
+            Phase::AwaitingWelcome
+                if (code == CLOSE_POLICY || code == CLOSE_PROTOCOL_ERROR) && !reason.is_empty() =>
+            {
+                Ending {
+                    state: State::Refused,
+                    clean: false,
+                    reason,
+                }
+            }
+            _ => Ending {
+                state: State::Closed,
+                clean: false,
+                reason: closed_by_coordinator(code, &reason, clean || !self.saw_error),
+            },
+        });
+    }
+
+    fn start_job(&mut self, id: JobId, payload: Bytes) {
+        let Some(handler) = self.handler.clone() else {
+            return; // cannot happen: jobs come only after the welcome chose a handler
+        };
+        self.inner
+            .update(|s| s.outstanding = self.session.outstanding() as u32);
+        let tx = self.tx.clone();
+        let keep_job = self.inner.on_result.borrow().is_some();
+        spawn_local(async move {
+            let outcome = handler.handle(id, &payload).await;
+            let job = keep_job.then_some(payload);
+            let _ = tx.unbounded_send(Input::Done { id, outcome, job });
+        });
+    }
+
+    fn on_done(&mut self, id: JobId, outcome: Outcome, job: Option<Bytes>) {
+        if self.phase != Phase::Running {
+            return; // the connection is going away; the coordinator re-dispatches the job
+        }
+        let ok = outcome.as_ref().ok().cloned();
+        match self.session.result_frame(id, outcome) {
+            Ok(frame) => {
+                if let Err(e) = self.socket.send(&frame) {
+                    self.fail(Error::Connection(e));
+                    return;
+                }
+            }
+            Err(e) => {
+                web_sys::console::warn_1(&format!("distchan: result not sent: {e}").into());
+            }
+        }
+        let outstanding = self.session.outstanding() as u32;
+        self.inner.update(|s| {
+            s.jobs_done += 1;
+            s.jobs_failed += u64::from(ok.is_none());
+            s.outstanding = outstanding;
+        });
+        if let (Some(result), Some(job)) = (ok, job) {
+            self.show_result(id, &result, &job);
+        }
+        self.inner.report_progress();
+        self.finish_if_done();
+    }
+
+    fn show_result(&self, id: JobId, result: &Bytes, job: &Bytes) {
+        let callback = self.inner.on_result.borrow().clone();
+        let Some(callback) = callback else { return };
+        let (Ok(result), Ok(job)) = (result_to_js(result), result_to_js(job)) else {
+            return;
+        };
+        let id = JsValue::from_f64(id.0 as f64);
+        if let Err(e) = callback.call3(&JsValue::NULL, &result, &job, &id) {
+            web_sys::console::warn_2(&"distchan: the onResult callback threw".into(), &e);
+        }
+    }
+
+    fn stop(&mut self) {
+        self.inner.stop_requested.set(true);
+        match self.phase {
+            Phase::Connecting | Phase::AwaitingWelcome => self.leave("worker left", true, None),
+            Phase::Running if !self.draining => {
+                self.draining = true;
+                match self.session.drain_frame() {
+                    Ok(frame) => {
+                        if let Err(e) = self.socket.send(&frame) {
+                            self.fail(Error::Connection(e));
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        self.fail(e);
+                        return;
+                    }
+                }
+                self.inner.update(|s| s.state = State::Draining);
+                self.inner.report();
+                self.finish_if_done();
+            }
+            Phase::Running | Phase::Closing => {}
+        }
+    }
+
+    /// Closes normally once the session says every job held is answered after end-of-work
+    /// or a drain.
+    fn finish_if_done(&mut self) {
+        if self.phase == Phase::Running && self.session.is_finished() {
+            let reason = if self.session.end_of_work() {
+                "end of work"
+            } else {
+                "worker left"
+            };
+            self.leave(reason, true, None);
+        }
+    }
+
+    /// Closes with 1000 and `reason`; the run ends with `shown` (or `reason`) once the
+    /// coordinator answers the close.
+    fn leave(&mut self, reason: &str, clean: bool, shown: Option<String>) {
+        self.socket.close(CLOSE_NORMAL, reason);
+        self.begin_closing(Ending {
+            state: State::Closed,
+            clean,
+            reason: shown.unwrap_or_else(|| reason.to_owned()),
+        });
+    }
+
+    /// Ends the connection because of `err`, with the close code and reason the protocol
+    /// crate gives for it.
+    fn fail(&mut self, err: Error) {
+        let (code, reason) = close_frame_for(&err);
+        self.socket.close(code, &reason);
+        let ending = match err {
+            Error::Refused(refusal) => Ending {
+                state: State::Refused,
+                clean: false,
+                reason: refusal.to_string(),
+            },
+            other => Ending {
+                state: State::Closed,
+                clean: false,
+                reason: other.to_string(),
+            },
+        };
+        self.begin_closing(ending);
+    }
+
+    fn begin_closing(&mut self, ending: Ending) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        self.phase = Phase::Closing;
+        self.deadline = Some(js_sys::Date::now() + f64::from(CLOSE_WAIT_MS));
+        self.closing = Some(ending);
+    }
+}
+
+fn closed_by_coordinator(code: u16, reason: &str, clean: bool) -> String {
+    match (reason.is_empty(), clean) {
+        (false, _) => format!("the coordinator closed the connection: {reason}"),
+        (true, true) => format!("the coordinator closed the connection (code {code})"),
+        (true, false) => format!("the connection was lost (code {code})"),
+    }
+}

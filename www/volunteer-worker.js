@@ -1,0 +1,75 @@
+// One volunteer thread: a module Web Worker that loads the wasm package and runs one
+// BrowserWorker connection. The page (volunteer.js) starts one per core.
+//
+// page -> thread: {type: "start", url, token, capacity, index, threads} | {type: "stop"}
+// thread -> page: {type: "status", status}           every change, and progress 4x a second
+//                 {type: "tile", tile}                a computed Mandelbrot tile (rgba transferred)
+//                 {type: "end", ok, refused, reason, status}   the connection is over
+
+const wasm = import("./pkg/distchan_worker_wasm.js").then(async (module) => {
+  await module.default();
+  return module;
+});
+
+let worker = null;
+let stopRequested = false;
+
+self.onmessage = (event) => {
+  const msg = event.data;
+  if (msg.type === "start") {
+    start(msg);
+  } else if (msg.type === "stop") {
+    stopRequested = true;
+    if (worker) worker.stop();
+  }
+};
+
+async function start({ url, token, capacity, index, threads }) {
+  let module;
+  try {
+    module = await wasm;
+  } catch (err) {
+    self.postMessage({
+      type: "end", ok: false, refused: false,
+      reason: `could not load the WebAssembly worker (is www/pkg built? run scripts/build-wasm.sh): ${err}`,
+    });
+    return;
+  }
+  try {
+    worker = new module.BrowserWorker(url, {
+      capacity,
+      token: token || undefined,
+      agent: `volunteer tab, thread ${index + 1}/${threads} (${navigator.userAgent})`,
+    });
+  } catch (err) {
+    self.postMessage({ type: "end", ok: false, refused: false, reason: String(err.message || err) });
+    return;
+  }
+  worker.onStatus((status) => self.postMessage({ type: "status", status }));
+  worker.onResult((result, job) => {
+    // Mandelbrot tiles are drawn on the page; other results are only counted.
+    if (result && result.rgba instanceof Uint8Array && job && typeof job.image_width === "number") {
+      const rgba = result.rgba.byteOffset === 0 && result.rgba.byteLength === result.rgba.buffer.byteLength
+        ? result.rgba.buffer
+        : result.rgba.slice().buffer;
+      const tile = {
+        x: result.x, y: result.y, width: result.width, height: result.height,
+        imageWidth: job.image_width, imageHeight: job.image_height, rgba,
+      };
+      self.postMessage({ type: "tile", tile }, [rgba]);
+    }
+  });
+  if (stopRequested) worker.stop();
+  try {
+    const status = await worker.run();
+    self.postMessage({ type: "end", ok: true, refused: false, reason: status.reason, status });
+  } catch (err) {
+    self.postMessage({
+      type: "end", ok: false, refused: Boolean(err && err.refused),
+      reason: String((err && err.message) || err), status: err && err.status,
+    });
+  } finally {
+    worker.free();
+    worker = null;
+  }
+}

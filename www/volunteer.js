@@ -1,0 +1,199 @@
+// The volunteer page: Start makes this tab a distchan worker with one Web Worker thread per
+// core (volunteer-worker.js), each running its own connection to the coordinator that
+// served the page. Query parameters: ?autostart=1, ?token=ACCESS_TOKEN, ?threads=N,
+// ?capacity=N (jobs each thread may hold at once, default 2).
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const token = params.get("token") || "";
+const threadCount = clamp(Number(params.get("threads")) || navigator.hardwareConcurrency || 2, 1, 64);
+const capacity = clamp(Number(params.get("capacity")) || 2, 1, 1024);
+const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
+
+/** One entry per running thread: {worker, status, ended, ok, refused, reason}. */
+let threads = [];
+let stopping = false;
+let rateSamples = []; // [time ms, total jobs done]
+let tilesDrawn = 0;
+let rateTimer = null;
+let startedAt = 0;
+let finishedAt = 0;
+
+function clamp(n, lo, hi) {
+  return Math.max(lo, Math.min(hi, Math.floor(n)));
+}
+
+$("coordinator-url").textContent = wsUrl;
+$("thread-count").textContent = `${threadCount} background thread${threadCount === 1 ? "" : "s"}`;
+$("start").addEventListener("click", start);
+$("stop").addEventListener("click", stop);
+
+function start() {
+  if (threads.some((t) => !t.ended)) return;
+  stopping = false;
+  rateSamples = [];
+  threads = [];
+  startedAt = performance.now();
+  finishedAt = 0;
+  tilesDrawn = 0;
+  $("picture-section").hidden = true;
+  $("banner").hidden = true;
+  $("start").disabled = true;
+  $("stop").disabled = false;
+  for (let index = 0; index < threadCount; index++) {
+    const worker = new Worker(new URL("volunteer-worker.js", import.meta.url), { type: "module" });
+    const thread = { worker, status: null, ended: false, ok: false, refused: false, reason: null };
+    threads.push(thread);
+    worker.onmessage = (event) => onThreadMessage(thread, event.data);
+    worker.onerror = (event) => {
+      event.preventDefault();
+      onThreadMessage(thread, { type: "end", ok: false, refused: false, reason: `the worker thread failed: ${event.message || "could not load volunteer-worker.js"}` });
+    };
+    worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount });
+  }
+  clearInterval(rateTimer);
+  rateTimer = setInterval(render, 500);
+  render();
+}
+
+function stop() {
+  stopping = true;
+  $("stop").disabled = true;
+  for (const t of threads) if (!t.ended) t.worker.postMessage({ type: "stop" });
+  render();
+}
+
+function onThreadMessage(thread, msg) {
+  if (thread.ended) return;
+  if (msg.type === "status") {
+    thread.status = msg.status;
+  } else if (msg.type === "tile") {
+    drawTile(msg.tile);
+  } else if (msg.type === "end") {
+    thread.ended = true;
+    thread.ok = msg.ok;
+    thread.refused = msg.refused;
+    thread.reason = msg.reason;
+    if (msg.status) thread.status = msg.status;
+    thread.worker.terminate();
+    if (threads.every((t) => t.ended)) {
+      clearInterval(rateTimer);
+      finishedAt = performance.now();
+      $("start").disabled = false;
+      $("stop").disabled = true;
+    }
+  }
+  render();
+}
+
+function totals() {
+  let done = 0, failed = 0, connected = 0, task = null;
+  for (const t of threads) {
+    const s = t.status;
+    if (!s) continue;
+    done += s.jobsDone;
+    failed += s.jobsFailed;
+    if (!t.ended && (s.state === "connected" || s.state === "draining")) connected++;
+    task = task || s.task;
+  }
+  return { done, failed, connected, task };
+}
+
+/** The page's one-line verdict from every thread's state. */
+function overall() {
+  if (threads.length === 0) return { cls: "idle", text: "Not started", detail: "Press Start to volunteer." };
+  const refused = threads.find((t) => t.refused || (t.status && t.status.state === "refused"));
+  if (refused) {
+    const reason = refused.reason || (refused.status && refused.status.reason) || "no reason given";
+    return { cls: "refused", text: "Refused by the coordinator", detail: reason, banner: `Refused by the coordinator: ${reason}` };
+  }
+  const live = threads.filter((t) => !t.ended);
+  if (live.length === 0) {
+    const failed = threads.find((t) => !t.ok);
+    if (failed) {
+      return { cls: "failed", text: "Disconnected", detail: failed.reason, banner: `Disconnected: ${failed.reason}` };
+    }
+    const reasons = new Set(threads.map((t) => t.reason));
+    if (reasons.has("end of work")) {
+      return { cls: "finished", text: "All work done — thank you!", detail: "The coordinator has no more jobs.", info: "Every job is done. Thank you for volunteering!" };
+    }
+    return { cls: "finished", text: "Stopped", detail: "This tab left cleanly: every job it held was finished." };
+  }
+  if (stopping) {
+    return { cls: "draining", text: "Stopping…", detail: "Finishing the jobs this tab holds, then leaving." };
+  }
+  const { connected } = totals();
+  if (connected > 0) {
+    return { cls: "working", text: "Working", detail: `${connected} of ${threads.length} threads connected to ${wsUrl}` };
+  }
+  return { cls: "connecting", text: "Connecting…", detail: `Joining ${wsUrl}` };
+}
+
+function render() {
+  const { done, failed, connected, task } = totals();
+  const now = performance.now();
+  rateSamples.push([now, done]);
+  while (rateSamples.length > 2 && now - rateSamples[0][0] > 5000) rateSamples.shift();
+  const [t0, d0] = rateSamples[0];
+  const rate = now - t0 > 0 ? ((done - d0) * 1000) / (now - t0) : 0;
+
+  const v = overall();
+  $("state").textContent = v.text;
+  $("state-detail").textContent = v.detail || "";
+  $("state-dot").className = `dot ${v.cls}`;
+  const banner = $("banner");
+  banner.hidden = !(v.banner || v.info);
+  banner.textContent = v.banner || v.info || "";
+  banner.className = v.banner ? "banner" : "banner info";
+
+  $("f-connected").textContent = `${connected} / ${threads.length}`;
+  $("f-task").textContent = task || "—";
+  $("f-done").textContent = done.toLocaleString();
+  // While working: the last five seconds; once over: the average of the whole run.
+  const running = threads.some((t) => !t.ended);
+  const average = startedAt ? (done * 1000) / Math.max(1, (finishedAt || now) - startedAt) : 0;
+  $("f-rate").textContent = (running ? rate : average).toFixed(1);
+  $("f-rate-label").textContent = running || !startedAt ? "jobs/s" : "jobs/s on average";
+  $("f-failed").textContent = failed.toLocaleString();
+
+  const list = $("threads");
+  list.replaceChildren(...threads.map((t, i) => {
+    const li = document.createElement("li");
+    const dot = document.createElement("span");
+    const s = t.status;
+    const state = t.ended ? (t.ok ? "finished" : t.refused ? "refused" : "failed")
+      : !s || s.state === "connecting" || s.state === "idle" ? "connecting"
+      : s.state === "draining" ? "draining" : "working";
+    dot.className = `dot ${state}`;
+    const label = t.ended ? (t.ok ? "done" : t.refused ? "refused" : "disconnected")
+      : s ? s.state : "starting";
+    li.append(dot, `thread ${i + 1}: ${label} · ${s ? s.jobsDone : 0} jobs`);
+    if (t.reason && !t.ok) li.title = t.reason;
+    return li;
+  }));
+}
+
+const canvas = $("picture");
+const ctx = canvas.getContext("2d");
+
+function drawTile(tile) {
+  if (tilesDrawn === 0 || canvas.width !== tile.imageWidth || canvas.height !== tile.imageHeight) {
+    canvas.width = tile.imageWidth;
+    canvas.height = tile.imageHeight;
+    ctx.fillStyle = "#0b1016";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    tilesDrawn = 0;
+  }
+  const pixels = new ImageData(new Uint8ClampedArray(tile.rgba), tile.width, tile.height);
+  ctx.putImageData(pixels, tile.x, tile.y);
+  tilesDrawn++;
+  $("picture-section").hidden = false;
+  $("tile-count").textContent = `(${tilesDrawn.toLocaleString()})`;
+}
+
+import("./pkg/distchan_worker_wasm.js")
+  .then((m) => m.default().then(() => { $("version").textContent = `distchan-worker-wasm ${m.packageVersion()} · ${m.protocolName()}`; }))
+  .catch(() => { $("version").textContent = "the WebAssembly package is not built (scripts/build-wasm.sh)"; });
+
+render();
+if (params.get("autostart") === "1") start();
