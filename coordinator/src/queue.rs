@@ -53,11 +53,6 @@ impl JobQueue {
         self.waiting.pop_front()
     }
 
-    /// Puts back a job that could not be dispatched after all.
-    pub fn push_front(&mut self, id: JobId) {
-        self.waiting.push_front(id);
-    }
-
     /// Number of jobs waiting for a worker (not counting the channel).
     pub fn waiting(&self) -> usize {
         self.waiting.len()

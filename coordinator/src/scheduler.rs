@@ -196,6 +196,8 @@ pub(crate) struct Scheduler {
     workers: HashMap<WorkerId, Worker>,
     ring: VecDeque<WorkerId>,
     free_credit: usize,
+    /// Jobs at the front of the line that the last dispatch round could give to no one.
+    stuck: usize,
     leases: VecDeque<Lease>,
     results: Option<mpsc::Sender<RawOutcome>>,
     next_worker: WorkerId,
@@ -226,6 +228,7 @@ impl Scheduler {
             workers: HashMap::default(),
             ring: VecDeque::new(),
             free_credit: 0,
+            stuck: 0,
             leases: VecDeque::new(),
             results,
             next_worker: 1,
@@ -244,7 +247,10 @@ impl Scheduler {
             self.dispatch_waiting();
             self.publish_gauges();
             self.maybe_finish();
-            let want_new = self.queue.is_open() && (self.queue.waiting() == 0);
+            // New jobs are taken when the line is empty, or when all it holds are jobs that
+            // no worker with credit can take yet (their lease ran out at the only candidates).
+            let all_stuck = self.queue.waiting() <= self.stuck && self.free_credit > 0;
+            let want_new = self.queue.is_open() && (self.queue.waiting() == 0 || all_stuck);
             let limit = self.free_credit.clamp(1, 256);
             let lease = self.leases.front().map(|l| l.deadline);
             let wake = tokio::select! {
@@ -379,30 +385,44 @@ impl Scheduler {
     }
 
     /// Takes the first worker of the ring that still has credit.
-    fn pick(&mut self) -> Option<WorkerId> {
-        while let Some(id) = self.ring.pop_front() {
-            if let Some(w) = self.workers.get_mut(&id) {
-                if w.free() > 0 {
-                    return Some(id);
-                }
+    /// Takes the first worker of the ring that has credit and does not already hold `job`
+    /// (it may, when the job's lease ran out while that worker still works on it).
+    fn pick(&mut self, job: JobId) -> Option<WorkerId> {
+        let mut passed = 0;
+        while passed < self.ring.len() {
+            let id = self.ring.pop_front()?;
+            let Some(w) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            if w.free() == 0 {
                 w.in_ring = false;
+            } else if w.held.contains(&job) {
+                self.ring.push_back(id);
+                passed += 1;
+            } else {
+                return Some(id);
             }
         }
         None
     }
 
     fn dispatch_waiting(&mut self) {
+        // Jobs every worker with credit already holds wait for the next round.
+        let mut deferred = Vec::new();
         while self.free_credit > 0 {
             let Some(id) = self.queue.pop_front() else {
-                return;
+                break;
             };
             match self.table.get(&id) {
                 Some(entry) if entry.state == State::Waiting => {}
                 _ => continue, // answered meanwhile
             }
-            let Some(wid) = self.pick() else {
-                self.queue.push_front(id);
-                return;
+            let Some(wid) = self.pick(id) else {
+                deferred.push(id);
+                if self.ring.is_empty() {
+                    break;
+                }
+                continue;
             };
             let entry = self.table.get_mut(&id).expect("checked above");
             let w = self.workers.get_mut(&wid).expect("picked workers exist");
@@ -440,6 +460,8 @@ impl Scheduler {
             }
             stats::add(&self.handles.counters.dispatched, 1);
         }
+        self.stuck = deferred.len();
+        self.queue.requeue_front(deferred);
     }
 
     /// Gives a worker its credit back for one job.

@@ -313,3 +313,34 @@ async fn shutdown_tells_connected_workers() {
     assert!(err.to_string().contains("shutting down"), "{err}");
     let _ = capitalizer; // shared helper, used by other test files
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_overrun_job_is_never_sent_twice_to_the_worker_that_holds_it() {
+    let lease = Duration::from_secs(5);
+    let config = Config {
+        heartbeat: Duration::ZERO,
+        lease: Some(lease),
+        ..Config::default()
+    };
+    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    let (mut a, _) = raw_mem_worker(&net, capacity(2)).await;
+    jobs.send("slow".into()).await.unwrap();
+    let slow = next_job(&mut a).await;
+    tokio::time::sleep(lease * 2).await; // the lease runs out; a is the only worker
+    jobs.send("next".into()).await.unwrap();
+    let next = next_job(&mut a).await;
+    assert_ne!(
+        next.id, slow.id,
+        "a still holds the overrun job: it gets the next one instead"
+    );
+    mem_answer(&mut a, slow.id, &"SLOW".to_owned()).await;
+    mem_answer(&mut a, next.id, &"NEXT".to_owned()).await;
+    drop(jobs);
+    let mut got: Vec<String> = Vec::new();
+    while let Some(o) = timeout(LIMIT, results.recv()).await.unwrap() {
+        got.push(o.result.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, ["NEXT", "SLOW"]);
+    assert_eq!(coordinator.stats().dispatched, 2);
+}

@@ -209,6 +209,14 @@ impl WorkerSession {
                 "expected a welcome, got {}",
                 to_worker_name(&other)
             ))),
+            (Phase::Running | Phase::Draining, ToWorker::Job(_))
+                if self.outstanding_total >= self.config.capacity as usize =>
+            {
+                Err(Error::Unexpected(format!(
+                    "the coordinator sent more than the {} unanswered jobs this worker accepts",
+                    self.config.capacity
+                )))
+            }
             (Phase::Running | Phase::Draining, ToWorker::Job(job)) => {
                 let payload = self
                     .chain
@@ -397,6 +405,21 @@ mod tests {
         assert!(
             s.result_frame(JobId(5), Ok(Bytes::new())).is_err(),
             "no double answers"
+        );
+    }
+
+    #[test]
+    fn more_jobs_than_the_capacity_fail_the_session() {
+        let mut s = WorkerSession::new(SessionConfig::native(1), TransformChain::new());
+        s.handle_frame(&welcome()).unwrap();
+        s.handle_frame(&job(1, payload::to_msgpack("a").unwrap()))
+            .unwrap();
+        let err = s
+            .handle_frame(&job(2, payload::to_msgpack("b").unwrap()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("more than the 1 unanswered jobs"),
+            "{err}"
         );
     }
 
