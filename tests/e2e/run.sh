@@ -9,6 +9,11 @@
 #      reason. Screenshot: target/e2e/refused.png.
 #   3. stopped: the same coordinator, the page with ?token=: it works, then Stop must drain
 #      and leave cleanly. Screenshot: target/e2e/stopped.png.
+#   4. dashboard: a larger picture; the dashboard, open in a second tab while the volunteer
+#      works, lists the browser worker and paints its tiles; every tile is verified.
+#      Screenshot: target/e2e/dashboard.png.
+#   5. closed tab: the volunteer tab is closed mid-run; a native worker started afterwards
+#      finishes, and every job's verified result still arrives exactly once (nothing lost).
 #
 # Assumes scripts/setup.sh has run (Chromium, playwright-core in .tools) and builds nothing
 # but the wasm package if www/pkg is missing; needs target/release/distchan-coordinator.
@@ -55,6 +60,22 @@ browse() {
 passed=0
 SECONDS=0
 
+# expect_verified NAME JOBS: the coordinator NAME exits 0 within 120 s having verified JOBS results.
+expect_verified() {
+    local name=$1 jobs=$2 code=0
+    wait_coordinator "$name" 120 || code=$?
+    if [ "$code" != 0 ]; then
+        echo "e2e: coordinator $name exited $code (expected 0: every job answered and verified)" >&2
+        tail -n 20 "$LOG_DIR/$name.out" "$LOG_DIR/$name.err" >&2
+        exit 1
+    fi
+    grep -q "verify: $jobs results checked, 0 mismatches" "$LOG_DIR/$name.out" || {
+        echo "e2e: coordinator $name did not verify $jobs results:" >&2
+        cat "$LOG_DIR/$name.out" >&2
+        exit 1
+    }
+}
+
 echo "== e2e 1: a tab volunteers for a Mandelbrot picture (--verify)"
 WIDTH=320 HEIGHT=200 TILE=40
 TILES=$(((WIDTH + TILE - 1) / TILE * ((HEIGHT + TILE - 1) / TILE)))
@@ -62,13 +83,7 @@ start_coordinator volunteer --demo mandelbrot --width "$WIDTH" --height "$HEIGHT
     --max-iter 500 --output "$LOG_DIR/mandelbrot.png" --local-workers 0 --verify --static-dir www
 browse --url "http://$volunteer_ADDR/?autostart=1" --expect finished --jobs "$TILES" \
     --tiles "$TILES" --screenshot "$LOG_DIR/volunteer.png" --timeout 120
-code=0
-wait_coordinator volunteer 120 || code=$?
-if [ "$code" != 0 ]; then
-    echo "e2e: the coordinator exited $code (expected 0: every tile computed and verified)" >&2
-    tail -n 20 "$LOG_DIR/volunteer.out" "$LOG_DIR/volunteer.err" >&2
-    exit 1
-fi
+expect_verified volunteer "$TILES"
 echo "ok: $TILES tiles computed by the tab and verified by the coordinator; picture in $LOG_DIR/mandelbrot.png"
 passed=$((passed + 1))
 
@@ -91,6 +106,33 @@ grep -q "worker is draining" "$LOG_DIR/guarded.err" || {
 }
 stop_coordinator guarded
 echo "ok: the tab drained and left"
+passed=$((passed + 1))
+
+echo "== e2e 4: the dashboard shows the volunteer and the picture while the tab works"
+WIDTH=480 HEIGHT=320 TILE=40
+TILES=$(((WIDTH + TILE - 1) / TILE * ((HEIGHT + TILE - 1) / TILE)))
+start_coordinator watched --demo mandelbrot --width "$WIDTH" --height "$HEIGHT" --tile "$TILE" \
+    --max-iter 20000 --output "$LOG_DIR/watched.png" --local-workers 0 --verify --static-dir www
+browse --url "http://$watched_ADDR/?autostart=1" --dashboard "http://$watched_ADDR/dashboard" \
+    --dashboard-screenshot "$LOG_DIR/dashboard.png" --expect finished --jobs "$TILES" \
+    --screenshot "$LOG_DIR/watched-volunteer.png" --timeout 120
+expect_verified watched "$TILES"
+echo "ok: the dashboard listed the browser worker and painted its tiles; $TILES tiles verified"
+passed=$((passed + 1))
+
+echo "== e2e 5: closing the volunteer tab mid-run loses nothing"
+JOBS=4000
+start_coordinator closed --demo capitalize --jobs "$JOBS" --local-workers 0 --verify --static-dir www
+browse --url "http://$closed_ADDR/?autostart=1" --expect closed --stop-after-jobs 300 \
+    --screenshot "$LOG_DIR/closed.png" --timeout 60
+target/release/distchan-worker --url "ws://$closed_ADDR/ws" >"$LOG_DIR/closed-worker.log" 2>&1
+expect_verified closed "$JOBS"
+grep -q "summary: $JOBS of $JOBS jobs" "$LOG_DIR/closed.out" || {
+    echo "e2e: not every job arrived after the tab was closed:" >&2
+    cat "$LOG_DIR/closed.out" >&2
+    exit 1
+}
+echo "ok: the tab left mid-run and a native worker finished: $JOBS results, each once, all correct ($(grep -o '[0-9]* re-dispatched' "$LOG_DIR/closed.out"))"
 passed=$((passed + 1))
 
 echo "e2e: took ${SECONDS} s"

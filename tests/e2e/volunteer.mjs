@@ -64,6 +64,15 @@ try {
   page.on("pageerror", (err) => log("page error:", err.message));
   page.on("requestfailed", (req) => log("request failed:", req.url(), req.failure()?.errorText));
 
+  let dashboard = null;
+  if (args.dashboard) {
+    dashboard = await context.newPage();
+    dashboard.on("pageerror", (err) => log("dashboard page error:", err.message));
+    const r = await dashboard.goto(args.dashboard, { waitUntil: "load", timeout: 30_000 });
+    if (!r || !r.ok()) throw new Error(`GET ${args.dashboard} answered ${r && r.status()}`);
+    log("dashboard open:", args.dashboard);
+  }
+
   log("opening", args.url);
   const response = await page.goto(args.url, { waitUntil: "load", timeout: 30_000 });
   if (!response || !response.ok()) throw new Error(`GET ${args.url} answered ${response && response.status()}`);
@@ -95,6 +104,25 @@ try {
   };
   const terminal = (s) => /^(All work done|Stopped|Refused|Disconnected)/.test(s.state);
 
+  if (dashboard) {
+    // While the tab works, the dashboard must list it and paint its tiles.
+    await dashboard.waitForFunction(() => {
+      const rows = [...document.querySelectorAll("#workers tr")].map((r) => r.textContent);
+      const c = document.getElementById("picture");
+      if (!rows.some((t) => t.includes("browser")) || c.width < 32) return false;
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let lit = 0;
+      for (let i = 0; i < d.length; i += 4 * 31) if (d[i] || d[i + 1] || d[i + 2]) lit++;
+      return lit > 50;
+    }, null, { timeout: timeoutMs, polling: 200 });
+    const shot = args["dashboard-screenshot"];
+    if (shot) {
+      mkdirSync(dirname(shot), { recursive: true });
+      await dashboard.screenshot({ path: shot, fullPage: true });
+      log("dashboard screenshot:", shot);
+    }
+  }
+
   if (expect === "finished") {
     const s = await waitFor("the page to finish", terminal);
     log("final page state:", JSON.stringify(s));
@@ -123,10 +151,20 @@ try {
     if (!s.state.startsWith("Stopped")) throw new Error(`expected "Stopped", the page says "${s.state}": ${s.detail} ${s.banner}`);
     if (s.failed !== 0) throw new Error(`${s.failed} jobs failed`);
     if (!s.threads.every((t) => t.includes(": done"))) throw new Error(`not every thread left cleanly: ${s.threads.join("; ")}`);
+  } else if (expect === "closed") {
+    const want = Number(args["stop-after-jobs"] || 1);
+    const working = await waitFor(`${want} jobs done`, (s) => s.done >= want || terminal(s));
+    if (terminal(working)) throw new Error(`the page ended before it was closed: "${working.state}"`);
+    log("closing the tab while it works:", JSON.stringify(working));
+    if (screenshot) {
+      mkdirSync(dirname(screenshot), { recursive: true });
+      await page.screenshot({ path: screenshot, fullPage: true });
+    }
+    await page.close();
   } else {
     throw new Error(`unknown --expect ${expect}`);
   }
-  if (screenshot) {
+  if (screenshot && expect !== "closed") {
     mkdirSync(dirname(screenshot), { recursive: true });
     await page.screenshot({ path: screenshot, fullPage: true });
     log("screenshot:", screenshot);

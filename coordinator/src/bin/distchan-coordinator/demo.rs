@@ -80,7 +80,8 @@ async fn mandelbrot(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error>
         server,
         tasks::MANDELBROT,
         tiles.clone(),
-        |coordinator, id, worker, px: TilePixels| {
+        verify,
+        |coordinator: &Coordinator, id, worker, px: TilePixels| {
             if verify && tasks::mandelbrot(&tiles[id as usize]) != px {
                 return Err(format!(
                     "tile at ({}, {}) differs from the local computation",
@@ -113,7 +114,8 @@ async fn capitalize(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error>
         server,
         tasks::CAPITALIZE,
         input.clone(),
-        |_, id, _, s: String| {
+        verify,
+        |_: &Coordinator, id, _, s: String| {
             if verify && s != input[id as usize].to_uppercase() {
                 return Err(format!("{s:?} is not {:?} capitalized", input[id as usize]));
             }
@@ -124,11 +126,13 @@ async fn capitalize(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error>
 }
 
 /// Starts the coordinator, sends `jobs`, hands every result to `check`, prints progress and a
-/// summary. `Ok(true)` when every job succeeded and passed `check`.
+/// summary (and, with `verify`, how many results `check` compared and rejected). `Ok(true)`
+/// when every job succeeded and passed `check`.
 async fn run_jobs<J, R, F>(
     server: &ServerArgs,
     task: &str,
     jobs: Vec<J>,
+    verify: bool,
     mut check: F,
 ) -> Result<bool, Error>
 where
@@ -148,16 +152,22 @@ where
     });
     let mut progress = Progress::new(total);
     let mut interrupted = false;
+    let (mut checked, mut rejected) = (0usize, 0usize);
     loop {
         let outcome: Option<JobOutcome<R>> = tokio::select! {
             o = results.recv() => o,
             _ = tokio::signal::ctrl_c() => { interrupted = true; None }
         };
         let Some(outcome) = outcome else { break };
-        let checked = outcome
-            .result
-            .map_err(|e| e.to_string())
-            .and_then(|r| check(&coordinator, outcome.id.0, outcome.worker, r));
+        let checked = match outcome.result {
+            Ok(r) => {
+                checked += 1;
+                let verdict = check(&coordinator, outcome.id.0, outcome.worker, r);
+                rejected += usize::from(verdict.is_err());
+                verdict
+            }
+            Err(e) => Err(e.to_string()),
+        };
         if let Err(e) = &checked {
             eprintln!("job {} failed: {e}", outcome.id);
         }
@@ -186,6 +196,9 @@ where
         stats.redelivered,
         stats.duplicates,
     );
+    if verify {
+        println!("verify: {checked} results checked, {rejected} mismatches");
+    }
     if interrupted || progress.done() < total {
         println!(
             "interrupted: {} of {total} jobs unfinished ({} of them queued or in flight at the coordinator)",
