@@ -49,16 +49,24 @@ let context;
 let failure = null;
 
 try {
-  context = await chromium.launchPersistentContext(profile, {
-    executablePath: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
-    headless: true,
-    args: [
-      "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-      "--disable-quic",
-    ],
-    viewport: { width: 1100, height: 900 },
-  });
+  // Chromium occasionally dies while starting on a loaded machine: try three times.
+  for (let attempt = 1; !context; attempt++) {
+    try {
+      context = await chromium.launchPersistentContext(profile, {
+        executablePath: process.env.CHROMIUM_BIN || "/usr/bin/chromium",
+        headless: true,
+        args: [
+          "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+          "--disable-background-networking", "--disable-component-update", "--disable-sync",
+          "--disable-quic",
+        ],
+        viewport: { width: 1100, height: 900 },
+      });
+    } catch (err) {
+      if (attempt >= 3) throw err;
+      log(`Chromium did not start (attempt ${attempt}): ${err.message.split("\n")[0]}`);
+    }
+  }
   const page = context.pages()[0] || (await context.newPage());
   page.on("console", (msg) => log(`console.${msg.type()}:`, msg.text()));
   page.on("pageerror", (err) => log("page error:", err.message));
