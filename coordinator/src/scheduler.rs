@@ -42,7 +42,7 @@ use crate::{
     config::Config,
     queue::{JobQueue, QueuedJob},
     result::RawOutcome,
-    stats::{self, Counters},
+    stats::Counters,
 };
 
 /// A connected worker's id, unique for the coordinator's lifetime.
@@ -292,10 +292,11 @@ impl Scheduler {
     }
 
     fn shut_down(mut self) -> ShutdownReport {
+        // Jobs in the line are in the table already; the channel's are not.
         let mut unfinished: Vec<JobId> = self.table.keys().copied().collect();
-        let waiting: HashSet<JobId> = self.queue.close().into_iter().collect();
+        let never_taken: Vec<JobId> = self.queue.close();
         unfinished.extend(
-            waiting
+            never_taken
                 .into_iter()
                 .filter(|id| !self.table.contains_key(id)),
         );
@@ -458,7 +459,7 @@ impl Scheduler {
                     dispatch: entry.dispatches,
                 });
             }
-            stats::add(&self.handles.counters.dispatched, 1);
+            self.handles.counters.dispatched.inc();
         }
         self.stuck = deferred.len();
         self.queue.requeue_front(deferred);
@@ -485,11 +486,11 @@ impl Scheduler {
     async fn on_result(&mut self, worker: WorkerId, id: JobId, outcome: Outcome) {
         if !self.release(worker, id) {
             tracing::debug!(worker, %id, "result for a job this worker does not hold; dropped");
-            stats::add(&self.handles.counters.duplicates, 1);
+            self.handles.counters.duplicates.inc();
             return;
         }
         let Some(entry) = self.table.get_mut(&id) else {
-            stats::add(&self.handles.counters.duplicates, 1);
+            self.handles.counters.duplicates.inc();
             return; // already answered by another worker
         };
         if let Err(message) = &outcome {
@@ -528,51 +529,39 @@ impl Scheduler {
             return;
         };
         self.free_credit -= w.free();
-        let mut requeue = Vec::new();
-        let mut failed = Vec::new();
-        for id in w.held {
-            let Some(entry) = self.table.get_mut(&id) else {
-                continue;
-            };
-            if entry.state
-                != (State::Running {
+        let running_here = |entry: &Entry| {
+            entry.state
+                == State::Running {
                     worker,
                     dispatch: entry.dispatches,
-                })
-            {
-                continue;
-            }
-            entry.lost += 1;
-            if entry.lost > self.config.max_retries {
-                failed.push((id, entry.lost));
-            } else {
-                entry.state = State::Waiting;
-                requeue.push(id);
-            }
-        }
-        if !requeue.is_empty() || !failed.is_empty() {
+                }
+        };
+        let lost: Vec<JobId> = w
+            .held
+            .into_iter()
+            .filter(|id| self.table.get(id).is_some_and(running_here))
+            .collect();
+        if !lost.is_empty() {
             tracing::info!(
                 worker,
                 reason,
-                requeued = requeue.len(),
-                failed = failed.len(),
+                jobs = lost.len(),
                 "worker lost with jobs in flight"
             );
         }
-        self.requeue_or_fail(requeue, failed).await;
+        self.requeue_or_fail(lost).await;
         let _ = self.handles.workers.send(self.workers.len());
     }
 
     async fn expire_leases(&mut self) {
         let now = Instant::now();
-        let mut failed = Vec::new();
-        let mut requeue = Vec::new();
+        let mut lost = Vec::new();
         while let Some(lease) = self.leases.front() {
             if lease.deadline > now {
                 break;
             }
             let lease = self.leases.pop_front().expect("front exists");
-            let Some(entry) = self.table.get_mut(&lease.id) else {
+            let Some(entry) = self.table.get(&lease.id) else {
                 continue;
             };
             let State::Running { worker, dispatch } = entry.state else {
@@ -584,20 +573,30 @@ impl Scheduler {
             // The worker keeps the job (and its credit) until it answers or leaves; the job
             // itself goes to someone else.
             tracing::info!(worker, id = %lease.id, "lease overrun; dispatching the job again");
-            entry.lost += 1;
-            if entry.lost > self.config.max_retries {
-                failed.push((lease.id, entry.lost));
-            } else {
-                entry.state = State::Waiting;
-                requeue.push(lease.id);
-            }
+            lost.push(lease.id);
         }
-        self.requeue_or_fail(requeue, failed).await;
+        self.requeue_or_fail(lost).await;
     }
 
-    /// Puts lost jobs back at the front of the line, and reports those lost too often.
-    async fn requeue_or_fail(&mut self, requeue: Vec<JobId>, failed: Vec<(JobId, u32)>) {
-        stats::add(&self.handles.counters.redelivered, requeue.len() as u64);
+    /// Counts a loss for each job: puts it back at the front of the line, or reports it failed
+    /// once it was lost more than `max_retries` times.
+    async fn requeue_or_fail(&mut self, lost: Vec<JobId>) {
+        let mut requeue = Vec::with_capacity(lost.len());
+        let mut failed = Vec::new();
+        for id in lost {
+            let entry = self.table.get_mut(&id).expect("lost jobs are in the table");
+            entry.lost += 1;
+            if entry.lost > self.config.max_retries {
+                failed.push((id, entry.lost));
+            } else {
+                entry.state = State::Waiting;
+                requeue.push(id);
+            }
+        }
+        self.handles
+            .counters
+            .redelivered
+            .inc_by(requeue.len() as u64);
         self.queue.requeue_front(requeue);
         for (id, attempts) in failed {
             self.table.remove(&id);
@@ -619,7 +618,7 @@ impl Scheduler {
         } else {
             &self.handles.counters.failed
         };
-        stats::add(counter, 1);
+        counter.inc();
         let Some(tx) = &self.results else { return };
         let outcome = match tx.try_send(outcome) {
             Ok(()) => return,
@@ -684,13 +683,11 @@ impl Scheduler {
 
     fn publish_gauges(&self) {
         let c = &self.handles.counters;
-        stats::set(&c.workers, self.workers.len() as u64);
-        stats::set(
-            &c.queued,
-            (self.queue.waiting() + self.queue.in_channel()) as u64,
-        );
-        let held: usize = self.table.len().saturating_sub(self.queue.waiting());
-        stats::set(&c.in_flight, held as u64);
+        c.workers.set(self.workers.len() as i64);
+        c.queued
+            .set((self.queue.waiting() + self.queue.in_channel()) as i64);
+        c.in_flight
+            .set(self.table.len().saturating_sub(self.queue.waiting()) as i64);
     }
 }
 

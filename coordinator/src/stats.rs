@@ -152,13 +152,3 @@ impl Counters {
         out
     }
 }
-
-/// Adds `n` to a counter.
-pub(crate) fn add(counter: &Counter, n: u64) {
-    counter.inc_by(n);
-}
-
-/// Sets a gauge.
-pub(crate) fn set(gauge: &Gauge, v: u64) {
-    gauge.set(v as i64);
-}
