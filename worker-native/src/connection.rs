@@ -179,11 +179,7 @@ where
     };
     let welcome = match welcome {
         Ok(w) => w,
-        Err(e) => {
-            let (code, reason) = close_frame_for(&e);
-            close(&mut ws, code, &reason).await;
-            return Err(e);
-        }
+        Err(e) => return Err(fail(&mut ws, e).await),
     };
     tracing::info!(worker_id = welcome.worker_id, task = ?welcome.task, "connected to {url}");
     let capacity = options.capacity.max(1) as usize;
@@ -260,6 +256,16 @@ where
     .await;
 }
 
+/// Closes the connection with the code and reason `err` calls for, and hands `err` back.
+async fn fail<S>(ws: &mut WebSocketStream<S>, err: Error) -> Error
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (code, reason) = close_frame_for(&err);
+    close(ws, code, &reason).await;
+    err
+}
+
 /// Most result frames written per flush.
 const BATCH: usize = 256;
 
@@ -312,9 +318,7 @@ where
                     Some(Ok(Message::Close(frame))) => break Err(closed_by_coordinator(frame)),
                     Some(Ok(Message::Text(_))) => {
                         let e = Error::Malformed("text frames are not part of the protocol".into());
-                        let (code, reason) = close_frame_for(&e);
-                        close(&mut ws, code, &reason).await;
-                        break Err(e);
+                        break Err(fail(&mut ws, e).await);
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => break Err(read_error(e)),
@@ -325,11 +329,11 @@ where
                         let delivered = jobs_tx.as_ref().map(|tx| tx.try_send(RawJob { id, payload }));
                         match delivered {
                             Some(Ok(())) => {}
+                            // The session refuses jobs beyond the capacity, which is also the
+                            // channel's size: this only guards the invariant.
                             Some(Err(mpsc::error::TrySendError::Full(_))) => {
-                                let e = Error::Unexpected("the coordinator sent more jobs than the declared capacity".into());
-                                let (code, reason) = close_frame_for(&e);
-                                close(&mut ws, code, &reason).await;
-                                break Err(e);
+                                let e = Error::Unexpected("more jobs than the declared capacity".into());
+                                break Err(fail(&mut ws, e).await);
                             }
                             // Nobody takes jobs any more: the worker is leaving, and the
                             // coordinator re-dispatches what it does not answer.
@@ -344,10 +348,8 @@ where
                     }
                     Ok(Event::Welcomed(_)) => unreachable!("the session rejects a second welcome"),
                     Err(e) => {
-                        let (code, reason) = close_frame_for(&e);
                         tracing::warn!(error = %e, "closing the connection");
-                        close(&mut ws, code, &reason).await;
-                        break Err(e);
+                        break Err(fail(&mut ws, e).await);
                     }
                 }
             }
