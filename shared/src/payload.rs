@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{transform::TransformChain, Error, Result};
+use crate::{transform::TransformChain, wire::JobFrameBuilder, Error, Result};
 
 /// Serializes `value` to MessagePack without transforms.
 pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
@@ -21,6 +21,23 @@ pub fn from_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 /// Serializes `value` and applies the transform chain.
 pub fn encode<T: Serialize + ?Sized>(value: &T, chain: &TransformChain) -> Result<Bytes> {
     chain.encode(to_msgpack(value)?)
+}
+
+/// Serializes `value` and applies the transform chain into a [`JobFrameBuilder`], which
+/// completes the job's frame around the payload once the job has an id. Without transforms
+/// the value is serialized straight into the frame: no copy of the payload is made.
+pub fn encode_job<T: Serialize + ?Sized>(
+    value: &T,
+    chain: &TransformChain,
+) -> Result<JobFrameBuilder> {
+    if !chain.is_empty() {
+        return Ok(JobFrameBuilder::from_payload(&encode(value, chain)?));
+    }
+    let mut frame = JobFrameBuilder::with_capacity(64);
+    value
+        .serialize(&mut rmp_serde::Serializer::new(&mut frame).with_struct_map())
+        .map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(frame)
 }
 
 /// Undoes the transform chain and deserializes.
@@ -42,6 +59,28 @@ mod tests {
             decode::<u64>(bytes, &chain),
             Err(Error::Decode(_))
         ));
+    }
+
+    #[test]
+    fn job_frames_carry_the_encoded_payload() {
+        use crate::{wire, JobId};
+        let value = vec![(1u32, "a".to_string())];
+        for chain in [
+            TransformChain::new(),
+            TransformChain::new().with(Aes256GcmTransform::new(&[3; 32])),
+        ] {
+            let frame = encode_job(&value, &chain).unwrap().finish(JobId(9));
+            let wire::ToWorker::Job(job) = wire::decode_to_worker(&frame).unwrap() else {
+                panic!("not a job frame");
+            };
+            assert_eq!(job.id, JobId(9));
+            let back: Vec<(u32, String)> = decode(job.payload, &chain).unwrap();
+            assert_eq!(back, value);
+        }
+        assert_eq!(
+            encode_job(&"x", &TransformChain::new()).unwrap().payload(),
+            &to_msgpack(&"x").unwrap()[..]
+        );
     }
 
     #[test]

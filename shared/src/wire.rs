@@ -6,6 +6,12 @@
 //! read the version and the refusal reason; the hot-path messages ([`Job`],
 //! [`JobResult`]) are encoded compactly.
 //!
+//! Serde defines every message's layout. The two frames on the hot path (a job, a result)
+//! are also written and read by hand, byte for byte the same as serde's, so that a job
+//! frame can be completed around its payload without copying it ([`JobFrameBuilder`]) and
+//! the common frames skip serde's generic machinery. Anything the hand-written readers do
+//! not recognise is handed to serde, which decides.
+//!
 //! ```
 //! use distchan_protocol::wire::{self, Job, ToWorker};
 //! use distchan_protocol::JobId;
@@ -247,7 +253,7 @@ fn encode_with<T: Serialize>(msg: &T, named: bool, payload_len: usize) -> Result
 /// Encodes a message for a worker as one binary frame.
 pub fn encode_to_worker(msg: &ToWorker) -> Result<Bytes> {
     match msg {
-        ToWorker::Job(job) => encode_with(msg, false, job.payload.len()),
+        ToWorker::Job(job) => Ok(job_frame(job.id, &job.payload)),
         _ => encode_with(msg, true, 0),
     }
 }
@@ -256,14 +262,275 @@ pub fn encode_to_worker(msg: &ToWorker) -> Result<Bytes> {
 pub fn encode_to_coordinator(msg: &ToCoordinator) -> Result<Bytes> {
     match msg {
         ToCoordinator::Hello(_) => encode_with(msg, true, 0),
-        ToCoordinator::Result(r) => encode_with(
-            msg,
-            false,
-            r.outcome.as_ref().map_or_else(String::len, Bytes::len),
-        ),
+        ToCoordinator::Result(r) => Ok(result_frame(r.id, &r.outcome)),
         ToCoordinator::Emit { payload } => encode_with(msg, false, payload.len()),
         ToCoordinator::Drain => encode_with(msg, false, 0),
     }
+}
+
+// --- The hot path, by hand -------------------------------------------------------------------
+//
+// A job frame is `{"Job": [id, payload]}`: fixmap(1), fixstr "Job", fixarray(2), the id as
+// the shortest MessagePack unsigned integer, the payload as `bin`. A result frame is
+// `{"Result": [id, {"Ok": bin}]}` or `{"Result": [id, {"Err": str}]}`. These are exactly
+// the bytes rmp-serde writes for [`ToWorker::Job`] and [`ToCoordinator::Result`].
+
+/// `{"Job": [` : fixmap(1), fixstr(3) "Job", fixarray(2).
+const JOB_TAG: &[u8] = &[0x81, 0xa3, b'J', b'o', b'b', 0x92];
+/// `{"Result": [` : fixmap(1), fixstr(6) "Result", fixarray(2).
+const RESULT_TAG: &[u8] = &[0x81, 0xa6, b'R', b'e', b's', b'u', b'l', b't', 0x92];
+/// `{"Ok": ` : fixmap(1), fixstr(2) "Ok".
+const OK_TAG: &[u8] = &[0x81, 0xa2, b'O', b'k'];
+/// `{"Err": ` : fixmap(1), fixstr(3) "Err".
+const ERR_TAG: &[u8] = &[0x81, 0xa3, b'E', b'r', b'r'];
+
+/// Longest header in front of a job's payload: the tag, a 9-byte id and a 5-byte `bin32`
+/// length.
+pub const JOB_HEADER_MAX: usize = JOB_TAG.len() + 9 + 5;
+
+/// Writes `v` as the shortest MessagePack unsigned integer into `out`; returns its length.
+fn put_uint(out: &mut [u8; 9], v: u64) -> usize {
+    match v {
+        0..=0x7f => {
+            out[0] = v as u8;
+            1
+        }
+        0x80..=0xff => {
+            out[..2].copy_from_slice(&[0xcc, v as u8]);
+            2
+        }
+        0x100..=0xffff => {
+            out[0] = 0xcd;
+            out[1..3].copy_from_slice(&(v as u16).to_be_bytes());
+            3
+        }
+        0x1_0000..=0xffff_ffff => {
+            out[0] = 0xce;
+            out[1..5].copy_from_slice(&(v as u32).to_be_bytes());
+            5
+        }
+        _ => {
+            out[0] = 0xcf;
+            out[1..9].copy_from_slice(&v.to_be_bytes());
+            9
+        }
+    }
+}
+
+/// Writes the MessagePack header of a `bin` (`str` when `text`) of `len` bytes into `out`;
+/// returns its length. Lengths beyond `u32::MAX` cannot be framed (frames are far smaller).
+fn put_len(out: &mut [u8; 5], len: usize, text: bool) -> usize {
+    let (one, two, four) = if text {
+        (0xd9, 0xda, 0xdb)
+    } else {
+        (0xc4, 0xc5, 0xc6)
+    };
+    match len {
+        0..=31 if text => {
+            out[0] = 0xa0 | len as u8;
+            1
+        }
+        0..=0xff => {
+            out[..2].copy_from_slice(&[one, len as u8]);
+            2
+        }
+        0x100..=0xffff => {
+            out[0] = two;
+            out[1..3].copy_from_slice(&(len as u16).to_be_bytes());
+            3
+        }
+        _ => {
+            out[0] = four;
+            out[1..5].copy_from_slice(&(len as u32).to_be_bytes());
+            5
+        }
+    }
+}
+
+/// The header of a job frame for `id` and a payload of `len` bytes, and its length.
+fn job_header(id: JobId, len: usize) -> ([u8; JOB_HEADER_MAX], usize) {
+    let mut header = [0u8; JOB_HEADER_MAX];
+    let mut n = JOB_TAG.len();
+    header[..n].copy_from_slice(JOB_TAG);
+    let mut int = [0u8; 9];
+    let k = put_uint(&mut int, id.0);
+    header[n..n + k].copy_from_slice(&int[..k]);
+    n += k;
+    let mut bin = [0u8; 5];
+    let k = put_len(&mut bin, len, false);
+    header[n..n + k].copy_from_slice(&bin[..k]);
+    (header, n + k)
+}
+
+/// The frame of job `id` carrying `payload` (copied once into the frame).
+pub fn job_frame(id: JobId, payload: &[u8]) -> Bytes {
+    let (header, n) = job_header(id, payload.len());
+    let mut out = Vec::with_capacity(n + payload.len());
+    out.extend_from_slice(&header[..n]);
+    out.extend_from_slice(payload);
+    out.into()
+}
+
+/// A job frame built around its payload: the payload is written first, behind room for
+/// the header, and [`JobFrameBuilder::finish`] writes the header in front of it once the
+/// job's id is known. The payload is never copied.
+///
+/// ```
+/// use std::io::Write;
+/// use distchan_protocol::{wire::{self, JobFrameBuilder, ToWorker}, JobId};
+///
+/// let mut builder = JobFrameBuilder::with_capacity(16);
+/// builder.write_all(b"payload")?;
+/// let frame = builder.finish(JobId(300));
+/// let ToWorker::Job(job) = wire::decode_to_worker(&frame)? else { unreachable!() };
+/// assert_eq!((job.id, &job.payload[..]), (JobId(300), &b"payload"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct JobFrameBuilder {
+    buf: Vec<u8>,
+}
+
+impl JobFrameBuilder {
+    /// An empty payload with room for `capacity` bytes of it.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(JOB_HEADER_MAX + capacity);
+        buf.resize(JOB_HEADER_MAX, 0);
+        JobFrameBuilder { buf }
+    }
+
+    /// A builder holding a copy of `payload`.
+    pub fn from_payload(payload: &[u8]) -> Self {
+        let mut builder = Self::with_capacity(payload.len());
+        builder.buf.extend_from_slice(payload);
+        builder
+    }
+
+    /// The payload written so far.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[JOB_HEADER_MAX..]
+    }
+
+    /// Completes the frame of job `id`.
+    pub fn finish(mut self, id: JobId) -> Bytes {
+        let (header, n) = job_header(id, self.payload().len());
+        let start = JOB_HEADER_MAX - n;
+        self.buf[start..JOB_HEADER_MAX].copy_from_slice(&header[..n]);
+        Bytes::from(self.buf).slice(start..)
+    }
+}
+
+impl std::io::Write for JobFrameBuilder {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The frame of the result of job `id`: the result payload, or the handler's error.
+pub fn result_frame(id: JobId, outcome: &Outcome) -> Bytes {
+    let (tag, body, text) = match outcome {
+        Ok(payload) => (OK_TAG, &payload[..], false),
+        Err(message) => (ERR_TAG, message.as_bytes(), true),
+    };
+    let mut int = [0u8; 9];
+    let id_len = put_uint(&mut int, id.0);
+    let mut len = [0u8; 5];
+    let len_len = put_len(&mut len, body.len(), text);
+    let mut out = Vec::with_capacity(RESULT_TAG.len() + id_len + tag.len() + len_len + body.len());
+    out.extend_from_slice(RESULT_TAG);
+    out.extend_from_slice(&int[..id_len]);
+    out.extend_from_slice(tag);
+    out.extend_from_slice(&len[..len_len]);
+    out.extend_from_slice(body);
+    out.into()
+}
+
+/// Reads a MessagePack unsigned integer at the start of `b`: its value and length.
+fn get_uint(b: &[u8]) -> Option<(u64, usize)> {
+    let (&first, rest) = b.split_first()?;
+    let be = |n: usize| -> Option<u64> {
+        let bytes = rest.get(..n)?;
+        Some(bytes.iter().fold(0u64, |acc, &x| acc << 8 | u64::from(x)))
+    };
+    Some(match first {
+        0x00..=0x7f => (u64::from(first), 1),
+        0xcc => (be(1)?, 2),
+        0xcd => (be(2)?, 3),
+        0xce => (be(4)?, 5),
+        0xcf => (be(8)?, 9),
+        _ => return None,
+    })
+}
+
+/// Reads a MessagePack `bin` (`str` when `text`) header at the start of `b`: the length it
+/// announces and its own length.
+fn get_len(b: &[u8], text: bool) -> Option<(usize, usize)> {
+    let (&first, rest) = b.split_first()?;
+    let be = |n: usize| -> Option<usize> {
+        let bytes = rest.get(..n)?;
+        Some(
+            bytes
+                .iter()
+                .fold(0usize, |acc, &x| acc << 8 | usize::from(x)),
+        )
+    };
+    Some(match (first, text) {
+        (0xa0..=0xbf, true) => (usize::from(first & 0x1f), 1),
+        (0xc4, false) | (0xd9, true) => (be(1)?, 2),
+        (0xc5, false) | (0xda, true) => (be(2)?, 3),
+        (0xc6, false) | (0xdb, true) => (be(4)?, 5),
+        _ => return None,
+    })
+}
+
+/// The id and body of a frame `tag id body-header body` that the body ends exactly.
+fn split_tagged(
+    frame: &[u8],
+    tag: &[u8],
+    body_tag: &[u8],
+    text: bool,
+) -> Option<(u64, std::ops::Range<usize>)> {
+    let rest = frame.strip_prefix(tag)?;
+    let (id, n) = get_uint(rest)?;
+    let rest = rest[n..].strip_prefix(body_tag)?;
+    let (len, k) = get_len(rest, text)?;
+    let start = frame.len() - rest.len() + k;
+    (frame.len().checked_sub(start)? == len).then_some((id, start..frame.len()))
+}
+
+/// A job frame read by hand, or `None` for serde to decide.
+fn fast_job(frame: &Bytes) -> Option<Job> {
+    let (id, body) = split_tagged(frame, JOB_TAG, &[], false)?;
+    Some(Job {
+        id: JobId(id),
+        payload: frame.slice(body),
+    })
+}
+
+/// A result frame read by hand, or `None` for serde to decide.
+fn fast_result(frame: &Bytes) -> Option<JobResult> {
+    if let Some((id, body)) = split_tagged(frame, RESULT_TAG, OK_TAG, false) {
+        return Some(JobResult {
+            id: JobId(id),
+            outcome: Ok(frame.slice(body)),
+        });
+    }
+    let (id, body) = split_tagged(frame, RESULT_TAG, ERR_TAG, true)?;
+    let message = std::str::from_utf8(&frame[body]).ok()?;
+    Some(JobResult {
+        id: JobId(id),
+        outcome: Err(message.to_owned()),
+    })
 }
 
 /// Borrowed mirrors of the messages that carry payloads, so that decoding a frame held in
@@ -316,6 +583,14 @@ pub fn decode_to_worker(frame: &[u8]) -> Result<ToWorker> {
 
 /// Decodes a frame received by a worker; a job's payload shares the frame's memory.
 pub fn decode_to_worker_shared(frame: &Bytes) -> Result<ToWorker> {
+    if let Some(job) = fast_job(frame) {
+        return Ok(ToWorker::Job(job));
+    }
+    serde_to_worker(frame)
+}
+
+/// [`decode_to_worker_shared`] through serde alone.
+fn serde_to_worker(frame: &Bytes) -> Result<ToWorker> {
     let msg: borrowed::ToWorker<'_> =
         rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))?;
     Ok(match msg {
@@ -336,6 +611,14 @@ pub fn decode_to_coordinator(frame: &[u8]) -> Result<ToCoordinator> {
 
 /// Decodes a frame received by the coordinator; a result's payload shares the frame's memory.
 pub fn decode_to_coordinator_shared(frame: &Bytes) -> Result<ToCoordinator> {
+    if let Some(result) = fast_result(frame) {
+        return Ok(ToCoordinator::Result(result));
+    }
+    serde_to_coordinator(frame)
+}
+
+/// [`decode_to_coordinator_shared`] through serde alone.
+fn serde_to_coordinator(frame: &Bytes) -> Result<ToCoordinator> {
     let msg: borrowed::ToCoordinator<'_> =
         rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))?;
     Ok(match msg {
@@ -382,6 +665,7 @@ pub fn peek_hello_version(frame: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn hello(version: u32) -> Hello {
         Hello {
@@ -522,6 +806,109 @@ mod tests {
             panic!()
         };
         assert!(frame.as_ptr_range().contains(&r.outcome.unwrap().as_ptr()));
+    }
+
+    /// Payload and message lengths around every MessagePack length boundary.
+    fn lengths() -> impl Strategy<Value = usize> {
+        prop_oneof![
+            0usize..40,
+            prop::sample::select(vec![31, 32, 255, 256, 257, 65_535, 65_536, 65_537, 100_000]),
+        ]
+    }
+
+    fn ids() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            0u64..300,
+            prop::sample::select(vec![
+                127,
+                128,
+                255,
+                256,
+                65_535,
+                65_536,
+                u32::MAX as u64,
+                u32::MAX as u64 + 1,
+                u64::MAX
+            ]),
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn hand_written_job_frames_are_serdes_bytes(id in ids(), len in lengths(), fill in any::<u8>()) {
+            let payload = Bytes::from(vec![fill; len]);
+            let msg = ToWorker::Job(Job { id: JobId(id), payload: payload.clone() });
+            let reference = rmp_serde::to_vec(&msg).unwrap();
+            prop_assert_eq!(&job_frame(JobId(id), &payload)[..], &reference[..]);
+            let mut builder = JobFrameBuilder::with_capacity(1);
+            std::io::Write::write_all(&mut builder, &payload).unwrap();
+            let built = builder.finish(JobId(id));
+            prop_assert_eq!(&built[..], &reference[..]);
+            prop_assert_eq!(fast_job(&built), Some(Job { id: JobId(id), payload }));
+            prop_assert_eq!(serde_to_worker(&built).unwrap(), msg);
+        }
+
+        #[test]
+        fn hand_written_result_frames_are_serdes_bytes(
+            id in ids(),
+            len in lengths(),
+            ok in any::<bool>(),
+            c in any::<char>(),
+        ) {
+            let outcome = if ok {
+                Ok(Bytes::from(vec![7u8; len]))
+            } else {
+                Err(std::iter::repeat_n(c, len / c.len_utf8()).collect::<String>())
+            };
+            let msg = ToCoordinator::Result(JobResult { id: JobId(id), outcome: outcome.clone() });
+            let reference = rmp_serde::to_vec(&msg).unwrap();
+            let frame = result_frame(JobId(id), &outcome);
+            prop_assert_eq!(&frame[..], &reference[..]);
+            prop_assert_eq!(fast_result(&frame), Some(JobResult { id: JobId(id), outcome }));
+            prop_assert_eq!(serde_to_coordinator(&frame).unwrap(), msg);
+        }
+
+        /// Whatever the hand-written readers accept, serde reads the same way.
+        #[test]
+        fn hand_written_readers_agree_with_serde(
+            head in prop::sample::select(vec![
+                JOB_TAG.to_vec(),
+                [RESULT_TAG, &[1], OK_TAG].concat(),
+                [RESULT_TAG, &[1], ERR_TAG].concat(),
+                [RESULT_TAG, &[0xcd, 1, 0], OK_TAG].concat(),
+            ]),
+            tail in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let frame = Bytes::from([head, tail].concat());
+            if let Some(job) = fast_job(&frame) {
+                prop_assert_eq!(serde_to_worker(&frame).unwrap(), ToWorker::Job(job));
+            }
+            if let Some(result) = fast_result(&frame) {
+                prop_assert_eq!(serde_to_coordinator(&frame).unwrap(), ToCoordinator::Result(result));
+            }
+        }
+    }
+
+    #[test]
+    fn frames_from_other_encoders_still_decode() {
+        // The id as a signed 16-bit integer and "Job" as a str8: valid MessagePack that
+        // the hand-written reader leaves to serde.
+        let frame = [
+            &[0x81, 0xd9, 3][..],
+            b"Job",
+            &[0x92, 0xd1, 0, 9, 0xc4, 1, 42],
+        ]
+        .concat();
+        assert_eq!(
+            decode_to_worker(&frame).unwrap(),
+            ToWorker::Job(Job {
+                id: JobId(9),
+                payload: Bytes::from_static(&[42])
+            })
+        );
     }
 
     #[test]
