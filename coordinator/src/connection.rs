@@ -3,20 +3,25 @@
 //! - **Handshake**: the first frame must be a [`Hello`] within the handshake timeout. A wrong
 //!   version (in the hello or the offered subprotocol), a wrong token, a disallowed origin or
 //!   a full house is answered with a [`Refusal`] frame and a close frame carrying the reason.
-//! - **Writer**: drains the scheduler's [`Outgoing`] queue, feeding many frames per flush,
-//!   and sends heartbeat pings; a worker silent for two heartbeat intervals is dead.
-//! - **Reader**: passes results to the scheduler. A malformed or unexpected frame closes this
-//!   connection with a reason and a log line; other workers never notice.
+//! - **Writer**: when woken, takes everything the scheduler put in this worker's outbox and
+//!   writes it with one flush; sends heartbeat pings; a worker silent for two heartbeat
+//!   intervals is dead.
+//! - **Reader**: takes every frame already received, decodes them, and settles them with the
+//!   scheduler in one step (results, emitted values, a drain request). A malformed or
+//!   unexpected frame closes this connection with a reason and a log line; other workers
+//!   never notice, and the frames before it still count.
 //!
-//! When the connection ends for any reason the scheduler hears [`Event::Leave`] and puts the
-//! worker's unanswered jobs back in the queue.
+//! When the connection ends for any reason the scheduler is told ([`Hub::leave`]) and puts
+//! the worker's unanswered jobs back in the line.
 
 use std::{
+    future::poll_fn,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
+    task::Poll,
     time::Duration,
 };
 
@@ -36,12 +41,12 @@ use futures_util::{
 };
 use subtle::ConstantTimeEq;
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::Notify,
     time::{timeout, Instant},
 };
 
 use crate::{
-    scheduler::{Event, Outgoing, WorkerId},
+    scheduler::{Hub, Incoming, Joining, Outgoing, WorkerId},
     Shared,
 };
 
@@ -54,7 +59,7 @@ pub(crate) struct PeerInfo {
     pub offered_versions: Vec<u32>,
 }
 
-/// Most frames written per flush.
+/// Most frames read before they are settled with the scheduler.
 const BATCH: usize = 256;
 
 /// Serves one upgraded WebSocket until it ends.
@@ -81,23 +86,15 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
         return;
     };
 
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (reply_tx, reply_rx) = oneshot::channel();
     let last_seen = Arc::new(AtomicU64::new(shared.epoch.elapsed().as_millis() as u64));
-    let join = Event::Join {
+    let joining = Joining {
         agent: hello.agent.clone(),
         kind: hello.kind,
         addr: peer.addr,
         capacity: hello.capacity,
-        tx,
         last_seen: last_seen.clone(),
-        reply: reply_tx,
     };
-    let worker = match shared.events.send(join) {
-        Ok(()) => reply_rx.await.ok().flatten(),
-        Err(_) => None,
-    };
-    let Some(worker) = worker else {
+    let Some((worker, wake)) = shared.hub.join(joining) else {
         refuse(
             &mut sink,
             Refusal::new(
@@ -118,7 +115,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
     });
     let (code, reason) = match wire::encode_to_worker(&welcome) {
         Ok(frame) => match sink.send(Message::Binary(frame)).await {
-            Ok(()) => run(worker, &mut sink, &mut stream, rx, &shared, &last_seen).await,
+            Ok(()) => run(worker, &wake, &mut sink, &mut stream, &shared, &last_seen).await,
             Err(e) => (CLOSE_GOING_AWAY, format!("could not send the welcome: {e}")),
         },
         Err(e) => (
@@ -132,7 +129,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
         tracing::warn!(worker, code, %reason, "worker disconnected");
     }
     close(&mut sink, code, &reason).await;
-    let _ = shared.events.send(Event::Leave { worker, reason });
+    shared.hub.leave(worker, &reason);
 }
 
 async fn handshake(
@@ -230,65 +227,51 @@ async fn handshake(
 /// Runs the reader and the writer until one of them ends the connection.
 async fn run(
     worker: WorkerId,
+    wake: &Notify,
     sink: &mut SplitSink<WebSocket, Message>,
     stream: &mut SplitStream<WebSocket>,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: &Shared,
     last_seen: &AtomicU64,
 ) -> (u16, String) {
     let epoch = shared.epoch;
     let start = Instant::now();
-    let seen = || last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     let heartbeat = shared.config.heartbeat;
+    let hub: &Hub = &shared.hub;
 
     let reader = async {
-        while let Some(msg) = stream.next().await {
-            seen();
-            let frame = match msg {
-                Ok(Message::Binary(frame)) => {
-                    shared.counters.bytes_in.inc_by(frame.len() as u64);
-                    frame
+        let mut batch = Vec::new();
+        loop {
+            // One wait for the first frame, then every frame already there.
+            let mut next = stream.next().await;
+            last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+            let mut bytes = 0;
+            let mut end = None;
+            for _ in 0..BATCH {
+                match read_one(next, worker, &mut bytes) {
+                    Ok(Some(item)) => batch.push(item),
+                    Ok(None) => {}
+                    Err(e) => {
+                        end = Some(e);
+                        break;
+                    }
                 }
-                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-                Ok(Message::Close(_)) => {
-                    return (wire::CLOSE_NORMAL, "closed by the worker".to_owned())
-                }
-                Ok(Message::Text(_)) => {
-                    return (
-                        CLOSE_PROTOCOL_ERROR,
-                        "text frames are not part of the protocol".to_owned(),
-                    )
-                }
-                Err(e) => return read_error(&e),
-            };
-            let event = match wire::decode_to_coordinator_shared(&frame) {
-                Ok(ToCoordinator::Result(r)) => Event::Result {
-                    worker,
-                    id: r.id,
-                    outcome: r.outcome,
-                },
-                Ok(ToCoordinator::Emit { payload }) => Event::Emit { payload },
-                Ok(ToCoordinator::Drain) => {
-                    tracing::info!(worker, "worker is draining");
-                    Event::Drain { worker }
-                }
-                Ok(ToCoordinator::Hello(_)) => {
-                    return close_frame_for(&Error::Unexpected("a second hello".into()))
-                }
-                Err(e) => return close_frame_for(&e),
-            };
-            if shared.events.send(event).is_err() {
-                return (
-                    CLOSE_GOING_AWAY,
-                    "the coordinator is shutting down".to_owned(),
-                );
+                next = match poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await {
+                    Poll::Ready(msg) => msg,
+                    Poll::Pending => break,
+                };
+            }
+            shared.counters.bytes_in.inc_by(bytes);
+            if !batch.is_empty() {
+                hub.settle(worker, &mut batch);
+            }
+            if let Some(end) = end {
+                return end;
             }
         }
-        (CLOSE_GOING_AWAY, "connection lost".to_owned())
     };
 
     let writer = async {
-        let mut batch = Vec::new(); // grows on first use: idle workers stay small
+        let mut out = Vec::new(); // grows on first use: idle workers stay small
         let enabled = !heartbeat.is_zero();
         let period = if enabled {
             heartbeat
@@ -300,25 +283,24 @@ async fn run(
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                n = rx.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
-                        return (CLOSE_GOING_AWAY, "the coordinator is shutting down".to_owned());
-                    }
-                    for out in batch.drain(..) {
-                        let msg = match out {
-                            Outgoing::Job(job) => ToWorker::Job(job),
-                            Outgoing::EndOfWork => ToWorker::EndOfWork,
+                _ = wake.notified() => {
+                    hub.take_outbox(worker, &mut out);
+                    let mut bytes = 0;
+                    for item in out.drain(..) {
+                        let frame = match item {
+                            Outgoing::Job(frame) => frame,
+                            Outgoing::EndOfWork => match wire::encode_to_worker(&ToWorker::EndOfWork) {
+                                Ok(frame) => frame,
+                                Err(e) => return (CLOSE_POLICY, e.to_string()),
+                            },
                             Outgoing::Close { code, reason } => return (code, reason),
                         };
-                        let frame = match wire::encode_to_worker(&msg) {
-                            Ok(frame) => frame,
-                            Err(e) => return (CLOSE_POLICY, e.to_string()),
-                        };
-                        shared.counters.bytes_out.inc_by(frame.len() as u64);
+                        bytes += frame.len() as u64;
                         if let Err(e) = sink.feed(Message::Binary(frame)).await {
                             return (CLOSE_GOING_AWAY, format!("write failed: {e}"));
                         }
                     }
+                    shared.counters.bytes_out.inc_by(bytes);
                     if let Err(e) = sink.flush().await {
                         return (CLOSE_GOING_AWAY, format!("write failed: {e}"));
                     }
@@ -342,6 +324,43 @@ async fn run(
     tokio::select! {
         r = reader => r,
         w = writer => w,
+    }
+}
+
+/// What one message from the worker means: something for the scheduler, nothing (pings and
+/// pongs), or the end of the connection with its close code and reason.
+fn read_one(
+    msg: Option<Result<Message, axum::Error>>,
+    worker: WorkerId,
+    bytes: &mut u64,
+) -> Result<Option<Incoming>, (u16, String)> {
+    let frame = match msg {
+        None => return Err((CLOSE_GOING_AWAY, "connection lost".to_owned())),
+        Some(Ok(Message::Binary(frame))) => frame,
+        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
+        Some(Ok(Message::Close(_))) => {
+            return Err((wire::CLOSE_NORMAL, "closed by the worker".to_owned()))
+        }
+        Some(Ok(Message::Text(_))) => {
+            return Err((
+                CLOSE_PROTOCOL_ERROR,
+                "text frames are not part of the protocol".to_owned(),
+            ))
+        }
+        Some(Err(e)) => return Err(read_error(&e)),
+    };
+    *bytes += frame.len() as u64;
+    match wire::decode_to_coordinator_shared(&frame) {
+        Ok(ToCoordinator::Result(r)) => Ok(Some(Incoming::Result(r))),
+        Ok(ToCoordinator::Emit { payload }) => Ok(Some(Incoming::Emit(payload))),
+        Ok(ToCoordinator::Drain) => Ok(Some(Incoming::Drain)),
+        Ok(ToCoordinator::Hello(_)) => {
+            Err(close_frame_for(&Error::Unexpected("a second hello".into())))
+        }
+        Err(e) => {
+            tracing::debug!(worker, error = %e, "unreadable frame");
+            Err(close_frame_for(&e))
+        }
     }
 }
 

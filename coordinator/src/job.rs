@@ -1,20 +1,14 @@
-//! The first step of the data path: a typed job is encoded (serde, MessagePack, transforms),
-//! given the next [`JobId`] and put into the bounded [`queue`](crate::queue).
+//! The first step of the data path: a typed job is encoded (serde, MessagePack, transforms)
+//! straight into its frame, given the next [`JobId`] and handed to the
+//! [scheduler](crate::scheduler): to a worker with free credit, or to the
+//! [line](crate::queue) of waiting jobs.
 
-use std::{
-    fmt,
-    marker::PhantomData,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-};
+use std::{fmt, marker::PhantomData, sync::Arc};
 
 use distchan_protocol::{payload, transform::TransformChain, Error, JobId, Result};
 use serde::Serialize;
-use tokio::sync::mpsc;
 
-use crate::queue::QueuedJob;
+use crate::scheduler::{Hub, Submit};
 
 /// The sending half of the coordinator's job channel.
 ///
@@ -30,18 +24,26 @@ use crate::queue::QueuedJob;
 /// # Ok(()) }
 /// ```
 pub struct JobSender<J> {
-    tx: mpsc::Sender<QueuedJob>,
-    next_id: Arc<AtomicU64>,
-    chain: TransformChain,
+    inner: Arc<Inner>,
     _job: PhantomData<fn(J)>,
+}
+
+/// What every clone of a sender shares; dropping the last closes the job side.
+struct Inner {
+    hub: Arc<Hub>,
+    chain: TransformChain,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.hub.close_jobs();
+    }
 }
 
 impl<J> Clone for JobSender<J> {
     fn clone(&self) -> Self {
         JobSender {
-            tx: self.tx.clone(),
-            next_id: self.next_id.clone(),
-            chain: self.chain.clone(),
+            inner: self.inner.clone(),
             _job: PhantomData,
         }
     }
@@ -50,52 +52,57 @@ impl<J> Clone for JobSender<J> {
 impl<J> fmt::Debug for JobSender<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobSender")
-            .field("next_id", &self.next_id)
+            .field("transforms", &self.inner.chain)
             .finish_non_exhaustive()
     }
 }
 
 impl<J: Serialize> JobSender<J> {
-    pub(crate) fn new(tx: mpsc::Sender<QueuedJob>, chain: TransformChain) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, chain: TransformChain) -> Self {
         JobSender {
-            tx,
-            next_id: Arc::new(AtomicU64::new(0)),
-            chain,
+            inner: Arc::new(Inner { hub, chain }),
             _job: PhantomData,
         }
     }
 
     /// Encodes `job` and queues it, waiting while the queue is full.
     ///
-    /// Returns the id its outcome will carry. Fails with [`Error::Encode`] or
-    /// [`Error::Transform`] if the job cannot be encoded (nothing is queued then), and with
-    /// [`Error::Closed`] once the coordinator has shut down.
+    /// Returns the id its outcome will carry; ids follow the order jobs are queued in,
+    /// from 0, with none skipped. Fails with [`Error::Encode`] or [`Error::Transform`] if
+    /// the job cannot be encoded (nothing is queued then), and with [`Error::Closed`] once
+    /// the coordinator has shut down.
     pub async fn send(&self, job: J) -> Result<JobId> {
-        let payload = payload::encode(&job, &self.chain)?;
-        let permit = self.tx.reserve().await.map_err(|_| Error::Closed)?;
-        // No await between taking the id and queueing: ids are never skipped, which
-        // ordered delivery relies on.
-        let id = JobId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        permit.send(QueuedJob { id, payload });
-        Ok(id)
+        let frame = payload::encode_job(&job, &self.inner.chain)?;
+        let hub = &self.inner.hub;
+        match hub.try_submit(frame, false) {
+            Submit::Sent(id) => Ok(id),
+            Submit::Closed => Err(Error::Closed),
+            Submit::NoRoom(frame) => {
+                if !hub.wait_for_room().await {
+                    return Err(Error::Closed);
+                }
+                match hub.try_submit(frame, true) {
+                    Submit::Sent(id) => Ok(id),
+                    Submit::Closed | Submit::NoRoom(_) => Err(Error::Closed),
+                }
+            }
+        }
     }
 
     /// Like [`JobSender::send`], but fails with [`TrySendError::Full`] instead of waiting
     /// when the queue is full.
     pub fn try_send(&self, job: J) -> std::result::Result<JobId, TrySendError> {
-        let payload = payload::encode(&job, &self.chain).map_err(TrySendError::Encode)?;
-        let permit = self.tx.try_reserve().map_err(|e| match e {
-            mpsc::error::TrySendError::Full(()) => TrySendError::Full,
-            mpsc::error::TrySendError::Closed(()) => TrySendError::Closed,
-        })?;
-        let id = JobId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        permit.send(QueuedJob { id, payload });
-        Ok(id)
+        let frame = payload::encode_job(&job, &self.inner.chain).map_err(TrySendError::Encode)?;
+        match self.inner.hub.try_submit(frame, false) {
+            Submit::Sent(id) => Ok(id),
+            Submit::NoRoom(_) => Err(TrySendError::Full),
+            Submit::Closed => Err(TrySendError::Closed),
+        }
     }
 
     /// True once the coordinator has stopped taking jobs.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.inner.hub.is_shut_down()
     }
 }
 

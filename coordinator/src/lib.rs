@@ -5,12 +5,15 @@
 //!
 //! The data path walks forward through one module per step:
 //!
-//! - [`job`]: [`JobSender`] encodes a typed job and queues it (bounded, with backpressure).
-//! - `queue` (private): the bounded channel and the line of jobs waiting for a worker.
+//! - [`job`]: [`JobSender`] encodes a typed job straight into its frame and hands it to the
+//!   scheduler.
+//! - [`queue`]: the bounded line of jobs waiting for a worker (the senders' backpressure).
 //! - [`scheduler`]: credit-based round-robin dispatch, in-flight tracking, re-dispatch of
-//!   lost jobs, leases, exactly-once delivery, end-of-work.
+//!   lost jobs, leases, exactly-once delivery, end-of-work; shared state behind a short
+//!   lock, with no task of its own.
 //! - `connection` (private): one worker's handshake, reader, writer and heartbeats.
-//! - [`result`]: [`ResultReceiver`] decodes outcomes (optionally in send order).
+//! - [`result`]: [`ResultReceiver`] takes outcomes in batches and decodes them (optionally
+//!   in send order).
 //!
 //! Around it: [`config`] (every setting, with defaults), `server` (HTTP, WebSocket upgrade,
 //! static files), [`stats`] (counters), [`memory`] (an in-process transport for tests) and
@@ -44,7 +47,7 @@ mod dashboard;
 pub mod demo;
 pub mod job;
 pub mod memory;
-mod queue;
+pub mod queue;
 pub mod result;
 pub mod scheduler;
 mod server;
@@ -68,10 +71,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    scheduler::{Event, Scheduler, SchedulerHandles},
-    stats::Counters,
-};
+use crate::{scheduler::Hub, stats::Counters};
 
 /// State shared by the HTTP server and every connection.
 pub(crate) struct Shared {
@@ -79,8 +79,10 @@ pub(crate) struct Shared {
     pub counters: Arc<Counters>,
     pub epoch: tokio::time::Instant,
     pub dashboard: dashboard::Hub,
-    pub events: mpsc::UnboundedSender<Event>,
+    pub hub: Arc<Hub>,
     pub slots: Arc<Semaphore>,
+    pub workers: watch::Receiver<usize>,
+    pub finished: watch::Receiver<bool>,
 }
 
 /// Configures a coordinator before it starts: settings and transforms.
@@ -134,9 +136,8 @@ impl Builder {
         J: Serialize,
         R: DeserializeOwned,
     {
-        let (jobs, results, job_rx, result_tx) = self.channels();
-        let coordinator =
-            self.start(listener, server::tcp_nodelay, Some(job_rx), Some(result_tx))?;
+        let coordinator = self.start(listener, server::tcp_nodelay, true, true)?;
+        let (jobs, results) = self.channels(&coordinator);
         Ok((coordinator, jobs, results))
     }
 
@@ -151,26 +152,21 @@ impl Builder {
         J: Serialize,
         R: DeserializeOwned,
     {
-        let (jobs, results, job_rx, result_tx) = self.channels();
-        let coordinator =
-            self.start(listener, |_: &mut L::Io| {}, Some(job_rx), Some(result_tx))?;
+        let coordinator = self.start(listener, |_: &mut L::Io| {}, true, true)?;
+        let (jobs, results) = self.channels(&coordinator);
         Ok((coordinator, jobs, results))
     }
 
-    #[allow(clippy::type_complexity)]
+    /// The typed channels of a coordinator started with both sides.
     fn channels<J: Serialize, R: DeserializeOwned>(
         &self,
-    ) -> (
-        JobSender<J>,
-        ResultReceiver<R>,
-        mpsc::Receiver<queue::QueuedJob>,
-        mpsc::Sender<result::RawOutcome>,
-    ) {
-        let (job_tx, job_rx) = mpsc::channel(self.config.queue_capacity.max(1));
-        let (result_tx, result_rx) = mpsc::channel(self.config.result_capacity.max(1));
-        let jobs = JobSender::new(job_tx, self.chain.clone());
-        let results = ResultReceiver::new(result_rx, self.chain.clone(), self.config.ordered);
-        (jobs, results, job_rx, result_tx)
+        coordinator: &Coordinator,
+    ) -> (JobSender<J>, ResultReceiver<R>) {
+        let hub = &coordinator.shared.hub;
+        (
+            JobSender::new(hub.clone(), self.chain.clone()),
+            ResultReceiver::new(hub.clone(), self.chain.clone(), self.config.ordered),
+        )
     }
 
     /// Starts on `listener` with channels made by the caller, like Go's
@@ -207,21 +203,19 @@ impl Builder {
     {
         let chain = self.chain.clone();
         let ordered = self.config.ordered;
-        let (job_rx, job_sender) = match jobs {
-            Some(_) => {
-                let (tx, rx) = mpsc::channel(self.config.queue_capacity.max(1));
-                (Some(rx), Some(JobSender::<J>::new(tx, chain.clone())))
-            }
-            None => (None, None),
-        };
-        let (result_tx, result_rx) = match results {
-            Some(_) => {
-                let (tx, rx) = mpsc::channel(self.config.result_capacity.max(1));
-                (Some(tx), Some(ResultReceiver::<R>::new(rx, chain, ordered)))
-            }
-            None => (None, None),
-        };
-        let coordinator = self.start(listener, server::tcp_nodelay, job_rx, result_tx)?;
+        let coordinator = self.start(
+            listener,
+            server::tcp_nodelay,
+            jobs.is_some(),
+            results.is_some(),
+        )?;
+        let hub = &coordinator.shared.hub;
+        let job_sender = jobs
+            .is_some()
+            .then(|| JobSender::<J>::new(hub.clone(), chain.clone()));
+        let result_rx = results
+            .is_some()
+            .then(|| ResultReceiver::<R>::new(hub.clone(), chain, ordered));
         if let (Some(mut user_jobs), Some(sender)) = (jobs, job_sender) {
             tokio::spawn(async move {
                 while let Some(job) = user_jobs.recv().await {
@@ -248,11 +242,11 @@ impl Builder {
     }
 
     fn start<L, F>(
-        self,
+        &self,
         listener: L,
         tap: F,
-        jobs: Option<mpsc::Receiver<queue::QueuedJob>>,
-        results: Option<mpsc::Sender<result::RawOutcome>>,
+        jobs: bool,
+        results: bool,
     ) -> Result<Coordinator, Error>
     where
         L: axum::serve::Listener<Addr = SocketAddr>,
@@ -267,26 +261,28 @@ impl Builder {
         }
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
-        let (workers_tx, workers_rx) = watch::channel(0);
-        let (finished_tx, finished_rx) = watch::channel(false);
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let epoch = tokio::time::Instant::now();
-        let handles = SchedulerHandles {
+        let config = self.config.clone();
+        let hub = Arc::new(Hub::new(
+            config.clone(),
+            jobs,
+            results,
+            counters.clone(),
             epoch,
-            workers: workers_tx,
-            finished: finished_tx,
-            counters: counters.clone(),
-            cancel: cancel.clone(),
-        };
-        let scheduler = Scheduler::new(self.config.clone(), jobs, results, handles);
-        let scheduler_task = tokio::spawn(scheduler.run(events_rx));
+        ));
+        let lease_task = config
+            .lease
+            .is_some()
+            .then(|| tokio::spawn(keep_leases(hub.clone(), cancel.clone())));
         let shared = Arc::new(Shared {
             counters: counters.clone(),
             epoch,
             dashboard: dashboard::Hub::default(),
-            slots: Arc::new(Semaphore::new(self.config.max_workers)),
-            config: self.config,
-            events: events_tx,
+            slots: Arc::new(Semaphore::new(config.max_workers)),
+            workers: hub.watch_workers(),
+            finished: hub.watch_finished(),
+            hub,
+            config,
         });
         let server_task = server::spawn(
             listener,
@@ -300,11 +296,23 @@ impl Builder {
             local_addr,
             cancel,
             counters,
-            workers: workers_rx,
-            finished: finished_rx,
-            scheduler_task: Some(scheduler_task),
+            lease_task,
             server_task: Some(server_task),
         })
+    }
+}
+
+/// Hands jobs whose lease ran out to other workers, until the coordinator stops.
+async fn keep_leases(hub: Arc<Hub>, cancel: CancellationToken) {
+    loop {
+        let next = hub.next_lease();
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = hub.leases_changed() => {}
+            _ = tokio::time::sleep_until(next.unwrap_or_else(tokio::time::Instant::now)), if next.is_some() => {
+                hub.expire_leases();
+            }
+        }
     }
 }
 
@@ -316,9 +324,7 @@ pub struct Coordinator {
     local_addr: SocketAddr,
     cancel: CancellationToken,
     counters: Arc<Counters>,
-    workers: watch::Receiver<usize>,
-    finished: watch::Receiver<bool>,
-    scheduler_task: Option<JoinHandle<ShutdownReport>>,
+    lease_task: Option<JoinHandle<()>>,
     server_task: Option<JoinHandle<()>>,
 }
 
@@ -353,12 +359,12 @@ impl Coordinator {
 
     /// True while at least one worker is connected.
     pub fn ready(&self) -> bool {
-        *self.workers.borrow() > 0
+        *self.shared.workers.borrow() > 0
     }
 
     /// Number of connected workers.
     pub fn worker_count(&self) -> usize {
-        *self.workers.borrow()
+        *self.shared.workers.borrow()
     }
 
     /// Waits until at least one worker is connected.
@@ -368,24 +374,24 @@ impl Coordinator {
 
     /// Waits until at least `n` workers are connected.
     pub async fn wait_for_workers(&self, n: usize) {
-        let mut rx = self.workers.clone();
+        let mut rx = self.shared.workers.clone();
         let _ = rx.wait_for(|&count| count >= n).await;
     }
 
     /// A watch of the number of connected workers, to wait for any condition on it.
     pub fn watch_workers(&self) -> watch::Receiver<usize> {
-        self.workers.clone()
+        self.shared.workers.clone()
     }
 
     /// Waits until the job side is closed and every job has its outcome (end-of-work sent).
     pub async fn finished(&self) {
-        let mut rx = self.finished.clone();
+        let mut rx = self.shared.finished.clone();
         let _ = rx.wait_for(|&done| done).await;
     }
 
     /// Describes every connected worker.
     pub async fn workers(&self) -> Vec<scheduler::WorkerSnapshot> {
-        workers_of(&self.shared).await
+        self.shared.hub.snapshot()
     }
 
     /// Every metric in the Prometheus text format (what `/metrics` serves).
@@ -410,10 +416,10 @@ impl Coordinator {
     /// the jobs that never got an outcome.
     pub async fn shutdown(mut self) -> ShutdownReport {
         self.cancel.cancel();
-        let report = match self.scheduler_task.take() {
-            Some(task) => task.await.unwrap_or_default(),
-            None => ShutdownReport::default(),
-        };
+        let report = self.shared.hub.shut_down();
+        if let Some(leases) = self.lease_task.take() {
+            let _ = leases.await;
+        }
         if let Some(server) = self.server_task.take() {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
         }
@@ -421,17 +427,9 @@ impl Coordinator {
     }
 }
 
-/// Asks the scheduler to describe every connected worker.
-pub(crate) async fn workers_of(shared: &Shared) -> Vec<scheduler::WorkerSnapshot> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if shared.events.send(Event::Snapshot(tx)).is_err() {
-        return Vec::new();
-    }
-    rx.await.unwrap_or_default()
-}
-
 impl Drop for Coordinator {
     fn drop(&mut self) {
         self.cancel.cancel();
+        self.shared.hub.shut_down();
     }
 }

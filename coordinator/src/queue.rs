@@ -1,41 +1,46 @@
-//! The job queue between the senders and the scheduler.
+//! The line of jobs waiting for a worker.
 //!
-//! New jobs wait in a bounded channel, so senders feel backpressure while no worker has
-//! free credit. The scheduler takes jobs out of the channel only as fast as workers have
-//! credit for them; they wait in its `waiting` line, behind jobs taken back from lost
-//! workers, which go to the front.
+//! A job sent while a worker has free credit and nothing waits ahead of it goes straight to
+//! that worker; otherwise it takes one of the line's `queue_capacity` places (its sender
+//! waits while none is free, which is the senders' backpressure) and waits here until a
+//! worker has credit. Jobs taken back from lost workers go to the front, ahead of new ones,
+//! without taking a place: they were admitted already.
+//!
+//! The places themselves are a semaphore next to the scheduler's lock
+//! ([`Hub`](crate::scheduler::Hub)), so that a sender can wait for one without holding it;
+//! a job gives its place back when it is dispatched.
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use distchan_protocol::JobId;
-use tokio::sync::mpsc;
 
-/// An encoded job on its way to the scheduler.
-#[derive(Debug)]
-pub(crate) struct QueuedJob {
-    pub id: JobId,
-    pub payload: Bytes,
+/// The line of waiting jobs, and whether more may still come.
+pub(crate) struct JobQueue {
+    waiting: VecDeque<JobId>,
+    side: Side,
 }
 
-/// The bounded channel of new jobs and the line of jobs waiting for a worker.
-pub(crate) struct JobQueue {
-    new: Option<mpsc::Receiver<QueuedJob>>,
-    waiting: VecDeque<JobId>,
-    closed: bool,
+/// The job side of a coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// No job side (results-only use): the work never ends by itself.
+    Absent,
+    /// At least one sender is alive.
+    Open,
+    /// Every sender is gone.
+    Closed,
 }
 
 impl JobQueue {
-    /// A queue fed by `rx`; `None` for a coordinator without a job side.
-    pub fn new(rx: Option<mpsc::Receiver<QueuedJob>>) -> Self {
+    /// A line for a coordinator with or without a job side.
+    pub fn new(job_side: bool) -> Self {
         JobQueue {
-            new: rx,
             waiting: VecDeque::new(),
-            closed: false,
+            side: if job_side { Side::Open } else { Side::Absent },
         }
     }
 
-    /// Appends a job taken from the channel.
+    /// Appends a new job.
     pub fn push_back(&mut self, id: JobId) {
         self.waiting.push_back(id);
     }
@@ -53,48 +58,21 @@ impl JobQueue {
         self.waiting.pop_front()
     }
 
-    /// Number of jobs waiting for a worker (not counting the channel).
+    /// Number of jobs waiting for a worker.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
     }
 
-    /// Number of jobs still in the channel.
-    pub fn in_channel(&self) -> usize {
-        self.new.as_ref().map_or(0, |rx| rx.len())
+    /// Every sender is gone: no new job will come.
+    pub fn close(&mut self) {
+        if self.side == Side::Open {
+            self.side = Side::Closed;
+        }
     }
 
-    /// True once every sender is gone and the channel has been emptied.
+    /// True once the job side is closed (never, for a coordinator without one: it ends only
+    /// when shut down).
     pub fn is_closed(&self) -> bool {
-        self.closed
-    }
-
-    /// True when the job side exists and may still deliver new jobs.
-    pub fn is_open(&self) -> bool {
-        self.new.is_some() && !self.closed
-    }
-
-    /// Stops taking new jobs; returns the ids of every job never dispatched.
-    pub fn close(&mut self) -> Vec<JobId> {
-        self.closed = true;
-        let mut left: Vec<JobId> = self.waiting.drain(..).collect();
-        if let Some(rx) = self.new.as_mut() {
-            rx.close();
-            while let Ok(job) = rx.try_recv() {
-                left.push(job.id);
-            }
-        }
-        left
-    }
-
-    /// Waits for up to `limit` new jobs. Zero means every sender is gone.
-    pub async fn recv_new(&mut self, buf: &mut Vec<QueuedJob>, limit: usize) -> usize {
-        let Some(rx) = self.new.as_mut() else {
-            return std::future::pending().await;
-        };
-        let n = rx.recv_many(buf, limit.max(1)).await;
-        if n == 0 {
-            self.closed = true;
-        }
-        n
+        self.side == Side::Closed
     }
 }

@@ -1,15 +1,19 @@
-//! The last step of the data path: outcomes leave the scheduler, are decoded (transforms,
-//! MessagePack, serde) on the receiver's side, optionally put back in send order, and
-//! handed to the caller.
+//! The last step of the data path: outcomes leave the scheduler in batches, are decoded
+//! (transforms, MessagePack, serde) on the receiver's side, optionally put back in send
+//! order, and handed to the caller.
 
-use std::{collections::BTreeMap, fmt, marker::PhantomData};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fmt,
+    marker::PhantomData,
+    sync::Arc,
+};
 
 use bytes::Bytes;
 use distchan_protocol::{payload, transform::TransformChain, Error, JobId};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
 
-use crate::scheduler::EMITTED_ID_BASE;
+use crate::scheduler::{Hub, Take, EMITTED_ID_BASE};
 
 /// An outcome as the scheduler delivers it: still encoded.
 #[derive(Debug)]
@@ -58,7 +62,11 @@ impl<R> JobOutcome<R> {
 /// # }
 /// ```
 pub struct ResultReceiver<R> {
-    rx: mpsc::Receiver<RawOutcome>,
+    hub: Arc<Hub>,
+    /// Outcomes taken from the scheduler and not yet handed out.
+    taken: VecDeque<RawOutcome>,
+    /// True once the scheduler said no outcome will come any more.
+    ended: bool,
     chain: TransformChain,
     reorder: Option<Reorder>,
     _result: PhantomData<fn() -> R>,
@@ -80,13 +88,11 @@ struct Reorder {
 }
 
 impl<R: DeserializeOwned> ResultReceiver<R> {
-    pub(crate) fn new(
-        rx: mpsc::Receiver<RawOutcome>,
-        chain: TransformChain,
-        ordered: bool,
-    ) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, chain: TransformChain, ordered: bool) -> Self {
         ResultReceiver {
-            rx,
+            hub,
+            taken: VecDeque::new(),
+            ended: false,
             chain,
             reorder: ordered.then(Reorder::default),
             _result: PhantomData,
@@ -97,6 +103,42 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
     pub async fn recv(&mut self) -> Option<JobOutcome<R>> {
         let raw = self.recv_raw().await?;
         Some(self.decode(raw))
+    }
+
+    /// Waits for the next outcome, then appends it and up to `limit - 1` more that are
+    /// already there to `buf`; returns how many were appended (0 only when there will be no
+    /// more, or when `limit` is 0). Cheaper per outcome than [`ResultReceiver::recv`] when
+    /// results stream in fast.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut results: distchan_coordinator::ResultReceiver<u64>) {
+    /// let mut batch = Vec::with_capacity(256);
+    /// while results.recv_many(&mut batch, 256).await > 0 {
+    ///     for outcome in batch.drain(..) {
+    ///         println!("{}: {:?}", outcome.id, outcome.result);
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub async fn recv_many(&mut self, buf: &mut Vec<JobOutcome<R>>, limit: usize) -> usize {
+        if limit == 0 {
+            return 0;
+        }
+        let Some(first) = self.recv().await else {
+            return 0;
+        };
+        buf.push(first);
+        let mut n = 1;
+        while n < limit {
+            match self.next_ready() {
+                Some(raw) => {
+                    buf.push(self.decode(raw));
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n
     }
 
     /// Collects every remaining outcome until the channel ends.
@@ -110,19 +152,34 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
 
     async fn recv_raw(&mut self) -> Option<RawOutcome> {
         loop {
+            if let Some(raw) = self.next_ready() {
+                return Some(raw);
+            }
+            if self.ended {
+                // No more outcomes: whatever is still held goes out in id order.
+                let r = self.reorder.as_mut()?;
+                let (id, raw) = r.early.pop_first()?;
+                r.next = id + 1;
+                return Some(raw);
+            }
+            match self.hub.take_outcomes(&mut self.taken) {
+                Take::Some => {}
+                Take::End => self.ended = true,
+                Take::Wait => self.hub.outcomes_ready().await,
+            }
+        }
+    }
+
+    /// The next outcome to hand out among those already taken, without waiting.
+    fn next_ready(&mut self) -> Option<RawOutcome> {
+        loop {
             if let Some(r) = self.reorder.as_mut() {
                 if let Some(raw) = r.early.remove(&r.next) {
                     r.next += 1;
                     return Some(raw);
                 }
             }
-            let Some(raw) = self.rx.recv().await else {
-                // Channel over: whatever is still held goes out in id order.
-                let r = self.reorder.as_mut()?;
-                let (id, raw) = r.early.pop_first()?;
-                r.next = id + 1;
-                return Some(raw);
-            };
+            let raw = self.taken.pop_front()?;
             match self.reorder.as_mut() {
                 Some(r) if raw.id.0 < EMITTED_ID_BASE && raw.id.0 != r.next => {
                     r.early.insert(raw.id.0, raw);
@@ -145,5 +202,11 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
             worker: raw.worker,
             result,
         }
+    }
+}
+
+impl<R> Drop for ResultReceiver<R> {
+    fn drop(&mut self) {
+        self.hub.drop_receiver();
     }
 }

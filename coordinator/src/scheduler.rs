@@ -1,48 +1,52 @@
 //! The scheduling policy: which worker gets which job, and what happens to every job until
 //! its outcome is delivered.
 //!
-//! One task owns all scheduling state, so there is no lock on the hot path. Connections
-//! talk to it through [`Event`]s; it talks to each connection through that connection's
-//! [`Outgoing`] channel.
+//! All scheduling state is one [`Scheduler`] inside the [`Hub`], behind a mutex that is held
+//! for a few microseconds at a time and never across an `.await`. There is no scheduler task:
+//! each party does its own step under the lock and leaves, so a job crosses no task of ours
+//! on its way. [`JobSender::send`](crate::JobSender::send) hands a job straight to a
+//! connection's outbox when a worker has credit; the connection that reads a result settles
+//! it and gives the freed credit its next job; the result receiver takes outcomes in
+//! batches. Tasks are woken only after the lock is released, and only when they wait.
 //!
 //! - **Credit**: a worker never holds more unanswered jobs than the capacity it declared.
 //! - **Round-robin**: workers with free credit wait in a ring; each dispatch takes the
 //!   first, gives it one job and puts it back at the end if it still has credit (O(1)).
-//! - **Nothing lost**: every dispatched job stays in the in-flight table with its payload
-//!   until its outcome is delivered. A lost worker's jobs (disconnect, missed heartbeats)
-//!   and jobs that overrun their lease go back to the front of the queue, up to
-//!   `max_retries` times, after which the job is reported as failed.
+//! - **Nothing lost**: every job stays in the in-flight table with its frame until its
+//!   outcome is delivered. A lost worker's jobs (disconnect, missed heartbeats) and jobs
+//!   that overrun their lease go back to the front of the line, up to `max_retries` times,
+//!   after which the job is reported as failed.
 //! - **Exactly-once delivery**: the first outcome for a job wins; later ones are dropped.
-//! - **End of work**: once the job side is closed, the queue is empty and the table is
-//!   empty, every worker is told end-of-work and the results channel ends.
+//! - **Backpressure**: jobs wait in a bounded line (see [`queue`](crate::queue)); once
+//!   `result_capacity` outcomes wait for the receiver, dispatching pauses until it catches up.
+//! - **End of work**: once the job side is closed and every job has its outcome, every
+//!   worker is told end-of-work and the results end.
 
 use std::{
     collections::VecDeque,
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, MutexGuard,
     },
-    time::Duration,
 };
 
 use bytes::Bytes;
 use distchan_protocol::{
-    wire::{Job, Outcome, WorkerKind},
+    wire::{JobFrameBuilder, JobResult, WorkerKind},
     Error, JobId,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tokio::{
-    sync::{mpsc, oneshot, watch},
-    time::{sleep_until, Instant},
+    sync::{watch, Notify, Semaphore, TryAcquireError},
+    time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::Config,
-    queue::{JobQueue, QueuedJob},
+    queue::JobQueue,
     result::RawOutcome,
-    stats::Counters,
+    stats::{Counters, Tally},
 };
 
 /// A connected worker's id, unique for the coordinator's lifetime.
@@ -51,46 +55,35 @@ pub(crate) type WorkerId = u64;
 /// Ids of values workers emit on their own start here, apart from job ids.
 pub const EMITTED_ID_BASE: u64 = 1 << 63;
 
-/// What the scheduler asks a connection to send.
+/// What a connection is asked to send, in order.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    Job(Job),
+    /// A complete job frame.
+    Job(Bytes),
     EndOfWork,
-    Close { code: u16, reason: String },
-}
-
-/// What a connection reports to the scheduler.
-#[derive(Debug)]
-pub(crate) enum Event {
-    /// A worker finished its handshake; the reply carries its id, or `None` when the
-    /// coordinator is shutting down.
-    Join {
-        agent: String,
-        kind: WorkerKind,
-        addr: SocketAddr,
-        capacity: u32,
-        tx: mpsc::UnboundedSender<Outgoing>,
-        /// Milliseconds since the coordinator started when the worker was last heard from.
-        last_seen: Arc<AtomicU64>,
-        reply: oneshot::Sender<Option<WorkerId>>,
-    },
-    /// Asks for a description of every connected worker.
-    Snapshot(oneshot::Sender<Vec<WorkerSnapshot>>),
-    Result {
-        worker: WorkerId,
-        id: JobId,
-        outcome: Outcome,
-    },
-    Emit {
-        payload: Bytes,
-    },
-    Drain {
-        worker: WorkerId,
-    },
-    Leave {
-        worker: WorkerId,
+    Close {
+        code: u16,
         reason: String,
     },
+}
+
+/// What a connection read from its worker, decoded, for [`Hub::settle`].
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Result(JobResult),
+    Emit(Bytes),
+    Drain,
+}
+
+/// What a worker announced in its hello, for [`Hub::join`].
+#[derive(Debug)]
+pub(crate) struct Joining {
+    pub agent: String,
+    pub kind: WorkerKind,
+    pub addr: SocketAddr,
+    pub capacity: u32,
+    /// Milliseconds since the coordinator started when the worker was last heard from.
+    pub last_seen: Arc<AtomicU64>,
 }
 
 /// One connected worker, as [`Coordinator::workers`](crate::Coordinator::workers) describes it.
@@ -121,7 +114,7 @@ pub struct WorkerSnapshot {
 /// What [`Coordinator::shutdown`](crate::Coordinator::shutdown) reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ShutdownReport {
-    /// Jobs sent but never answered: queued, in flight, or still in the channel.
+    /// Jobs sent but never answered: waiting for a worker or in flight.
     pub unfinished: Vec<JobId>,
     /// Workers connected when the coordinator shut down.
     pub workers: usize,
@@ -133,9 +126,10 @@ enum State {
     Running { worker: WorkerId, dispatch: u32 },
 }
 
-/// A job between leaving the channel and the delivery of its outcome.
+/// A job between its admission and the delivery of its outcome.
 struct Entry {
-    payload: Bytes,
+    /// The complete job frame, sent again as it is when the job is dispatched again.
+    frame: Bytes,
     /// When the job entered the line (for the dispatch-wait histogram).
     queued_at: Instant,
     /// When it was last sent to a worker (for the round-trip histogram).
@@ -147,6 +141,8 @@ struct Entry {
     lost: u32,
     /// Times its handler failed and it was retried.
     handler_failures: u32,
+    /// True while the job holds one of the line's places (taken when it had to wait).
+    holds_room: bool,
 }
 
 struct Worker {
@@ -156,11 +152,14 @@ struct Worker {
     joined: Instant,
     last_seen: Arc<AtomicU64>,
     done: u64,
-    tx: mpsc::UnboundedSender<Outgoing>,
     capacity: usize,
     held: HashSet<JobId>,
     draining: bool,
     in_ring: bool,
+    /// What the connection's writer sends next.
+    outbox: Vec<Outgoing>,
+    /// Wakes the connection's writer.
+    wake: Arc<Notify>,
 }
 
 impl Worker {
@@ -171,6 +170,13 @@ impl Worker {
             self.capacity.saturating_sub(self.held.len())
         }
     }
+
+    fn send(&mut self, out: Outgoing, wakes: &mut Wakes) {
+        if self.outbox.is_empty() {
+            wakes.writers.push(self.wake.clone());
+        }
+        self.outbox.push(out);
+    }
 }
 
 struct Lease {
@@ -179,213 +185,484 @@ struct Lease {
     dispatch: u32,
 }
 
-/// Handles the scheduler shares with the [`Coordinator`](crate::Coordinator).
-pub(crate) struct SchedulerHandles {
-    /// When the coordinator started; `last_seen` values count from here.
-    pub epoch: Instant,
-    pub workers: watch::Sender<usize>,
-    pub finished: watch::Sender<bool>,
-    pub counters: Arc<Counters>,
-    pub cancel: CancellationToken,
+/// What to do once the lock is released: tasks to wake, metrics to record.
+#[derive(Default)]
+pub(crate) struct Wakes {
+    writers: Vec<Arc<Notify>>,
+    results: bool,
+    room: usize,
+    leases: bool,
+    workers: Option<usize>,
+    finished: bool,
+    dispatched: u64,
+    completed: u64,
+    failed: u64,
+    redelivered: u64,
+    duplicates: u64,
+    dispatch_wait: Tally,
+    round_trip: Tally,
 }
 
+/// Every job, worker and undelivered outcome; see the [module docs](self).
 pub(crate) struct Scheduler {
     config: Config,
     queue: JobQueue,
     table: HashMap<JobId, Entry>,
+    next_id: u64,
     workers: HashMap<WorkerId, Worker>,
     ring: VecDeque<WorkerId>,
     free_credit: usize,
-    /// Jobs at the front of the line that the last dispatch round could give to no one.
+    /// Jobs at the front of the line that the last dispatch round could give to no one
+    /// (every worker with credit already holds them, after their lease ran out).
     stuck: usize,
     leases: VecDeque<Lease>,
-    results: Option<mpsc::Sender<RawOutcome>>,
+    /// Outcomes waiting for the result receiver.
+    outcomes: VecDeque<RawOutcome>,
+    /// True while a result receiver exists to take outcomes.
+    receiver: bool,
     next_worker: WorkerId,
     next_emitted: u64,
     end_sent: bool,
-    handles: SchedulerHandles,
+    shut_down: bool,
 }
 
-enum Wake {
-    /// Some events arrived (in `events_buf`), or none: every sender is gone.
-    Events(usize),
-    NewJobs,
-    Lease,
-    Cancelled,
+/// The scheduler behind its lock, and what is woken outside it.
+pub(crate) struct Hub {
+    state: Mutex<Scheduler>,
+    /// Places in the line of waiting jobs; a sender that finds none waits here.
+    room: Semaphore,
+    /// Wakes the result receiver.
+    results_ready: Notify,
+    /// Wakes the lease keeper when the first lease is taken.
+    leases_changed: Notify,
+    counters: Arc<Counters>,
+    /// When the coordinator started; `last_seen` values count from here.
+    epoch: Instant,
+    workers_watch: watch::Sender<usize>,
+    finished_watch: watch::Sender<bool>,
+}
+
+/// What [`Hub::try_submit`] did with a job.
+pub(crate) enum Submit {
+    /// Admitted with this id.
+    Sent(JobId),
+    /// The line is full: wait for room, then submit again with it.
+    NoRoom(JobFrameBuilder),
+    /// The coordinator has shut down.
+    Closed,
+}
+
+/// What [`Hub::take_outcomes`] found.
+pub(crate) enum Take {
+    /// Some outcomes were moved into the caller's buffer.
+    Some,
+    /// None yet: wait for [`Hub::outcomes_ready`].
+    Wait,
+    /// None, and none will come.
+    End,
+}
+
+impl Hub {
+    /// A hub for a coordinator with (`jobs`) or without a job side, and with (`results`) or
+    /// without a result side.
+    pub fn new(
+        config: Config,
+        jobs: bool,
+        results: bool,
+        counters: Arc<Counters>,
+        epoch: Instant,
+    ) -> Self {
+        let room = Semaphore::new(config.queue_capacity.max(1));
+        Hub {
+            state: Mutex::new(Scheduler {
+                queue: JobQueue::new(jobs),
+                table: HashMap::default(),
+                next_id: 0,
+                workers: HashMap::default(),
+                ring: VecDeque::new(),
+                free_credit: 0,
+                stuck: 0,
+                leases: VecDeque::new(),
+                outcomes: VecDeque::new(),
+                receiver: results,
+                next_worker: 1,
+                next_emitted: EMITTED_ID_BASE,
+                end_sent: false,
+                shut_down: false,
+                config,
+            }),
+            room,
+            results_ready: Notify::new(),
+            leases_changed: Notify::new(),
+            counters,
+            epoch,
+            workers_watch: watch::channel(0).0,
+            finished_watch: watch::channel(false).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Scheduler> {
+        // A panic under the lock is a bug; the state is still the best there is.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` under the lock, then wakes whom it asked for and records its metrics.
+    fn with<T>(&self, f: impl FnOnce(&mut Scheduler, &mut Wakes) -> T) -> T {
+        let mut wakes = Wakes::default();
+        let out = {
+            let mut s = self.lock();
+            let out = f(&mut s, &mut wakes);
+            self.publish_gauges(&s);
+            out
+        };
+        self.wake(wakes);
+        out
+    }
+
+    fn publish_gauges(&self, s: &Scheduler) {
+        let c = &self.counters;
+        c.workers.set(s.workers.len() as i64);
+        c.queued.set(s.queue.waiting() as i64);
+        c.in_flight
+            .set(s.table.len().saturating_sub(s.queue.waiting()) as i64);
+    }
+
+    fn wake(&self, wakes: Wakes) {
+        for writer in &wakes.writers {
+            writer.notify_one();
+        }
+        if wakes.results {
+            self.results_ready.notify_one();
+        }
+        if wakes.room > 0 {
+            self.room.add_permits(wakes.room);
+        }
+        if wakes.leases {
+            self.leases_changed.notify_one();
+        }
+        if let Some(n) = wakes.workers {
+            self.workers_watch.send_replace(n);
+        }
+        if wakes.finished {
+            self.finished_watch.send_replace(true);
+        }
+        let c = &self.counters;
+        for (counter, n) in [
+            (&c.dispatched, wakes.dispatched),
+            (&c.completed, wakes.completed),
+            (&c.failed, wakes.failed),
+            (&c.redelivered, wakes.redelivered),
+            (&c.duplicates, wakes.duplicates),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+        c.dispatch_wait.add(&wakes.dispatch_wait);
+        c.round_trip.add(&wakes.round_trip);
+    }
+
+    /// Admits a job: gives it the next id and dispatches it, or puts it in the line. With
+    /// `has_room` the caller holds a place in the line (from [`Hub::wait_for_room`]).
+    pub fn try_submit(&self, frame: JobFrameBuilder, has_room: bool) -> Submit {
+        self.with(|s, wakes| {
+            if s.shut_down {
+                if has_room {
+                    wakes.room += 1;
+                }
+                return Submit::Closed;
+            }
+            let direct = s.can_dispatch_new();
+            let mut has_room = has_room;
+            if !direct && !has_room {
+                match self.room.try_acquire() {
+                    Ok(permit) => {
+                        permit.forget();
+                        has_room = true;
+                    }
+                    Err(TryAcquireError::NoPermits) => return Submit::NoRoom(frame),
+                    Err(TryAcquireError::Closed) => return Submit::Closed,
+                }
+            }
+            Submit::Sent(s.admit(frame, has_room, direct, wakes))
+        })
+    }
+
+    /// Waits for a place in the line; `false` once the coordinator has shut down.
+    pub async fn wait_for_room(&self) -> bool {
+        match self.room.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Every sender is gone: no more jobs will come.
+    pub fn close_jobs(&self) {
+        self.with(|s, wakes| {
+            s.queue.close();
+            s.maybe_finish(wakes);
+        });
+    }
+
+    /// True once the coordinator has shut down.
+    pub fn is_shut_down(&self) -> bool {
+        self.lock().shut_down
+    }
+
+    /// Registers a worker that finished its handshake; `None` when shutting down. The
+    /// writer waits on the returned [`Notify`] for its outbox.
+    pub fn join(&self, joining: Joining) -> Option<(WorkerId, Arc<Notify>)> {
+        self.with(|s, wakes| s.join(joining, wakes))
+    }
+
+    /// Moves what the worker's writer must send next into `out` (which should be empty).
+    pub fn take_outbox(&self, worker: WorkerId, out: &mut Vec<Outgoing>) {
+        let mut s = self.lock();
+        if let Some(w) = s.workers.get_mut(&worker) {
+            std::mem::swap(&mut w.outbox, out);
+        }
+    }
+
+    /// Settles what a connection read, in order.
+    pub fn settle(&self, worker: WorkerId, batch: &mut Vec<Incoming>) {
+        self.with(|s, wakes| {
+            let now = Instant::now();
+            for item in batch.drain(..) {
+                match item {
+                    Incoming::Result(r) => s.on_result(worker, r, now, wakes),
+                    Incoming::Emit(payload) => {
+                        let id = JobId(s.next_emitted);
+                        s.next_emitted += 1;
+                        s.deliver(id, None, Ok(payload), wakes);
+                    }
+                    Incoming::Drain => {
+                        tracing::info!(worker, "worker is draining");
+                        if let Some(w) = s.workers.get_mut(&worker) {
+                            s.free_credit -= w.free();
+                            w.draining = true;
+                        }
+                    }
+                }
+            }
+            s.dispatch(now, wakes);
+            s.maybe_finish(wakes);
+        });
+    }
+
+    /// The worker's connection ended: its unanswered jobs go to others.
+    pub fn leave(&self, worker: WorkerId, reason: &str) {
+        self.with(|s, wakes| {
+            s.remove_worker(worker, reason, wakes);
+            let now = Instant::now();
+            s.dispatch(now, wakes);
+            s.maybe_finish(wakes);
+        });
+    }
+
+    /// Moves the outcomes waiting for the receiver into `into`.
+    pub fn take_outcomes(&self, into: &mut VecDeque<RawOutcome>) -> Take {
+        self.with(|s, wakes| {
+            if s.outcomes.is_empty() {
+                return if s.end_sent || s.shut_down {
+                    Take::End
+                } else {
+                    Take::Wait
+                };
+            }
+            let was_full = s.outcomes_full();
+            std::mem::swap(&mut s.outcomes, into);
+            if was_full {
+                s.dispatch(Instant::now(), wakes);
+            }
+            Take::Some
+        })
+    }
+
+    /// Waits until [`Hub::take_outcomes`] may find something.
+    pub async fn outcomes_ready(&self) {
+        self.results_ready.notified().await;
+    }
+
+    /// The result receiver is gone: outcomes are counted from now on, not kept.
+    pub fn drop_receiver(&self) {
+        self.with(|s, wakes| {
+            let was_full = s.outcomes_full();
+            s.receiver = false;
+            s.outcomes = VecDeque::new();
+            if was_full {
+                s.dispatch(Instant::now(), wakes);
+            }
+        });
+    }
+
+    /// The earliest lease deadline, if any job has a lease.
+    pub fn next_lease(&self) -> Option<Instant> {
+        self.lock().leases.front().map(|l| l.deadline)
+    }
+
+    /// Waits until a lease is taken while none was.
+    pub async fn leases_changed(&self) {
+        self.leases_changed.notified().await;
+    }
+
+    /// Hands every job whose lease ran out to another worker.
+    pub fn expire_leases(&self) {
+        self.with(|s, wakes| {
+            let now = Instant::now();
+            s.expire_leases(now, wakes);
+            s.dispatch(now, wakes);
+            s.maybe_finish(wakes);
+        });
+    }
+
+    /// Describes every connected worker.
+    pub fn snapshot(&self) -> Vec<WorkerSnapshot> {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let s = self.lock();
+        let mut out: Vec<WorkerSnapshot> = s
+            .workers
+            .iter()
+            .map(|(&id, w)| WorkerSnapshot {
+                id,
+                agent: w.agent.clone(),
+                kind: format!("{:?}", w.kind).to_lowercase(),
+                addr: w.addr,
+                capacity: w.capacity,
+                in_flight: w.held.len(),
+                done: w.done,
+                last_seen_ms: now_ms.saturating_sub(w.last_seen.load(Ordering::Relaxed)),
+                connected_ms: w.joined.elapsed().as_millis() as u64,
+                draining: w.draining,
+            })
+            .collect();
+        drop(s);
+        out.sort_by_key(|w| w.id);
+        out
+    }
+
+    /// Stops everything: tells every worker, ends the results, and reports the jobs that
+    /// never got an outcome. Calling it again reports nothing new.
+    pub fn shut_down(&self) -> ShutdownReport {
+        self.room.close();
+        self.with(|s, wakes| {
+            if s.shut_down {
+                return ShutdownReport::default();
+            }
+            s.shut_down = true;
+            let mut unfinished: Vec<JobId> = s.table.keys().copied().collect();
+            unfinished.sort_unstable();
+            for w in s.workers.values_mut() {
+                w.send(
+                    Outgoing::Close {
+                        code: distchan_protocol::wire::CLOSE_GOING_AWAY,
+                        reason: "the coordinator is shutting down".into(),
+                    },
+                    wakes,
+                );
+            }
+            wakes.results = true;
+            wakes.workers = Some(0);
+            ShutdownReport {
+                unfinished,
+                workers: s.workers.len(),
+            }
+        })
+    }
+
+    /// The number of connected workers, watched.
+    pub fn watch_workers(&self) -> watch::Receiver<usize> {
+        self.workers_watch.subscribe()
+    }
+
+    /// Whether end-of-work has been sent, watched.
+    pub fn watch_finished(&self) -> watch::Receiver<bool> {
+        self.finished_watch.subscribe()
+    }
 }
 
 impl Scheduler {
-    pub fn new(
-        config: Config,
-        jobs: Option<mpsc::Receiver<QueuedJob>>,
-        results: Option<mpsc::Sender<RawOutcome>>,
-        handles: SchedulerHandles,
-    ) -> Self {
-        Scheduler {
-            config,
-            queue: JobQueue::new(jobs),
-            table: HashMap::default(),
-            workers: HashMap::default(),
-            ring: VecDeque::new(),
-            free_credit: 0,
-            stuck: 0,
-            leases: VecDeque::new(),
-            results,
-            next_worker: 1,
-            next_emitted: EMITTED_ID_BASE,
-            end_sent: false,
-            handles,
-        }
+    /// True when a new job can be dispatched at once: credit is free, nothing dispatchable
+    /// waits ahead of it, and the receiver keeps up.
+    fn can_dispatch_new(&self) -> bool {
+        self.free_credit > 0 && self.queue.waiting() == self.stuck && !self.outcomes_full()
     }
 
-    /// Runs until the coordinator is cancelled (or every connection and handle is gone).
-    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> ShutdownReport {
-        let mut buf = Vec::with_capacity(256);
-        let mut events_buf = Vec::with_capacity(256);
-        let cancel = self.handles.cancel.clone();
-        loop {
-            self.dispatch_waiting();
-            self.publish_gauges();
-            self.maybe_finish();
-            // New jobs are taken when the line is empty, or when all it holds are jobs that
-            // no worker with credit can take yet (their lease ran out at the only candidates).
-            let all_stuck = self.queue.waiting() <= self.stuck && self.free_credit > 0;
-            let want_new = self.queue.is_open() && (self.queue.waiting() == 0 || all_stuck);
-            let limit = self.free_credit.clamp(1, 256);
-            let lease = self.leases.front().map(|l| l.deadline);
-            let wake = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => Wake::Cancelled,
-                n = events.recv_many(&mut events_buf, 256) => Wake::Events(n),
-                _ = self.queue.recv_new(&mut buf, limit), if want_new => Wake::NewJobs,
-                _ = sleep_until(lease.unwrap_or_else(Instant::now)), if lease.is_some() => Wake::Lease,
-            };
-            match wake {
-                Wake::Cancelled | Wake::Events(0) => break,
-                Wake::Events(_) => {
-                    for ev in events_buf.drain(..) {
-                        self.handle(ev).await;
-                    }
-                }
-                Wake::NewJobs => {
-                    let now = Instant::now();
-                    for job in buf.drain(..) {
-                        self.table.insert(
-                            job.id,
-                            Entry {
-                                payload: job.payload,
-                                queued_at: now,
-                                dispatched_at: now,
-                                state: State::Waiting,
-                                dispatches: 0,
-                                lost: 0,
-                                handler_failures: 0,
-                            },
-                        );
-                        self.queue.push_back(job.id);
-                    }
-                }
-                Wake::Lease => self.expire_leases().await,
-            }
-        }
-        self.shut_down()
+    fn outcomes_full(&self) -> bool {
+        self.receiver && self.outcomes.len() >= self.config.result_capacity.max(1)
     }
 
-    fn shut_down(mut self) -> ShutdownReport {
-        // Jobs in the line are in the table already; the channel's are not.
-        let mut unfinished: Vec<JobId> = self.table.keys().copied().collect();
-        let never_taken: Vec<JobId> = self.queue.close();
-        unfinished.extend(
-            never_taken
-                .into_iter()
-                .filter(|id| !self.table.contains_key(id)),
+    fn admit(
+        &mut self,
+        frame: JobFrameBuilder,
+        holds_room: bool,
+        direct: bool,
+        wakes: &mut Wakes,
+    ) -> JobId {
+        let id = JobId(self.next_id);
+        self.next_id += 1;
+        let now = Instant::now();
+        self.table.insert(
+            id,
+            Entry {
+                frame: frame.finish(id),
+                queued_at: now,
+                dispatched_at: now,
+                state: State::Waiting,
+                dispatches: 0,
+                lost: 0,
+                handler_failures: 0,
+                holds_room,
+            },
         );
-        unfinished.sort_unstable();
-        for worker in self.workers.values() {
-            let _ = worker.tx.send(Outgoing::Close {
-                code: distchan_protocol::wire::CLOSE_GOING_AWAY,
-                reason: "the coordinator is shutting down".into(),
-            });
+        // A new job is never held by anyone, so any worker with credit can take it.
+        let worker = if direct { self.pick(id) } else { None };
+        match worker {
+            Some(wid) => self.send_job(id, wid, now, wakes),
+            None => {
+                self.queue.push_back(id);
+                self.dispatch(now, wakes);
+            }
         }
-        self.results = None;
-        let _ = self.handles.workers.send(0);
-        ShutdownReport {
-            unfinished,
-            workers: self.workers.len(),
-        }
+        id
     }
 
-    async fn handle(&mut self, ev: Event) {
-        match ev {
-            Event::Snapshot(reply) => {
-                let _ = reply.send(self.snapshot());
-            }
-            Event::Join {
-                agent,
-                kind,
-                addr,
-                capacity,
-                tx,
-                last_seen,
-                reply,
-            } => {
-                let id = self.next_worker;
-                self.next_worker += 1;
-                tracing::debug!(worker = id, %agent, ?kind, %addr, capacity, "worker registered");
-                let capacity = capacity.clamp(1, self.config.max_capacity.max(1)) as usize;
-                if self.end_sent {
-                    let _ = tx.send(Outgoing::EndOfWork);
-                }
-                self.workers.insert(
-                    id,
-                    Worker {
-                        agent,
-                        kind,
-                        addr,
-                        joined: Instant::now(),
-                        last_seen,
-                        done: 0,
-                        tx,
-                        capacity,
-                        held: HashSet::default(),
-                        draining: false,
-                        in_ring: true,
-                    },
-                );
-                self.ring.push_back(id);
-                self.free_credit += capacity;
-                if reply.send(Some(id)).is_err() {
-                    // The connection vanished during its handshake.
-                    self.remove_worker(id, "gone during handshake").await;
-                }
-                let _ = self.handles.workers.send(self.workers.len());
-            }
-            Event::Result {
-                worker,
-                id,
-                outcome,
-            } => self.on_result(worker, id, outcome).await,
-            Event::Emit { payload } => {
-                let id = JobId(self.next_emitted);
-                self.next_emitted += 1;
-                self.deliver(RawOutcome {
-                    id,
-                    worker: None,
-                    result: Ok(payload),
-                })
-                .await;
-            }
-            Event::Drain { worker } => {
-                if let Some(w) = self.workers.get_mut(&worker) {
-                    self.free_credit -= w.free();
-                    w.draining = true;
-                }
-            }
-            Event::Leave { worker, reason } => self.remove_worker(worker, &reason).await,
+    fn join(&mut self, j: Joining, wakes: &mut Wakes) -> Option<(WorkerId, Arc<Notify>)> {
+        if self.shut_down {
+            return None;
         }
+        let id = self.next_worker;
+        self.next_worker += 1;
+        tracing::debug!(worker = id, agent = %j.agent, kind = ?j.kind, addr = %j.addr, capacity = j.capacity, "worker registered");
+        let capacity = j.capacity.clamp(1, self.config.max_capacity.max(1)) as usize;
+        let wake = Arc::new(Notify::new());
+        let mut worker = Worker {
+            agent: j.agent,
+            kind: j.kind,
+            addr: j.addr,
+            joined: Instant::now(),
+            last_seen: j.last_seen,
+            done: 0,
+            capacity,
+            held: HashSet::default(),
+            draining: false,
+            in_ring: true,
+            outbox: Vec::new(),
+            wake: wake.clone(),
+        };
+        if self.end_sent {
+            worker.send(Outgoing::EndOfWork, wakes);
+        }
+        self.workers.insert(id, worker);
+        self.ring.push_back(id);
+        self.free_credit += capacity;
+        wakes.workers = Some(self.workers.len());
+        self.dispatch(Instant::now(), wakes);
+        Some((id, wake))
     }
 
-    /// Takes the first worker of the ring that still has credit.
     /// Takes the first worker of the ring that has credit and does not already hold `job`
     /// (it may, when the job's lease ran out while that worker still works on it).
     fn pick(&mut self, job: JobId) -> Option<WorkerId> {
@@ -407,7 +684,11 @@ impl Scheduler {
         None
     }
 
-    fn dispatch_waiting(&mut self) {
+    /// Gives every waiting job it can to a worker with credit, in line order.
+    fn dispatch(&mut self, now: Instant, wakes: &mut Wakes) {
+        if self.queue.waiting() == 0 || self.free_credit == 0 || self.outcomes_full() {
+            return;
+        }
         // Jobs every worker with credit already holds wait for the next round.
         let mut deferred = Vec::new();
         while self.free_credit > 0 {
@@ -425,47 +706,51 @@ impl Scheduler {
                 }
                 continue;
             };
-            let entry = self.table.get_mut(&id).expect("checked above");
-            let w = self.workers.get_mut(&wid).expect("picked workers exist");
-            let now = Instant::now();
-            if entry.dispatches == 0 {
-                self.handles
-                    .counters
-                    .dispatch_wait
-                    .observe(secs(now - entry.queued_at));
-            }
-            entry.dispatched_at = now;
-            entry.dispatches += 1;
-            entry.state = State::Running {
-                worker: wid,
-                dispatch: entry.dispatches,
-            };
-            w.held.insert(id);
-            self.free_credit -= 1;
-            // A send error means the connection is gone; its Leave event will requeue the job.
-            let _ = w.tx.send(Outgoing::Job(Job {
-                id,
-                payload: entry.payload.clone(),
-            }));
-            if w.free() > 0 {
-                self.ring.push_back(wid);
-            } else {
-                w.in_ring = false;
-            }
-            if let Some(lease) = self.config.lease {
-                self.leases.push_back(Lease {
-                    deadline: now + lease,
-                    id,
-                    dispatch: entry.dispatches,
-                });
-            }
-            self.handles.counters.dispatched.inc();
+            self.send_job(id, wid, now, wakes);
         }
         self.stuck = deferred.len();
         self.queue.requeue_front(deferred);
     }
 
-    /// Gives a worker its credit back for one job.
+    /// Sends waiting job `id` to worker `wid`, which has credit for it.
+    fn send_job(&mut self, id: JobId, wid: WorkerId, now: Instant, wakes: &mut Wakes) {
+        let entry = self
+            .table
+            .get_mut(&id)
+            .expect("dispatched jobs are in the table");
+        let w = self.workers.get_mut(&wid).expect("picked workers exist");
+        if entry.dispatches == 0 {
+            wakes.dispatch_wait.observe(now - entry.queued_at);
+        }
+        if std::mem::take(&mut entry.holds_room) {
+            wakes.room += 1;
+        }
+        entry.dispatched_at = now;
+        entry.dispatches += 1;
+        entry.state = State::Running {
+            worker: wid,
+            dispatch: entry.dispatches,
+        };
+        w.held.insert(id);
+        self.free_credit -= 1;
+        w.send(Outgoing::Job(entry.frame.clone()), wakes);
+        if w.free() > 0 {
+            self.ring.push_back(wid);
+        } else {
+            w.in_ring = false;
+        }
+        if let Some(lease) = self.config.lease {
+            wakes.leases |= self.leases.is_empty();
+            self.leases.push_back(Lease {
+                deadline: now + lease,
+                id,
+                dispatch: entry.dispatches,
+            });
+        }
+        wakes.dispatched += 1;
+    }
+
+    /// Gives a worker its credit back for one job; false if it did not hold the job.
     fn release(&mut self, worker: WorkerId, id: JobId) -> bool {
         let Some(w) = self.workers.get_mut(&worker) else {
             return false;
@@ -483,14 +768,15 @@ impl Scheduler {
         true
     }
 
-    async fn on_result(&mut self, worker: WorkerId, id: JobId, outcome: Outcome) {
+    fn on_result(&mut self, worker: WorkerId, r: JobResult, now: Instant, wakes: &mut Wakes) {
+        let JobResult { id, outcome } = r;
         if !self.release(worker, id) {
             tracing::debug!(worker, %id, "result for a job this worker does not hold; dropped");
-            self.handles.counters.duplicates.inc();
+            wakes.duplicates += 1;
             return;
         }
         let Some(entry) = self.table.get_mut(&id) else {
-            self.handles.counters.duplicates.inc();
+            wakes.duplicates += 1;
             return; // already answered by another worker
         };
         if let Err(message) = &outcome {
@@ -508,23 +794,14 @@ impl Scheduler {
             }
         }
         let entry = self.table.remove(&id).expect("checked above");
-        self.handles
-            .counters
-            .round_trip
-            .observe(secs(entry.dispatched_at.elapsed()));
+        wakes.round_trip.observe(now - entry.dispatched_at);
         if let Some(w) = self.workers.get_mut(&worker) {
             w.done += 1;
         }
-        let result = outcome.map_err(Error::Handler);
-        self.deliver(RawOutcome {
-            id,
-            worker: Some(worker),
-            result,
-        })
-        .await;
+        self.deliver(id, Some(worker), outcome.map_err(Error::Handler), wakes);
     }
 
-    async fn remove_worker(&mut self, worker: WorkerId, reason: &str) {
+    fn remove_worker(&mut self, worker: WorkerId, reason: &str, wakes: &mut Wakes) {
         let Some(w) = self.workers.remove(&worker) else {
             return;
         };
@@ -549,12 +826,11 @@ impl Scheduler {
                 "worker lost with jobs in flight"
             );
         }
-        self.requeue_or_fail(lost).await;
-        let _ = self.handles.workers.send(self.workers.len());
+        self.requeue_or_fail(lost, wakes);
+        wakes.workers = Some(self.workers.len());
     }
 
-    async fn expire_leases(&mut self) {
-        let now = Instant::now();
+    fn expire_leases(&mut self, now: Instant, wakes: &mut Wakes) {
         let mut lost = Vec::new();
         while let Some(lease) = self.leases.front() {
             if lease.deadline > now {
@@ -575,76 +851,51 @@ impl Scheduler {
             tracing::info!(worker, id = %lease.id, "lease overrun; dispatching the job again");
             lost.push(lease.id);
         }
-        self.requeue_or_fail(lost).await;
+        self.requeue_or_fail(lost, wakes);
     }
 
     /// Counts a loss for each job: puts it back at the front of the line, or reports it failed
     /// once it was lost more than `max_retries` times.
-    async fn requeue_or_fail(&mut self, lost: Vec<JobId>) {
+    fn requeue_or_fail(&mut self, lost: Vec<JobId>, wakes: &mut Wakes) {
         let mut requeue = Vec::with_capacity(lost.len());
-        let mut failed = Vec::new();
         for id in lost {
             let entry = self.table.get_mut(&id).expect("lost jobs are in the table");
             entry.lost += 1;
             if entry.lost > self.config.max_retries {
-                failed.push((id, entry.lost));
+                let attempts = entry.lost;
+                self.table.remove(&id);
+                self.deliver(id, None, Err(Error::WorkerLost { attempts }), wakes);
             } else {
                 entry.state = State::Waiting;
                 requeue.push(id);
             }
         }
-        self.handles
-            .counters
-            .redelivered
-            .inc_by(requeue.len() as u64);
+        wakes.redelivered += requeue.len() as u64;
         self.queue.requeue_front(requeue);
-        for (id, attempts) in failed {
-            self.table.remove(&id);
-            let result = Err(Error::WorkerLost { attempts });
-            self.deliver(RawOutcome {
-                id,
-                worker: None,
-                result,
-            })
-            .await;
-        }
     }
 
-    /// Hands an outcome to the results channel, waiting while it is full (that wait is the
-    /// backpressure that slows dispatching down to the receiver's pace).
-    async fn deliver(&mut self, outcome: RawOutcome) {
-        let counter = if outcome.result.is_ok() {
-            &self.handles.counters.completed
+    /// Hands an outcome to the receiver (or counts it, without one).
+    fn deliver(
+        &mut self,
+        id: JobId,
+        worker: Option<WorkerId>,
+        result: Result<Bytes, Error>,
+        wakes: &mut Wakes,
+    ) {
+        if result.is_ok() {
+            wakes.completed += 1;
         } else {
-            &self.handles.counters.failed
-        };
-        counter.inc();
-        let Some(tx) = &self.results else { return };
-        let outcome = match tx.try_send(outcome) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.results = None;
-                return;
-            }
-            Err(mpsc::error::TrySendError::Full(outcome)) => outcome,
-        };
-        tokio::select! {
-            sent = tx.send(outcome) => {
-                if sent.is_err() {
-                    // The receiver was dropped: outcomes from now on are counted, not kept.
-                    self.results = None;
-                }
-            }
-            _ = self.handles.cancel.cancelled() => {}
+            wakes.failed += 1;
         }
+        if !self.receiver {
+            return;
+        }
+        wakes.results |= self.outcomes.is_empty();
+        self.outcomes.push_back(RawOutcome { id, worker, result });
     }
 
-    fn maybe_finish(&mut self) {
-        if self.end_sent
-            || !self.queue.is_closed()
-            || self.queue.waiting() > 0
-            || !self.table.is_empty()
-        {
+    fn maybe_finish(&mut self, wakes: &mut Wakes) {
+        if self.end_sent || !self.queue.is_closed() || !self.table.is_empty() {
             return;
         }
         self.end_sent = true;
@@ -652,45 +903,10 @@ impl Scheduler {
             workers = self.workers.len(),
             "all jobs answered; sending end-of-work"
         );
-        for w in self.workers.values() {
-            let _ = w.tx.send(Outgoing::EndOfWork);
+        for w in self.workers.values_mut() {
+            w.send(Outgoing::EndOfWork, wakes);
         }
-        self.results = None;
-        let _ = self.handles.finished.send(true);
+        wakes.results = true;
+        wakes.finished = true;
     }
-
-    fn snapshot(&self) -> Vec<WorkerSnapshot> {
-        let now_ms = self.handles.epoch.elapsed().as_millis() as u64;
-        let mut out: Vec<WorkerSnapshot> = self
-            .workers
-            .iter()
-            .map(|(&id, w)| WorkerSnapshot {
-                id,
-                agent: w.agent.clone(),
-                kind: format!("{:?}", w.kind).to_lowercase(),
-                addr: w.addr,
-                capacity: w.capacity,
-                in_flight: w.held.len(),
-                done: w.done,
-                last_seen_ms: now_ms.saturating_sub(w.last_seen.load(Ordering::Relaxed)),
-                connected_ms: w.joined.elapsed().as_millis() as u64,
-                draining: w.draining,
-            })
-            .collect();
-        out.sort_by_key(|w| w.id);
-        out
-    }
-
-    fn publish_gauges(&self) {
-        let c = &self.handles.counters;
-        c.workers.set(self.workers.len() as i64);
-        c.queued
-            .set((self.queue.waiting() + self.queue.in_channel()) as i64);
-        c.in_flight
-            .set(self.table.len().saturating_sub(self.queue.waiting()) as i64);
-    }
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
 }

@@ -1,11 +1,107 @@
 //! Counters the scheduler and connections keep up to date, readable at any time without
 //! locks, and exposed in the Prometheus text format at `/metrics`.
 
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, gauge::Gauge, histogram::Histogram},
+    encoding::{text::encode, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{counter::Counter, gauge::Gauge, MetricType},
     registry::Registry,
 };
+
+/// Upper bounds of the duration histograms' buckets, in seconds.
+const BOUNDS: [f64; 18] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets of a duration histogram: one per bound, and one for longer durations.
+const BUCKETS: usize = BOUNDS.len() + 1;
+
+/// Observations of durations counted locally, to be added to a [`Histogram`] in one go.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tally {
+    counts: [u32; BUCKETS],
+    sum_nanos: u64,
+    count: u32,
+}
+
+impl Tally {
+    /// Counts one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let bucket = BOUNDS.partition_point(|&bound| bound < secs);
+        self.counts[bucket] += 1;
+        self.sum_nanos += d.as_nanos() as u64;
+        self.count += 1;
+    }
+}
+
+/// A histogram of durations that many threads add to without a lock (one atomic addition per
+/// bucket touched by a whole [`Tally`]), exposed like prometheus-client's own histogram.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Histogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    counts: [AtomicU64; BUCKETS],
+    sum_nanos: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    /// Adds every observation of `tally`.
+    pub fn add(&self, tally: &Tally) {
+        if tally.count == 0 {
+            return;
+        }
+        let inner = &*self.inner;
+        for (slot, &n) in inner.counts.iter().zip(&tally.counts) {
+            if n > 0 {
+                slot.fetch_add(u64::from(n), Ordering::Relaxed);
+            }
+        }
+        inner
+            .sum_nanos
+            .fetch_add(tally.sum_nanos, Ordering::Relaxed);
+        inner
+            .count
+            .fetch_add(u64::from(tally.count), Ordering::Relaxed);
+    }
+
+    /// Number of observations so far.
+    #[cfg(test)]
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let inner = &*self.inner;
+        let buckets: Vec<(f64, u64)> = BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(inner.counts.iter().map(|c| c.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
 
 /// Live metrics shared between the scheduler, the connections and the
 /// [`Coordinator`](crate::Coordinator) handle.
@@ -30,12 +126,6 @@ pub(crate) struct Counters {
 
 impl Default for Counters {
     fn default() -> Self {
-        let buckets = || {
-            Histogram::new([
-                0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05,
-                0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ])
-        };
         let mut c = Counters {
             workers: Gauge::default(),
             queued: Gauge::default(),
@@ -47,8 +137,8 @@ impl Default for Counters {
             duplicates: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
-            dispatch_wait: buckets(),
-            round_trip: buckets(),
+            dispatch_wait: Histogram::default(),
+            round_trip: Histogram::default(),
             registry: Registry::with_prefix("distchan"),
         };
         let r = &mut c.registry;
@@ -150,5 +240,40 @@ impl Counters {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets() {
+        let counters = Counters::default();
+        let mut tally = Tally::default();
+        tally.observe(Duration::from_micros(30)); // le 0.00005
+        tally.observe(Duration::from_micros(70)); // le 0.0001
+        tally.observe(Duration::from_secs(60)); // +Inf
+        counters.round_trip.add(&tally);
+        counters.round_trip.add(&tally);
+        assert_eq!(counters.round_trip.count(), 6);
+        let text = counters.render();
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        };
+        let name = "distchan_job_round_trip_seconds";
+        assert_eq!(line(&format!("{name}_bucket{{le=\"0.00005\"}}")), 2.0);
+        assert_eq!(line(&format!("{name}_bucket{{le=\"0.0001\"}}")), 4.0);
+        assert_eq!(line(&format!("{name}_bucket{{le=\"30.0\"}}")), 4.0);
+        assert_eq!(line(&format!("{name}_bucket{{le=\"+Inf\"}}")), 6.0);
+        assert_eq!(line(&format!("{name}_count")), 6.0);
+        assert!((line(&format!("{name}_sum")) - 120.0002).abs() < 1e-6);
     }
 }
