@@ -43,8 +43,9 @@
 //! when their guard ([`children::Children`]) drops, whatever the reason, and die with the
 //! bench process otherwise (`PR_SET_PDEATHSIG`). A missing, duplicated or altered result,
 //! a worker that fails, or a job left unfinished fails the run (exit status 1). There are
-//! no pass/fail thresholds on the figures: the comparison with the targets of
-//! `performance.md` is printed (met / missed) for people to read.
+//! no pass/fail thresholds on the figures: the comparison with the targets the README states
+//! is printed (met / missed) for people to read. `--only tiny,latency` measures only those
+//! parts (`scale`, `tiny`, `large`, `latency`).
 //!
 //! `--quick` runs the same measurements with small counts (well under a minute) for CI.
 
@@ -83,6 +84,9 @@ struct Args {
     /// Small counts (1,000 idle workers instead of 10,000): well under a minute, for CI.
     #[arg(long)]
     quick: bool,
+    /// Measure only these parts (comma-separated); all of them by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
     /// Where to write the JSON results (default: target/bench/results.json).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -258,18 +262,23 @@ fn job_frame_len(raw: &Bytes, id: u64) -> BenchResult<usize> {
     .len())
 }
 
-/// The whole benchmark.
-async fn bench(plan: Plan, json: PathBuf) -> BenchResult<Report> {
+/// The parts of the benchmark, which `--only` picks from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Section {
+    /// Idle workers' memory, and dispatch over many workers against 10.
+    Scale,
+    /// Tiny jobs against the plain echo, K = 1, 2, 4 and W = 256, 32.
+    Tiny,
+    /// 64 KiB and 1 MiB payloads against the plain echo.
+    Large,
+    /// One job at a time against one echo at a time.
+    Latency,
+}
+
+/// The whole benchmark, or the `sections` asked for.
+async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<Report> {
     let started = Instant::now();
-    let nofile = children::raise_nofile();
-    if nofile < plan.idle_workers as u64 + 256 {
-        return Err(format!(
-            "the open-file limit is {nofile}, too low for {} connections (raise the hard \
-             limit, e.g. `ulimit -Hn 65536` as root)",
-            plan.idle_workers
-        )
-        .into());
-    }
+    let wants = |s: Section| sections.is_empty() || sections.contains(&s);
     // The tiny job: 14 bytes of data, 16 bytes once encoded as a MessagePack `bin`.
     let tiny = data(14);
     let tiny_payload = payload::to_msgpack(&tiny)?.len();
@@ -277,152 +286,22 @@ async fn bench(plan: Plan, json: PathBuf) -> BenchResult<Report> {
     let tiny_msg = data(tiny_frame);
 
     // Scale first: see the module docs.
-    let many = measure(
-        &plan,
-        &format!(
-            "scale: {} idle workers, then dispatch over them",
-            plan.idle_workers
-        ),
-        ours::swarm(
-            plan.idle_workers,
-            256,
-            tiny.clone(),
-            plan.scale_jobs,
-            plan.settle,
-            plan.deadline / 2,
-        ),
-    )
-    .await?;
-    let ten = measure(
-        &plan,
-        "scale: dispatch over 10 workers",
-        ours::swarm(
-            10,
-            256,
-            tiny.clone(),
-            plan.scale_jobs,
-            Duration::ZERO,
-            Duration::from_secs(30),
-        ),
-    )
-    .await?;
-    let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    let delta = many.rss_idle.saturating_sub(many.rss_before);
-    let scale = ScaleRow {
-        workers: plan.idle_workers,
-        w: 256,
-        rss_before_mib: mib(many.rss_before),
-        rss_idle_mib: mib(many.rss_idle),
-        delta_mib: mib(delta),
-        per_worker_kib: delta as f64 / 1024.0 / plan.idle_workers as f64,
-        jobs: plan.scale_jobs,
-        rate_10: per_s(&ten.rate),
-        rate_many: per_s(&many.rate),
-        ratio: per_s(&many.rate) / per_s(&ten.rate),
-        cpu_10: Cpu::of(&ten.rate),
-        cpu_many: Cpu::of(&many.rate),
+    let scale = match wants(Section::Scale) {
+        true => Some(scale(&plan, &tiny).await?),
+        false => None,
     };
-
-    let mut tiny_rows = Vec::new();
-    for w in [256u32, 32] {
-        for k in [1usize, 2, 4] {
-            let ours = measure(
-                &plan,
-                &format!("tiny jobs K={k} W={w}"),
-                ours::throughput(k, w, Flavor::Serve, tiny.clone(), plan.tiny_jobs, None),
-            )
-            .await?;
-            let echo = measure(
-                &plan,
-                &format!("plain echo K={k} W={w}"),
-                echo_median(k, w as usize, tiny_msg.clone(), plan.tiny_jobs),
-            )
-            .await?;
-            tiny_rows.push(TinyRow {
-                k,
-                w,
-                flavor: Flavor::Serve,
-                jobs: plan.tiny_jobs,
-                ours_per_s: per_s(&ours),
-                echo_per_s: Some(per_s(&echo)),
-                ratio: Some(per_s(&ours) / per_s(&echo)),
-                ours_cpu: Cpu::of(&ours),
-                echo_cpu: Some(Cpu::of(&echo)),
-            });
-        }
-    }
-    let inline = measure(
-        &plan,
-        "tiny jobs K=2 W=256, inline worker",
-        ours::throughput(2, 256, Flavor::Inline, tiny.clone(), plan.tiny_jobs, None),
-    )
-    .await?;
-    let (echo_k2, echo_k2_cpu) = tiny_rows
-        .iter()
-        .find(|r| r.k == 2 && r.w == 256)
-        .map_or((None, None), |r| (r.echo_per_s, r.echo_cpu));
-    tiny_rows.push(TinyRow {
-        k: 2,
-        w: 256,
-        flavor: Flavor::Inline,
-        jobs: plan.tiny_jobs,
-        ours_per_s: per_s(&inline),
-        echo_per_s: echo_k2,
-        ratio: echo_k2.map(|e| per_s(&inline) / e),
-        ours_cpu: Cpu::of(&inline),
-        echo_cpu: echo_k2_cpu,
-    });
-
-    let mut large = Vec::new();
-    for &(raw, w, n) in &plan.large {
-        let payload = data(raw);
-        let queue = Some((4 * w as usize).max(16));
-        let ours = measure(
-            &plan,
-            &format!("{raw}-byte payloads K=2 W={w}"),
-            ours::throughput(2, w, Flavor::Serve, payload.clone(), n, queue),
-        )
-        .await?;
-        let msg = data(job_frame_len(&payload, n - 1)?);
-        let echo = measure(
-            &plan,
-            &format!("plain echo of {}-byte frames K=2 W={w}", msg.len()),
-            echo_median(2, w as usize, msg, n),
-        )
-        .await?;
-        large.push(LargeRow {
-            payload_bytes: raw,
-            k: 2,
-            w,
-            jobs: n,
-            ours_bytes_per_s: per_s(&ours) * raw as f64,
-            echo_bytes_per_s: per_s(&echo) * raw as f64,
-            ratio: per_s(&ours) / per_s(&echo),
-            ours_cpu: Cpu::of(&ours),
-            echo_cpu: Cpu::of(&echo),
-        });
-    }
-
-    let (warmup, n) = plan.latency;
-    let ours_lat = measure(
-        &plan,
-        "latency, one job at a time",
-        ours::latency(tiny.clone(), warmup, n),
-    )
-    .await?;
-    let echo_lat = measure(
-        &plan,
-        "latency, plain echo one at a time",
-        echo::latency(tiny_msg.clone(), warmup, n),
-    )
-    .await?;
-    let latency = LatencyRow {
-        p50_ratio: ours_lat.p50_us / echo_lat.p50_us,
-        p99_ratio: ours_lat.p99_us / echo_lat.p99_us,
-        ours: ours_lat,
-        echo: echo_lat,
+    let tiny_rows = match wants(Section::Tiny) {
+        true => tiny_jobs(&plan, &tiny, &tiny_msg).await?,
+        false => Vec::new(),
     };
-
+    let large = match wants(Section::Large) {
+        true => large(&plan).await?,
+        false => Vec::new(),
+    };
+    let latency = match wants(Section::Latency) {
+        true => Some(latency(&plan, &tiny, &tiny_msg).await?),
+        false => None,
+    };
     let mut report = Report {
         mode: plan.mode,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -441,6 +320,176 @@ async fn bench(plan: Plan, json: PathBuf) -> BenchResult<Report> {
     }
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
     Ok(report)
+}
+
+/// Memory of idle workers, then the dispatch rate over all of them and over 10.
+async fn scale(plan: &Plan, tiny: &Bytes) -> BenchResult<ScaleRow> {
+    let nofile = children::raise_nofile();
+    if nofile < plan.idle_workers as u64 + 256 {
+        return Err(format!(
+            "the open-file limit is {nofile}, too low for {} connections (raise the hard \
+             limit, e.g. `ulimit -Hn 65536` as root)",
+            plan.idle_workers
+        )
+        .into());
+    }
+    let many = measure(
+        plan,
+        &format!(
+            "scale: {} idle workers, then dispatch over them",
+            plan.idle_workers
+        ),
+        ours::swarm(
+            plan.idle_workers,
+            256,
+            tiny.clone(),
+            plan.scale_jobs,
+            plan.settle,
+            plan.deadline / 2,
+        ),
+    )
+    .await?;
+    let ten = measure(
+        plan,
+        "scale: dispatch over 10 workers",
+        ours::swarm(
+            10,
+            256,
+            tiny.clone(),
+            plan.scale_jobs,
+            Duration::ZERO,
+            Duration::from_secs(30),
+        ),
+    )
+    .await?;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let delta = many.rss_idle.saturating_sub(many.rss_before);
+    Ok(ScaleRow {
+        workers: plan.idle_workers,
+        w: 256,
+        rss_before_mib: mib(many.rss_before),
+        rss_idle_mib: mib(many.rss_idle),
+        delta_mib: mib(delta),
+        per_worker_kib: delta as f64 / 1024.0 / plan.idle_workers as f64,
+        jobs: plan.scale_jobs,
+        rate_10: per_s(&ten.rate),
+        rate_many: per_s(&many.rate),
+        ratio: per_s(&many.rate) / per_s(&ten.rate),
+        cpu_10: Cpu::of(&ten.rate),
+        cpu_many: Cpu::of(&many.rate),
+    })
+}
+
+/// Tiny jobs for K = 1, 2, 4 and W = 256, 32, each beside the echo of the same frames, and
+/// one row with the inline worker.
+async fn tiny_jobs(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<Vec<TinyRow>> {
+    let mut rows = Vec::new();
+    for w in [256u32, 32] {
+        for k in [1usize, 2, 4] {
+            let ours = measure(
+                plan,
+                &format!("tiny jobs K={k} W={w}"),
+                ours::throughput(k, w, Flavor::Serve, tiny.clone(), plan.tiny_jobs, None),
+            )
+            .await?;
+            let echo = measure(
+                plan,
+                &format!("plain echo K={k} W={w}"),
+                echo_median(k, w as usize, tiny_msg.clone(), plan.tiny_jobs),
+            )
+            .await?;
+            rows.push(TinyRow {
+                k,
+                w,
+                flavor: Flavor::Serve,
+                jobs: plan.tiny_jobs,
+                ours_per_s: per_s(&ours),
+                echo_per_s: Some(per_s(&echo)),
+                ratio: Some(per_s(&ours) / per_s(&echo)),
+                ours_cpu: Cpu::of(&ours),
+                echo_cpu: Some(Cpu::of(&echo)),
+            });
+        }
+    }
+    let inline = measure(
+        plan,
+        "tiny jobs K=2 W=256, inline worker",
+        ours::throughput(2, 256, Flavor::Inline, tiny.clone(), plan.tiny_jobs, None),
+    )
+    .await?;
+    let (echo_k2, echo_k2_cpu) = rows
+        .iter()
+        .find(|r| r.k == 2 && r.w == 256)
+        .map_or((None, None), |r| (r.echo_per_s, r.echo_cpu));
+    rows.push(TinyRow {
+        k: 2,
+        w: 256,
+        flavor: Flavor::Inline,
+        jobs: plan.tiny_jobs,
+        ours_per_s: per_s(&inline),
+        echo_per_s: echo_k2,
+        ratio: echo_k2.map(|e| per_s(&inline) / e),
+        ours_cpu: Cpu::of(&inline),
+        echo_cpu: echo_k2_cpu,
+    });
+    Ok(rows)
+}
+
+/// 64 KiB and 1 MiB payloads through two workers, beside the echo of the same frames.
+async fn large(plan: &Plan) -> BenchResult<Vec<LargeRow>> {
+    let mut rows = Vec::new();
+    for &(raw, w, n) in &plan.large {
+        let payload = data(raw);
+        let queue = Some((4 * w as usize).max(16));
+        let ours = measure(
+            plan,
+            &format!("{raw}-byte payloads K=2 W={w}"),
+            ours::throughput(2, w, Flavor::Serve, payload.clone(), n, queue),
+        )
+        .await?;
+        let msg = data(job_frame_len(&payload, n - 1)?);
+        let echo = measure(
+            plan,
+            &format!("plain echo of {}-byte frames K=2 W={w}", msg.len()),
+            echo_median(2, w as usize, msg, n),
+        )
+        .await?;
+        rows.push(LargeRow {
+            payload_bytes: raw,
+            k: 2,
+            w,
+            jobs: n,
+            ours_bytes_per_s: per_s(&ours) * raw as f64,
+            echo_bytes_per_s: per_s(&echo) * raw as f64,
+            ratio: per_s(&ours) / per_s(&echo),
+            ours_cpu: Cpu::of(&ours),
+            echo_cpu: Cpu::of(&echo),
+        });
+    }
+    Ok(rows)
+}
+
+/// One job at a time through one worker, beside one echo at a time.
+async fn latency(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<LatencyRow> {
+    let (warmup, n) = plan.latency;
+    let ours = measure(
+        plan,
+        "latency, one job at a time",
+        ours::latency(tiny.clone(), warmup, n),
+    )
+    .await?;
+    let echo = measure(
+        plan,
+        "latency, plain echo one at a time",
+        echo::latency(tiny_msg.clone(), warmup, n),
+    )
+    .await?;
+    Ok(LatencyRow {
+        p50_ratio: ours.p50_us / echo.p50_us,
+        p99_ratio: ours.p99_us / echo.p99_us,
+        ours,
+        echo,
+    })
 }
 
 /// `target/bench/results.json` beside the `target/release` folder holding this binary.
@@ -466,7 +515,7 @@ async fn main() -> ExitCode {
         Err("a child of the benchmark never runs the benchmark itself".into())
     } else {
         let json = args.json.clone().unwrap_or_else(default_json);
-        match bench(Plan::new(args.quick), json.clone()).await {
+        match bench(Plan::new(args.quick), &args.only, json.clone()).await {
             Ok(report) => {
                 println!("{}", report.table());
                 println!("JSON: {}", json.display());
