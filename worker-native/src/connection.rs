@@ -1,8 +1,14 @@
 //! The worker's end of the wire: connects, says hello, then shuttles frames between the
-//! WebSocket and the job and result channels, with every protocol decision taken by the
-//! shared [`WorkerSession`].
+//! WebSocket and the jobs' consumer, with every protocol decision taken by the shared
+//! [`WorkerSession`].
+//!
+//! The consumer is either the caller's job stream and result sender ([`connect_raw`]), or a
+//! [`Runner`] that the connection task drives itself ([`serve`](crate::serve) and
+//! friends): then a job whose handler finishes without waiting is answered in the same
+//! flush as the frames read with it, without crossing a task. Frames are read in batches
+//! (every frame already there) and written in batches (one flush per batch).
 
-use std::time::Duration;
+use std::{future::poll_fn, task::Poll, time::Duration};
 
 use bytes::Bytes;
 use distchan_protocol::{
@@ -13,6 +19,7 @@ use distchan_protocol::{
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
     sync::mpsc,
     task::JoinHandle,
     time::{timeout, Instant},
@@ -26,11 +33,11 @@ use tokio_tungstenite::{
         protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
         Message,
     },
-    WebSocketStream,
+    MaybeTlsStream, WebSocketStream,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::Options;
+use crate::{serve::Runner, Options};
 
 /// A job as it arrives: its id and plain MessagePack payload (transforms already undone).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,13 +105,7 @@ pub type RawConnection = (mpsc::Receiver<RawJob>, mpsc::Sender<Reply>, Client);
 /// Returns when the coordinator has welcomed the worker; a refusal is
 /// [`Error::Refused`] with the coordinator's reason.
 pub async fn connect_raw(url: &str, options: &Options) -> Result<RawConnection> {
-    let (request, subprotocol) = request(url, options)?;
-    let connecting = connect_async_with_config(request, Some(ws_config(options)), true);
-    let ws = match timeout(options.handshake_timeout, connecting).await {
-        Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
-        Ok(result) => upgrade_result(url, &subprotocol, result)?,
-    };
-    start(url, ws, options).await
+    Ok(open(url, options).await?.stream(options))
 }
 
 /// Like [`connect_raw`], over a connection the caller already opened (a TLS stream, a
@@ -119,7 +120,21 @@ where
         Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
         Ok(result) => upgrade_result(url, &subprotocol, result)?,
     };
-    start(url, ws, options).await
+    Ok(handshake(url, ws, options).await?.stream(options))
+}
+
+/// Connects to `url` and completes the handshake, without starting the connection task.
+pub(crate) async fn open(
+    url: &str,
+    options: &Options,
+) -> Result<Welcomed<MaybeTlsStream<TcpStream>>> {
+    let (request, subprotocol) = request(url, options)?;
+    let connecting = connect_async_with_config(request, Some(ws_config(options)), true);
+    let ws = match timeout(options.handshake_timeout, connecting).await {
+        Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
+        Ok(result) => upgrade_result(url, &subprotocol, result)?,
+    };
+    handshake(url, ws, options).await
 }
 
 fn request(
@@ -159,10 +174,21 @@ fn upgrade_result<S, R>(
     }
 }
 
-/// Says hello, waits for the welcome and spawns the connection task.
-async fn start<S>(url: &str, mut ws: WebSocketStream<S>, options: &Options) -> Result<RawConnection>
+/// A connection the coordinator has welcomed, before its task starts.
+pub(crate) struct Welcomed<S> {
+    ws: WebSocketStream<S>,
+    session: WorkerSession,
+    welcome: Welcome,
+}
+
+/// Says hello and waits for the welcome.
+async fn handshake<S>(
+    url: &str,
+    mut ws: WebSocketStream<S>,
+    options: &Options,
+) -> Result<Welcomed<S>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut session = WorkerSession::new(options.session_config(), options.transforms.clone());
     ws.send(Message::Binary(session.hello_frame()?))
@@ -182,20 +208,62 @@ where
         Err(e) => return Err(fail(&mut ws, e).await),
     };
     tracing::info!(worker_id = welcome.worker_id, task = ?welcome.task, "connected to {url}");
-    let capacity = options.capacity.max(1) as usize;
-    let (jobs_tx, jobs_rx) = mpsc::channel(capacity);
-    let (replies_tx, replies_rx) = mpsc::channel(capacity);
-    let drain = options.drain.clone();
-    let task = tokio::spawn(drive(ws, session, jobs_tx, replies_rx, drain.clone()));
-    Ok((
-        jobs_rx,
-        replies_tx,
+    Ok(Welcomed {
+        ws,
+        session,
+        welcome,
+    })
+}
+
+impl<S> Welcomed<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// What the coordinator said.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// Starts the connection task feeding the caller's job stream.
+    fn stream(self, options: &Options) -> RawConnection {
+        let capacity = options.capacity.max(1) as usize;
+        let (jobs_tx, jobs_rx) = mpsc::channel(capacity);
+        let (replies_tx, replies_rx) = mpsc::channel(capacity);
+        let client = self.spawn(Jobs::Stream(jobs_tx), replies_rx, options);
+        (jobs_rx, replies_tx, client)
+    }
+
+    /// Starts the connection task running `runner` on every job; `replies` is where the
+    /// runner's own tasks report.
+    pub(crate) fn run(
+        self,
+        runner: Runner,
+        replies: mpsc::Receiver<Reply>,
+        options: &Options,
+    ) -> Client {
+        self.spawn(Jobs::Run(runner), replies, options)
+    }
+
+    /// Leaves before taking any job, telling the coordinator why.
+    pub(crate) async fn leave(mut self, reason: &str) {
+        close(&mut self.ws, CLOSE_NORMAL, reason).await;
+    }
+
+    fn spawn(self, jobs: Jobs, replies: mpsc::Receiver<Reply>, options: &Options) -> Client {
+        let drain = options.drain.clone();
+        let driver = Driver {
+            ws: self.ws,
+            session: self.session,
+            jobs: Some(jobs),
+            unflushed: false,
+        };
+        let task = tokio::spawn(driver.drive(replies, drain.clone()));
         Client {
-            welcome,
+            welcome: self.welcome,
             drain,
             task,
-        },
-    ))
+        }
+    }
 }
 
 /// Reads frames until one means something to the session.
@@ -266,137 +334,254 @@ where
     err
 }
 
-/// Most result frames written per flush.
+/// Most frames read, or replies written, per batch.
 const BATCH: usize = 256;
 
-async fn drive<S>(
-    mut ws: WebSocketStream<S>,
-    mut session: WorkerSession,
-    jobs_tx: mpsc::Sender<RawJob>,
-    mut replies: mpsc::Receiver<Reply>,
-    drain: CancellationToken,
-) -> Result<()>
+/// Where the connection task hands the jobs it receives.
+enum Jobs {
+    /// Into the caller's job stream ([`connect_raw`]).
+    Stream(mpsc::Sender<RawJob>),
+    /// To a handler the connection task runs itself.
+    Run(Runner),
+}
+
+/// What stops the connection: how it ended, for [`Client::done`].
+type End = Result<()>;
+
+/// The connection task's state.
+struct Driver<S> {
+    ws: WebSocketStream<S>,
+    session: WorkerSession,
+    /// `None` once the caller's job stream has ended (end-of-work).
+    jobs: Option<Jobs>,
+    /// True when frames were fed since the last flush.
+    unflushed: bool,
+}
+
+impl<S> Driver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut jobs_tx = Some(jobs_tx);
-    let mut replies_open = true;
-    let mut draining = false;
-    let mut batch = Vec::with_capacity(BATCH);
-    let idle = session.idle_timeout();
-    let mut last_seen = Instant::now();
-    let far = Duration::from_secs(86_400 * 365);
-    let deadline = tokio::time::sleep(idle.unwrap_or(far));
-    tokio::pin!(deadline);
+    async fn drive(mut self, mut replies: mpsc::Receiver<Reply>, drain: CancellationToken) -> End {
+        let mut replies_open = true;
+        let mut draining = false;
+        let mut batch = Vec::new();
+        let idle = self.session.idle_timeout();
+        let mut last_seen = Instant::now();
+        let far = Duration::from_secs(86_400 * 365);
+        let deadline = tokio::time::sleep(idle.unwrap_or(far));
+        tokio::pin!(deadline);
 
-    let outcome: Result<()> = loop {
-        if session.is_finished() {
-            let reason = if session.end_of_work() {
-                "end of work"
-            } else {
-                "worker left"
-            };
-            close(&mut ws, CLOSE_NORMAL, reason).await;
-            break Ok(());
-        }
-        tokio::select! {
-            biased;
-            _ = drain.cancelled(), if !draining => {
-                draining = true;
-                tracing::info!(outstanding = session.outstanding(), "draining: finishing the jobs held, then leaving");
-                match session.drain_frame() {
-                    Ok(frame) => if let Err(e) = ws.send(Message::Binary(frame)).await {
-                        break Err(Error::Connection(e.to_string()));
-                    },
-                    Err(e) => break Err(e),
-                }
-            }
-            msg = ws.next() => {
-                last_seen = Instant::now();
-                let frame = match msg {
-                    Some(Ok(Message::Binary(frame))) => frame,
-                    Some(Ok(Message::Close(frame))) => break Err(closed_by_coordinator(frame)),
-                    Some(Ok(Message::Text(_))) => {
-                        let e = Error::Malformed("text frames are not part of the protocol".into());
-                        break Err(fail(&mut ws, e).await);
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => break Err(read_error(e)),
-                    None => break Err(Error::Connection("the coordinator closed the connection".into())),
+        let end = loop {
+            if self.session.is_finished() {
+                let reason = if self.session.end_of_work() {
+                    "end of work"
+                } else {
+                    "worker left"
                 };
-                match session.handle_frame_shared(&frame) {
-                    Ok(Event::Job { id, payload }) => {
-                        let delivered = jobs_tx.as_ref().map(|tx| tx.try_send(RawJob { id, payload }));
-                        match delivered {
-                            Some(Ok(())) => {}
-                            // The session refuses jobs beyond the capacity, which is also the
-                            // channel's size: this only guards the invariant.
-                            Some(Err(mpsc::error::TrySendError::Full(_))) => {
-                                let e = Error::Unexpected("more jobs than the declared capacity".into());
-                                break Err(fail(&mut ws, e).await);
-                            }
-                            // Nobody takes jobs any more: the worker is leaving, and the
-                            // coordinator re-dispatches what it does not answer.
-                            Some(Err(mpsc::error::TrySendError::Closed(_))) | None => {
-                                close(&mut ws, CLOSE_GOING_AWAY, "the worker stopped taking jobs").await;
-                                break Ok(());
-                            }
-                        }
-                    }
-                    Ok(Event::EndOfWork) => {
-                        jobs_tx = None; // the job stream ends
-                    }
-                    Ok(Event::Welcomed(_)) => unreachable!("the session rejects a second welcome"),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "closing the connection");
-                        break Err(fail(&mut ws, e).await);
-                    }
-                }
+                close(&mut self.ws, CLOSE_NORMAL, reason).await;
+                break Ok(());
             }
-            n = replies.recv_many(&mut batch, BATCH), if replies_open => {
-                if n == 0 {
-                    replies_open = false;
-                    if session.outstanding() > 0 || !session.end_of_work() {
-                        let reason = format!("the worker stopped with {} jobs unanswered", session.outstanding());
-                        close(&mut ws, CLOSE_GOING_AWAY, &reason).await;
-                        break Ok(());
-                    }
-                    continue;
-                }
-                let mut failed = None;
-                for reply in batch.drain(..) {
-                    let frame = match reply {
-                        Reply::Result(id, outcome) => session.result_frame(id, outcome),
-                        Reply::Emit(value) => session.emit_frame(value),
+            tokio::select! {
+                biased;
+                _ = drain.cancelled(), if !draining => {
+                    draining = true;
+                    tracing::info!(outstanding = self.session.outstanding(), "draining: finishing the jobs held, then leaving");
+                    let sent = match self.session.drain_frame() {
+                        Ok(frame) => self.ws.send(Message::Binary(frame)).await.map_err(|e| Error::Connection(e.to_string())),
+                        Err(e) => Err(e),
                     };
-                    match frame {
-                        Ok(frame) => {
-                            if let Err(e) = ws.feed(Message::Binary(frame)).await {
-                                failed = Some(Error::Connection(e.to_string()));
-                                break;
-                            }
-                        }
-                        Err(e) => tracing::warn!(error = %e, "reply not sent"),
+                    if let Err(e) = sent {
+                        break Err(e);
                     }
                 }
-                if let Some(e) = failed {
-                    break Err(e);
+                msg = self.ws.next() => {
+                    last_seen = Instant::now();
+                    if let Some(end) = self.read_batch(msg).await {
+                        break end;
+                    }
                 }
-                if let Err(e) = ws.flush().await {
-                    break Err(Error::Connection(e.to_string()));
+                n = replies.recv_many(&mut batch, BATCH), if replies_open => {
+                    if n == 0 {
+                        replies_open = false;
+                        if self.session.outstanding() > 0 || !self.session.end_of_work() {
+                            let reason = format!("the worker stopped with {} jobs unanswered", self.session.outstanding());
+                            close(&mut self.ws, CLOSE_GOING_AWAY, &reason).await;
+                            break Ok(());
+                        }
+                        continue;
+                    }
+                    if let Some(end) = self.send_replies(&mut batch).await {
+                        break end;
+                    }
+                }
+                _ = &mut deadline, if idle.is_some() => {
+                    let limit = idle.unwrap_or(far);
+                    if last_seen.elapsed() >= limit {
+                        let e = Error::Timeout(format!("the coordinator was silent for {limit:?}"));
+                        close(&mut self.ws, CLOSE_GOING_AWAY, &e.to_string()).await;
+                        break Err(e);
+                    }
+                    deadline.as_mut().reset(last_seen + limit);
                 }
             }
-            _ = &mut deadline, if idle.is_some() => {
-                let limit = idle.unwrap_or(far);
-                if last_seen.elapsed() >= limit {
-                    let e = Error::Timeout(format!("the coordinator was silent for {limit:?}"));
-                    close(&mut ws, CLOSE_GOING_AWAY, &e.to_string()).await;
-                    break Err(e);
+        };
+        // The caller's job stream ends with the connection.
+        drop(self.jobs.take());
+        end
+    }
+
+    /// Handles `first` and every other message already received, then flushes what they
+    /// produced.
+    async fn read_batch(&mut self, first: Option<WsResult>) -> Option<End> {
+        let mut msg = first;
+        for _ in 0..BATCH {
+            if let Some(end) = self.on_message(msg).await {
+                return Some(end);
+            }
+            msg = match poll_fn(|cx| Poll::Ready(self.ws.poll_next_unpin(cx))).await {
+                Poll::Ready(msg) => msg,
+                Poll::Pending => break,
+            };
+        }
+        self.flush().await
+    }
+
+    async fn on_message(&mut self, msg: Option<WsResult>) -> Option<End> {
+        let frame = match msg {
+            Some(Ok(Message::Binary(frame))) => frame,
+            Some(Ok(Message::Close(frame))) => return Some(Err(closed_by_coordinator(frame))),
+            Some(Ok(Message::Text(_))) => {
+                let e = Error::Malformed("text frames are not part of the protocol".into());
+                return Some(Err(fail(&mut self.ws, e).await));
+            }
+            Some(Ok(_)) => return None,
+            Some(Err(e)) => return Some(Err(read_error(e))),
+            None => {
+                return Some(Err(Error::Connection(
+                    "the coordinator closed the connection".into(),
+                )))
+            }
+        };
+        match self.session.handle_frame_shared(&frame) {
+            Ok(Event::Job { id, payload }) => self.take_job(id, payload).await,
+            Ok(Event::EndOfWork) => {
+                if let Some(Jobs::Stream(_)) = self.jobs {
+                    self.jobs = None; // the job stream ends
                 }
-                deadline.as_mut().reset(last_seen + limit);
+                None
+            }
+            Ok(Event::Welcomed(_)) => unreachable!("the session rejects a second welcome"),
+            Err(e) => {
+                tracing::warn!(error = %e, "closing the connection");
+                Some(Err(fail(&mut self.ws, e).await))
             }
         }
-    };
-    drop(jobs_tx);
-    outcome
+    }
+
+    async fn take_job(&mut self, id: JobId, payload: Bytes) -> Option<End> {
+        let tx = match &mut self.jobs {
+            Some(Jobs::Run(runner)) => {
+                let (id, outcome) = runner.start(id, payload).await?;
+                return self.answer(id, outcome).await;
+            }
+            Some(Jobs::Stream(tx)) => tx,
+            None => return self.stop_taking_jobs().await,
+        };
+        match tx.try_send(RawJob { id, payload }) {
+            Ok(()) => None,
+            // The session refuses jobs beyond the capacity, which is also the channel's
+            // size: this only guards the invariant.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let e = Error::Unexpected("more jobs than the declared capacity".into());
+                Some(Err(fail(&mut self.ws, e).await))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => self.stop_taking_jobs().await,
+        }
+    }
+
+    /// Nobody takes jobs any more: the worker leaves, and the coordinator re-dispatches what
+    /// it does not answer.
+    async fn stop_taking_jobs(&mut self) -> Option<End> {
+        close(
+            &mut self.ws,
+            CLOSE_GOING_AWAY,
+            "the worker stopped taking jobs",
+        )
+        .await;
+        Some(Ok(()))
+    }
+
+    /// Writes every reply of `batch`, then flushes.
+    async fn send_replies(&mut self, batch: &mut Vec<Reply>) -> Option<End> {
+        for reply in batch.drain(..) {
+            let end = match reply {
+                Reply::Result(id, outcome) => {
+                    if let Some(Jobs::Run(runner)) = &mut self.jobs {
+                        runner.finished();
+                    }
+                    match self.answer(id, outcome).await {
+                        None => self.pump().await,
+                        end => end,
+                    }
+                }
+                Reply::Emit(value) => match self.session.emit_frame(value) {
+                    Ok(frame) => self.feed(frame).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "value not sent");
+                        None
+                    }
+                },
+            };
+            if end.is_some() {
+                return end;
+            }
+        }
+        self.flush().await
+    }
+
+    /// Lets the runner start the jobs it kept waiting, answering those that finish at once.
+    async fn pump(&mut self) -> Option<End> {
+        loop {
+            let Some(Jobs::Run(runner)) = &mut self.jobs else {
+                return None;
+            };
+            let (id, outcome) = runner.pump().await?;
+            if let Some(end) = self.answer(id, outcome).await {
+                return Some(end);
+            }
+        }
+    }
+
+    /// Encodes the outcome of job `id` and feeds it (flushed with the batch).
+    async fn answer(&mut self, id: JobId, outcome: Outcome) -> Option<End> {
+        match self.session.result_frame(id, outcome) {
+            Ok(frame) => self.feed(frame).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "reply not sent");
+                None
+            }
+        }
+    }
+
+    async fn feed(&mut self, frame: Bytes) -> Option<End> {
+        self.unflushed = true;
+        match self.ws.feed(Message::Binary(frame)).await {
+            Ok(()) => None,
+            Err(e) => Some(Err(Error::Connection(e.to_string()))),
+        }
+    }
+
+    async fn flush(&mut self) -> Option<End> {
+        if !std::mem::take(&mut self.unflushed) {
+            return None;
+        }
+        match self.ws.flush().await {
+            Ok(()) => None,
+            Err(e) => Some(Err(Error::Connection(e.to_string()))),
+        }
+    }
 }
+
+/// One message as the WebSocket stream yields it.
+type WsResult = std::result::Result<Message, tungstenite::Error>;

@@ -1,26 +1,51 @@
 //! Running a handler on every job with bounded concurrency.
+//!
+//! Every job starts on a task of its own, and up to `concurrency` of those run at once, side
+//! by side on every core, while the connection task keeps reading and answering heartbeats.
+//! Those tasks time the handler: once it has finished [`CALIBRATION`] jobs in a row quickly
+//! (within [`LONG_HANDLER`]) without waiting, the connection task runs it itself, and each
+//! job is answered on the spot, in the same write as the jobs read with it, without
+//! crossing a task. There, one job in [`CALIBRATION`] is timed, and a handler that is slow
+//! once goes back to tasks of its own for good. A job whose handler waits (for I/O, a
+//! timer) is moved to a task of its own where it waits.
 
-use std::{future::Future, panic::AssertUnwindSafe, sync::Arc};
+use std::{
+    collections::VecDeque,
+    future::{poll_fn, Future},
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
-use distchan_protocol::{payload, tasks, Error, Result};
-use futures_util::FutureExt;
+use distchan_protocol::{payload, tasks, wire::Outcome, Error, JobId, Result};
+use futures_util::{future::BoxFuture, FutureExt};
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::{
-    sync::{mpsc, Semaphore},
-    task::JoinSet,
-};
+use tokio::sync::mpsc;
 
 use crate::{
-    connection::{connect_raw, RawJob, Reply},
+    connection::{self, Client, Reply, Welcomed},
     Options,
 };
+
+/// A handler computing longer than this before it first waits is not run on the connection
+/// task.
+pub const LONG_HANDLER: Duration = Duration::from_micros(50);
+
+/// Quick jobs in a row before the connection task runs the handler itself; there, one job in
+/// this many is timed.
+pub const CALIBRATION: u32 = 64;
 
 /// Connects to `url` and answers every job with `handler`, running up to
 /// `options.concurrency` jobs at once, until end-of-work.
 ///
 /// A handler error becomes that job's failed result; a handler that panics is reported as
-/// a failed result too, and the worker carries on.
+/// a failed result too, and the worker carries on. The handler starts on the connection's
+/// task: a quick one is answered without crossing a task, and a long one is moved to tasks
+/// of its own (see the [module docs](self)).
 ///
 /// ```no_run
 /// # async fn demo() -> distchan_protocol::Result<()> {
@@ -51,26 +76,23 @@ where
 }
 
 /// Connects to `url` and runs the built-in task the coordinator names in its welcome
-/// ([`distchan_protocol::tasks`]), on blocking threads, until end-of-work.
+/// ([`distchan_protocol::tasks`]) until end-of-work; CPU-heavy tasks run on blocking
+/// threads.
 pub async fn serve_builtin(url: &str, options: Options) -> Result<()> {
-    let (jobs, replies, client) = connect_raw(url, &options).await?;
-    let Some(task) = client.task().map(str::to_owned) else {
-        client.drain();
-        let _ = client.done().await;
-        return Err(Error::Config(
-            "the coordinator names no built-in task".into(),
-        ));
+    let conn = connection::open(url, &options).await?;
+    let Some(task) = conn.welcome().task.clone() else {
+        let reason = "the coordinator names no built-in task";
+        conn.leave(reason).await;
+        return Err(Error::Config(reason.into()));
     };
     if !tasks::ALL.contains(&task.as_str()) {
-        client.drain();
-        let _ = client.done().await;
-        return Err(Error::Config(format!(
-            "this worker does not know the task `{task}`"
-        )));
+        let reason = format!("this worker does not know the task `{task}`");
+        conn.leave(&reason).await;
+        return Err(Error::Config(reason));
     }
     let heavy = tasks::is_cpu_heavy(&task);
     let task: Arc<str> = task.into();
-    run(jobs, replies, options.concurrency, move |plain: Bytes| {
+    let handler = boxed(move |plain: Bytes| {
         let task = task.clone();
         async move {
             if heavy {
@@ -81,69 +103,160 @@ pub async fn serve_builtin(url: &str, options: Options) -> Result<()> {
                 tasks::run(&task, &plain)
             }
         }
-    })
-    .await;
-    client.done().await
+    });
+    run(conn, handler, &options).done().await
 }
 
 /// Like [`serve`] but with untyped payloads: the handler gets and returns plain MessagePack.
+///
+/// The handler runs on the connection's task until it first waits; see the
+/// [module docs](self) for how long computations are moved off it.
 pub async fn serve_raw<F, Fut>(url: &str, options: Options, handler: F) -> Result<()>
 where
     F: Fn(Bytes) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = std::result::Result<Bytes, String>> + Send + 'static,
 {
-    let (jobs, replies, client) = connect_raw(url, &options).await?;
-    run(jobs, replies, options.concurrency, handler).await;
-    client.done().await
+    let conn = connection::open(url, &options).await?;
+    run(conn, boxed(handler), &options).done().await
 }
 
-/// Feeds every job to `handler`, at most `concurrency` at a time, and sends each outcome.
-///
-/// A handler that finishes without waiting (a plain computation) is run inline; only jobs
-/// whose handler waits get a task of their own.
-async fn run<F, Fut>(
-    mut jobs: mpsc::Receiver<RawJob>,
-    replies: mpsc::Sender<Reply>,
-    concurrency: usize,
-    handler: F,
-) where
-    F: Fn(Bytes) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = std::result::Result<Bytes, String>> + Send + 'static,
+/// Starts the connection task of `conn` with a [`Runner`] of `handler`.
+fn run<S>(conn: Welcomed<S>, handler: Handler, options: &Options) -> Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let mut running = JoinSet::new();
-    while let Some(job) = jobs.recv().await {
-        // The permit is taken before the handler starts, so no more than `concurrency`
-        // handlers ever run at once.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let mut outcome = Box::pin(AssertUnwindSafe(handler(job.payload)).catch_unwind());
-        if let Some(done) = (&mut outcome).now_or_never() {
-            drop(permit);
-            if replies
-                .send(Reply::Result(job.id, panic_to_error(done)))
-                .await
-                .is_err()
-            {
-                break;
-            }
-            continue;
-        }
-        let replies = replies.clone();
-        running.spawn(async move {
-            let _ = replies
-                .send(Reply::Result(job.id, panic_to_error(outcome.await)))
-                .await;
-            drop(permit);
-        });
-        while running.try_join_next().is_some() {}
-    }
-    while running.join_next().await.is_some() {}
+    let concurrency = options.concurrency.max(1);
+    let (replies, done) = mpsc::channel(concurrency);
+    conn.run(Runner::new(handler, concurrency, replies), done, options)
 }
 
-fn panic_to_error(
-    result: std::thread::Result<std::result::Result<Bytes, String>>,
-) -> std::result::Result<Bytes, String> {
-    result.unwrap_or_else(|_| Err("the job's handler panicked".to_owned()))
+/// A job handler as the connection task runs it: plain MessagePack in, the outcome out.
+type Handler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// Boxes `handler`; a handler that panics is reported as that job's failure.
+fn boxed<F, Fut>(handler: F) -> Handler
+where
+    F: Fn(Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    Arc::new(move |payload| {
+        let job = AssertUnwindSafe(handler(payload)).catch_unwind();
+        Box::pin(async move {
+            job.await
+                .unwrap_or_else(|_| Err("the job's handler panicked".to_owned()))
+        })
+    })
+}
+
+/// Runs a handler on every job the connection task hands it; see the [module docs](self).
+pub(crate) struct Runner {
+    handler: Handler,
+    concurrency: usize,
+    /// Jobs running on tasks of their own.
+    running: usize,
+    /// Jobs received while `concurrency` jobs were running.
+    backlog: VecDeque<(JobId, Bytes)>,
+    /// True while the connection task runs the handler itself.
+    inline: bool,
+    /// Jobs run on the connection task since one was last timed.
+    untimed: u32,
+    /// Jobs in a row that finished quickly without waiting on tasks of their own; those
+    /// tasks keep it up to date. `u32::MAX` once the handler was slow on the connection task.
+    quick: Arc<AtomicU32>,
+    /// Where the jobs' own tasks report.
+    replies: mpsc::Sender<Reply>,
+}
+
+impl Runner {
+    fn new(handler: Handler, concurrency: usize, replies: mpsc::Sender<Reply>) -> Self {
+        Runner {
+            handler,
+            concurrency,
+            running: 0,
+            backlog: VecDeque::new(),
+            inline: false,
+            untimed: 0,
+            quick: Arc::new(AtomicU32::new(0)),
+            replies,
+        }
+    }
+
+    /// Starts job `id`, or keeps it until a running job finishes. Returns its outcome when
+    /// the connection task ran the handler to the end; otherwise the outcome comes as a
+    /// [`Reply`].
+    pub async fn start(&mut self, id: JobId, payload: Bytes) -> Option<(JobId, Outcome)> {
+        if self.running >= self.concurrency {
+            self.backlog.push_back((id, payload));
+            return None;
+        }
+        let mut job = (self.handler)(payload);
+        if !self.inline && self.quick.load(Ordering::Relaxed) == CALIBRATION {
+            tracing::debug!("the handler is quick: the connection task runs it");
+            self.inline = true;
+        }
+        if self.inline {
+            self.untimed += 1;
+            let started = (self.untimed >= CALIBRATION).then(Instant::now);
+            let polled = poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
+            if let Some(t) = started {
+                self.untimed = 0;
+                if t.elapsed() > LONG_HANDLER {
+                    tracing::debug!("the handler was slow: every job gets a task of its own");
+                    self.inline = false;
+                    self.quick.store(u32::MAX, Ordering::Relaxed);
+                }
+            }
+            if let Poll::Ready(outcome) = polled {
+                return Some((id, outcome));
+            }
+            self.spawn(id, job, false);
+        } else {
+            self.spawn(id, job, true);
+        }
+        None
+    }
+
+    /// Runs `job` on a task of its own, timing its start when `timed`.
+    fn spawn(&mut self, id: JobId, mut job: BoxFuture<'static, Outcome>, timed: bool) {
+        self.running += 1;
+        let replies = self.replies.clone();
+        let quick = self.quick.clone();
+        tokio::spawn(async move {
+            let outcome = if timed {
+                let started = Instant::now();
+                let polled = poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
+                let fast = polled.is_ready() && started.elapsed() <= LONG_HANDLER;
+                // Counts quick jobs in a row up to CALIBRATION; never leaves u32::MAX.
+                let _ = quick.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| match n {
+                    u32::MAX => None,
+                    _ if !fast => Some(0),
+                    n => Some((n + 1).min(CALIBRATION)),
+                });
+                match polled {
+                    Poll::Ready(outcome) => outcome,
+                    Poll::Pending => job.await,
+                }
+            } else {
+                job.await
+            };
+            let _ = replies.send(Reply::Result(id, outcome)).await;
+        });
+    }
+
+    /// A job running on its own task finished.
+    pub fn finished(&mut self) {
+        self.running = self.running.saturating_sub(1);
+    }
+
+    /// Starts waiting jobs while there is room; returns the first outcome of one that
+    /// finished at once (call again until `None`).
+    pub async fn pump(&mut self) -> Option<(JobId, Outcome)> {
+        while self.running < self.concurrency {
+            let (id, payload) = self.backlog.pop_front()?;
+            if let Some(done) = self.start(id, payload).await {
+                return Some(done);
+            }
+        }
+        None
+    }
 }

@@ -1,0 +1,199 @@
+//! How `serve` runs handlers: jobs start on tasks of their own, at most `concurrency` at a
+//! time; a handler proven quick moves onto the connection's task, a slow one never does, so
+//! long computations run side by side and never hold up the connection; a panic fails only
+//! its own job.
+
+use std::{
+    collections::HashSet,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use distchan_coordinator::{Config, Coordinator, Error, JobOutcome};
+use distchan_worker::{serve, Options};
+use tokio::time::timeout;
+
+/// Upper bound for anything a test waits on, so that a bug fails the test instead of hanging it.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Handlers running at once, and the most seen.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Gauge {
+    fn enter(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(n, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+fn options(concurrency: usize, capacity: u32) -> Options {
+    Options {
+        concurrency,
+        capacity,
+        ..Options::default()
+    }
+}
+
+/// Sends `0..n` to a coordinator served by `serve(options, handler)` and returns every
+/// outcome, with the coordinator (for its counters) once the worker is done.
+async fn run<F, Fut>(
+    config: Config,
+    options: Options,
+    n: u64,
+    handler: F,
+) -> (Vec<JobOutcome<u64>>, Coordinator)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<u64, String>> + Send + 'static,
+{
+    let (coordinator, jobs, mut results) = Coordinator::builder()
+        .config(config)
+        .bind::<u64, u64>("127.0.0.1:0")
+        .await
+        .expect("coordinator starts");
+    let url = coordinator.ws_url();
+    let worker = tokio::spawn(async move { serve(&url, options, handler).await });
+    for x in 0..n {
+        jobs.send(x).await.unwrap();
+    }
+    drop(jobs);
+    let mut outcomes = timeout(LIMIT, results.collect_all())
+        .await
+        .expect("every job answered in time");
+    outcomes.sort_by_key(|o| o.id);
+    timeout(LIMIT, worker)
+        .await
+        .expect("the worker ends")
+        .unwrap()
+        .expect("the worker ends cleanly at end-of-work");
+    (outcomes, coordinator)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn handlers_reach_the_concurrency_and_never_exceed_it() {
+    let gauge = Arc::new(Gauge::default());
+    // Three handlers must be running at once for any of them to pass the barrier.
+    let barrier = Arc::new(tokio::sync::Barrier::new(3));
+    let g = gauge.clone();
+    let (outcomes, _) = run(Config::default(), options(3, 12), 30, move |x| {
+        let (g, barrier) = (g.clone(), barrier.clone());
+        async move {
+            g.enter();
+            barrier.wait().await;
+            g.leave();
+            Ok(x + 1)
+        }
+    })
+    .await;
+    let got: Vec<u64> = outcomes.into_iter().map(|o| o.result.unwrap()).collect();
+    assert_eq!(got, (1..=30).collect::<Vec<_>>());
+    assert_eq!(gauge.max(), 3, "at most `concurrency` handlers at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn long_computations_run_side_by_side_and_never_silence_the_worker() {
+    // A worker silent for two heartbeats (400 ms) is dropped and its jobs go elsewhere;
+    // each job computes for a whole second without waiting.
+    let config = Config {
+        heartbeat: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let gauge = Arc::new(Gauge::default());
+    let g = gauge.clone();
+    let (outcomes, coordinator) = run(config, options(2, 4), 4, move |x| {
+        let g = g.clone();
+        async move {
+            g.enter();
+            std::thread::sleep(Duration::from_secs(1));
+            g.leave();
+            Ok(x)
+        }
+    })
+    .await;
+    assert!(outcomes.iter().all(|o| o.result.is_ok()));
+    assert_eq!(gauge.max(), 2, "two long jobs computed side by side");
+    let stats = coordinator.stats();
+    assert_eq!(
+        (stats.dispatched, stats.redelivered),
+        (4, 0),
+        "the worker answered its heartbeats: no job was taken back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_handlers_move_onto_the_connection_task_and_slow_ones_never_do() {
+    let tasks = Arc::new(Mutex::new(Vec::new()));
+    let record = |tasks: &Arc<Mutex<Vec<(u64, tokio::task::Id)>>>, x: u64| {
+        let id = tokio::task::try_id().expect("handlers run on a task");
+        tasks.lock().unwrap().push((x, id));
+    };
+
+    let t = tasks.clone();
+    run(Config::default(), options(4, 16), 400, move |x| {
+        record(&t, x);
+        std::future::ready(Ok(x))
+    })
+    .await;
+    let mut seen = std::mem::take(&mut *tasks.lock().unwrap());
+    seen.sort_by_key(|&(x, _)| x);
+    let first: HashSet<_> = seen[..64].iter().map(|&(_, id)| id).collect();
+    let last: HashSet<_> = seen[300..].iter().map(|&(_, id)| id).collect();
+    assert_eq!(
+        first.len(),
+        64,
+        "the first jobs each start on a task of their own"
+    );
+    assert_eq!(last.len(), 1, "then the connection task runs them all");
+    assert!(!first.contains(last.iter().next().unwrap()));
+
+    let t = tasks.clone();
+    run(Config::default(), options(4, 16), 100, move |x| {
+        record(&t, x);
+        std::thread::sleep(Duration::from_micros(200));
+        std::future::ready(Ok(x))
+    })
+    .await;
+    let seen = tasks.lock().unwrap();
+    let distinct: HashSet<_> = seen.iter().map(|&(_, id)| id).collect();
+    assert_eq!(
+        distinct.len(),
+        100,
+        "a slow handler always gets a task of its own"
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_fails_only_its_own_job() {
+    let (outcomes, _) = run(Config::default(), Options::default(), 6, |x| async move {
+        if x == 3 {
+            panic!("handler bug");
+        }
+        Ok(x * 10)
+    })
+    .await;
+    for o in outcomes {
+        match o.id.0 {
+            3 => assert!(
+                matches!(&o.result, Err(Error::Handler(m)) if m.contains("panicked")),
+                "{:?}",
+                o.result
+            ),
+            x => assert_eq!(o.result.unwrap(), x * 10),
+        }
+    }
+}
