@@ -80,7 +80,7 @@ pub(crate) async fn events(
                 },
                 _ = tick.tick() => {
                     let status = serde_json::json!({
-                        "stats": shared.counters.snapshot(),
+                        "stats": shared.hub.stats(),
                         "workers": shared.hub.snapshot(),
                         "task": shared.config.task,
                         "uptime_ms": shared.epoch.elapsed().as_millis() as u64,

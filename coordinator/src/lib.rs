@@ -295,7 +295,6 @@ impl Builder {
             shared,
             local_addr,
             cancel,
-            counters,
             lease_task,
             server_task: Some(server_task),
         })
@@ -323,7 +322,6 @@ pub struct Coordinator {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     cancel: CancellationToken,
-    counters: Arc<Counters>,
     lease_task: Option<JoinHandle<()>>,
     server_task: Option<JoinHandle<()>>,
 }
@@ -396,7 +394,7 @@ impl Coordinator {
 
     /// Every metric in the Prometheus text format (what `/metrics` serves).
     pub fn metrics(&self) -> String {
-        self.counters.render()
+        self.shared.hub.render_metrics()
     }
 
     /// Publishes an application event to every open dashboard (`/dashboard`), and to those
@@ -409,7 +407,7 @@ impl Coordinator {
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
-        self.counters.snapshot()
+        self.shared.hub.stats()
     }
 
     /// Stops accepting connections, tells every worker, ends the result channel and reports

@@ -37,6 +37,7 @@ use distchan_protocol::{
     Error, JobId,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use smallvec::SmallVec;
 use tokio::{
     sync::{watch, Notify, Semaphore, TryAcquireError},
     time::Instant,
@@ -46,7 +47,7 @@ use crate::{
     config::Config,
     queue::JobQueue,
     result::RawOutcome,
-    stats::{Counters, Tally},
+    stats::{Counters, Gauges, Stats, Tallies},
 };
 
 /// A connected worker's id, unique for the coordinator's lifetime.
@@ -130,10 +131,10 @@ enum State {
 struct Entry {
     /// The complete job frame, sent again as it is when the job is dispatched again.
     frame: Bytes,
-    /// When the job entered the line (for the dispatch-wait histogram).
-    queued_at: Instant,
-    /// When it was last sent to a worker (for the round-trip histogram).
-    dispatched_at: Instant,
+    /// When the job was admitted, until its first dispatch (for the dispatch-wait
+    /// histogram); from then on, when it was last sent to a worker (for the round-trip
+    /// histogram).
+    at: Instant,
     state: State,
     /// Times the job was dispatched (for lease bookkeeping).
     dispatches: u32,
@@ -185,22 +186,15 @@ struct Lease {
     dispatch: u32,
 }
 
-/// What to do once the lock is released: tasks to wake, metrics to record.
+/// What to do once the lock is released: tasks to wake.
 #[derive(Default)]
 pub(crate) struct Wakes {
-    writers: Vec<Arc<Notify>>,
+    writers: SmallVec<[Arc<Notify>; 4]>,
     results: bool,
     room: usize,
     leases: bool,
     workers: Option<usize>,
     finished: bool,
-    dispatched: u64,
-    completed: u64,
-    failed: u64,
-    redelivered: u64,
-    duplicates: u64,
-    dispatch_wait: Tally,
-    round_trip: Tally,
 }
 
 /// Every job, worker and undelivered outcome; see the [module docs](self).
@@ -224,6 +218,8 @@ pub(crate) struct Scheduler {
     next_emitted: u64,
     end_sent: bool,
     shut_down: bool,
+    /// Counts not yet published to the Prometheus metrics.
+    tallies: Tallies,
 }
 
 /// The scheduler behind its lock, and what is woken outside it.
@@ -289,6 +285,7 @@ impl Hub {
                 next_emitted: EMITTED_ID_BASE,
                 end_sent: false,
                 shut_down: false,
+                tallies: Tallies::default(),
                 config,
             }),
             room,
@@ -306,25 +303,38 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` under the lock, then wakes whom it asked for and records its metrics.
+    /// Runs `f` under the lock, then wakes whom it asked for.
     fn with<T>(&self, f: impl FnOnce(&mut Scheduler, &mut Wakes) -> T) -> T {
         let mut wakes = Wakes::default();
-        let out = {
-            let mut s = self.lock();
-            let out = f(&mut s, &mut wakes);
-            self.publish_gauges(&s);
-            out
-        };
+        let out = f(&mut self.lock(), &mut wakes);
         self.wake(wakes);
         out
     }
 
-    fn publish_gauges(&self, s: &Scheduler) {
-        let c = &self.counters;
-        c.workers.set(s.workers.len() as i64);
-        c.queued.set(s.queue.waiting() as i64);
-        c.in_flight
-            .set(s.table.len().saturating_sub(s.queue.waiting()) as i64);
+    /// Publishes what the scheduler counted to the Prometheus metrics.
+    pub fn publish_metrics(&self) {
+        let (tallies, gauges) = {
+            let mut s = self.lock();
+            let gauges = Gauges {
+                workers: s.workers.len(),
+                queued: s.queue.waiting(),
+                in_flight: s.table.len().saturating_sub(s.queue.waiting()),
+            };
+            (std::mem::take(&mut s.tallies), gauges)
+        };
+        self.counters.publish(&tallies, gauges);
+    }
+
+    /// A snapshot of the counters, up to date.
+    pub fn stats(&self) -> Stats {
+        self.publish_metrics();
+        self.counters.snapshot()
+    }
+
+    /// Every metric in the Prometheus text format, up to date.
+    pub fn render_metrics(&self) -> String {
+        self.publish_metrics();
+        self.counters.render()
     }
 
     fn wake(&self, wakes: Wakes) {
@@ -346,20 +356,6 @@ impl Hub {
         if wakes.finished {
             self.finished_watch.send_replace(true);
         }
-        let c = &self.counters;
-        for (counter, n) in [
-            (&c.dispatched, wakes.dispatched),
-            (&c.completed, wakes.completed),
-            (&c.failed, wakes.failed),
-            (&c.redelivered, wakes.redelivered),
-            (&c.duplicates, wakes.duplicates),
-        ] {
-            if n > 0 {
-                counter.inc_by(n);
-            }
-        }
-        c.dispatch_wait.add(&wakes.dispatch_wait);
-        c.round_trip.add(&wakes.round_trip);
     }
 
     /// Admits a job: gives it the next id and dispatches it, or puts it in the line. With
@@ -608,8 +604,7 @@ impl Scheduler {
             id,
             Entry {
                 frame: frame.finish(id),
-                queued_at: now,
-                dispatched_at: now,
+                at: now,
                 state: State::Waiting,
                 dispatches: 0,
                 lost: 0,
@@ -720,12 +715,12 @@ impl Scheduler {
             .expect("dispatched jobs are in the table");
         let w = self.workers.get_mut(&wid).expect("picked workers exist");
         if entry.dispatches == 0 {
-            wakes.dispatch_wait.observe(now - entry.queued_at);
+            self.tallies.dispatch_wait.observe(now - entry.at);
         }
         if std::mem::take(&mut entry.holds_room) {
             wakes.room += 1;
         }
-        entry.dispatched_at = now;
+        entry.at = now;
         entry.dispatches += 1;
         entry.state = State::Running {
             worker: wid,
@@ -747,7 +742,7 @@ impl Scheduler {
                 dispatch: entry.dispatches,
             });
         }
-        wakes.dispatched += 1;
+        self.tallies.dispatched += 1;
     }
 
     /// Gives a worker its credit back for one job; false if it did not hold the job.
@@ -772,11 +767,11 @@ impl Scheduler {
         let JobResult { id, outcome } = r;
         if !self.release(worker, id) {
             tracing::debug!(worker, %id, "result for a job this worker does not hold; dropped");
-            wakes.duplicates += 1;
+            self.tallies.duplicates += 1;
             return;
         }
         let Some(entry) = self.table.get_mut(&id) else {
-            wakes.duplicates += 1;
+            self.tallies.duplicates += 1;
             return; // already answered by another worker
         };
         if let Err(message) = &outcome {
@@ -794,7 +789,7 @@ impl Scheduler {
             }
         }
         let entry = self.table.remove(&id).expect("checked above");
-        wakes.round_trip.observe(now - entry.dispatched_at);
+        self.tallies.round_trip.observe(now - entry.at);
         if let Some(w) = self.workers.get_mut(&worker) {
             w.done += 1;
         }
@@ -870,7 +865,7 @@ impl Scheduler {
                 requeue.push(id);
             }
         }
-        wakes.redelivered += requeue.len() as u64;
+        self.tallies.redelivered += requeue.len() as u64;
         self.queue.requeue_front(requeue);
     }
 
@@ -883,9 +878,9 @@ impl Scheduler {
         wakes: &mut Wakes,
     ) {
         if result.is_ok() {
-            wakes.completed += 1;
+            self.tallies.completed += 1;
         } else {
-            wakes.failed += 1;
+            self.tallies.failed += 1;
         }
         if !self.receiver {
             return;

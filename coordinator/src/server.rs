@@ -65,7 +65,7 @@ pub(crate) fn tcp_nodelay(stream: &mut TcpStream) {
 
 /// `GET /metrics`: every counter in the Prometheus text format.
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let body = shared.counters.render();
+    let body = shared.hub.render_metrics();
     (
         [(
             header::CONTENT_TYPE,

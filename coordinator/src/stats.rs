@@ -1,5 +1,8 @@
-//! Counters the scheduler and connections keep up to date, readable at any time without
-//! locks, and exposed in the Prometheus text format at `/metrics`.
+//! The coordinator's metrics, exposed in the Prometheus text format at `/metrics`.
+//!
+//! The scheduler counts under its own lock, in plain integers ([`Tallies`]), and those are
+//! published to the Prometheus metrics ([`Counters`]) when someone reads them, so the hot
+//! path touches no shared atomics. Connections count bytes directly.
 
 use std::{
     sync::{
@@ -21,26 +24,57 @@ const BOUNDS: [f64; 18] = [
     1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// [`BOUNDS`] in nanoseconds.
+const BOUNDS_NS: [u64; 18] = {
+    let mut ns = [0u64; 18];
+    let mut i = 0;
+    while i < ns.len() {
+        ns[i] = (BOUNDS[i] * 1e9) as u64;
+        i += 1;
+    }
+    ns
+};
+
 /// Buckets of a duration histogram: one per bound, and one for longer durations.
 const BUCKETS: usize = BOUNDS.len() + 1;
 
 /// Observations of durations counted locally, to be added to a [`Histogram`] in one go.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tally {
-    counts: [u32; BUCKETS],
+    counts: [u64; BUCKETS],
     sum_nanos: u64,
-    count: u32,
+    count: u64,
 }
 
 impl Tally {
     /// Counts one duration.
     pub fn observe(&mut self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let bucket = BOUNDS.partition_point(|&bound| bound < secs);
+        let nanos = d.as_secs().saturating_mul(1_000_000_000) + u64::from(d.subsec_nanos());
+        let bucket = BOUNDS_NS.partition_point(|&bound| bound < nanos);
         self.counts[bucket] += 1;
-        self.sum_nanos += d.as_nanos() as u64;
+        self.sum_nanos = self.sum_nanos.saturating_add(nanos);
         self.count += 1;
     }
+}
+
+/// What the scheduler counted since its counts were last published.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tallies {
+    pub dispatched: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub redelivered: u64,
+    pub duplicates: u64,
+    pub dispatch_wait: Tally,
+    pub round_trip: Tally,
+}
+
+/// The scheduler's gauges at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Gauges {
+    pub workers: usize,
+    pub queued: usize,
+    pub in_flight: usize,
 }
 
 /// A histogram of durations that many threads add to without a lock (one atomic addition per
@@ -66,15 +100,13 @@ impl Histogram {
         let inner = &*self.inner;
         for (slot, &n) in inner.counts.iter().zip(&tally.counts) {
             if n > 0 {
-                slot.fetch_add(u64::from(n), Ordering::Relaxed);
+                slot.fetch_add(n, Ordering::Relaxed);
             }
         }
         inner
             .sum_nanos
             .fetch_add(tally.sum_nanos, Ordering::Relaxed);
-        inner
-            .count
-            .fetch_add(u64::from(tally.count), Ordering::Relaxed);
+        inner.count.fetch_add(tally.count, Ordering::Relaxed);
     }
 
     /// Number of observations so far.
@@ -220,6 +252,26 @@ pub struct Stats {
 }
 
 impl Counters {
+    /// Adds what the scheduler counted, and sets its gauges.
+    pub fn publish(&self, t: &Tallies, g: Gauges) {
+        for (counter, n) in [
+            (&self.dispatched, t.dispatched),
+            (&self.completed, t.completed),
+            (&self.failed, t.failed),
+            (&self.redelivered, t.redelivered),
+            (&self.duplicates, t.duplicates),
+        ] {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
+        self.dispatch_wait.add(&t.dispatch_wait);
+        self.round_trip.add(&t.round_trip);
+        self.workers.set(g.workers as i64);
+        self.queued.set(g.queued as i64);
+        self.in_flight.set(g.in_flight as i64);
+    }
+
     pub fn snapshot(&self) -> Stats {
         Stats {
             workers: self.workers.get().max(0) as u64,

@@ -28,7 +28,9 @@
 //! # Ok::<(), distchan_protocol::Error>(())
 //! ```
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use bytes::Bytes;
 
@@ -131,7 +133,7 @@ impl WorkerSession {
             chain,
             phase: Phase::AwaitingWelcome,
             welcome: None,
-            outstanding: HashMap::new(),
+            outstanding: HashMap::default(),
             outstanding_total: 0,
         }
     }

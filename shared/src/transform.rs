@@ -83,6 +83,9 @@ impl TransformChain {
 
     /// Applies every transform in registration order.
     pub fn encode(&self, mut data: Bytes) -> Result<Bytes> {
+        if self.steps.is_empty() {
+            return Ok(data);
+        }
         for step in &self.steps {
             data = step.encode(data).map_err(|reason| Error::Transform {
                 transform: step.name().to_owned(),
@@ -94,6 +97,9 @@ impl TransformChain {
 
     /// Undoes every transform, last registered first.
     pub fn decode(&self, mut data: Bytes) -> Result<Bytes> {
+        if self.steps.is_empty() {
+            return Ok(data);
+        }
         for step in self.steps.iter().rev() {
             data = step.decode(data).map_err(|reason| Error::Transform {
                 transform: step.name().to_owned(),

@@ -416,7 +416,9 @@ impl JobFrameBuilder {
         let (header, n) = job_header(id, self.payload().len());
         let start = JOB_HEADER_MAX - n;
         self.buf[start..JOB_HEADER_MAX].copy_from_slice(&header[..n]);
-        Bytes::from(self.buf).slice(start..)
+        let mut frame = Bytes::from(self.buf);
+        bytes::Buf::advance(&mut frame, start);
+        frame
     }
 }
 
