@@ -21,8 +21,8 @@
 //! - **Ceiling** ([`echo::throughput`]): the same number of messages, each the size of the
 //!   coordinator's job frame for that payload, through plain tokio-tungstenite: server in
 //!   this process, K `--echo-client` processes, W unanswered per connection, many frames
-//!   fed per flush on both sides, reading and writing at the same time. Each echo figure is
-//!   the median of three runs (an echo run is short). The ratio distchan / echo is the
+//!   fed per flush on both sides, reading and writing at the same time. Every throughput
+//!   figure, ours and the echo's, is the median of three runs. The ratio distchan / echo is the
 //!   figure that matters.
 //! - **Large payloads**: 64 KiB (W=16) and 1 MiB (W=4) payloads through the coordinator and
 //!   K=2 workers, as payload bytes per second one way; the echo of the same frames beside it.
@@ -233,15 +233,37 @@ async fn measure<T>(
     }
 }
 
-/// The median of three echo runs: an echo run is short (the same number of messages goes
-/// many times faster), so one run alone is at the mercy of a scheduling hiccup.
-async fn echo_median(k: usize, window: usize, msg: Bytes, n: u64) -> BenchResult<Throughput> {
+/// The median of three runs of `run`: a run lasts a fraction of a second (a few seconds in
+/// a full run), so one run alone is at the mercy of a scheduling hiccup. Both sides of every
+/// comparison, ours and the plain echo, are measured this way.
+async fn median_of_three<F, Fut>(mut run: F) -> BenchResult<Throughput>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = BenchResult<Throughput>>,
+{
     let mut runs = Vec::with_capacity(3);
     for _ in 0..3 {
-        runs.push(echo::throughput(k, window, msg.clone(), n).await?);
+        runs.push(run().await?);
     }
     runs.sort_by(|a, b| per_s(a).total_cmp(&per_s(b)));
     Ok(runs[1])
+}
+
+/// The median of three runs of `n` jobs of `payload` through `k` worker processes.
+async fn ours_median(
+    k: usize,
+    w: u32,
+    flavor: Flavor,
+    payload: &Bytes,
+    n: u64,
+    queue: Option<usize>,
+) -> BenchResult<Throughput> {
+    median_of_three(|| ours::throughput(k, w, flavor, payload.clone(), n, queue)).await
+}
+
+/// The median of three echo runs of `n` messages like `msg`.
+async fn echo_median(k: usize, window: usize, msg: &Bytes, n: u64) -> BenchResult<Throughput> {
+    median_of_three(|| echo::throughput(k, window, msg.clone(), n)).await
 }
 
 /// `raw` bytes of patterned data (a payload, or an echo message).
@@ -389,13 +411,13 @@ async fn tiny_jobs(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<V
             let ours = measure(
                 plan,
                 &format!("tiny jobs K={k} W={w}"),
-                ours::throughput(k, w, Flavor::Serve, tiny.clone(), plan.tiny_jobs, None),
+                ours_median(k, w, Flavor::Serve, tiny, plan.tiny_jobs, None),
             )
             .await?;
             let echo = measure(
                 plan,
                 &format!("plain echo K={k} W={w}"),
-                echo_median(k, w as usize, tiny_msg.clone(), plan.tiny_jobs),
+                echo_median(k, w as usize, tiny_msg, plan.tiny_jobs),
             )
             .await?;
             rows.push(TinyRow {
@@ -414,7 +436,7 @@ async fn tiny_jobs(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<V
     let inline = measure(
         plan,
         "tiny jobs K=2 W=256, inline worker",
-        ours::throughput(2, 256, Flavor::Inline, tiny.clone(), plan.tiny_jobs, None),
+        ours_median(2, 256, Flavor::Inline, tiny, plan.tiny_jobs, None),
     )
     .await?;
     let (echo_k2, echo_k2_cpu) = rows
@@ -444,14 +466,14 @@ async fn large(plan: &Plan) -> BenchResult<Vec<LargeRow>> {
         let ours = measure(
             plan,
             &format!("{raw}-byte payloads K=2 W={w}"),
-            ours::throughput(2, w, Flavor::Serve, payload.clone(), n, queue),
+            ours_median(2, w, Flavor::Serve, &payload, n, queue),
         )
         .await?;
         let msg = data(job_frame_len(&payload, n - 1)?);
         let echo = measure(
             plan,
             &format!("plain echo of {}-byte frames K=2 W={w}", msg.len()),
-            echo_median(2, w as usize, msg, n),
+            echo_median(2, w as usize, &msg, n),
         )
         .await?;
         rows.push(LargeRow {

@@ -2,9 +2,10 @@
 //!
 //! A job sent while a worker has free credit and nothing waits ahead of it goes straight to
 //! that worker; otherwise it takes one of the line's `queue_capacity` places (its sender
-//! waits while none is free, which is the senders' backpressure) and waits here until a
-//! worker has credit. Jobs taken back from lost workers go to the front, ahead of new ones,
-//! without taking a place: they were admitted already.
+//! waits while none is free, which is the senders' backpressure) and waits here, frame and
+//! all, until a worker has credit. Jobs taken back from workers (lost, or overrun) go to the
+//! front, ahead of new ones, without taking a place: they were admitted already, and wait
+//! by id, their frame staying in the scheduler's in-flight table.
 //!
 //! The places themselves are a semaphore next to the scheduler's lock
 //! ([`Hub`](crate::scheduler::Hub)), so that a sender can wait for one without holding it;
@@ -12,11 +13,36 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
 use distchan_protocol::JobId;
+use tokio::time::Instant;
+
+/// A job in the line.
+#[derive(Debug)]
+pub(crate) enum Waiting {
+    /// A job never dispatched yet.
+    New(NewJob),
+    /// A job taken back from a worker; the scheduler's table holds it.
+    Again(JobId),
+}
+
+/// A job never dispatched yet.
+#[derive(Debug)]
+pub(crate) struct NewJob {
+    pub id: JobId,
+    /// Its complete frame.
+    pub frame: Bytes,
+    /// When it was admitted.
+    pub at: Instant,
+    /// True when it holds one of the line's places (given back when it is dispatched).
+    pub holds_room: bool,
+}
 
 /// The line of waiting jobs, and whether more may still come.
 pub(crate) struct JobQueue {
-    waiting: VecDeque<JobId>,
+    waiting: VecDeque<Waiting>,
+    /// How many of `waiting` are [`Waiting::Again`].
+    again: usize,
     side: Side,
 }
 
@@ -36,31 +62,61 @@ impl JobQueue {
     pub fn new(job_side: bool) -> Self {
         JobQueue {
             waiting: VecDeque::new(),
+            again: 0,
             side: if job_side { Side::Open } else { Side::Absent },
         }
     }
 
     /// Appends a new job.
-    pub fn push_back(&mut self, id: JobId) {
-        self.waiting.push_back(id);
+    pub fn push_back(&mut self, job: NewJob) {
+        self.waiting.push_back(Waiting::New(job));
     }
 
     /// Puts jobs taken back from a worker at the front, lowest id first.
     pub fn requeue_front(&mut self, mut ids: Vec<JobId>) {
         ids.sort_unstable();
+        self.again += ids.len();
         for id in ids.into_iter().rev() {
-            self.waiting.push_front(id);
+            self.waiting.push_front(Waiting::Again(id));
+        }
+    }
+
+    /// Puts jobs that no worker could take back at the front, in the same order.
+    pub fn defer(&mut self, jobs: Vec<Waiting>) {
+        for job in jobs.into_iter().rev() {
+            self.again += usize::from(matches!(job, Waiting::Again(_)));
+            self.waiting.push_front(job);
         }
     }
 
     /// The next job to dispatch.
-    pub fn pop_front(&mut self) -> Option<JobId> {
-        self.waiting.pop_front()
+    pub fn pop_front(&mut self) -> Option<Waiting> {
+        let job = self.waiting.pop_front()?;
+        self.again -= usize::from(matches!(job, Waiting::Again(_)));
+        Some(job)
     }
 
     /// Number of jobs waiting for a worker.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Number of waiting jobs that were taken back from a worker.
+    pub fn again(&self) -> usize {
+        self.again
+    }
+
+    /// True when no job waits.
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Ids of the new jobs waiting (never dispatched).
+    pub fn new_ids(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.waiting.iter().filter_map(|w| match w {
+            Waiting::New(job) => Some(job.id),
+            Waiting::Again(_) => None,
+        })
     }
 
     /// Every sender is gone: no new job will come.

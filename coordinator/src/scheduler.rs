@@ -45,7 +45,7 @@ use tokio::{
 
 use crate::{
     config::Config,
-    queue::JobQueue,
+    queue::{JobQueue, NewJob, Waiting},
     result::RawOutcome,
     stats::{Counters, Gauges, Stats, Tallies},
 };
@@ -127,13 +127,11 @@ enum State {
     Running { worker: WorkerId, dispatch: u32 },
 }
 
-/// A job between its admission and the delivery of its outcome.
+/// A job between its first dispatch and the delivery of its outcome.
 struct Entry {
     /// The complete job frame, sent again as it is when the job is dispatched again.
     frame: Bytes,
-    /// When the job was admitted, until its first dispatch (for the dispatch-wait
-    /// histogram); from then on, when it was last sent to a worker (for the round-trip
-    /// histogram).
+    /// When it was last sent to a worker (for the round-trip histogram).
     at: Instant,
     state: State,
     /// Times the job was dispatched (for lease bookkeeping).
@@ -142,8 +140,6 @@ struct Entry {
     lost: u32,
     /// Times its handler failed and it was retried.
     handler_failures: u32,
-    /// True while the job holds one of the line's places (taken when it had to wait).
-    holds_room: bool,
 }
 
 struct Worker {
@@ -154,7 +150,11 @@ struct Worker {
     last_seen: Arc<AtomicU64>,
     done: u64,
     capacity: usize,
-    held: HashSet<JobId>,
+    /// Jobs it holds: those running on it, and those in `superseded`.
+    held: usize,
+    /// Jobs it still holds that run elsewhere now, or were answered by another worker or
+    /// are waiting again after their lease ran out. Usually empty.
+    superseded: HashSet<JobId>,
     draining: bool,
     in_ring: bool,
     /// What the connection's writer sends next.
@@ -168,7 +168,7 @@ impl Worker {
         if self.draining {
             0
         } else {
-            self.capacity.saturating_sub(self.held.len())
+            self.capacity.saturating_sub(self.held)
         }
     }
 
@@ -318,7 +318,7 @@ impl Hub {
             let gauges = Gauges {
                 workers: s.workers.len(),
                 queued: s.queue.waiting(),
-                in_flight: s.table.len().saturating_sub(s.queue.waiting()),
+                in_flight: s.table.len().saturating_sub(s.queue.again()),
             };
             (std::mem::take(&mut s.tallies), gauges)
         };
@@ -527,7 +527,7 @@ impl Hub {
                 kind: format!("{:?}", w.kind).to_lowercase(),
                 addr: w.addr,
                 capacity: w.capacity,
-                in_flight: w.held.len(),
+                in_flight: w.held,
                 done: w.done,
                 last_seen_ms: now_ms.saturating_sub(w.last_seen.load(Ordering::Relaxed)),
                 connected_ms: w.joined.elapsed().as_millis() as u64,
@@ -549,6 +549,7 @@ impl Hub {
             }
             s.shut_down = true;
             let mut unfinished: Vec<JobId> = s.table.keys().copied().collect();
+            unfinished.extend(s.queue.new_ids());
             unfinished.sort_unstable();
             for w in s.workers.values_mut() {
                 w.send(
@@ -600,24 +601,17 @@ impl Scheduler {
         let id = JobId(self.next_id);
         self.next_id += 1;
         let now = Instant::now();
-        self.table.insert(
+        let job = NewJob {
             id,
-            Entry {
-                frame: frame.finish(id),
-                at: now,
-                state: State::Waiting,
-                dispatches: 0,
-                lost: 0,
-                handler_failures: 0,
-                holds_room,
-            },
-        );
-        // A new job is never held by anyone, so any worker with credit can take it.
-        let worker = if direct { self.pick(id) } else { None };
-        match worker {
-            Some(wid) => self.send_job(id, wid, now, wakes),
+            frame: frame.finish(id),
+            at: now,
+            holds_room,
+        };
+        // A new job is held by no one, so any worker with credit can take it.
+        match if direct { self.pick(None) } else { None } {
+            Some(wid) => self.send_new(job, wid, now, wakes),
             None => {
-                self.queue.push_back(id);
+                self.queue.push_back(job);
                 self.dispatch(now, wakes);
             }
         }
@@ -641,7 +635,8 @@ impl Scheduler {
             last_seen: j.last_seen,
             done: 0,
             capacity,
-            held: HashSet::default(),
+            held: 0,
+            superseded: HashSet::default(),
             draining: false,
             in_ring: true,
             outbox: Vec::new(),
@@ -660,7 +655,7 @@ impl Scheduler {
 
     /// Takes the first worker of the ring that has credit and does not already hold `job`
     /// (it may, when the job's lease ran out while that worker still works on it).
-    fn pick(&mut self, job: JobId) -> Option<WorkerId> {
+    fn pick(&mut self, job: Option<JobId>) -> Option<WorkerId> {
         let mut passed = 0;
         while passed < self.ring.len() {
             let id = self.ring.pop_front()?;
@@ -669,7 +664,7 @@ impl Scheduler {
             };
             if w.free() == 0 {
                 w.in_ring = false;
-            } else if w.held.contains(&job) {
+            } else if job.is_some_and(|job| w.superseded.contains(&job)) {
                 self.ring.push_back(id);
                 passed += 1;
             } else {
@@ -681,54 +676,94 @@ impl Scheduler {
 
     /// Gives every waiting job it can to a worker with credit, in line order.
     fn dispatch(&mut self, now: Instant, wakes: &mut Wakes) {
-        if self.queue.waiting() == 0 || self.free_credit == 0 || self.outcomes_full() {
+        if self.queue.is_empty() || self.free_credit == 0 || self.outcomes_full() {
             return;
         }
         // Jobs every worker with credit already holds wait for the next round.
         let mut deferred = Vec::new();
         while self.free_credit > 0 {
-            let Some(id) = self.queue.pop_front() else {
+            let Some(waiting) = self.queue.pop_front() else {
                 break;
             };
-            match self.table.get(&id) {
-                Some(entry) if entry.state == State::Waiting => {}
-                _ => continue, // answered meanwhile
-            }
-            let Some(wid) = self.pick(id) else {
-                deferred.push(id);
-                if self.ring.is_empty() {
-                    break;
+            match waiting {
+                Waiting::New(job) => match self.pick(None) {
+                    Some(wid) => self.send_new(job, wid, now, wakes),
+                    None => deferred.push(Waiting::New(job)),
+                },
+                Waiting::Again(id) => {
+                    match self.table.get(&id) {
+                        Some(entry) if entry.state == State::Waiting => {}
+                        _ => continue, // answered meanwhile
+                    }
+                    match self.pick(Some(id)) {
+                        Some(wid) => self.send_again(id, wid, now, wakes),
+                        None => deferred.push(Waiting::Again(id)),
+                    }
                 }
-                continue;
-            };
-            self.send_job(id, wid, now, wakes);
+            }
+            if self.ring.is_empty() {
+                break;
+            }
         }
         self.stuck = deferred.len();
-        self.queue.requeue_front(deferred);
+        self.queue.defer(deferred);
     }
 
-    /// Sends waiting job `id` to worker `wid`, which has credit for it.
-    fn send_job(&mut self, id: JobId, wid: WorkerId, now: Instant, wakes: &mut Wakes) {
+    /// Sends a new job to worker `wid`, which has credit for it.
+    fn send_new(&mut self, job: NewJob, wid: WorkerId, now: Instant, wakes: &mut Wakes) {
+        self.tallies.dispatch_wait.observe(now - job.at);
+        if job.holds_room {
+            wakes.room += 1;
+        }
+        let frame = job.frame.clone();
+        self.table.insert(
+            job.id,
+            Entry {
+                frame: job.frame,
+                at: now,
+                state: State::Running {
+                    worker: wid,
+                    dispatch: 1,
+                },
+                dispatches: 1,
+                lost: 0,
+                handler_failures: 0,
+            },
+        );
+        self.hand_over(job.id, 1, frame, wid, now, wakes);
+    }
+
+    /// Sends job `id`, waiting again, to worker `wid`, which has credit for it.
+    fn send_again(&mut self, id: JobId, wid: WorkerId, now: Instant, wakes: &mut Wakes) {
         let entry = self
             .table
             .get_mut(&id)
-            .expect("dispatched jobs are in the table");
-        let w = self.workers.get_mut(&wid).expect("picked workers exist");
-        if entry.dispatches == 0 {
-            self.tallies.dispatch_wait.observe(now - entry.at);
-        }
-        if std::mem::take(&mut entry.holds_room) {
-            wakes.room += 1;
-        }
+            .expect("waiting jobs are in the table");
         entry.at = now;
         entry.dispatches += 1;
         entry.state = State::Running {
             worker: wid,
             dispatch: entry.dispatches,
         };
-        w.held.insert(id);
+        let (dispatch, frame) = (entry.dispatches, entry.frame.clone());
+        self.hand_over(id, dispatch, frame, wid, now, wakes);
+    }
+
+    /// Puts the frame of job `id` (dispatched for the `dispatch`th time) in the outbox of
+    /// worker `wid`, which holds one more job from now on.
+    fn hand_over(
+        &mut self,
+        id: JobId,
+        dispatch: u32,
+        frame: Bytes,
+        wid: WorkerId,
+        now: Instant,
+        wakes: &mut Wakes,
+    ) {
+        let w = self.workers.get_mut(&wid).expect("picked workers exist");
+        w.held += 1;
         self.free_credit -= 1;
-        w.send(Outgoing::Job(entry.frame.clone()), wakes);
+        w.send(Outgoing::Job(frame), wakes);
         if w.free() > 0 {
             self.ring.push_back(wid);
         } else {
@@ -739,20 +774,31 @@ impl Scheduler {
             self.leases.push_back(Lease {
                 deadline: now + lease,
                 id,
-                dispatch: entry.dispatches,
+                dispatch,
             });
         }
         self.tallies.dispatched += 1;
     }
 
-    /// Gives a worker its credit back for one job; false if it did not hold the job.
-    fn release(&mut self, worker: WorkerId, id: JobId) -> bool {
+    fn on_result(&mut self, worker: WorkerId, r: JobResult, now: Instant, wakes: &mut Wakes) {
+        let JobResult { id, outcome } = r;
         let Some(w) = self.workers.get_mut(&worker) else {
-            return false;
+            return;
         };
-        if !w.held.remove(&id) {
-            return false;
+        let mut slot = match self.table.entry(id) {
+            std::collections::hash_map::Entry::Occupied(slot) => Some(slot),
+            std::collections::hash_map::Entry::Vacant(_) => None,
+        };
+        let running_here = slot.as_ref().is_some_and(
+            |e| matches!(e.get().state, State::Running { worker: r, .. } if r == worker),
+        );
+        if !running_here && !w.superseded.remove(&id) {
+            tracing::debug!(worker, %id, "result for a job this worker does not hold; dropped");
+            self.tallies.duplicates += 1;
+            return;
         }
+        // The worker gets its credit back for the job.
+        w.held -= 1;
         if !w.draining {
             self.free_credit += 1;
             if !w.in_ring {
@@ -760,26 +806,15 @@ impl Scheduler {
                 self.ring.push_back(worker);
             }
         }
-        true
-    }
-
-    fn on_result(&mut self, worker: WorkerId, r: JobResult, now: Instant, wakes: &mut Wakes) {
-        let JobResult { id, outcome } = r;
-        if !self.release(worker, id) {
-            tracing::debug!(worker, %id, "result for a job this worker does not hold; dropped");
-            self.tallies.duplicates += 1;
-            return;
-        }
-        let Some(entry) = self.table.get_mut(&id) else {
+        let Some(mut slot) = slot.take() else {
             self.tallies.duplicates += 1;
             return; // already answered by another worker
         };
         if let Err(message) = &outcome {
-            let running_here =
-                matches!(entry.state, State::Running { worker: w, .. } if w == worker);
             if !running_here {
                 return; // another worker has this job now; wait for its answer
             }
+            let entry = slot.get_mut();
             if entry.handler_failures < self.config.handler_retries {
                 entry.handler_failures += 1;
                 entry.state = State::Waiting;
@@ -788,7 +823,15 @@ impl Scheduler {
                 return;
             }
         }
-        let entry = self.table.remove(&id).expect("checked above");
+        let entry = slot.remove();
+        if let State::Running { worker: other, .. } = entry.state {
+            if other != worker {
+                // The job's current runner still holds it; its answer will be a duplicate.
+                if let Some(o) = self.workers.get_mut(&other) {
+                    o.superseded.insert(id);
+                }
+            }
+        }
         self.tallies.round_trip.observe(now - entry.at);
         if let Some(w) = self.workers.get_mut(&worker) {
             w.done += 1;
@@ -801,18 +844,16 @@ impl Scheduler {
             return;
         };
         self.free_credit -= w.free();
-        let running_here = |entry: &Entry| {
-            entry.state
-                == State::Running {
-                    worker,
-                    dispatch: entry.dispatches,
-                }
+        // The jobs it ran go to others; those it held that run elsewhere stay there.
+        let lost: Vec<JobId> = if w.held > w.superseded.len() {
+            self.table
+                .iter()
+                .filter(|(_, e)| matches!(e.state, State::Running { worker: r, .. } if r == worker))
+                .map(|(&id, _)| id)
+                .collect()
+        } else {
+            Vec::new()
         };
-        let lost: Vec<JobId> = w
-            .held
-            .into_iter()
-            .filter(|id| self.table.get(id).is_some_and(running_here))
-            .collect();
         if !lost.is_empty() {
             tracing::info!(
                 worker,
@@ -844,6 +885,9 @@ impl Scheduler {
             // The worker keeps the job (and its credit) until it answers or leaves; the job
             // itself goes to someone else.
             tracing::info!(worker, id = %lease.id, "lease overrun; dispatching the job again");
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.superseded.insert(lease.id);
+            }
             lost.push(lease.id);
         }
         self.requeue_or_fail(lost, wakes);
@@ -890,7 +934,13 @@ impl Scheduler {
     }
 
     fn maybe_finish(&mut self, wakes: &mut Wakes) {
-        if self.end_sent || !self.queue.is_closed() || !self.table.is_empty() {
+        // With the table empty, jobs waiting again were all answered meanwhile: only new
+        // jobs still count.
+        if self.end_sent
+            || !self.queue.is_closed()
+            || !self.table.is_empty()
+            || self.queue.waiting() > self.queue.again()
+        {
             return;
         }
         self.end_sent = true;

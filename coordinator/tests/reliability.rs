@@ -344,3 +344,88 @@ async fn an_overrun_job_is_never_sent_twice_to_the_worker_that_holds_it() {
     assert_eq!(got, ["NEXT", "SLOW"]);
     assert_eq!(coordinator.stats().dispatched, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_overrun_worker_may_still_answer_first_and_the_other_gets_its_credit_back() {
+    let lease = Duration::from_secs(10);
+    let config = Config {
+        heartbeat: Duration::ZERO,
+        lease: Some(lease),
+        ..Config::default()
+    };
+    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    let (mut a, a_id) = raw_mem_worker(&net, capacity(1)).await;
+    jobs.send("slow".into()).await.unwrap();
+    let job = next_job(&mut a).await;
+    let (mut b, b_id) = raw_mem_worker(&net, capacity(1)).await;
+    let again = next_job(&mut b).await; // after the lease runs out
+    assert_eq!(again.id, job.id);
+
+    // a answers first: its answer wins; b's, later, is a duplicate.
+    mem_answer(&mut a, job.id, &"from a".to_owned()).await;
+    let first = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (first.worker, first.result.unwrap()),
+        (Some(a_id), "from a".into())
+    );
+    mem_answer(&mut b, job.id, &"from b".to_owned()).await;
+
+    // With a gone, a new job can only go to b: b must have its credit back.
+    drop(a);
+    coordinator
+        .watch_workers()
+        .wait_for(|&n| n == 1)
+        .await
+        .unwrap();
+    jobs.send("next".into()).await.unwrap();
+    let next = next_job(&mut b).await;
+    mem_answer(&mut b, next.id, &"NEXT".to_owned()).await;
+    let second = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (second.worker, second.result.unwrap()),
+        (Some(b_id), "NEXT".into())
+    );
+    drop(jobs);
+    assert!(timeout(LIMIT, results.recv()).await.unwrap().is_none());
+    let stats = coordinator.stats();
+    assert_eq!((stats.duplicates, stats.completed), (1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_for_a_job_waiting_again_counts_and_the_work_still_ends() {
+    let lease = Duration::from_secs(5);
+    let config = Config {
+        heartbeat: Duration::ZERO,
+        lease: Some(lease),
+        ..Config::default()
+    };
+    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    let (mut a, a_id) = raw_mem_worker(&net, capacity(1)).await;
+    jobs.send("slow".into()).await.unwrap();
+    let job = next_job(&mut a).await;
+    // The lease runs out and the job waits again; a, the only worker, still holds it.
+    tokio::time::sleep(lease * 2).await;
+    // a drains (so its answer frees no credit to dispatch with), then answers after all.
+    let drain = distchan_protocol::wire::encode_to_coordinator(
+        &distchan_protocol::wire::ToCoordinator::Drain,
+    )
+    .unwrap();
+    futures_util::SinkExt::send(
+        &mut a,
+        tokio_tungstenite::tungstenite::Message::Binary(drain),
+    )
+    .await
+    .unwrap();
+    mem_answer(&mut a, job.id, &"SLOW".to_owned()).await;
+    let outcome = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        (outcome.worker, outcome.result.unwrap()),
+        (Some(a_id), "SLOW".into())
+    );
+    drop(jobs);
+    assert!(
+        timeout(LIMIT, results.recv()).await.unwrap().is_none(),
+        "the work ends: nothing is left to do"
+    );
+    assert_eq!(coordinator.stats().dispatched, 1);
+}

@@ -5,9 +5,10 @@
 //! Those tasks time the handler: once it has finished [`CALIBRATION`] jobs in a row quickly
 //! (within [`LONG_HANDLER`]) without waiting, the connection task runs it itself, and each
 //! job is answered on the spot, in the same write as the jobs read with it, without
-//! crossing a task. There, one job in [`CALIBRATION`] is timed, and a handler that is slow
-//! once goes back to tasks of its own for good. A job whose handler waits (for I/O, a
-//! timer) is moved to a task of its own where it waits.
+//! crossing a task. There every job is timed too, and one slow job (a heavier input, or the
+//! machine stalling the thread) sends the jobs back to tasks of their own until the handler
+//! has proved quick again. A job whose handler waits (for I/O, a timer) is moved to a task
+//! of its own where it waits.
 
 use std::{
     collections::VecDeque,
@@ -35,8 +36,8 @@ use crate::{
 /// task.
 pub const LONG_HANDLER: Duration = Duration::from_micros(50);
 
-/// Quick jobs in a row before the connection task runs the handler itself; there, one job in
-/// this many is timed.
+/// Quick jobs in a row, on tasks of their own, before the connection task runs the handler
+/// itself.
 pub const CALIBRATION: u32 = 64;
 
 /// Connects to `url` and answers every job with `handler`, running up to
@@ -158,10 +159,8 @@ pub(crate) struct Runner {
     backlog: VecDeque<(JobId, Bytes)>,
     /// True while the connection task runs the handler itself.
     inline: bool,
-    /// Jobs run on the connection task since one was last timed.
-    untimed: u32,
     /// Jobs in a row that finished quickly without waiting on tasks of their own; those
-    /// tasks keep it up to date. `u32::MAX` once the handler was slow on the connection task.
+    /// tasks keep it up to date.
     quick: Arc<AtomicU32>,
     /// Where the jobs' own tasks report.
     replies: mpsc::Sender<Reply>,
@@ -175,7 +174,6 @@ impl Runner {
             running: 0,
             backlog: VecDeque::new(),
             inline: false,
-            untimed: 0,
             quick: Arc::new(AtomicU32::new(0)),
             replies,
         }
@@ -195,16 +193,12 @@ impl Runner {
             self.inline = true;
         }
         if self.inline {
-            self.untimed += 1;
-            let started = (self.untimed >= CALIBRATION).then(Instant::now);
+            let started = Instant::now();
             let polled = poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
-            if let Some(t) = started {
-                self.untimed = 0;
-                if t.elapsed() > LONG_HANDLER {
-                    tracing::debug!("the handler was slow: every job gets a task of its own");
-                    self.inline = false;
-                    self.quick.store(u32::MAX, Ordering::Relaxed);
-                }
+            if started.elapsed() > LONG_HANDLER {
+                tracing::debug!("a job was slow: jobs get tasks of their own until quick again");
+                self.inline = false;
+                self.quick.store(0, Ordering::Relaxed);
             }
             if let Poll::Ready(outcome) = polled {
                 return Some((id, outcome));
@@ -226,11 +220,9 @@ impl Runner {
                 let started = Instant::now();
                 let polled = poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
                 let fast = polled.is_ready() && started.elapsed() <= LONG_HANDLER;
-                // Counts quick jobs in a row up to CALIBRATION; never leaves u32::MAX.
-                let _ = quick.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| match n {
-                    u32::MAX => None,
-                    _ if !fast => Some(0),
-                    n => Some((n + 1).min(CALIBRATION)),
+                // Counts quick jobs in a row, up to CALIBRATION.
+                let _ = quick.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(if fast { (n + 1).min(CALIBRATION) } else { 0 })
                 });
                 match polled {
                     Poll::Ready(outcome) => outcome,

@@ -144,7 +144,7 @@ async fn quick_handlers_move_onto_the_connection_task_and_slow_ones_never_do() {
     };
 
     let t = tasks.clone();
-    run(Config::default(), options(4, 16), 400, move |x| {
+    run(Config::default(), options(4, 16), 1000, move |x| {
         record(&t, x);
         std::future::ready(Ok(x))
     })
@@ -152,14 +152,23 @@ async fn quick_handlers_move_onto_the_connection_task_and_slow_ones_never_do() {
     let mut seen = std::mem::take(&mut *tasks.lock().unwrap());
     seen.sort_by_key(|&(x, _)| x);
     let first: HashSet<_> = seen[..64].iter().map(|&(_, id)| id).collect();
-    let last: HashSet<_> = seen[300..].iter().map(|&(_, id)| id).collect();
     assert_eq!(
         first.len(),
         64,
         "the first jobs each start on a task of their own"
     );
-    assert_eq!(last.len(), 1, "then the connection task runs them all");
-    assert!(!first.contains(last.iter().next().unwrap()));
+    // Then the connection task runs them. (A job the machine happens to stall sends the next
+    // few to tasks of their own again, so not every later job need be on it.)
+    let mut per_task = std::collections::HashMap::new();
+    for &(_, id) in &seen[64..] {
+        *per_task.entry(id).or_insert(0usize) += 1;
+    }
+    let (connection_task, most) = per_task.into_iter().max_by_key(|&(_, n)| n).unwrap();
+    assert!(
+        most >= (1000 - 64) / 2,
+        "the connection task ran only {most} jobs"
+    );
+    assert!(!first.contains(&connection_task));
 
     let t = tasks.clone();
     run(Config::default(), options(4, 16), 100, move |x| {
