@@ -15,6 +15,23 @@ use distchan_protocol::{wire::Hello, Error};
 use distchan_worker::Options;
 use tokio::time::{timeout, Instant};
 
+/// A coordinator over the in-memory transport with leases of `lease` and no heartbeats.
+async fn start_leased(
+    lease: Duration,
+) -> (
+    distchan_coordinator::Coordinator,
+    distchan_coordinator::memory::MemoryConnector,
+    distchan_coordinator::JobSender<String>,
+    distchan_coordinator::ResultReceiver<String>,
+) {
+    start_mem(Config {
+        heartbeat: Duration::ZERO,
+        lease: Some(lease),
+        ..Config::default()
+    })
+    .await
+}
+
 fn capacity(n: u32) -> Hello {
     Hello {
         capacity: n,
@@ -67,12 +84,7 @@ async fn a_silent_worker_is_declared_dead_within_two_heartbeats() {
 #[tokio::test(start_paused = true)]
 async fn an_overrun_lease_redispatches_and_the_late_result_is_dropped() {
     let lease = Duration::from_secs(10);
-    let config = Config {
-        heartbeat: Duration::ZERO,
-        lease: Some(lease),
-        ..Config::default()
-    };
-    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    let (coordinator, net, jobs, mut results) = start_leased(lease).await;
     let (mut a, _) = raw_mem_worker(&net, capacity(1)).await;
     jobs.send("slow".into()).await.unwrap();
     let job = next_job(&mut a).await;
@@ -317,12 +329,7 @@ async fn shutdown_tells_connected_workers() {
 #[tokio::test(start_paused = true)]
 async fn an_overrun_job_is_never_sent_twice_to_the_worker_that_holds_it() {
     let lease = Duration::from_secs(5);
-    let config = Config {
-        heartbeat: Duration::ZERO,
-        lease: Some(lease),
-        ..Config::default()
-    };
-    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    let (coordinator, net, jobs, mut results) = start_leased(lease).await;
     let (mut a, _) = raw_mem_worker(&net, capacity(2)).await;
     jobs.send("slow".into()).await.unwrap();
     let slow = next_job(&mut a).await;
@@ -348,12 +355,7 @@ async fn an_overrun_job_is_never_sent_twice_to_the_worker_that_holds_it() {
 #[tokio::test(start_paused = true)]
 async fn an_overrun_worker_may_still_answer_first_and_the_other_gets_its_credit_back() {
     let lease = Duration::from_secs(10);
-    let config = Config {
-        heartbeat: Duration::ZERO,
-        lease: Some(lease),
-        ..Config::default()
-    };
-    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    let (coordinator, net, jobs, mut results) = start_leased(lease).await;
     let (mut a, a_id) = raw_mem_worker(&net, capacity(1)).await;
     jobs.send("slow".into()).await.unwrap();
     let job = next_job(&mut a).await;
@@ -394,12 +396,7 @@ async fn an_overrun_worker_may_still_answer_first_and_the_other_gets_its_credit_
 #[tokio::test(start_paused = true)]
 async fn an_answer_for_a_job_waiting_again_counts_and_the_work_still_ends() {
     let lease = Duration::from_secs(5);
-    let config = Config {
-        heartbeat: Duration::ZERO,
-        lease: Some(lease),
-        ..Config::default()
-    };
-    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(config).await;
+    let (coordinator, net, jobs, mut results) = start_leased(lease).await;
     let (mut a, a_id) = raw_mem_worker(&net, capacity(1)).await;
     jobs.send("slow".into()).await.unwrap();
     let job = next_job(&mut a).await;
