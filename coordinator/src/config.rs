@@ -37,8 +37,10 @@ pub struct Config {
     pub ordered: bool,
     /// Largest WebSocket message accepted from a worker, in bytes.
     pub max_frame: usize,
-    /// Bytes read from a worker's socket at a time. Small keeps idle workers cheap (each
-    /// connection holds one such buffer); raise it for payloads of many megabytes.
+    /// Size of each worker's WebSocket read buffer, which every connection holds for its
+    /// whole life: small keeps idle workers cheap. Busy connections read their socket in
+    /// larger pieces through buffers lent from a shared pool, so large payloads do not need
+    /// it raised.
     pub read_buffer_size: usize,
     /// How long a new connection may take to send its hello.
     pub handshake_timeout: Duration,
@@ -72,7 +74,7 @@ impl Default for Config {
             handler_retries: 0,
             ordered: false,
             max_frame: DEFAULT_MAX_FRAME,
-            read_buffer_size: 8 * 1024,
+            read_buffer_size: 2 * 1024,
             handshake_timeout: Duration::from_secs(10),
             max_workers: 100_000,
             max_capacity: 4096,

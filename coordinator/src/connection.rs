@@ -3,13 +3,17 @@
 //! - **Handshake**: the first frame must be a [`Hello`] within the handshake timeout. A wrong
 //!   version (in the hello or the offered subprotocol), a wrong token, a disallowed origin or
 //!   a full house is answered with a [`Refusal`] frame and a close frame carrying the reason.
-//! - **Writer**: when woken, takes everything the scheduler put in this worker's outbox and
-//!   writes it with one flush; sends heartbeat pings; a worker silent for two heartbeat
-//!   intervals is dead.
-//! - **Reader**: takes every frame already received, decodes them, and settles them with the
-//!   scheduler in one step (results, emitted values, a drain request). A malformed or
+//! - **Writing**: when woken, the connection takes everything the scheduler put in this
+//!   worker's outbox and queues the frames on its [`Socket`], each job's frame sent from the
+//!   memory it was encoded in; queued frames go out many at a time whenever the socket can
+//!   take them, so reading never waits for writing. It also sends heartbeat pings; a worker
+//!   silent for two heartbeat intervals is dead.
+//! - **Reading**: takes every frame already received, decodes them, and settles them with
+//!   the scheduler in one step (results, emitted values, a drain request). A malformed or
 //!   unexpected frame closes this connection with a reason and a log line; other workers
 //!   never notice, and the frames before it still count.
+//!
+//! One task drives both, in one loop: the socket is never shared between tasks.
 //!
 //! When the connection ends for any reason the scheduler is told ([`Hub::leave`]) and puts
 //! the worker's unanswered jobs back in the line.
@@ -21,11 +25,10 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    task::Poll,
+    task::{Context, Poll},
     time::Duration,
 };
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::Bytes;
 use distchan_protocol::{
     session::{close_frame_for, truncate_reason},
@@ -35,20 +38,36 @@ use distchan_protocol::{
     },
     Error,
 };
-use futures_util::{
-    stream::{SplitSink, SplitStream},
-    SinkExt, StreamExt,
-};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 use tokio::{
     sync::Notify,
     time::{timeout, Instant},
 };
+use tokio_tungstenite::{
+    tungstenite::{
+        self,
+        protocol::{
+            frame::{
+                coding::{CloseCode, Control, Data, OpCode},
+                FrameHeader,
+            },
+            CloseFrame,
+        },
+        Message,
+    },
+    WebSocketStream,
+};
 
 use crate::{
     scheduler::{Hub, Incoming, Joining, Outgoing, WorkerId},
+    socket::Socket,
     Shared,
 };
+
+/// A worker's WebSocket, over the upgraded HTTP connection.
+pub(crate) type WebSocket = WebSocketStream<Socket<TokioIo<hyper::upgrade::Upgraded>>>;
 
 /// What the HTTP upgrade request told us about the peer.
 #[derive(Debug, Clone)]
@@ -59,17 +78,17 @@ pub(crate) struct PeerInfo {
     pub offered_versions: Vec<u32>,
 }
 
-/// Most frames read before they are settled with the scheduler.
+/// Most messages read before they are settled with the scheduler.
 const BATCH: usize = 256;
 
 /// Serves one upgraded WebSocket until it ends.
 pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo) {
-    let (mut sink, mut stream) = socket.split();
-    let hello = match handshake(&mut stream, &shared, &peer).await {
+    let mut ws = socket;
+    let hello = match handshake(&mut ws, &shared, &peer).await {
         Ok(hello) => hello,
         Err(refusal) => {
             tracing::warn!(peer = %peer.addr, %refusal, "worker refused");
-            refuse(&mut sink, refusal).await;
+            refuse(&mut ws, refusal).await;
             return;
         }
     };
@@ -82,7 +101,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
             ),
         );
         tracing::warn!(peer = %peer.addr, %refusal, "worker refused");
-        refuse(&mut sink, refusal).await;
+        refuse(&mut ws, refusal).await;
         return;
     };
 
@@ -96,7 +115,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
     };
     let Some((worker, wake)) = shared.hub.join(joining) else {
         refuse(
-            &mut sink,
+            &mut ws,
             Refusal::new(
                 RefusalCode::ShuttingDown,
                 "the coordinator is shutting down",
@@ -114,8 +133,8 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
         max_frame: shared.config.max_frame as u64,
     });
     let (code, reason) = match wire::encode_to_worker(&welcome) {
-        Ok(frame) => match sink.send(Message::Binary(frame)).await {
-            Ok(()) => run(worker, &wake, &mut sink, &mut stream, &shared, &last_seen).await,
+        Ok(frame) => match ws.send(Message::Binary(frame)).await {
+            Ok(()) => run(worker, &wake, &mut ws, &shared, &last_seen).await,
             Err(e) => (CLOSE_GOING_AWAY, format!("could not send the welcome: {e}")),
         },
         Err(e) => (
@@ -128,12 +147,12 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
     } else {
         tracing::warn!(worker, code, %reason, "worker disconnected");
     }
-    close(&mut sink, code, &reason).await;
+    close(&mut ws, code, &reason).await;
     shared.hub.leave(worker, &reason);
 }
 
 async fn handshake(
-    stream: &mut SplitStream<WebSocket>,
+    stream: &mut WebSocket,
     shared: &Shared,
     peer: &PeerInfo,
 ) -> Result<Hello, Refusal> {
@@ -154,7 +173,7 @@ async fn handshake(
             }
             Ok(Some(Err(e))) => return Err(Refusal::new(RefusalCode::Malformed, read_error(&e).1)),
             Ok(Some(Ok(Message::Binary(b)))) => break b,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
             Ok(Some(Ok(_))) => {
                 return Err(Refusal::new(
                     RefusalCode::Malformed,
@@ -224,12 +243,11 @@ async fn handshake(
     Ok(hello)
 }
 
-/// Runs the reader and the writer until one of them ends the connection.
+/// Reads and writes until the connection ends, with its close code and reason.
 async fn run(
     worker: WorkerId,
     wake: &Notify,
-    sink: &mut SplitSink<WebSocket, Message>,
-    stream: &mut SplitStream<WebSocket>,
+    ws: &mut WebSocket,
     shared: &Shared,
     last_seen: &AtomicU64,
 ) -> (u16, String) {
@@ -237,107 +255,130 @@ async fn run(
     let start = Instant::now();
     let heartbeat = shared.config.heartbeat;
     let hub: &Hub = &shared.hub;
-
-    let reader = async {
-        let mut batch = Vec::new();
-        loop {
-            // One wait for the first frame, then every frame already there.
-            let mut next = stream.next().await;
-            last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-            let mut bytes = 0;
-            let mut end = None;
-            for _ in 0..BATCH {
-                match read_one(next, worker, &mut bytes) {
-                    Ok(Some(item)) => batch.push(item),
-                    Ok(None) => {}
-                    Err(e) => {
-                        end = Some(e);
-                        break;
-                    }
-                }
-                next = match poll_fn(|cx| Poll::Ready(stream.poll_next_unpin(cx))).await {
-                    Poll::Ready(msg) => msg,
-                    Poll::Pending => break,
-                };
-            }
-            shared.counters.bytes_in.inc_by(bytes);
-            if !batch.is_empty() {
-                hub.settle(worker, &mut batch);
-            }
-            if let Some(end) = end {
-                return end;
-            }
-        }
+    let mut batch = Vec::new(); // grow on first use: idle workers stay small
+    let mut out = Vec::new();
+    let enabled = !heartbeat.is_zero();
+    let period = if enabled {
+        heartbeat
+    } else {
+        Duration::from_secs(3600)
     };
-
-    let writer = async {
-        let mut out = Vec::new(); // grows on first use: idle workers stay small
-        let enabled = !heartbeat.is_zero();
-        let period = if enabled {
-            heartbeat
-        } else {
-            Duration::from_secs(3600)
-        };
-        let mut ping = tokio::time::interval_at(start + period, period);
-        let deadline = tokio::time::sleep_until(start + 2 * period);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = wake.notified() => {
-                    hub.take_outbox(worker, &mut out);
-                    let mut bytes = 0;
-                    for item in out.drain(..) {
-                        let frame = match item {
-                            Outgoing::Job(frame) => frame,
-                            Outgoing::EndOfWork => match wire::encode_to_worker(&ToWorker::EndOfWork) {
-                                Ok(frame) => frame,
-                                Err(e) => return (CLOSE_POLICY, e.to_string()),
-                            },
-                            Outgoing::Close { code, reason } => return (code, reason),
-                        };
-                        bytes += frame.len() as u64;
-                        if let Err(e) = sink.feed(Message::Binary(frame)).await {
-                            return (CLOSE_GOING_AWAY, format!("write failed: {e}"));
+    let mut ping = tokio::time::interval_at(start + period, period);
+    let deadline = tokio::time::sleep_until(start + 2 * period);
+    tokio::pin!(deadline);
+    // Kept across rounds of the loop, and armed again only once it fired.
+    let woken = wake.notified();
+    tokio::pin!(woken);
+    loop {
+        tokio::select! {
+            // Queued frames go out first, then the next message is read.
+            step = poll_fn(|cx| write_then_read(ws, cx)) => {
+                let mut next = match step {
+                    Ok(msg) => msg,
+                    Err(e) => return (CLOSE_GOING_AWAY, format!("write failed: {e}")),
+                };
+                last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                let mut bytes = 0;
+                let mut end = None;
+                // Every message already there, then settle them in one step.
+                for _ in 0..BATCH {
+                    match read_one(next, worker, &mut bytes) {
+                        Ok(Some(item)) => batch.push(item),
+                        Ok(None) => {}
+                        Err(e) => {
+                            end = Some(e);
+                            break;
                         }
                     }
-                    shared.counters.bytes_out.inc_by(bytes);
-                    if let Err(e) = sink.flush().await {
-                        return (CLOSE_GOING_AWAY, format!("write failed: {e}"));
-                    }
+                    next = match poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await {
+                        Poll::Ready(msg) => msg,
+                        Poll::Pending => break,
+                    };
                 }
-                _ = ping.tick(), if enabled => {
-                    if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
-                        return (CLOSE_GOING_AWAY, format!("write failed: {e}"));
-                    }
+                shared.counters.bytes_in.inc_by(bytes);
+                if !batch.is_empty() {
+                    hub.settle(worker, &mut batch);
                 }
-                _ = &mut deadline, if enabled => {
-                    let seen_at = epoch + Duration::from_millis(last_seen.load(Ordering::Relaxed));
-                    if Instant::now() >= seen_at + 2 * period {
-                        return (CLOSE_GOING_AWAY, format!("no sign of life for {:?} (two heartbeats)", 2 * period));
-                    }
-                    deadline.as_mut().reset(seen_at + 2 * period);
+                if let Some(end) = end {
+                    return end;
                 }
             }
+            _ = &mut woken => {
+                woken.set(wake.notified());
+                hub.take_outbox(worker, &mut out);
+                let mut bytes = 0;
+                for item in out.drain(..) {
+                    let frame = match item {
+                        Outgoing::Job(frame) => frame,
+                        Outgoing::EndOfWork => match wire::encode_to_worker(&ToWorker::EndOfWork) {
+                            Ok(frame) => frame,
+                            Err(e) => return (CLOSE_POLICY, e.to_string()),
+                        },
+                        Outgoing::Close { code, reason } => return (code, reason),
+                    };
+                    bytes += frame.len() as u64;
+                    queue_frame(ws, OpCode::Data(Data::Binary), frame);
+                }
+                shared.counters.bytes_out.inc_by(bytes);
+            }
+            _ = ping.tick(), if enabled => {
+                queue_frame(ws, OpCode::Control(Control::Ping), Bytes::new());
+            }
+            _ = &mut deadline, if enabled => {
+                let seen_at = epoch + Duration::from_millis(last_seen.load(Ordering::Relaxed));
+                if Instant::now() >= seen_at + 2 * period {
+                    return (CLOSE_GOING_AWAY, format!("no sign of life for {:?} (two heartbeats)", 2 * period));
+                }
+                deadline.as_mut().reset(seen_at + 2 * period);
+            }
         }
-    };
-
-    tokio::select! {
-        r = reader => r,
-        w = writer => w,
     }
+}
+
+/// Writes what is queued on the socket, then reads the next message; fails only when
+/// writing does.
+fn write_then_read(
+    ws: &mut WebSocket,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<Option<Result<Message, tungstenite::Error>>>> {
+    let socket = ws.get_mut();
+    if socket.has_queued() {
+        if let Poll::Ready(Err(e)) = socket.poll_write_queued(cx) {
+            return Poll::Ready(Err(e));
+        }
+    }
+    ws.poll_next_unpin(cx).map(Ok)
+}
+
+/// Queues one whole, final, unmasked frame (what a server sends) carrying `payload`.
+fn queue_frame(ws: &mut WebSocket, opcode: OpCode, payload: Bytes) {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    // A server frame's header takes at most 10 bytes.
+    let mut head = [0u8; 10];
+    let mut cursor = std::io::Cursor::new(&mut head[..]);
+    header
+        .format(payload.len() as u64, &mut cursor)
+        .expect("a frame header fits in 10 bytes");
+    let len = cursor.position() as usize;
+    let socket = ws.get_mut();
+    socket.gather(&head[..len]);
+    socket.queue(payload);
 }
 
 /// What one message from the worker means: something for the scheduler, nothing (pings and
 /// pongs), or the end of the connection with its close code and reason.
 fn read_one(
-    msg: Option<Result<Message, axum::Error>>,
+    msg: Option<Result<Message, tungstenite::Error>>,
     worker: WorkerId,
     bytes: &mut u64,
 ) -> Result<Option<Incoming>, (u16, String)> {
     let frame = match msg {
         None => return Err((CLOSE_GOING_AWAY, "connection lost".to_owned())),
         Some(Ok(Message::Binary(frame))) => frame,
-        Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(None),
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(None),
         Some(Ok(Message::Close(_))) => {
             return Err((wire::CLOSE_NORMAL, "closed by the worker".to_owned()))
         }
@@ -365,7 +406,7 @@ fn read_one(
 }
 
 /// Sends a refusal frame, then a close frame with the same reason.
-async fn refuse(sink: &mut SplitSink<WebSocket, Message>, refusal: Refusal) {
+async fn refuse(sink: &mut WebSocket, refusal: Refusal) {
     let code = close_frame_for(&Error::Refused(refusal.clone())).0;
     let reason = refusal.to_string();
     if let Ok(frame) = wire::encode_to_worker(&ToWorker::Refused(refusal)) {
@@ -374,9 +415,9 @@ async fn refuse(sink: &mut SplitSink<WebSocket, Message>, refusal: Refusal) {
     close(sink, code, &reason).await;
 }
 
-async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &str) {
+async fn close(sink: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
-        code,
+        code: CloseCode::from(code),
         reason: truncate_reason(reason).into(),
     };
     let _ = timeout(
@@ -387,15 +428,9 @@ async fn close(sink: &mut SplitSink<WebSocket, Message>, code: u16, reason: &str
 }
 
 /// Close code and reason for a read error; oversized frames get their own code.
-fn read_error(e: &axum::Error) -> (u16, String) {
-    let text = e.to_string();
-    let too_big = std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tokio_tungstenite::tungstenite::Error>())
-        .is_some_and(|t| matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_)))
-        || text.contains("Space limit exceeded");
-    if too_big {
-        (CLOSE_TOO_BIG, format!("frame too large: {text}"))
-    } else {
-        (CLOSE_GOING_AWAY, format!("read failed: {text}"))
+fn read_error(e: &tungstenite::Error) -> (u16, String) {
+    match e {
+        tungstenite::Error::Capacity(c) => (CLOSE_TOO_BIG, format!("frame too large: {c}")),
+        other => (CLOSE_GOING_AWAY, format!("read failed: {other}")),
     }
 }

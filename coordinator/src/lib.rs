@@ -16,7 +16,8 @@
 //!   in send order).
 //!
 //! Around it: [`config`] (every setting, with defaults), `server` (HTTP, WebSocket upgrade,
-//! static files), [`stats`] (counters), [`memory`] (an in-process transport for tests) and
+//! static files), `socket` (the socket under each WebSocket: read-ahead buffers lent while
+//! busy), [`stats`] (counters), [`memory`] (an in-process transport for tests) and
 //! [`demo`] (the binary's demo workloads).
 //!
 //! # Example
@@ -51,6 +52,7 @@ pub mod queue;
 pub mod result;
 pub mod scheduler;
 mod server;
+mod socket;
 pub mod stats;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -81,6 +83,8 @@ pub(crate) struct Shared {
     pub dashboard: dashboard::Hub,
     pub hub: Arc<Hub>,
     pub slots: Arc<Semaphore>,
+    /// Read-ahead buffers lent to busy connections.
+    pub read_pool: Arc<socket::ReadPool>,
     pub workers: watch::Receiver<usize>,
     pub finished: watch::Receiver<bool>,
 }
@@ -279,6 +283,7 @@ impl Builder {
             epoch,
             dashboard: dashboard::Hub::default(),
             slots: Arc::new(Semaphore::new(config.max_workers)),
+            read_pool: Arc::new(socket::ReadPool::new(64)),
             workers: hub.watch_workers(),
             finished: hub.watch_finished(),
             hub,

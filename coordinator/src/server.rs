@@ -1,22 +1,34 @@
 //! HTTP on one port: the WebSocket endpoint for workers, `/healthz`, `/metrics`, the
 //! dashboard's event stream, and the volunteer page's static files at `/`.
+//!
+//! The WebSocket upgrade is answered here (RFC 6455's opening handshake, with hyper's
+//! upgrade and tokio-tungstenite), so that each worker's WebSocket runs over a
+//! [`Socket`](crate::socket::Socket) that keeps idle workers small.
 
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::serve::{Listener, ListenerExt};
 use axum::{
-    extract::{ws::WebSocketUpgrade, ConnectInfo, State},
-    http::{header, HeaderMap},
+    extract::{ConnectInfo, Request, State},
+    http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
     Router,
 };
 use distchan_protocol::wire::{self, PROTOCOL_VERSION};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio_tungstenite::{
+    tungstenite::{
+        handshake::derive_accept_key,
+        protocol::{Role, WebSocketConfig},
+    },
+    WebSocketStream,
+};
 use tokio_util::sync::CancellationToken;
 use tower_http::services::{ServeDir, ServeFile};
 
-use crate::{connection, dashboard, Shared};
+use crate::{connection, dashboard, socket::Socket, Shared};
 
 /// Builds the router for a coordinator.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -76,12 +88,42 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// `GET /ws`: upgrades to a WebSocket and serves the worker on it.
 async fn upgrade(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
+    let headers = request.headers();
+    if request.method() != Method::GET {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WebSocket upgrades use GET\n",
+        )
+            .into_response();
+    }
+    if !has_token(headers, header::CONNECTION, "upgrade")
+        || !has_token(headers, header::UPGRADE, "websocket")
+    {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "this endpoint speaks WebSocket only\n",
+        )
+            .into_response();
+    }
+    if !has_token(headers, header::SEC_WEBSOCKET_VERSION, "13") {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "unsupported WebSocket version: 13 is spoken here\n",
+        )
+            .into_response();
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
     let offered: Vec<String> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
@@ -101,21 +143,50 @@ async fn upgrade(
             .filter_map(|p| wire::parse_subprotocol(p))
             .collect(),
     };
-    // Accept the worker's own subprotocol even when it names another version, so that the
-    // handshake completes and the worker can read why it is refused.
+    // Ours when offered; otherwise the worker's own version, so that the handshake
+    // completes and the worker can read why it is refused.
     let ours = wire::subprotocol(PROTOCOL_VERSION);
-    let mut protocols = vec![ours];
-    protocols.extend(offered);
+    let protocol = if offered.contains(&ours) {
+        Some(ours)
+    } else {
+        offered.into_iter().next()
+    };
     let max = shared.config.max_frame;
-    ws.protocols(protocols)
-        .max_message_size(max)
-        .max_frame_size(max)
-        // Small reads keep an idle worker cheap (tungstenite fills its whole read buffer on
-        // the first read); large frames are simply read in more pieces.
-        .read_buffer_size(shared.config.read_buffer_size.max(1024))
-        .on_failed_upgrade(
-            move |e| tracing::warn!(peer = %addr, error = %e, "WebSocket upgrade failed"),
-        )
-        .on_upgrade(move |socket| connection::serve(socket, shared, peer))
-        .into_response()
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+        .read_buffer_size(shared.config.read_buffer_size.max(256));
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let io = Socket::new(TokioIo::new(upgraded), shared.read_pool.clone());
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                connection::serve(ws, shared, peer).await;
+            }
+            Err(e) => tracing::warn!(peer = %addr, error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    let mut response = Response::new(axum::body::Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(protocol) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+    }
+    response
+}
+
+/// True when header `name` lists `token` (case-insensitively, comma-separated).
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }

@@ -220,3 +220,55 @@ async fn a_foreign_subprotocol_is_refused_with_both_versions_named() {
     );
     let _ = wire::PROTOCOL_VERSION;
 }
+
+/// Sends `request` (an HTTP/1.1 head) to the coordinator and returns the status line and
+/// the headers of the answer.
+async fn http_head(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = timeout(LIMIT, tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "the coordinator hung up without answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn requests_that_are_not_websocket_upgrades_get_a_clear_answer() {
+    let (coordinator, _jobs, _results) = start::<String, String>(Config::default()).await;
+    let addr = coordinator.local_addr();
+    let plain = http_head(addr, "GET /ws HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(plain.starts_with("HTTP/1.1 426"), "{plain}");
+    assert!(
+        plain.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{plain}"
+    );
+
+    let upgrade = "Host: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n";
+    let old = http_head(
+        addr,
+        &format!("GET /ws HTTP/1.1\r\n{upgrade}Sec-WebSocket-Version: 8\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"),
+    )
+    .await;
+    assert!(old.starts_with("HTTP/1.1 400"), "{old}");
+    let keyless = http_head(
+        addr,
+        &format!("GET /ws HTTP/1.1\r\n{upgrade}Sec-WebSocket-Version: 13\r\n\r\n"),
+    )
+    .await;
+    assert!(keyless.starts_with("HTTP/1.1 400"), "{keyless}");
+
+    // The RFC 6455 example: the accept key is the one the RFC computes.
+    let ok = http_head(
+        addr,
+        &format!("GET /ws HTTP/1.1\r\n{upgrade}Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 101"), "{ok}");
+    assert!(ok.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{ok}");
+    assert_eq!(coordinator.worker_count(), 0);
+}

@@ -85,7 +85,7 @@ struct ServerArgs {
     /// Largest WebSocket message accepted from a worker, in bytes.
     #[arg(long, global = true, env = "DISTCHAN_MAX_FRAME", default_value_t = Config::default().max_frame)]
     max_frame: usize,
-    /// Bytes read from a worker's socket at a time (raise for multi-megabyte payloads).
+    /// Size of each worker's WebSocket read buffer, held while connected (small keeps idle workers cheap).
     #[arg(long, global = true, env = "DISTCHAN_READ_BUFFER_SIZE", default_value_t = Config::default().read_buffer_size)]
     read_buffer_size: usize,
     /// Largest number of connected workers.
