@@ -228,21 +228,23 @@ impl Report {
         }
         if let Some(r) = tiny(256) {
             targets.push(TargetRow {
-                target: "16 B jobs, K=2: >= 1M jobs/s".into(),
+                target: "16 B jobs, K=2, W=256: >= 1M jobs/s (goal)".into(),
                 figure: rate(r.ours_per_s),
                 status: verdict(r.ours_per_s >= 1e6),
             });
         }
         if let Some(r) = self.large.iter().find(|r| r.payload_bytes == 1 << 20) {
-            targets.push(TargetRow {
-                target: "1 MiB payloads, K=2: >= 1.5 GB/s".into(),
-                figure: format!(
-                    "{} (echo {})",
-                    bytes_rate(r.ours_bytes_per_s),
-                    bytes_rate(r.echo_bytes_per_s)
-                ),
-                status: verdict(r.ours_bytes_per_s >= 1.5e9),
-            });
+            for (floor, what) in [(1e9, "1 GB/s"), (1.5e9, "1.5 GB/s (goal)")] {
+                targets.push(TargetRow {
+                    target: format!("1 MiB payloads, K=2: >= {what}"),
+                    figure: format!(
+                        "{} (echo {})",
+                        bytes_rate(r.ours_bytes_per_s),
+                        bytes_rate(r.echo_bytes_per_s)
+                    ),
+                    status: verdict(r.ours_bytes_per_s >= floor),
+                });
+            }
         }
         if let Some(l) = &self.latency {
             targets.push(TargetRow {
