@@ -16,8 +16,10 @@
 //!   sent with `JobSender::send` -> coordinator -> K `--worker` processes (K = 1, 2, 4) that
 //!   answer with the payload itself through `distchan_worker::serve_raw` -> taken from
 //!   `ResultReceiver::recv` and checked (every id exactly once, payload intact). Credit
-//!   window W = 256 and W = 32. One extra row (K=2, W=256) uses an inline worker (one loop on
-//!   `connect_raw`, no task per job), to separate worker-side from coordinator-side cost.
+//!   window W = 256 and W = 32. Two extra rows (K=2, W=256): one sends with
+//!   `JobSender::send_many` in batches and takes results with `ResultReceiver::recv_many`;
+//!   one uses a worker that reads its job stream itself (one loop on `connect_raw`), the
+//!   stream API's cost beside `serve`'s.
 //! - **Ceiling** ([`echo::throughput`]): the same number of messages, each the size of the
 //!   coordinator's job frame for that payload, through plain tokio-tungstenite: server in
 //!   this process, K `--echo-client` processes, W unanswered per connection, many frames
@@ -69,6 +71,7 @@ use tokio::time::Instant;
 
 use crate::{
     modes::Flavor,
+    ours::Api,
     report::{per_s, Cpu, LargeRow, LatencyRow, Report, ScaleRow, TinyRow},
 };
 
@@ -253,12 +256,12 @@ where
 async fn ours_median(
     k: usize,
     w: u32,
-    flavor: Flavor,
+    (flavor, api): (Flavor, Api),
     payload: &Bytes,
     n: u64,
     queue: Option<usize>,
 ) -> BenchResult<Throughput> {
-    median_of_three(|| ours::throughput(k, w, flavor, payload.clone(), n, queue)).await
+    median_of_three(|| ours::throughput(k, w, flavor, api, payload.clone(), n, queue)).await
 }
 
 /// The median of three echo runs of `n` messages like `msg`.
@@ -411,7 +414,14 @@ async fn tiny_jobs(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<V
             let ours = measure(
                 plan,
                 &format!("tiny jobs K={k} W={w}"),
-                ours_median(k, w, Flavor::Serve, tiny, plan.tiny_jobs, None),
+                ours_median(
+                    k,
+                    w,
+                    (Flavor::Serve, Api::Batched),
+                    tiny,
+                    plan.tiny_jobs,
+                    None,
+                ),
             )
             .await?;
             let echo = measure(
@@ -424,6 +434,7 @@ async fn tiny_jobs(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<V
                 k,
                 w,
                 flavor: Flavor::Serve,
+                api: Api::OneAtATime,
                 jobs: plan.tiny_jobs,
                 ours_per_s: per_s(&ours),
                 echo_per_s: Some(per_s(&echo)),
@@ -433,27 +444,33 @@ async fn tiny_jobs(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<V
             });
         }
     }
-    let inline = measure(
-        plan,
-        "tiny jobs K=2 W=256, inline worker",
-        ours_median(2, 256, Flavor::Inline, tiny, plan.tiny_jobs, None),
-    )
-    .await?;
-    let (echo_k2, echo_k2_cpu) = rows
+    let echo = rows
         .iter()
         .find(|r| r.k == 2 && r.w == 256)
         .map_or((None, None), |r| (r.echo_per_s, r.echo_cpu));
-    rows.push(TinyRow {
-        k: 2,
-        w: 256,
-        flavor: Flavor::Inline,
-        jobs: plan.tiny_jobs,
-        ours_per_s: per_s(&inline),
-        echo_per_s: echo_k2,
-        ratio: echo_k2.map(|e| per_s(&inline) / e),
-        ours_cpu: Cpu::of(&inline),
-        echo_cpu: echo_k2_cpu,
-    });
+    for (what, variant) in [
+        ("send_many/recv_many", (Flavor::Serve, Api::Batched)),
+        ("inline worker", (Flavor::Inline, Api::OneAtATime)),
+    ] {
+        let ours = measure(
+            plan,
+            &format!("tiny jobs K=2 W=256, {what}"),
+            ours_median(2, 256, variant, tiny, plan.tiny_jobs, None),
+        )
+        .await?;
+        rows.push(TinyRow {
+            k: 2,
+            w: 256,
+            flavor: variant.0,
+            api: variant.1,
+            jobs: plan.tiny_jobs,
+            ours_per_s: per_s(&ours),
+            echo_per_s: echo.0,
+            ratio: echo.0.map(|e| per_s(&ours) / e),
+            ours_cpu: Cpu::of(&ours),
+            echo_cpu: echo.1,
+        });
+    }
     Ok(rows)
 }
 
@@ -466,7 +483,7 @@ async fn large(plan: &Plan) -> BenchResult<Vec<LargeRow>> {
         let ours = measure(
             plan,
             &format!("{raw}-byte payloads K=2 W={w}"),
-            ours_median(2, w, Flavor::Serve, &payload, n, queue),
+            ours_median(2, w, (Flavor::Serve, Api::OneAtATime), &payload, n, queue),
         )
         .await?;
         let msg = data(job_frame_len(&payload, n - 1)?);

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use distchan_coordinator::{Config, Coordinator, JobSender, ResultReceiver};
+use distchan_coordinator::{Config, Coordinator, JobOutcome, JobSender, ResultReceiver};
 use tokio::time::{timeout, Instant};
 
 use crate::{
@@ -77,40 +77,65 @@ fn same_payload(got: &[u8], want: &[u8]) -> bool {
 }
 
 impl Setup {
-    /// Sends `n` jobs of `payload` and takes their `n` outcomes; the job side is closed
-    /// afterwards.
-    async fn pump(&mut self, payload: Bytes, n: u64) -> BenchResult<Throughput> {
+    /// Sends `n` jobs of `payload` and takes their `n` outcomes through `api`; the job side
+    /// is closed afterwards.
+    async fn pump(&mut self, payload: Bytes, n: u64, api: Api) -> BenchResult<Throughput> {
         let jobs = self.jobs.take().ok_or("the job side is already closed")?;
         let (cpu_here, cpu_children) = (cpu_secs(None), self.children.cpu_secs());
         let start = Instant::now();
         let sent = payload.clone();
         let producer = tokio::spawn(async move {
-            for _ in 0..n {
-                jobs.send(sent.clone()).await?;
+            match api {
+                Api::OneAtATime => {
+                    for _ in 0..n {
+                        jobs.send(sent.clone()).await?;
+                    }
+                }
+                Api::Batched => {
+                    let mut left = n;
+                    while left > 0 {
+                        let m = left.min(BATCH as u64);
+                        jobs.send_many((0..m).map(|_| sent.clone())).await?;
+                        left -= m;
+                    }
+                }
             }
             BenchResult::Ok(())
         });
         let mut seen = vec![false; n as usize];
         let results = &mut self.results;
+        let mut check = |outcome: JobOutcome<Bytes>| -> BenchResult<()> {
+            let slot = seen
+                .get_mut(outcome.id.0 as usize)
+                .ok_or_else(|| format!("outcome for unknown job {}", outcome.id))?;
+            if std::mem::replace(slot, true) {
+                return Err(format!("job {} answered twice", outcome.id).into());
+            }
+            let got = outcome
+                .result
+                .map_err(|e| format!("job {} failed: {e}", outcome.id))?;
+            if !same_payload(&got, &payload) {
+                return Err(format!("job {} came back altered", outcome.id).into());
+            }
+            Ok(())
+        };
+        let ended = "the result channel ended before every job had its outcome";
         self.children
             .watch(async {
-                for _ in 0..n {
-                    let outcome = results
-                        .recv()
-                        .await
-                        .ok_or("the result channel ended before every job had its outcome")?;
-                    let slot = seen
-                        .get_mut(outcome.id.0 as usize)
-                        .ok_or_else(|| format!("outcome for unknown job {}", outcome.id))?;
-                    if std::mem::replace(slot, true) {
-                        return Err(format!("job {} answered twice", outcome.id).into());
+                let mut got = 0;
+                let mut batch = Vec::with_capacity(BATCH);
+                while got < n {
+                    match api {
+                        Api::OneAtATime => check(results.recv().await.ok_or(ended)?)?,
+                        Api::Batched => {
+                            if results.recv_many(&mut batch, BATCH).await == 0 {
+                                return Err(ended.into());
+                            }
+                            got += batch.len() as u64 - 1;
+                            batch.drain(..).try_for_each(&mut check)?;
+                        }
                     }
-                    let got = outcome
-                        .result
-                        .map_err(|e| format!("job {} failed: {e}", outcome.id))?;
-                    if !same_payload(&got, &payload) {
-                        return Err(format!("job {} came back altered", outcome.id).into());
-                    }
+                    got += 1;
                 }
                 BenchResult::Ok(())
             })
@@ -171,11 +196,32 @@ fn config(queue: Option<usize>) -> Config {
     config
 }
 
+/// How the benchmark's program sends jobs and takes results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Api {
+    /// [`JobSender::send_many`] in batches of 64, [`ResultReceiver::recv_many`]: what a
+    /// program with a pile of work can use.
+    ///
+    /// [`JobSender::send_many`]: distchan_coordinator::JobSender::send_many
+    /// [`ResultReceiver::recv_many`]: distchan_coordinator::ResultReceiver::recv_many
+    Batched,
+    /// [`JobSender::send`] and [`ResultReceiver::recv`], one job at a time.
+    ///
+    /// [`JobSender::send`]: distchan_coordinator::JobSender::send
+    /// [`ResultReceiver::recv`]: distchan_coordinator::ResultReceiver::recv
+    OneAtATime,
+}
+
+/// Jobs per `send_many` call, and most outcomes per `recv_many` call.
+const BATCH: usize = 64;
+
 /// `n` jobs of `payload` through `k` worker processes with credit window `w` each.
 pub async fn throughput(
     k: usize,
     w: u32,
     flavor: Flavor,
+    api: Api,
     payload: Bytes,
     n: u64,
     queue: Option<usize>,
@@ -184,7 +230,7 @@ pub async fn throughput(
         (0..k).try_for_each(|_| c.spawn(&worker_args(url, w, flavor)))
     })
     .await?;
-    let t = s.pump(payload, n).await?;
+    let t = s.pump(payload, n, api).await?;
     s.finish().await?;
     Ok(t)
 }
@@ -266,7 +312,7 @@ pub async fn swarm(
         )
         .into());
     }
-    let rate = s.pump(payload, n).await?;
+    let rate = s.pump(payload, n, Api::OneAtATime).await?;
     s.finish().await?;
     Ok(SwarmRun {
         rss_before,

@@ -44,6 +44,8 @@ pub struct TinyRow {
     pub w: u32,
     /// How the workers answered.
     pub flavor: crate::modes::Flavor,
+    /// How jobs were sent and results taken.
+    pub api: crate::ours::Api,
     /// Jobs sent (and messages echoed).
     pub jobs: u64,
     /// Jobs per second through the coordinator.
@@ -207,9 +209,10 @@ impl Report {
         let mut targets = Vec::new();
         let verdict = |ok: bool| if ok { "met" } else { "missed" }.to_string();
         let tiny = |w: u32| {
-            self.tiny
-                .iter()
-                .find(|r| r.k == 2 && r.w == w && r.flavor == crate::modes::Flavor::Serve)
+            self.tiny.iter().find(|r| {
+                (r.k, r.w, r.flavor, r.api)
+                    == (2, w, crate::modes::Flavor::Serve, crate::ours::Api::OneAtATime)
+            })
         };
         for w in [256, 32] {
             if let Some(r) = tiny(w) {
@@ -318,9 +321,10 @@ impl Report {
                 "tiny jobs, K={}, W={}{}",
                 r.k,
                 r.w,
-                match r.flavor {
-                    crate::modes::Flavor::Serve => "",
-                    crate::modes::Flavor::Inline => " (inline worker)",
+                match (r.flavor, r.api) {
+                    (crate::modes::Flavor::Inline, _) => " (inline worker)",
+                    (_, crate::ours::Api::Batched) => " (send_many/recv_many)",
+                    _ => "",
                 }
             );
             let _ = writeln!(

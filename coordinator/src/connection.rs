@@ -280,8 +280,8 @@ async fn run(
                 last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                 let mut bytes = 0;
                 let mut end = None;
-                // Every message already there, then settle them in one step.
-                for _ in 0..BATCH {
+                // Every message already there (up to BATCH), then settle them in one step.
+                for taken in 1.. {
                     match read_one(next, worker, &mut bytes) {
                         Ok(Some(item)) => batch.push(item),
                         Ok(None) => {}
@@ -289,6 +289,9 @@ async fn run(
                             end = Some(e);
                             break;
                         }
+                    }
+                    if taken == BATCH {
+                        break; // the rest waits for the next round
                     }
                     next = match poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await {
                         Poll::Ready(msg) => msg,

@@ -3,12 +3,12 @@
 //! [scheduler](crate::scheduler): to a worker with free credit, or to the
 //! [line](crate::queue) of waiting jobs.
 
-use std::{fmt, marker::PhantomData, sync::Arc};
+use std::{collections::VecDeque, fmt, marker::PhantomData, sync::Arc};
 
 use distchan_protocol::{payload, transform::TransformChain, Error, JobId, Result};
 use serde::Serialize;
 
-use crate::scheduler::{Hub, Submit};
+use crate::scheduler::{Batch, Hub, Submit};
 
 /// The sending half of the coordinator's job channel.
 ///
@@ -87,6 +87,44 @@ impl<J: Serialize> JobSender<J> {
                 }
             }
         }
+    }
+
+    /// Encodes every job of `jobs` and queues them in order, waiting while the queue is full;
+    /// returns their ids, in the same order. Cheaper per job than [`JobSender::send`] for a
+    /// pile of work: the jobs go through the scheduler together, in as few steps as the
+    /// queue's room allows.
+    ///
+    /// Fails with [`Error::Encode`] or [`Error::Transform`] if any job cannot be encoded
+    /// (then none is queued), and with [`Error::Closed`] once the coordinator has shut down.
+    ///
+    /// ```no_run
+    /// # async fn demo(jobs: distchan_coordinator::JobSender<u64>) -> distchan_protocol::Result<()> {
+    /// let ids = jobs.send_many(0..1000u64).await?;
+    /// assert_eq!(ids.len(), 1000);
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_many(&self, jobs: impl IntoIterator<Item = J>) -> Result<Vec<JobId>> {
+        let chain = &self.inner.chain;
+        let mut frames = jobs
+            .into_iter()
+            .map(|job| payload::encode_job(&job, chain))
+            .collect::<Result<VecDeque<_>>>()?;
+        let mut ids = Vec::with_capacity(frames.len());
+        let hub = &self.inner.hub;
+        let mut has_room = false;
+        while !frames.is_empty() {
+            match hub.try_submit_many(&mut frames, has_room, &mut ids) {
+                Batch::Done => break,
+                Batch::Closed => return Err(Error::Closed),
+                Batch::NoRoom => {
+                    if !hub.wait_for_room().await {
+                        return Err(Error::Closed);
+                    }
+                    has_room = true;
+                }
+            }
+        }
+        Ok(ids)
     }
 
     /// Like [`JobSender::send`], but fails with [`TrySendError::Full`] instead of waiting

@@ -248,6 +248,16 @@ pub(crate) enum Submit {
     Closed,
 }
 
+/// What [`Hub::try_submit_many`] did with a batch of jobs.
+pub(crate) enum Batch {
+    /// Every job was admitted.
+    Done,
+    /// The line is full: wait for room, then submit the rest with it.
+    NoRoom,
+    /// The coordinator has shut down.
+    Closed,
+}
+
 /// What [`Hub::take_outcomes`] found.
 pub(crate) enum Take {
     /// Some outcomes were moved into the caller's buffer.
@@ -362,26 +372,72 @@ impl Hub {
     /// `has_room` the caller holds a place in the line (from [`Hub::wait_for_room`]).
     pub fn try_submit(&self, frame: JobFrameBuilder, has_room: bool) -> Submit {
         self.with(|s, wakes| {
-            if s.shut_down {
-                if has_room {
-                    wakes.room += 1;
-                }
-                return Submit::Closed;
-            }
-            let direct = s.can_dispatch_new();
-            let mut has_room = has_room;
-            if !direct && !has_room {
-                match self.room.try_acquire() {
-                    Ok(permit) => {
-                        permit.forget();
-                        has_room = true;
-                    }
-                    Err(TryAcquireError::NoPermits) => return Submit::NoRoom(frame),
-                    Err(TryAcquireError::Closed) => return Submit::Closed,
-                }
-            }
-            Submit::Sent(s.admit(frame, has_room, direct, wakes))
+            let now = Instant::now();
+            let submitted = self.admit_one(s, frame, has_room, now, wakes);
+            s.dispatch(now, wakes);
+            submitted
         })
+    }
+
+    /// Admits jobs from the front of `frames`, in order, in one step, until none is left,
+    /// the line is full ([`Batch::NoRoom`]: the rest stay in `frames`) or the coordinator
+    /// has shut down. Their ids are appended to `ids`. With `has_room` the caller holds a
+    /// place in the line for the first of them.
+    pub fn try_submit_many(
+        &self,
+        frames: &mut VecDeque<JobFrameBuilder>,
+        mut has_room: bool,
+        ids: &mut Vec<JobId>,
+    ) -> Batch {
+        self.with(|s, wakes| {
+            let now = Instant::now();
+            let mut outcome = Batch::Done;
+            while let Some(frame) = frames.pop_front() {
+                match self.admit_one(s, frame, std::mem::take(&mut has_room), now, wakes) {
+                    Submit::Sent(id) => ids.push(id),
+                    Submit::NoRoom(frame) => {
+                        frames.push_front(frame);
+                        outcome = Batch::NoRoom;
+                        break;
+                    }
+                    Submit::Closed => {
+                        outcome = Batch::Closed;
+                        break;
+                    }
+                }
+            }
+            s.dispatch(now, wakes);
+            outcome
+        })
+    }
+
+    /// [`Hub::try_submit`]'s step for one job, under the lock (the caller dispatches).
+    fn admit_one(
+        &self,
+        s: &mut Scheduler,
+        frame: JobFrameBuilder,
+        mut has_room: bool,
+        now: Instant,
+        wakes: &mut Wakes,
+    ) -> Submit {
+        if s.shut_down {
+            if has_room {
+                wakes.room += 1;
+            }
+            return Submit::Closed;
+        }
+        let direct = s.can_dispatch_new();
+        if !direct && !has_room {
+            match self.room.try_acquire() {
+                Ok(permit) => {
+                    permit.forget();
+                    has_room = true;
+                }
+                Err(TryAcquireError::NoPermits) => return Submit::NoRoom(frame),
+                Err(TryAcquireError::Closed) => return Submit::Closed,
+            }
+        }
+        Submit::Sent(s.admit(frame, has_room, direct, now, wakes))
     }
 
     /// Waits for a place in the line; `false` once the coordinator has shut down.
@@ -591,16 +647,18 @@ impl Scheduler {
         self.receiver && self.outcomes.len() >= self.config.result_capacity.max(1)
     }
 
+    /// Gives a job the next id and sends it to a worker at once when `direct`, else puts it
+    /// in the line (the caller dispatches the line afterwards).
     fn admit(
         &mut self,
         frame: JobFrameBuilder,
         holds_room: bool,
         direct: bool,
+        now: Instant,
         wakes: &mut Wakes,
     ) -> JobId {
         let id = JobId(self.next_id);
         self.next_id += 1;
-        let now = Instant::now();
         let job = NewJob {
             id,
             frame: frame.finish(id),
@@ -610,10 +668,7 @@ impl Scheduler {
         // A new job is held by no one, so any worker with credit can take it.
         match if direct { self.pick(None) } else { None } {
             Some(wid) => self.send_new(job, wid, now, wakes),
-            None => {
-                self.queue.push_back(job);
-                self.dispatch(now, wakes);
-            }
+            None => self.queue.push_back(job),
         }
         id
     }

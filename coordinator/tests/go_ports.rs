@@ -306,3 +306,78 @@ async fn ordered_mode_delivers_in_send_order() {
     drop(out);
     client.done().await.unwrap();
 }
+
+#[tokio::test]
+async fn send_many_queues_in_order_waits_for_room_and_loses_nothing() {
+    // A queue of 8 and no worker yet: the batch of 100 must wait for room.
+    let config = Config {
+        queue_capacity: 8,
+        ..Config::default()
+    };
+    let (coordinator, jobs, mut results) = start::<String, String>(config).await;
+    let words: Vec<String> = (0..100).map(|i| format!("word {i}")).collect();
+    let sending = tokio::spawn({
+        let words = words.clone();
+        async move { jobs.send_many(words).await.unwrap() }
+    });
+    let mut workers = coordinator.watch_workers();
+    // Nothing is answered while no worker is connected, however long the batch waits.
+    assert!(
+        timeout(std::time::Duration::from_millis(50), results.recv())
+            .await
+            .is_err()
+    );
+    let worker = tokio::spawn(capitalizer(coordinator.ws_url(), Options::default()));
+    workers.wait_for(|&n| n == 1).await.unwrap();
+    let ids = timeout(LIMIT, sending).await.unwrap().unwrap();
+    assert_eq!(
+        ids.iter().map(|id| id.0).collect::<Vec<_>>(),
+        (0..100).collect::<Vec<_>>(),
+        "ids in the batch's order, none skipped"
+    );
+    let outcomes = timeout(LIMIT, results.collect_all()).await.unwrap();
+    let by_id: BTreeMap<u64, String> = outcomes
+        .into_iter()
+        .map(|o| (o.id.0, o.result.unwrap()))
+        .collect();
+    assert_eq!(by_id.len(), 100);
+    for (id, word) in by_id {
+        assert_eq!(word, words[id as usize].to_uppercase());
+    }
+    assert_eq!(
+        worker.await.unwrap(),
+        words,
+        "one worker gets them in order"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_with_a_job_that_cannot_be_encoded_queues_nothing() {
+    /// A value whose serialization fails.
+    struct Unencodable;
+    impl serde::Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("cannot be encoded"))
+        }
+    }
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Job {
+        Fine(String),
+        Broken(#[serde(serialize_with = "broken")] ()),
+    }
+    fn broken<S: serde::Serializer>(_: &(), s: S) -> Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&Unencodable, s)
+    }
+    let (coordinator, jobs, _results) = start::<Job, String>(Config::default()).await;
+    let batch = vec![
+        Job::Fine("a".into()),
+        Job::Broken(()),
+        Job::Fine("b".into()),
+    ];
+    let err = jobs.send_many(batch).await.unwrap_err();
+    assert!(matches!(err, Error::Encode(_)), "{err:?}");
+    assert_eq!(coordinator.stats().queued, 0, "nothing queued");
+    let id = jobs.send(Job::Fine("c".into())).await.unwrap();
+    assert_eq!(id.0, 0, "no id was used up");
+}

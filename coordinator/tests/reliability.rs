@@ -426,3 +426,41 @@ async fn an_answer_for_a_job_waiting_again_counts_and_the_work_still_ends() {
     );
     assert_eq!(coordinator.stats().dispatched, 1);
 }
+
+#[tokio::test]
+async fn a_burst_of_results_larger_than_a_read_batch_loses_none() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (_coordinator, jobs, mut results) = start::<u64, u64>(Config::default()).await;
+    let url = _coordinator.ws_url();
+    let (mut ws, _) = common::raw_worker(&url, capacity(1000)).await;
+    jobs.send_many(0..1000u64).await.unwrap();
+    drop(jobs);
+    let mut held = Vec::new();
+    while held.len() < 1000 {
+        match common::next_msg(&mut ws).await {
+            Some(distchan_protocol::wire::ToWorker::Job(job)) => held.push(job),
+            other => panic!("expected a job, got {other:?}"),
+        }
+    }
+    // Every answer in one write: the coordinator reads them many at a time.
+    for job in &held {
+        let value: u64 = distchan_protocol::payload::from_msgpack(&job.payload).unwrap();
+        let frame = distchan_protocol::wire::encode_to_coordinator(
+            &distchan_protocol::wire::ToCoordinator::Result(distchan_protocol::wire::JobResult {
+                id: job.id,
+                outcome: Ok(distchan_protocol::payload::to_msgpack(&(value * 2)).unwrap()),
+            }),
+        )
+        .unwrap();
+        ws.feed(Message::Binary(frame)).await.unwrap();
+    }
+    ws.flush().await.unwrap();
+    let outcomes = timeout(LIMIT, results.collect_all())
+        .await
+        .expect("every result is read");
+    assert_eq!(outcomes.len(), 1000);
+    for o in outcomes {
+        assert_eq!(o.result.unwrap(), o.id.0 * 2);
+    }
+}

@@ -435,9 +435,12 @@ where
     /// produced.
     async fn read_batch(&mut self, first: Option<WsResult>) -> Option<End> {
         let mut msg = first;
-        for _ in 0..BATCH {
+        for taken in 1.. {
             if let Some(end) = self.on_message(msg).await {
                 return Some(end);
+            }
+            if taken == BATCH {
+                break; // the rest waits for the next round, after this batch's answers
             }
             msg = match poll_fn(|cx| Poll::Ready(self.ws.poll_next_unpin(cx))).await {
                 Poll::Ready(msg) => msg,

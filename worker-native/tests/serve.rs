@@ -207,3 +207,18 @@ async fn a_panicking_handler_fails_only_its_own_job() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_jobs_larger_than_a_read_batch_is_answered_in_full() {
+    // A window of 1000: the coordinator sends hundreds of job frames in one write. (2000
+    // jobs: all are sent before any result is taken, and the queue and the results waiting
+    // for the receiver hold 1024 each.)
+    let (outcomes, _) = run(Config::default(), options(4, 1000), 2000, |x| async move {
+        Ok(x + 1)
+    })
+    .await;
+    assert_eq!(outcomes.len(), 2000);
+    assert!(outcomes
+        .iter()
+        .all(|o| *o.result.as_ref().unwrap() == o.id.0 + 1));
+}
