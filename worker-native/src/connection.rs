@@ -434,6 +434,7 @@ where
     /// Handles `first` and every other message already received, then flushes what they
     /// produced.
     async fn read_batch(&mut self, first: Option<WsResult>) -> Option<End> {
+        self.new_round();
         let mut msg = first;
         for taken in 1.. {
             if let Some(end) = self.on_message(msg).await {
@@ -517,6 +518,7 @@ where
 
     /// Writes every reply of `batch`, then flushes.
     async fn send_replies(&mut self, batch: &mut Vec<Reply>) -> Option<End> {
+        self.new_round();
         for reply in batch.drain(..) {
             let end = match reply {
                 Reply::Result(id, outcome) => {
@@ -541,6 +543,13 @@ where
             }
         }
         self.flush().await
+    }
+
+    /// Tells the runner that a new round of jobs begins.
+    fn new_round(&mut self) {
+        if let Some(Jobs::Run(runner)) = &mut self.jobs {
+            runner.new_round();
+        }
     }
 
     /// Lets the runner start the jobs it kept waiting, answering those that finish at once.

@@ -159,6 +159,9 @@ pub(crate) struct Runner {
     backlog: VecDeque<(JobId, Bytes)>,
     /// True while the connection task runs the handler itself.
     inline: bool,
+    /// When the last job run on the connection task in this round ended (the next one's
+    /// start: one clock reading per job).
+    last: Option<Instant>,
     /// Jobs in a row that finished quickly without waiting on tasks of their own; those
     /// tasks keep it up to date.
     quick: Arc<AtomicU32>,
@@ -174,9 +177,15 @@ impl Runner {
             running: 0,
             backlog: VecDeque::new(),
             inline: false,
+            last: None,
             quick: Arc::new(AtomicU32::new(0)),
             replies,
         }
+    }
+
+    /// A new round of jobs begins (the connection task did other things since the last).
+    pub fn new_round(&mut self) {
+        self.last = None;
     }
 
     /// Starts job `id`, or keeps it until a running job finishes. Returns its outcome when
@@ -193,9 +202,11 @@ impl Runner {
             self.inline = true;
         }
         if self.inline {
-            let started = Instant::now();
+            let started = self.last.unwrap_or_else(Instant::now);
             let polled = poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
-            if started.elapsed() > LONG_HANDLER {
+            let ended = Instant::now();
+            self.last = Some(ended);
+            if ended - started > LONG_HANDLER {
                 tracing::debug!("a job was slow: jobs get tasks of their own until quick again");
                 self.inline = false;
                 self.quick.store(0, Ordering::Relaxed);
