@@ -25,6 +25,9 @@ else
     echo "note: no wasm32 target for $(rustup default | cut -d' ' -f1): wasm lints skipped"
 fi
 
+# Broken links in the API documentation fail too.
+RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --workspace --exclude distchan-worker-wasm
+
 step "cargo test (workspace: unit, integration and doc tests)"
 cargo test --workspace --exclude distchan-worker-wasm
 

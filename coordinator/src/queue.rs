@@ -7,9 +7,8 @@
 //! front, ahead of new ones, without taking a place: they were admitted already, and wait
 //! by id, their frame staying in the scheduler's in-flight table.
 //!
-//! The places themselves are a semaphore next to the scheduler's lock
-//! ([`Hub`](crate::scheduler::Hub)), so that a sender can wait for one without holding it;
-//! a job gives its place back when it is dispatched.
+//! The places themselves are a semaphore next to the scheduler's lock, so that a sender can
+//! wait for one without holding the lock; a job gives its place back when it is dispatched.
 
 use std::collections::VecDeque;
 

@@ -2,8 +2,8 @@
 //! dashboard's event stream, and the volunteer page's static files at `/`.
 //!
 //! The WebSocket upgrade is answered here (RFC 6455's opening handshake, with hyper's
-//! upgrade and tokio-tungstenite), so that each worker's WebSocket runs over a
-//! [`Socket`](crate::socket::Socket) that keeps idle workers small.
+//! upgrade and tokio-tungstenite), so that each worker's WebSocket runs over a `Socket`
+//! (see `socket`) that keeps idle workers small.
 
 use std::{net::SocketAddr, sync::Arc};
 

@@ -1,8 +1,8 @@
 //! The coordinator's metrics, exposed in the Prometheus text format at `/metrics`.
 //!
-//! The scheduler counts under its own lock, in plain integers ([`Tallies`]), and those are
-//! published to the Prometheus metrics ([`Counters`]) when someone reads them, so the hot
-//! path touches no shared atomics. Connections count bytes directly.
+//! The scheduler counts under its own lock, in plain integers, and those are published to
+//! the Prometheus metrics when someone reads them, so the hot path touches no shared atomics.
+//! Connections count bytes directly.
 
 use std::{
     sync::{

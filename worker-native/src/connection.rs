@@ -3,8 +3,8 @@
 //! [`WorkerSession`].
 //!
 //! The consumer is either the caller's job stream and result sender ([`connect_raw`]), or a
-//! [`Runner`] that the connection task drives itself ([`serve`](crate::serve) and
-//! friends): then a job whose handler finishes without waiting is answered in the same
+//! runner of a handler that the connection task drives itself ([`serve`](fn@crate::serve)
+//! and friends): then a job whose handler finishes without waiting is answered in the same
 //! flush as the frames read with it, without crossing a task. Frames are read in batches
 //! (every frame already there) and written in batches (one flush per batch).
 

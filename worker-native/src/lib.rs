@@ -48,7 +48,7 @@ use serde::{de::DeserializeOwned, Serialize};
 pub struct Options {
     /// Most unanswered jobs the coordinator may send at once (the credit window).
     pub capacity: u32,
-    /// Jobs run at the same time by [`serve`] and friends.
+    /// Jobs run at the same time by [`serve`](fn@serve) and friends.
     pub concurrency: usize,
     /// Access token, if the coordinator requires one.
     pub token: Option<String>,
