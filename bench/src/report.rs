@@ -211,7 +211,12 @@ impl Report {
         let tiny = |w: u32| {
             self.tiny.iter().find(|r| {
                 (r.k, r.w, r.flavor, r.api)
-                    == (2, w, crate::modes::Flavor::Serve, crate::ours::Api::OneAtATime)
+                    == (
+                        2,
+                        w,
+                        crate::modes::Flavor::Serve,
+                        crate::ours::Api::OneAtATime,
+                    )
             })
         };
         for w in [256, 32] {

@@ -147,8 +147,9 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
     } else {
         tracing::warn!(worker, code, %reason, "worker disconnected");
     }
-    close(&mut ws, code, &reason).await;
+    // The scheduler hears first, so that nothing more is given to this worker while it closes.
     shared.hub.leave(worker, &reason);
+    close(&mut ws, code, &reason).await;
 }
 
 async fn handshake(
@@ -312,7 +313,7 @@ async fn run(
                 let mut bytes = 0;
                 for item in out.drain(..) {
                     let frame = match item {
-                        Outgoing::Job(frame) => frame,
+                        Outgoing::Job(_, frame) => frame,
                         Outgoing::EndOfWork => match wire::encode_to_worker(&ToWorker::EndOfWork) {
                             Ok(frame) => frame,
                             Err(e) => return (CLOSE_POLICY, e.to_string()),

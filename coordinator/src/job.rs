@@ -97,6 +97,10 @@ impl<J: Serialize> JobSender<J> {
     /// Fails with [`Error::Encode`] or [`Error::Transform`] if any job cannot be encoded
     /// (then none is queued), and with [`Error::Closed`] once the coordinator has shut down.
     ///
+    /// Not cancel-safe: if the returned future is dropped while it waits for room, the jobs
+    /// queued before that still run, but their ids are not returned (their outcomes carry
+    /// them).
+    ///
     /// ```no_run
     /// # async fn demo(jobs: distchan_coordinator::JobSender<u64>) -> distchan_protocol::Result<()> {
     /// let ids = jobs.send_many(0..1000u64).await?;

@@ -59,8 +59,8 @@ pub const EMITTED_ID_BASE: u64 = 1 << 63;
 /// What a connection is asked to send, in order.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
-    /// A complete job frame.
-    Job(Bytes),
+    /// A complete job frame, and its job's id.
+    Job(JobId, Bytes),
     EndOfWork,
     Close {
         code: u16,
@@ -220,6 +220,8 @@ pub(crate) struct Scheduler {
     shut_down: bool,
     /// Counts not yet published to the Prometheus metrics.
     tallies: Tallies,
+    /// Jobs in the table that wait for a worker again (taken back, not yet sent again).
+    waiting_again: usize,
 }
 
 /// The scheduler behind its lock, and what is woken outside it.
@@ -296,6 +298,7 @@ impl Hub {
                 end_sent: false,
                 shut_down: false,
                 tallies: Tallies::default(),
+                waiting_again: 0,
                 config,
             }),
             room,
@@ -316,7 +319,17 @@ impl Hub {
     /// Runs `f` under the lock, then wakes whom it asked for.
     fn with<T>(&self, f: impl FnOnce(&mut Scheduler, &mut Wakes) -> T) -> T {
         let mut wakes = Wakes::default();
-        let out = f(&mut self.lock(), &mut wakes);
+        let out = {
+            let mut s = self.lock();
+            let out = f(&mut s, &mut wakes);
+            // Under the lock: counts from joins and leaves on other threads are never
+            // published out of order.
+            if let Some(n) = wakes.workers.take() {
+                self.workers_watch
+                    .send_replace(if s.shut_down { 0 } else { n });
+            }
+            out
+        };
         self.wake(wakes);
         out
     }
@@ -327,8 +340,8 @@ impl Hub {
             let mut s = self.lock();
             let gauges = Gauges {
                 workers: s.workers.len(),
-                queued: s.queue.waiting(),
-                in_flight: s.table.len().saturating_sub(s.queue.again()),
+                queued: s.queue.waiting() - s.queue.again() + s.waiting_again,
+                in_flight: s.table.len() - s.waiting_again,
             };
             (std::mem::take(&mut s.tallies), gauges)
         };
@@ -359,9 +372,6 @@ impl Hub {
         }
         if wakes.leases {
             self.leases_changed.notify_one();
-        }
-        if let Some(n) = wakes.workers {
-            self.workers_watch.send_replace(n);
         }
         if wakes.finished {
             self.finished_watch.send_replace(true);
@@ -794,6 +804,7 @@ impl Scheduler {
             .table
             .get_mut(&id)
             .expect("waiting jobs are in the table");
+        self.waiting_again -= 1;
         entry.at = now;
         entry.dispatches += 1;
         entry.state = State::Running {
@@ -818,7 +829,7 @@ impl Scheduler {
         let w = self.workers.get_mut(&wid).expect("picked workers exist");
         w.held += 1;
         self.free_credit -= 1;
-        w.send(Outgoing::Job(frame), wakes);
+        w.send(Outgoing::Job(id, frame), wakes);
         if w.free() > 0 {
             self.ring.push_back(wid);
         } else {
@@ -831,6 +842,16 @@ impl Scheduler {
                 id,
                 dispatch,
             });
+            // Leases of answered jobs stay until their deadline; when they are most of the
+            // line, drop them (amortized: at most one sweep per table's worth of dispatches).
+            if self.leases.len() > 2 * self.table.len() + 1024 {
+                let table = &self.table;
+                self.leases.retain(|l| {
+                    table.get(&l.id).is_some_and(
+                        |e| matches!(e.state, State::Running { dispatch, .. } if dispatch == l.dispatch),
+                    )
+                });
+            }
         }
         self.tallies.dispatched += 1;
     }
@@ -873,19 +894,22 @@ impl Scheduler {
             if entry.handler_failures < self.config.handler_retries {
                 entry.handler_failures += 1;
                 entry.state = State::Waiting;
+                self.waiting_again += 1;
                 tracing::debug!(%id, %message, "handler failed; retrying");
                 self.queue.requeue_front(vec![id]);
                 return;
             }
         }
         let entry = slot.remove();
-        if let State::Running { worker: other, .. } = entry.state {
-            if other != worker {
+        match entry.state {
+            State::Running { worker: other, .. } if other != worker => {
                 // The job's current runner still holds it; its answer will be a duplicate.
                 if let Some(o) = self.workers.get_mut(&other) {
                     o.superseded.insert(id);
                 }
             }
+            State::Running { .. } => {}
+            State::Waiting => self.waiting_again -= 1,
         }
         self.tallies.round_trip.observe(now - entry.at);
         if let Some(w) = self.workers.get_mut(&worker) {
@@ -900,7 +924,7 @@ impl Scheduler {
         };
         self.free_credit -= w.free();
         // The jobs it ran go to others; those it held that run elsewhere stay there.
-        let lost: Vec<JobId> = if w.held > w.superseded.len() {
+        let running: Vec<JobId> = if w.held > w.superseded.len() {
             self.table
                 .iter()
                 .filter(|(_, e)| matches!(e.state, State::Running { worker: r, .. } if r == worker))
@@ -909,15 +933,32 @@ impl Scheduler {
         } else {
             Vec::new()
         };
-        if !lost.is_empty() {
+        if !running.is_empty() {
             tracing::info!(
                 worker,
                 reason,
-                jobs = lost.len(),
+                jobs = running.len(),
                 "worker lost with jobs in flight"
             );
         }
+        // Jobs still in its outbox never left: they go back without counting as an attempt.
+        let unsent: HashSet<JobId> = w
+            .outbox
+            .iter()
+            .filter_map(|out| match out {
+                Outgoing::Job(id, _) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let (unsent, lost): (Vec<JobId>, Vec<JobId>) =
+            running.into_iter().partition(|id| unsent.contains(id));
+        self.take_back(unsent);
         self.requeue_or_fail(lost, wakes);
+        // Workers that left stay in the ring until picked; do not let them pile up.
+        if self.ring.len() > 2 * self.workers.len() + 64 {
+            let workers = &self.workers;
+            self.ring.retain(|id| workers.contains_key(id));
+        }
         wakes.workers = Some(self.workers.len());
     }
 
@@ -960,12 +1001,24 @@ impl Scheduler {
                 self.table.remove(&id);
                 self.deliver(id, None, Err(Error::WorkerLost { attempts }), wakes);
             } else {
-                entry.state = State::Waiting;
                 requeue.push(id);
             }
         }
         self.tallies.redelivered += requeue.len() as u64;
-        self.queue.requeue_front(requeue);
+        self.take_back(requeue);
+    }
+
+    /// Puts running jobs back at the front of the line, to wait for a worker again.
+    fn take_back(&mut self, ids: Vec<JobId>) {
+        for id in &ids {
+            let entry = self
+                .table
+                .get_mut(id)
+                .expect("running jobs are in the table");
+            entry.state = State::Waiting;
+        }
+        self.waiting_again += ids.len();
+        self.queue.requeue_front(ids);
     }
 
     /// Hands an outcome to the receiver (or counts it, without one).

@@ -32,6 +32,17 @@ async fn start_leased(
     .await
 }
 
+/// Tells the coordinator that this raw worker is leaving (no more jobs for it).
+async fn send_drain(ws: &mut common::MemWs) {
+    let drain = distchan_protocol::wire::encode_to_coordinator(
+        &distchan_protocol::wire::ToCoordinator::Drain,
+    )
+    .unwrap();
+    futures_util::SinkExt::send(ws, tokio_tungstenite::tungstenite::Message::Binary(drain))
+        .await
+        .unwrap();
+}
+
 fn capacity(n: u32) -> Hello {
     Hello {
         capacity: n,
@@ -403,16 +414,7 @@ async fn an_answer_for_a_job_waiting_again_counts_and_the_work_still_ends() {
     // The lease runs out and the job waits again; a, the only worker, still holds it.
     tokio::time::sleep(lease * 2).await;
     // a drains (so its answer frees no credit to dispatch with), then answers after all.
-    let drain = distchan_protocol::wire::encode_to_coordinator(
-        &distchan_protocol::wire::ToCoordinator::Drain,
-    )
-    .unwrap();
-    futures_util::SinkExt::send(
-        &mut a,
-        tokio_tungstenite::tungstenite::Message::Binary(drain),
-    )
-    .await
-    .unwrap();
+    send_drain(&mut a).await;
     mem_answer(&mut a, job.id, &"SLOW".to_owned()).await;
     let outcome = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
     assert_eq!(
@@ -463,4 +465,34 @@ async fn a_burst_of_results_larger_than_a_read_batch_loses_none() {
     for o in outcomes {
         assert_eq!(o.result.unwrap(), o.id.0 * 2);
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gauges_count_only_what_really_waits_and_runs() {
+    let lease = Duration::from_secs(5);
+    let (coordinator, net, jobs, mut results) = start_leased(lease).await;
+    let (mut a, _) = raw_mem_worker(&net, capacity(2)).await;
+    jobs.send("x".into()).await.unwrap();
+    let x = next_job(&mut a).await;
+    tokio::time::sleep(lease * 2).await; // x waits again; a still holds it
+    jobs.send("y".into()).await.unwrap();
+    let y = next_job(&mut a).await; // a had room for one more
+                                    // a drains (its answers free no credit), then answers x after all.
+    send_drain(&mut a).await;
+    mem_answer(&mut a, x.id, &"X".to_owned()).await;
+    let first = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
+    assert_eq!(first.id, x.id);
+    let stats = coordinator.stats();
+    assert_eq!(
+        (stats.in_flight, stats.queued),
+        (1, 0),
+        "y runs; nothing waits (x was answered while it waited)"
+    );
+    mem_answer(&mut a, y.id, &"Y".to_owned()).await;
+    drop(jobs);
+    let second = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
+    assert_eq!(second.id, y.id);
+    assert!(timeout(LIMIT, results.recv()).await.unwrap().is_none());
+    let stats = coordinator.stats();
+    assert_eq!((stats.in_flight, stats.queued), (0, 0));
 }

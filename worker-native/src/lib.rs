@@ -50,6 +50,11 @@ pub struct Options {
     pub capacity: u32,
     /// Jobs run at the same time by [`serve`](fn@serve) and friends.
     pub concurrency: usize,
+    /// Let the connection task run a handler itself once it has proved quick (see
+    /// [`serve`](mod@serve)): the fastest way to answer small jobs. Turn it off when a
+    /// handler that is usually quick may suddenly compute for seconds without waiting: a
+    /// job running on the connection task holds up its heartbeats until it finishes.
+    pub inline_handlers: bool,
     /// Access token, if the coordinator requires one.
     pub token: Option<String>,
     /// Payload transforms; must match the coordinator's.
@@ -72,6 +77,7 @@ impl Default for Options {
         Options {
             capacity: 32,
             concurrency,
+            inline_handlers: true,
             token: None,
             transforms: TransformChain::new(),
             agent: None,

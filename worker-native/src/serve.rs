@@ -8,7 +8,8 @@
 //! crossing a task. There every job is timed too, and one slow job (a heavier input, or the
 //! machine stalling the thread) sends the jobs back to tasks of their own until the handler
 //! has proved quick again. A job whose handler waits (for I/O, a timer) is moved to a task
-//! of its own where it waits.
+//! of its own where it waits. [`Options::inline_handlers`](crate::Options::inline_handlers)
+//! turns the connection task's part off.
 
 use std::{
     collections::VecDeque,
@@ -128,7 +129,8 @@ where
 {
     let concurrency = options.concurrency.max(1);
     let (replies, done) = mpsc::channel(concurrency);
-    conn.run(Runner::new(handler, concurrency, replies), done, options)
+    let runner = Runner::new(handler, concurrency, options.inline_handlers, replies);
+    conn.run(runner, done, options)
 }
 
 /// A job handler as the connection task runs it: plain MessagePack in, the outcome out.
@@ -159,6 +161,8 @@ pub(crate) struct Runner {
     backlog: VecDeque<(JobId, Bytes)>,
     /// True while the connection task runs the handler itself.
     inline: bool,
+    /// False when the options forbid running handlers on the connection task.
+    may_inline: bool,
     /// When the last job run on the connection task in this round ended (the next one's
     /// start: one clock reading per job).
     last: Option<Instant>,
@@ -170,13 +174,19 @@ pub(crate) struct Runner {
 }
 
 impl Runner {
-    fn new(handler: Handler, concurrency: usize, replies: mpsc::Sender<Reply>) -> Self {
+    fn new(
+        handler: Handler,
+        concurrency: usize,
+        may_inline: bool,
+        replies: mpsc::Sender<Reply>,
+    ) -> Self {
         Runner {
             handler,
             concurrency,
             running: 0,
             backlog: VecDeque::new(),
             inline: false,
+            may_inline,
             last: None,
             quick: Arc::new(AtomicU32::new(0)),
             replies,
@@ -197,7 +207,7 @@ impl Runner {
             return None;
         }
         let mut job = (self.handler)(payload);
-        if !self.inline && self.quick.load(Ordering::Relaxed) == CALIBRATION {
+        if !self.inline && self.may_inline && self.quick.load(Ordering::Relaxed) == CALIBRATION {
             tracing::debug!("the handler is quick: the connection task runs it");
             self.inline = true;
         }

@@ -222,3 +222,21 @@ async fn a_burst_of_jobs_larger_than_a_read_batch_is_answered_in_full() {
         .iter()
         .all(|o| *o.result.as_ref().unwrap() == o.id.0 + 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_inline_handlers_off_every_job_gets_a_task_of_its_own() {
+    let tasks = Arc::new(Mutex::new(HashSet::new()));
+    let t = tasks.clone();
+    let options = Options {
+        inline_handlers: false,
+        ..options(4, 16)
+    };
+    run(Config::default(), options, 300, move |x| {
+        t.lock()
+            .unwrap()
+            .insert(tokio::task::try_id().expect("on a task"));
+        std::future::ready(Ok(x))
+    })
+    .await;
+    assert_eq!(tasks.lock().unwrap().len(), 300);
+}
