@@ -8,9 +8,19 @@ use crate::{transform::TransformChain, wire::JobFrameBuilder, Error, Result};
 
 /// Serializes `value` to MessagePack without transforms.
 pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
-    rmp_serde::to_vec_named(value)
-        .map(Bytes::from)
-        .map_err(|e| Error::Encode(e.to_string()))
+    let mut out = Vec::new();
+    write_msgpack(&mut out, value)?;
+    Ok(out.into())
+}
+
+/// Appends `value` as MessagePack, with field names, to `out`: the one place the format of
+/// payloads is chosen.
+fn write_msgpack<W, T>(out: &mut W, value: &T) -> Result<()>
+where
+    W: std::io::Write + ?Sized,
+    T: Serialize + ?Sized,
+{
+    rmp_serde::encode::write_named(out, value).map_err(|e| Error::Encode(e.to_string()))
 }
 
 /// Deserializes MessagePack bytes (already through the transform chain).
@@ -34,9 +44,7 @@ pub fn encode_job<T: Serialize + ?Sized>(
         return Ok(JobFrameBuilder::from_payload(&encode(value, chain)?));
     }
     let mut frame = JobFrameBuilder::with_capacity(64);
-    value
-        .serialize(&mut rmp_serde::Serializer::new(&mut frame).with_struct_map())
-        .map_err(|e| Error::Encode(e.to_string()))?;
+    write_msgpack(&mut frame, value)?;
     Ok(frame)
 }
 
