@@ -272,22 +272,26 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(frame))) => return session.handle_frame_shared(&frame),
-            Some(Ok(Message::Close(frame))) => return Err(closed_by_coordinator(frame)),
-            Some(Ok(Message::Text(_))) => {
-                return Err(Error::Malformed(
-                    "text frames are not part of the protocol".into(),
-                ))
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(read_error(e)),
-            None => {
-                return Err(Error::Connection(
-                    "the coordinator closed the connection".into(),
-                ))
-            }
+        if let Some(frame) = binary(ws.next().await)? {
+            return session.handle_frame_shared(&frame);
         }
+    }
+}
+
+/// The binary frame a message carries; `None` for messages that carry none (pings, pongs).
+/// An error ends the connection: a text frame is malformed, the rest mean it is gone.
+fn binary(msg: Option<WsResult>) -> Result<Option<Bytes>> {
+    match msg {
+        Some(Ok(Message::Binary(frame))) => Ok(Some(frame)),
+        Some(Ok(Message::Close(frame))) => Err(closed_by_coordinator(frame)),
+        Some(Ok(Message::Text(_))) => Err(Error::Malformed(
+            "text frames are not part of the protocol".into(),
+        )),
+        Some(Ok(_)) => Ok(None),
+        Some(Err(e)) => Err(read_error(e)),
+        None => Err(Error::Connection(
+            "the coordinator closed the connection".into(),
+        )),
     }
 }
 
@@ -452,20 +456,12 @@ where
     }
 
     async fn on_message(&mut self, msg: Option<WsResult>) -> Option<End> {
-        let frame = match msg {
-            Some(Ok(Message::Binary(frame))) => frame,
-            Some(Ok(Message::Close(frame))) => return Some(Err(closed_by_coordinator(frame))),
-            Some(Ok(Message::Text(_))) => {
-                let e = Error::Malformed("text frames are not part of the protocol".into());
-                return Some(Err(fail(&mut self.ws, e).await));
-            }
-            Some(Ok(_)) => return None,
-            Some(Err(e)) => return Some(Err(read_error(e))),
-            None => {
-                return Some(Err(Error::Connection(
-                    "the coordinator closed the connection".into(),
-                )))
-            }
+        let frame = match binary(msg) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return None,
+            // A malformed message is answered with a close frame giving the reason.
+            Err(e @ Error::Malformed(_)) => return Some(Err(fail(&mut self.ws, e).await)),
+            Err(e) => return Some(Err(e)),
         };
         match self.session.handle_frame_shared(&frame) {
             Ok(Event::Job { id, payload }) => self.take_job(id, payload).await,
