@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use distchan_protocol::wire::DEFAULT_MAX_FRAME;
+use distchan_protocol::{module::Limits, wire::DEFAULT_MAX_FRAME};
 
 /// Every setting of a coordinator. Start from [`Config::default`] and change what you need.
 ///
@@ -53,7 +53,10 @@ pub struct Config {
     /// workers) are not affected.
     pub allowed_origins: Vec<String>,
     /// Name of the built-in task the jobs are for, announced to workers in the welcome.
+    /// A coordinator runs a built-in task or a [task module](crate::TaskModule), not both.
     pub task: Option<String>,
+    /// The limits every job of a task module runs under: memory, time, output size.
+    pub module_limits: Limits,
     /// Jobs that may wait in the queue before `send` waits (backpressure).
     pub queue_capacity: usize,
     /// Results that may wait for the receiver before dispatching slows down.
@@ -80,6 +83,7 @@ impl Default for Config {
             max_capacity: 4096,
             allowed_origins: Vec::new(),
             task: None,
+            module_limits: Limits::default(),
             queue_capacity: 1024,
             result_capacity: 1024,
             ws_path: "/ws".into(),

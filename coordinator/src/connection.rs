@@ -131,6 +131,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
         task: shared.config.task.clone(),
         heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
         max_frame: shared.config.max_frame as u64,
+        module: shared.module.as_ref().map(|(spec, _)| spec.clone()),
     });
     let (code, reason) = match wire::encode_to_worker(&welcome) {
         Ok(frame) => match ws.send(Message::Binary(frame)).await {

@@ -15,8 +15,9 @@
 //! - [`result`]: [`ResultReceiver`] takes outcomes in batches and decodes them (optionally
 //!   in send order).
 //!
-//! Around it: [`config`] (every setting, with defaults), `server` (HTTP, WebSocket upgrade,
-//! static files), `socket` (the socket under each WebSocket: read-ahead buffers lent while
+//! Around it: [`config`] (every setting, with defaults), [`module`] (the user's task module,
+//! served to workers), `server` (HTTP, WebSocket upgrade, static files, the module's URL),
+//! `socket` (the socket under each WebSocket: read-ahead buffers lent while
 //! busy), [`stats`] (counters), [`memory`] (an in-process transport for tests) and
 //! [`demo`] (the binary's demo workloads).
 //!
@@ -48,6 +49,7 @@ mod dashboard;
 pub mod demo;
 pub mod job;
 pub mod memory;
+pub mod module;
 pub mod queue;
 pub mod result;
 pub mod scheduler;
@@ -60,11 +62,15 @@ use std::{net::SocketAddr, sync::Arc};
 pub use config::Config;
 pub use distchan_protocol::{transform, Error, JobId};
 pub use job::{JobSender, TrySendError};
+pub use module::TaskModule;
 pub use result::{JobOutcome, ResultReceiver};
 pub use scheduler::{ShutdownReport, WorkerSnapshot};
 pub use stats::Stats;
 
-use distchan_protocol::transform::{Transform, TransformChain};
+use distchan_protocol::{
+    module::ModuleSpec,
+    transform::{Transform, TransformChain},
+};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::{
     net::{TcpListener, ToSocketAddrs},
@@ -78,6 +84,8 @@ use crate::{scheduler::Hub, stats::Counters};
 /// State shared by the HTTP server and every connection.
 pub(crate) struct Shared {
     pub config: Config,
+    /// The task module the workers run, with what the welcome says of it.
+    pub module: Option<(ModuleSpec, TaskModule)>,
     pub counters: Arc<Counters>,
     pub epoch: tokio::time::Instant,
     pub dashboard: dashboard::Hub,
@@ -97,6 +105,7 @@ pub(crate) struct Shared {
 pub struct Builder {
     config: Config,
     chain: TransformChain,
+    module: Option<TaskModule>,
 }
 
 impl Builder {
@@ -115,6 +124,15 @@ impl Builder {
     /// Adds a payload transform; transforms apply in the order they are added.
     pub fn transform(mut self, transform: impl Transform) -> Self {
         self.chain.push(transform);
+        self
+    }
+
+    /// Runs every job through `module` instead of a built-in task: workers fetch it from
+    /// this coordinator, check its hash and run it sandboxed under
+    /// [`Config::module_limits`]. See [`module`](crate::module) for how jobs and results
+    /// reach it.
+    pub fn module(mut self, module: TaskModule) -> Self {
+        self.module = Some(module);
         self
     }
 
@@ -263,6 +281,15 @@ impl Builder {
                 self.config.ws_path
             )));
         }
+        let module = match &self.module {
+            Some(_) if self.config.task.is_some() => {
+                return Err(Error::Config(
+                    "a coordinator runs a built-in task or a task module, not both".into(),
+                ))
+            }
+            Some(m) => Some((m.spec(self.config.module_limits)?, m.clone())),
+            None => None,
+        };
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let epoch = tokio::time::Instant::now();
@@ -288,6 +315,7 @@ impl Builder {
             finished: hub.watch_finished(),
             hub,
             config,
+            module,
         });
         let server_task = server::spawn(
             listener,

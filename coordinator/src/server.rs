@@ -5,11 +5,11 @@
 //! upgrade and tokio-tungstenite), so that each worker's WebSocket runs over a `Socket`
 //! (see `socket`) that keeps idle workers small.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use axum::serve::{Listener, ListenerExt};
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, Path, Query, Request, State},
     http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -17,6 +17,7 @@ use axum::{
 };
 use distchan_protocol::wire::{self, PROTOCOL_VERSION};
 use hyper_util::rt::TokioIo;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
     tungstenite::{
@@ -36,6 +37,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(&shared.config.ws_path, get(upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/modules/{file}", get(module_file))
         .route("/dashboard/events", get(dashboard::events));
     if let Some(dir) = &shared.config.static_dir {
         router = router
@@ -84,6 +86,55 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         body,
+    )
+        .into_response()
+}
+
+/// `GET /modules/<sha256>.wasm`: the task module, immutable (its name is its hash). When
+/// the coordinator wants an access token, the download needs it too (as a bearer token or
+/// a `token` query parameter).
+async fn module_file(
+    State(shared): State<Arc<Shared>>,
+    Path(file): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let served = shared
+        .module
+        .as_ref()
+        .filter(|(spec, _)| file.strip_suffix(".wasm") == Some(spec.sha256.as_str()));
+    let Some((spec, module)) = served else {
+        return (StatusCode::NOT_FOUND, "no such module\n").into_response();
+    };
+    if let Some(expected) = &shared.config.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or(query.get("token").map(String::as_str))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "this coordinator wants an access token\n",
+            )
+                .into_response();
+        }
+    }
+    shared.counters.module_downloads.inc();
+    let cache = if shared.config.token.is_some() {
+        "private, max-age=31536000, immutable"
+    } else {
+        "public, max-age=31536000, immutable"
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "application/wasm".to_owned()),
+            (header::CACHE_CONTROL, cache.to_owned()),
+            (header::ETAG, format!("\"{}\"", spec.sha256)),
+        ],
+        module.bytes().clone(),
     )
         .into_response()
 }

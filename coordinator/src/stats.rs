@@ -149,6 +149,8 @@ pub(crate) struct Counters {
     pub duplicates: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+    /// Times a worker downloaded the task module.
+    pub module_downloads: Counter,
     /// Seconds a job waited in the scheduler's line before it was sent to a worker.
     pub dispatch_wait: Histogram,
     /// Seconds between sending a job to a worker and receiving its result.
@@ -169,6 +171,7 @@ impl Default for Counters {
             duplicates: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
+            module_downloads: Counter::default(),
             dispatch_wait: Histogram::default(),
             round_trip: Histogram::default(),
             registry: Registry::with_prefix("distchan"),
@@ -213,6 +216,11 @@ impl Default for Counters {
         );
         r.register("bytes_sent", "Bytes sent to workers", c.bytes_out.clone());
         r.register(
+            "module_downloads",
+            "Times a worker downloaded the task module",
+            c.module_downloads.clone(),
+        );
+        r.register(
             "dispatch_wait_seconds",
             "Time a job waited for a worker",
             c.dispatch_wait.clone(),
@@ -249,6 +257,9 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Bytes sent to workers.
     pub bytes_out: u64,
+    /// Times a worker downloaded the task module (once per worker; a native worker that
+    /// has it cached downloads nothing).
+    pub module_downloads: u64,
 }
 
 impl Counters {
@@ -284,6 +295,7 @@ impl Counters {
             duplicates: self.duplicates.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
+            module_downloads: self.module_downloads.get(),
         }
     }
 

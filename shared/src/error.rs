@@ -1,6 +1,6 @@
 //! The one error type shared by every distchan crate.
 
-use crate::wire::Refusal;
+use crate::{module::ModuleError, wire::Refusal};
 
 /// Everything that can go wrong in distchan, as variants a caller can match on.
 ///
@@ -58,6 +58,9 @@ pub enum Error {
     /// Invalid configuration or argument.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A task module that cannot be used: not the one announced, or not runnable.
+    #[error("task module: {0}")]
+    Module(#[from] ModuleError),
     /// An I/O error (binding a socket, reading a file).
     #[error(transparent)]
     Io(#[from] std::io::Error),

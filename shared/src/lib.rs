@@ -13,6 +13,8 @@
 //! - [`payload`]: typed values to payload bytes and back (serde, MessagePack, transforms).
 //! - [`session`]: the worker-side state machine: hello, welcome or refusal, jobs, results,
 //!   end of work.
+//! - [`module`]: task modules, the user's own code as WebAssembly: the spec a welcome
+//!   carries, hash checks, the two ABIs, and what a run's facts mean as a job's outcome.
 //! - [`tasks`]: built-in demo tasks (capitalize, add, Mandelbrot tiles) that every worker can run.
 //! - [`error`]: the one error type of the project.
 //!
@@ -30,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod module;
 pub mod payload;
 pub mod session;
 #[cfg(feature = "tasks")]

@@ -14,7 +14,7 @@
 //! let mut session = WorkerSession::new(SessionConfig::native(8), TransformChain::new());
 //! let _hello = session.hello_frame()?; // send this first
 //! let welcome = wire::encode_to_worker(&ToWorker::Welcome(Welcome {
-//!     worker_id: 1, task: None, heartbeat_ms: 0, max_frame: 0,
+//!     worker_id: 1, task: None, heartbeat_ms: 0, max_frame: 0, module: None,
 //! }))?;
 //! assert!(matches!(session.handle_frame(&welcome)?, Event::Welcomed(_)));
 //! let job = wire::encode_to_worker(&ToWorker::Job(Job {
@@ -35,6 +35,7 @@ use rustc_hash::FxHashMap as HashMap;
 use bytes::Bytes;
 
 use crate::{
+    module::ModuleSpec,
     transform::TransformChain,
     wire::{
         self, Hello, JobResult, RefusalCode, ToCoordinator, ToWorker, Welcome, WorkerKind,
@@ -162,6 +163,11 @@ impl WorkerSession {
     /// The task the coordinator named in its welcome, if any.
     pub fn task(&self) -> Option<&str> {
         self.welcome.as_ref()?.task.as_deref()
+    }
+
+    /// The task module the coordinator named in its welcome, if any.
+    pub fn module(&self) -> Option<&ModuleSpec> {
+        self.welcome.as_ref()?.module.as_ref()
     }
 
     /// How long the coordinator may stay silent before the worker gives up on it:
@@ -356,6 +362,7 @@ mod tests {
             task: Some("capitalize".into()),
             heartbeat_ms: 100,
             max_frame: 0,
+            module: None,
         }))
         .unwrap()
     }

@@ -29,7 +29,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::{module::ModuleSpec, Error, Result};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -122,6 +122,11 @@ pub struct Welcome {
     /// Largest frame the coordinator accepts, in bytes.
     #[serde(default)]
     pub max_frame: u64,
+    /// The task module the jobs are for, if the coordinator runs one instead of a built-in
+    /// task: the worker fetches it from the coordinator, checks its hash and runs every job
+    /// through it (see [`module`](crate::module)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<ModuleSpec>,
 }
 
 /// Why a worker was refused.
@@ -687,6 +692,7 @@ mod tests {
                 task: Some("add".into()),
                 heartbeat_ms: 5000,
                 max_frame: 1024,
+                module: None,
             }),
             ToWorker::Refused(Refusal::new(RefusalCode::BadToken, "wrong token")),
             ToWorker::Job(Job {

@@ -16,6 +16,7 @@ fn welcome_frame() -> Bytes {
         task: None,
         heartbeat_ms: 0,
         max_frame: 0,
+        module: None,
     }))
     .unwrap()
 }

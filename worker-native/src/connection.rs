@@ -37,7 +37,11 @@ use tokio_tungstenite::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{serve::Runner, Options};
+use crate::{
+    module::{Done, ModulePool, Source},
+    serve::Runner,
+    Options,
+};
 
 /// A job as it arrives: its id and plain MessagePack payload (transforms already undone).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,7 +233,7 @@ where
         let capacity = options.capacity.max(1) as usize;
         let (jobs_tx, jobs_rx) = mpsc::channel(capacity);
         let (replies_tx, replies_rx) = mpsc::channel(capacity);
-        let client = self.spawn(Jobs::Stream(jobs_tx), replies_rx, options);
+        let client = self.spawn(Jobs::Stream(jobs_tx), Some(replies_rx), options);
         (jobs_rx, replies_tx, client)
     }
 
@@ -241,7 +245,18 @@ where
         replies: mpsc::Receiver<Reply>,
         options: &Options,
     ) -> Client {
-        self.spawn(Jobs::Run(runner), replies, options)
+        self.spawn(Jobs::Run(runner), Some(replies), options)
+    }
+
+    /// Starts the connection task running every job through the task module of `source`
+    /// on a [`ModulePool`] of `threads` threads.
+    pub(crate) fn run_module(self, source: Source, threads: usize, options: &Options) -> Client {
+        // The pool reports on a channel of its own.
+        self.spawn(
+            Jobs::Module(ModulePool::start(source, threads)),
+            None,
+            options,
+        )
     }
 
     /// Leaves before taking any job, telling the coordinator why.
@@ -249,7 +264,14 @@ where
         close(&mut self.ws, CLOSE_NORMAL, reason).await;
     }
 
-    fn spawn(self, jobs: Jobs, replies: mpsc::Receiver<Reply>, options: &Options) -> Client {
+    /// Starts the connection task; `replies` is where the jobs' consumer answers, when it
+    /// answers through a channel.
+    fn spawn(
+        self,
+        jobs: Jobs,
+        replies: Option<mpsc::Receiver<Reply>>,
+        options: &Options,
+    ) -> Client {
         let drain = options.drain.clone();
         let driver = Driver {
             ws: self.ws,
@@ -347,6 +369,8 @@ enum Jobs {
     Stream(mpsc::Sender<RawJob>),
     /// To a handler the connection task runs itself.
     Run(Runner),
+    /// To threads running a task module.
+    Module(ModulePool),
 }
 
 /// What stops the connection: how it ended, for [`Client::done`].
@@ -366,8 +390,14 @@ impl<S> Driver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    async fn drive(mut self, mut replies: mpsc::Receiver<Reply>, drain: CancellationToken) -> End {
-        let mut replies_open = true;
+    async fn drive(
+        mut self,
+        replies: Option<mpsc::Receiver<Reply>>,
+        drain: CancellationToken,
+    ) -> End {
+        let mut replies_open = replies.is_some();
+        let (_, unused) = mpsc::channel(1);
+        let mut replies = replies.unwrap_or(unused);
         let mut draining = false;
         let mut batch = Vec::new();
         let idle = self.session.idle_timeout();
@@ -419,6 +449,11 @@ where
                         break end;
                     }
                 }
+                Some(done) = module_done(&mut self.jobs) => {
+                    if let Some(end) = self.on_module(done).await {
+                        break end;
+                    }
+                }
                 _ = &mut deadline, if idle.is_some() => {
                     let limit = idle.unwrap_or(far);
                     if last_seen.elapsed() >= limit {
@@ -452,7 +487,29 @@ where
                 Poll::Pending => break,
             };
         }
+        if let Some(Jobs::Module(pool)) = &mut self.jobs {
+            pool.dispatch();
+        }
         self.flush().await
+    }
+
+    /// Answers the jobs a task module finished, or ends the connection when the module
+    /// could not be loaded.
+    async fn on_module(&mut self, done: Done) -> Option<End> {
+        match done {
+            Done::Results(outcomes) => {
+                for (id, outcome) in outcomes {
+                    if let Some(end) = self.answer(id, outcome).await {
+                        return Some(end);
+                    }
+                }
+                self.flush().await
+            }
+            Done::Failed(e) => {
+                tracing::error!(error = %e, "the task module cannot run here; leaving");
+                Some(Err(fail(&mut self.ws, e).await))
+            }
+        }
     }
 
     async fn on_message(&mut self, msg: Option<WsResult>) -> Option<End> {
@@ -484,6 +541,10 @@ where
             Some(Jobs::Run(runner)) => {
                 let (id, outcome) = runner.start(id, payload).await?;
                 return self.answer(id, outcome).await;
+            }
+            Some(Jobs::Module(pool)) => {
+                pool.push(id, payload);
+                return None;
             }
             Some(Jobs::Stream(tx)) => tx,
             None => return self.stop_taking_jobs().await,
@@ -588,6 +649,14 @@ where
             Ok(()) => None,
             Err(e) => Some(Err(Error::Connection(e.to_string()))),
         }
+    }
+}
+
+/// The next report of the task module's threads; never, when the jobs go elsewhere.
+async fn module_done(jobs: &mut Option<Jobs>) -> Option<Done> {
+    match jobs {
+        Some(Jobs::Module(pool)) => pool.next().await,
+        _ => std::future::pending().await,
     }
 }
 

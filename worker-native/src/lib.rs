@@ -6,8 +6,10 @@
 //!   protocol crate's [`WorkerSession`](distchan_protocol::session::WorkerSession) (the
 //!   browser worker drives the same one).
 //! - [`job`]: the typed job stream and result sink (the Go client's `in` and `out`).
-//! - [`serve`](mod@serve): run a handler on every job with bounded concurrency, or the
-//!   built-in demo tasks.
+//! - [`serve`](mod@serve): run a handler on every job with bounded concurrency, or the task
+//!   the coordinator names ([`serve_task`]): a built-in demo task or a task module.
+//! - `module` (private): task modules (WebAssembly) fetched, checked, cached on disk,
+//!   compiled once and run sandboxed by wasmtime on a pool of threads.
 //!
 //! # Example: the Go README's capitalizer worker
 //!
@@ -26,6 +28,7 @@
 
 pub mod connection;
 pub mod job;
+mod module;
 pub mod serve;
 
 use std::time::Duration;
@@ -33,7 +36,8 @@ use std::time::Duration;
 pub use connection::{connect_raw, connect_raw_io, Client, RawConnection, RawJob, Reply};
 pub use distchan_protocol::{transform, Error, JobId, Result};
 pub use job::{Job, JobStream, ResultSink};
-pub use serve::{serve, serve_builtin, serve_raw};
+pub use module::default_cache_dir;
+pub use serve::{serve, serve_raw, serve_task};
 pub use tokio_util::sync::CancellationToken;
 
 use distchan_protocol::{
@@ -69,6 +73,9 @@ pub struct Options {
     pub drain: CancellationToken,
     /// Protocol version announced; only tests need to change it.
     pub protocol_version: u32,
+    /// Folder where task modules are kept between runs ([`default_cache_dir`] by default);
+    /// `None` keeps them in memory only.
+    pub module_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -85,6 +92,7 @@ impl Default for Options {
             handshake_timeout: Duration::from_secs(10),
             drain: CancellationToken::new(),
             protocol_version: PROTOCOL_VERSION,
+            module_cache: default_cache_dir(),
         }
     }
 }

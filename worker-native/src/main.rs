@@ -1,12 +1,14 @@
-//! `distchan-worker`: joins a coordinator and runs the built-in task it names.
+//! `distchan-worker`: joins a coordinator and runs the task it names: a built-in task, or a
+//! WebAssembly task module fetched from the coordinator and run sandboxed.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use distchan_protocol::transform::Aes256GcmTransform;
-use distchan_worker::{serve_builtin, Error, Options};
+use distchan_worker::{serve_task, Error, Options};
 
-/// Join a distchan coordinator and compute its jobs with the built-in tasks.
+/// Join a distchan coordinator and compute its jobs: with a built-in task, or with the
+/// WebAssembly task module the coordinator serves.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -28,6 +30,10 @@ struct Args {
     /// Name shown on the coordinator's side.
     #[arg(long, env = "DISTCHAN_AGENT")]
     agent: Option<String>,
+    /// Folder where task modules are kept between runs [default: distchan/modules in the
+    /// user's cache folder].
+    #[arg(long, env = "DISTCHAN_MODULE_CACHE")]
+    module_cache: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -59,6 +65,9 @@ async fn run(args: Args) -> Result<(), Error> {
         .max(1);
     options.token = args.token;
     options.agent = args.agent;
+    if args.module_cache.is_some() {
+        options.module_cache = args.module_cache;
+    }
     if let Some(key) = &args.aes_key {
         options = options.transform(Aes256GcmTransform::from_hex(key)?);
     }
@@ -75,5 +84,5 @@ async fn run(args: Args) -> Result<(), Error> {
             }
         }
     });
-    serve_builtin(&args.url, options).await
+    serve_task(&args.url, options).await
 }

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     connection::{self, Client, Reply, Welcomed},
+    module::Source,
     Options,
 };
 
@@ -77,13 +78,34 @@ where
     .await
 }
 
-/// Connects to `url` and runs the built-in task the coordinator names in its welcome
-/// ([`distchan_protocol::tasks`]) until end-of-work; CPU-heavy tasks run on blocking
-/// threads.
-pub async fn serve_builtin(url: &str, options: Options) -> Result<()> {
+/// Connects to `url` and runs the task the coordinator names in its welcome until
+/// end-of-work: its task module (fetched once, checked against its hash, compiled once and
+/// run sandboxed on `options.concurrency` threads; see [`distchan_protocol::module`]), or a
+/// built-in task ([`distchan_protocol::tasks`]; CPU-heavy ones run on blocking threads).
+///
+/// Fails with [`Error::Module`] when the module cannot be had or run here (the coordinator
+/// is told why), and with [`Error::Config`] when the coordinator names no task this worker
+/// knows.
+///
+/// ```no_run
+/// # async fn demo() -> distchan_protocol::Result<()> {
+/// distchan_worker::serve_task("ws://127.0.0.1:8080/ws", distchan_worker::Options::default()).await
+/// # }
+/// ```
+pub async fn serve_task(url: &str, options: Options) -> Result<()> {
     let conn = connection::open(url, &options).await?;
+    if let Some(spec) = conn.welcome().module.clone() {
+        let source = Source {
+            ws_url: url.to_owned(),
+            spec,
+            token: options.token.clone(),
+            cache: options.module_cache.clone(),
+        };
+        let threads = options.concurrency.max(1);
+        return conn.run_module(source, threads, &options).done().await;
+    }
     let Some(task) = conn.welcome().task.clone() else {
-        let reason = "the coordinator names no built-in task";
+        let reason = "the coordinator names no task";
         conn.leave(reason).await;
         return Err(Error::Config(reason.into()));
     };

@@ -92,6 +92,7 @@ pub fn check_frames() {
         task: Some("capitalize".into()),
         heartbeat_ms: 5000,
         max_frame: 1024,
+        module: None,
     });
     assert_eq!(
         hex(&wire::encode_to_worker(&welcome).unwrap()),

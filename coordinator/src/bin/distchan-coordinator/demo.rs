@@ -53,6 +53,9 @@ pub enum DemoKind {
 
 /// Runs the chosen demo; `Ok(true)` when every job came back correct.
 pub async fn run(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error> {
+    if server.module.is_some() {
+        return module_words(server, args).await;
+    }
     match args.demo {
         DemoKind::Mandelbrot => mandelbrot(server, args).await,
         DemoKind::Capitalize => capitalize(server, args).await,
@@ -118,6 +121,37 @@ async fn capitalize(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error>
         |_: &Coordinator, id, _, s: String| {
             if verify && s != input[id as usize].to_uppercase() {
                 return Err(format!("{s:?} is not {:?} capitalized", input[id as usize]));
+            }
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// The demo with the user's task module: the capitalize demo's words, each a JSON string,
+/// through the module; the first results are printed. Its results cannot be verified here.
+async fn module_words(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error> {
+    if args.verify {
+        return Err(Error::Config(
+            "--verify checks the built-in demos; a task module's results cannot be recomputed here"
+                .into(),
+        ));
+    }
+    let input = words(args.jobs);
+    println!(
+        "demo: {} words through the task module, each as a JSON string",
+        input.len()
+    );
+    let mut shown = 0;
+    run_jobs(
+        server,
+        "",
+        input.clone(),
+        false,
+        |_: &Coordinator, id, _, value: serde_json::Value| {
+            if shown < 3 {
+                shown += 1;
+                println!("result of {:?}: {value}", input[id as usize]);
             }
             Ok(())
         },

@@ -1,7 +1,8 @@
 //! `distchan-coordinator`: hands jobs to workers (native processes and browser tabs).
 //!
 //! - `distchan-coordinator [demo]`: the Mandelbrot (or capitalize) demo, see [`demo`].
-//! - `distchan-coordinator pipe --task NAME`: JSON lines in, JSON lines out, see [`pipe`].
+//! - `distchan-coordinator pipe --task NAME` (or `--module FILE`): JSON lines in, JSON
+//!   lines out, see [`pipe`].
 //!
 //! Every setting is a flag with an environment-variable twin; logs go to stderr through
 //! `tracing` (`RUST_LOG=debug` for more).
@@ -16,7 +17,10 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
-use distchan_coordinator::{transform::Aes256GcmTransform, Builder, Config, Coordinator, Error};
+use distchan_coordinator::{
+    transform::Aes256GcmTransform, Builder, Config, Coordinator, Error, TaskModule,
+};
+use distchan_protocol::module::{Limits, ModuleIo};
 
 /// Hand out jobs to distchan workers (native processes and browser tabs) and collect results.
 #[derive(Debug, Parser)]
@@ -121,11 +125,38 @@ struct ServerArgs {
     /// Concurrency of each local worker [default: number of cores]
     #[arg(long, global = true, env = "DISTCHAN_LOCAL_CONCURRENCY")]
     local_concurrency: Option<usize>,
+    /// Run every job through this WebAssembly task module (a WASI command or reactor, `.wasm`
+    /// or `.wat`) instead of a built-in task; workers and volunteer tabs fetch it from here.
+    #[arg(long, global = true, env = "DISTCHAN_MODULE")]
+    module: Option<PathBuf>,
+    /// How jobs reach the module and results leave it: JSON text, or raw bytes.
+    #[arg(long, global = true, env = "DISTCHAN_MODULE_IO", value_enum, default_value_t = ModuleIoArg::Json)]
+    module_io: ModuleIoArg,
+    /// Memory a task module may use per job, in MiB.
+    #[arg(long, global = true, env = "DISTCHAN_MODULE_MEMORY_MB", default_value_t = Limits::default().memory_bytes >> 20)]
+    module_memory_mb: u64,
+    /// Time a task module may take per job, in milliseconds; a job past it is stopped and
+    /// reported failed.
+    #[arg(long, global = true, env = "DISTCHAN_MODULE_TIMEOUT_MS", default_value_t = Limits::default().timeout_ms)]
+    module_timeout_ms: u64,
+    /// Largest output of a task module per job, in bytes.
+    #[arg(long, global = true, env = "DISTCHAN_MODULE_MAX_OUTPUT", default_value_t = Limits::default().max_output)]
+    module_max_output: u64,
+}
+
+/// How a task module reads jobs and writes results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ModuleIoArg {
+    /// Each job is one JSON value on standard input; the module writes one JSON value.
+    Json,
+    /// Each job is a byte string on standard input; the module's output is returned as bytes.
+    Bytes,
 }
 
 impl ServerArgs {
-    /// The library configuration these flags describe, for jobs of `task`.
-    fn config(&self, task: &str) -> Config {
+    /// The library configuration these flags describe, for jobs of the built-in `task`
+    /// (`None` with a task module).
+    fn config(&self, task: Option<&str>) -> Config {
         Config {
             token: self.token.clone(),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
@@ -138,14 +169,45 @@ impl ServerArgs {
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             allowed_origins: self.allowed_origin.clone(),
             static_dir: self.static_dir.clone().or_else(default_static_dir),
-            task: Some(task.to_owned()),
+            task: task.map(str::to_owned),
+            module_limits: Limits {
+                memory_bytes: self.module_memory_mb << 20,
+                timeout_ms: self.module_timeout_ms,
+                max_output: self.module_max_output,
+            },
             ..Config::default()
         }
     }
 
-    /// A builder with this configuration and the AES transform if a key was given.
+    /// The task module given with `--module`, loaded and checked.
+    fn task_module(&self) -> Result<Option<TaskModule>, Error> {
+        let Some(path) = &self.module else {
+            return Ok(None);
+        };
+        let io = match self.module_io {
+            ModuleIoArg::Json => ModuleIo::Json,
+            ModuleIoArg::Bytes => ModuleIo::Bytes,
+        };
+        let module = TaskModule::from_file(path)?.io(io);
+        eprintln!(
+            "task module: {} ({} bytes, {} ABI, sha256 {})",
+            module.name(),
+            module.bytes().len(),
+            module.abi(),
+            module.sha256()
+        );
+        Ok(Some(module))
+    }
+
+    /// A builder with this configuration, the task module if one was given (then `task` is
+    /// not announced) and the AES transform if a key was given.
     fn builder(&self, task: &str) -> Result<Builder, Error> {
+        let module = self.task_module()?;
+        let task = module.is_none().then_some(task);
         let mut builder = Coordinator::builder().config(self.config(task));
+        if let Some(module) = module {
+            builder = builder.module(module);
+        }
         if let Some(key) = &self.aes_key {
             builder = builder.transform(Aes256GcmTransform::from_hex(key)?);
         }

@@ -1,5 +1,6 @@
 //! `distchan-coordinator pipe`: jobs as JSON lines from stdin or a file, results as JSON lines
-//! on stdout, progress on stderr.
+//! on stdout, progress on stderr. The workers run a built-in task (`--task`) or the user's
+//! task module (`--module`), which gets each line's JSON value on its standard input.
 //!
 //! Each output line is `{"id":N,"line":L,"value":V}` or `{"id":N,"line":L,"error":"..."}`,
 //! where `L` is the input line the job came from. A line that is not JSON is reported on
@@ -27,9 +28,9 @@ use crate::{announce, ServerArgs};
 /// Options of pipe mode.
 #[derive(Debug, Clone, Args)]
 pub struct PipeArgs {
-    /// The built-in task the workers run on each job.
+    /// The built-in task the workers run on each job (or give a task module with `--module`).
     #[arg(long, env = "DISTCHAN_TASK", value_parser = clap::builder::PossibleValuesParser::new(tasks::ALL))]
-    pub task: String,
+    pub task: Option<String>,
     /// File to read jobs from, one JSON value per line; `-` is standard input.
     #[arg(long, default_value = "-")]
     pub input: PathBuf,
@@ -60,8 +61,23 @@ struct InputSummary {
 
 /// Runs pipe mode; `Ok(true)` when every line became a successful result.
 pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<bool, Error> {
+    let task =
+        match (&args.task, &server.module) {
+            (Some(task), None) => task.as_str(),
+            (None, Some(_)) => "",
+            (Some(_), Some(_)) => return Err(Error::Config(
+                "--task and --module are exclusive: a run uses a built-in task or a task module"
+                    .into(),
+            )),
+            (None, None) => {
+                return Err(Error::Config(format!(
+                    "name what the workers run: --task ({}) or --module FILE.wasm",
+                    tasks::ALL.join(", ")
+                )))
+            }
+        };
     let listener = tokio::net::TcpListener::bind(&server.listen).await?;
-    let mut builder = server.builder(&args.task)?;
+    let mut builder = server.builder(task)?;
     if args.ordered {
         builder = builder.configure(|c| c.ordered = true);
     }
