@@ -39,13 +39,13 @@ use distchan_protocol::{
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use smallvec::SmallVec;
 use tokio::{
-    sync::{watch, Notify, Semaphore, TryAcquireError},
+    sync::{watch, Notify},
     time::Instant,
 };
 
 use crate::{
     config::Config,
-    queue::{JobQueue, NewJob, Waiting},
+    queue::{JobQueue, NewJob, Room, RoomError, Waiting},
     result::RawOutcome,
     stats::{Counters, Gauges, Stats, Tallies},
 };
@@ -228,7 +228,7 @@ pub(crate) struct Scheduler {
 pub(crate) struct Hub {
     state: Mutex<Scheduler>,
     /// Places in the line of waiting jobs; a sender that finds none waits here.
-    room: Semaphore,
+    room: Room,
     /// Wakes the result receiver.
     results_ready: Notify,
     /// Wakes the lease keeper when the first lease is taken.
@@ -280,7 +280,7 @@ impl Hub {
         counters: Arc<Counters>,
         epoch: Instant,
     ) -> Self {
-        let room = Semaphore::new(config.queue_capacity.max(1));
+        let room = Room::new(config.queue_capacity);
         Hub {
             state: Mutex::new(Scheduler {
                 queue: JobQueue::new(jobs),
@@ -368,7 +368,7 @@ impl Hub {
             self.results_ready.notify_one();
         }
         if wakes.room > 0 {
-            self.room.add_permits(wakes.room);
+            self.room.give_back(wakes.room);
         }
         if wakes.leases {
             self.leases_changed.notify_one();
@@ -438,13 +438,10 @@ impl Hub {
         }
         let direct = s.can_dispatch_new();
         if !direct && !has_room {
-            match self.room.try_acquire() {
-                Ok(permit) => {
-                    permit.forget();
-                    has_room = true;
-                }
-                Err(TryAcquireError::NoPermits) => return Submit::NoRoom(frame),
-                Err(TryAcquireError::Closed) => return Submit::Closed,
+            match self.room.try_take() {
+                Ok(()) => has_room = true,
+                Err(RoomError::Full) => return Submit::NoRoom(frame),
+                Err(RoomError::Closed) => return Submit::Closed,
             }
         }
         Submit::Sent(s.admit(frame, has_room, direct, now, wakes))
@@ -452,13 +449,7 @@ impl Hub {
 
     /// Waits for a place in the line; `false` once the coordinator has shut down.
     pub async fn wait_for_room(&self) -> bool {
-        match self.room.acquire().await {
-            Ok(permit) => {
-                permit.forget();
-                true
-            }
-            Err(_) => false,
-        }
+        self.room.take().await
     }
 
     /// Every sender is gone: no more jobs will come.
