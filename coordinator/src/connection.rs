@@ -17,6 +17,10 @@
 //!
 //! When the connection ends for any reason the scheduler is told ([`Hub::leave`]) and puts
 //! the worker's unanswered jobs back in the line.
+//!
+//! What a connection and the scheduler tell each other is defined here: [`Joining`] (the
+//! hello, for [`Hub::join`]), [`Incoming`] (what the reader settles) and [`Outgoing`] (what
+//! the writer sends).
 
 use std::{
     future::poll_fn,
@@ -33,10 +37,10 @@ use bytes::Bytes;
 use distchan_protocol::{
     session::{close_frame_for, truncate_reason},
     wire::{
-        self, Hello, Refusal, RefusalCode, ToCoordinator, ToWorker, Welcome, CLOSE_GOING_AWAY,
-        CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, PROTOCOL_VERSION,
+        self, Hello, JobResult, Refusal, RefusalCode, ToCoordinator, ToWorker, Welcome, WorkerKind,
+        CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, PROTOCOL_VERSION,
     },
-    Error,
+    Error, JobId,
 };
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
@@ -61,7 +65,7 @@ use tokio_tungstenite::{
 };
 
 use crate::{
-    scheduler::{Hub, Incoming, Joining, Outgoing, WorkerId},
+    scheduler::{Hub, WorkerId},
     socket::Socket,
     Shared,
 };
@@ -76,6 +80,48 @@ pub(crate) struct PeerInfo {
     pub origin: Option<String>,
     /// Protocol versions offered as `distchan.vN` subprotocols.
     pub offered_versions: Vec<u32>,
+}
+
+/// What a connection is asked to send, in order.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A complete job frame, and its job's id.
+    Job(JobId, Bytes),
+    /// End-of-work: no more jobs will come.
+    EndOfWork,
+    /// Close the connection with this code and reason.
+    Close {
+        /// The WebSocket close code.
+        code: u16,
+        /// Why, for the worker and the log.
+        reason: String,
+    },
+}
+
+/// What a connection read from its worker, decoded, for [`Hub::settle`].
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// The result of a job.
+    Result(JobResult),
+    /// A value the worker sent on its own.
+    Emit(Bytes),
+    /// The worker takes no more jobs and leaves once it answered those it holds.
+    Drain,
+}
+
+/// What a worker announced in its hello, for [`Hub::join`].
+#[derive(Debug)]
+pub(crate) struct Joining {
+    /// What the worker calls itself.
+    pub agent: String,
+    /// Native, browser or other.
+    pub kind: WorkerKind,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The jobs it takes at once, as it declared them.
+    pub capacity: u32,
+    /// Milliseconds since the coordinator started when the worker was last heard from.
+    pub last_seen: Arc<AtomicU64>,
 }
 
 /// Most messages read before they are settled with the scheduler.

@@ -9,19 +9,10 @@ use std::{
     sync::Arc,
 };
 
-use bytes::Bytes;
 use distchan_protocol::{payload, transform::TransformChain, Error, JobId};
 use serde::de::DeserializeOwned;
 
-use crate::scheduler::{Hub, Take, EMITTED_ID_BASE};
-
-/// An outcome as the scheduler delivers it: still encoded.
-#[derive(Debug)]
-pub(crate) struct RawOutcome {
-    pub id: JobId,
-    pub worker: Option<u64>,
-    pub result: Result<Bytes, Error>,
-}
+use crate::scheduler::{Hub, RawOutcome, Take, EMITTED_ID_BASE};
 
 /// The outcome of one job: its id and the worker's typed result or why there is none.
 ///

@@ -45,47 +45,27 @@ use tokio::{
 
 use crate::{
     config::Config,
+    connection::{Incoming, Joining, Outgoing},
     queue::{JobQueue, NewJob, Room, RoomError, Waiting},
-    result::RawOutcome,
     stats::{Counters, Gauges, Stats, Tallies},
 };
+
+/// An outcome as the scheduler delivers it: still encoded.
+#[derive(Debug)]
+pub(crate) struct RawOutcome {
+    /// The job's id (or an emitted value's, from [`EMITTED_ID_BASE`] up).
+    pub id: JobId,
+    /// The worker whose answer this is; `None` when no worker answered.
+    pub worker: Option<WorkerId>,
+    /// The encoded result, or why there is none.
+    pub result: Result<Bytes, Error>,
+}
 
 /// A connected worker's id, unique for the coordinator's lifetime.
 pub(crate) type WorkerId = u64;
 
 /// Ids of values workers emit on their own start here, apart from job ids.
 pub const EMITTED_ID_BASE: u64 = 1 << 63;
-
-/// What a connection is asked to send, in order.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    /// A complete job frame, and its job's id.
-    Job(JobId, Bytes),
-    EndOfWork,
-    Close {
-        code: u16,
-        reason: String,
-    },
-}
-
-/// What a connection read from its worker, decoded, for [`Hub::settle`].
-#[derive(Debug)]
-pub(crate) enum Incoming {
-    Result(JobResult),
-    Emit(Bytes),
-    Drain,
-}
-
-/// What a worker announced in its hello, for [`Hub::join`].
-#[derive(Debug)]
-pub(crate) struct Joining {
-    pub agent: String,
-    pub kind: WorkerKind,
-    pub addr: SocketAddr,
-    pub capacity: u32,
-    /// Milliseconds since the coordinator started when the worker was last heard from.
-    pub last_seen: Arc<AtomicU64>,
-}
 
 /// One connected worker, as [`Coordinator::workers`](crate::Coordinator::workers) describes it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
