@@ -7,11 +7,15 @@
 //!
 //! - [`job`]: [`JobSender`] encodes a typed job straight into its frame and hands it to the
 //!   scheduler.
-//! - [`queue`]: the bounded line of jobs waiting for a worker (the senders' backpressure).
-//! - [`scheduler`]: credit-based round-robin dispatch, in-flight tracking, re-dispatch of
-//!   lost jobs, leases, exactly-once delivery, end-of-work; shared state behind a short
-//!   lock, with no task of its own.
-//! - `connection` (private): one worker's handshake, reader, writer and heartbeats.
+//! - `queue` (private): the bounded line of jobs waiting for a worker, and its places (the
+//!   senders' backpressure).
+//! - `scheduler` (private): credit-based round-robin dispatch, in-flight tracking,
+//!   re-dispatch of lost jobs, leases, exactly-once delivery, end-of-work; shared state
+//!   behind a short lock, with no task of its own. A folder with one part per file: `hub`
+//!   (the lock and every step taken under it), `dispatch`, `workers` (ring and credit),
+//!   `ledger` (in-flight table, dedup, retries, leases), `outcomes`, `report`.
+//! - `connection` (private): one worker's handshake, reader, writer and heartbeats, and
+//!   the messages it exchanges with the scheduler.
 //! - [`result`]: [`ResultReceiver`] takes outcomes in batches and decodes them (optionally
 //!   in send order).
 //!
@@ -48,9 +52,9 @@ mod dashboard;
 pub mod demo;
 pub mod job;
 pub mod memory;
-pub mod queue;
+mod queue;
 pub mod result;
-pub mod scheduler;
+mod scheduler;
 mod server;
 mod socket;
 pub mod stats;
@@ -393,7 +397,7 @@ impl Coordinator {
     }
 
     /// Describes every connected worker.
-    pub async fn workers(&self) -> Vec<scheduler::WorkerSnapshot> {
+    pub async fn workers(&self) -> Vec<WorkerSnapshot> {
         self.shared.hub.snapshot()
     }
 

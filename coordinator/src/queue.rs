@@ -7,7 +7,7 @@
 //! front, ahead of new ones, without taking a place: they were admitted already, and wait
 //! by id, their frame staying in the scheduler's in-flight table.
 //!
-//! The places themselves are `Room`, a semaphore kept next to the scheduler's lock rather
+//! The places themselves are [`Room`], a semaphore kept next to the scheduler's lock rather
 //! than under it, so that a sender can wait for one without holding the lock; a job gives
 //! its place back when it is dispatched.
 

@@ -1,7 +1,7 @@
 //! The scheduling policy: which worker gets which job, and what happens to every job until
 //! its outcome is delivered.
 //!
-//! All scheduling state is one `Scheduler` inside a `Hub`, behind a mutex that is held
+//! All scheduling state is one `Scheduler` inside a [`Hub`], behind a mutex that is held
 //! for a few microseconds at a time and never across an `.await`. There is no scheduler task:
 //! each party does its own step under the lock and leaves, so a job crosses no task of ours
 //! on its way. [`JobSender::send`](crate::JobSender::send) hands a job straight to a
@@ -55,7 +55,7 @@ use workers::Workers;
 pub(crate) type WorkerId = u64;
 
 /// Ids of values workers emit on their own start here, apart from job ids.
-pub const EMITTED_ID_BASE: u64 = 1 << 63;
+pub(crate) const EMITTED_ID_BASE: u64 = 1 << 63;
 
 /// Every job, worker and undelivered outcome; see the [module docs](self).
 struct Scheduler {
