@@ -32,12 +32,15 @@
 //!   jobs requeued) and the leases.
 //! - `outcomes`: outcomes waiting for the result receiver, and the end of work.
 //! - `report`: what the coordinator reports about its workers and at shutdown.
+//! - `tests`: the scheduler driven directly, without sockets.
 
 mod dispatch;
 mod hub;
 mod ledger;
 mod outcomes;
 mod report;
+#[cfg(test)]
+mod tests;
 mod workers;
 
 use std::collections::VecDeque;
