@@ -4,9 +4,9 @@
 //!   version (in the hello or the offered subprotocol), a wrong token, a disallowed origin or
 //!   a full house is answered with a [`Refusal`] frame and a close frame carrying the reason.
 //! - **Writing**: when woken, the connection takes everything the scheduler put in this
-//!   worker's outbox and queues the frames on its [`Socket`], each job's frame sent from the
-//!   memory it was encoded in; queued frames go out many at a time whenever the socket can
-//!   take them, so reading never waits for writing. It also sends heartbeat pings; a worker
+//!   worker's outbox and queues the frames on its [`WebSocket`], each job's frame sent from
+//!   the memory it was encoded in; the WebSocket writes queued frames many at a time before
+//!   each read, so reading never waits for writing. It also sends heartbeat pings; a worker
 //!   silent for two heartbeat intervals is dead.
 //! - **Reading**: takes every frame already received, decodes them, and settles them with
 //!   the scheduler in one step (results, emitted values, a drain request). A malformed or
@@ -29,7 +29,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    task::{Context, Poll},
+    task::Poll,
     time::Duration,
 };
 
@@ -42,36 +42,25 @@ use distchan_protocol::{
     },
     Error, JobId,
 };
-use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 use tokio::{
     sync::Notify,
     time::{timeout, Instant},
 };
-use tokio_tungstenite::{
-    tungstenite::{
-        self,
-        protocol::{
-            frame::{
-                coding::{CloseCode, Control, Data, OpCode},
-                FrameHeader,
-            },
-            CloseFrame,
-        },
-        Message,
-    },
-    WebSocketStream,
+use tokio_tungstenite::tungstenite::{
+    self,
+    protocol::{frame::coding::CloseCode, CloseFrame},
+    Message,
 };
 
 use crate::{
     scheduler::{Hub, WorkerId},
-    socket::Socket,
-    Shared,
+    websocket, Shared,
 };
 
 /// A worker's WebSocket, over the upgraded HTTP connection.
-pub(crate) type WebSocket = WebSocketStream<Socket<TokioIo<hyper::upgrade::Upgraded>>>;
+pub(crate) type WebSocket = websocket::WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// What the HTTP upgrade request told us about the peer.
 #[derive(Debug, Clone)]
@@ -319,7 +308,7 @@ async fn run(
     loop {
         tokio::select! {
             // Queued frames go out first, then the next message is read.
-            step = poll_fn(|cx| write_then_read(ws, cx)) => {
+            step = poll_fn(|cx| ws.poll_write_then_read(cx)) => {
                 let mut next = match step {
                     Ok(msg) => msg,
                     Err(e) => return (CLOSE_GOING_AWAY, format!("write failed: {e}")),
@@ -340,7 +329,7 @@ async fn run(
                     if taken == BATCH {
                         break; // the rest waits for the next round
                     }
-                    next = match poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await {
+                    next = match poll_fn(|cx| Poll::Ready(ws.poll_read(cx))).await {
                         Poll::Ready(msg) => msg,
                         Poll::Pending => break,
                     };
@@ -367,12 +356,12 @@ async fn run(
                         Outgoing::Close { code, reason } => return (code, reason),
                     };
                     bytes += frame.len() as u64;
-                    queue_frame(ws, OpCode::Data(Data::Binary), frame);
+                    ws.queue_binary(frame);
                 }
                 shared.counters.bytes_out.inc_by(bytes);
             }
             _ = ping.tick(), if enabled => {
-                queue_frame(ws, OpCode::Control(Control::Ping), Bytes::new());
+                ws.queue_ping();
             }
             _ = &mut deadline, if enabled => {
                 let seen_at = epoch + Duration::from_millis(last_seen.load(Ordering::Relaxed));
@@ -385,43 +374,10 @@ async fn run(
     }
 }
 
-/// Writes what is queued on the socket, then reads the next message; fails only when
-/// writing does.
-fn write_then_read(
-    ws: &mut WebSocket,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<Option<Result<Message, tungstenite::Error>>>> {
-    let socket = ws.get_mut();
-    if socket.has_queued() {
-        if let Poll::Ready(Err(e)) = socket.poll_write_queued(cx) {
-            return Poll::Ready(Err(e));
-        }
-    }
-    ws.poll_next_unpin(cx).map(Ok)
-}
-
-/// Queues one whole, final, unmasked frame (what a server sends) carrying `payload`.
-fn queue_frame(ws: &mut WebSocket, opcode: OpCode, payload: Bytes) {
-    let header = FrameHeader {
-        opcode,
-        ..FrameHeader::default()
-    };
-    // A server frame's header takes at most 10 bytes.
-    let mut head = [0u8; 10];
-    let mut cursor = std::io::Cursor::new(&mut head[..]);
-    header
-        .format(payload.len() as u64, &mut cursor)
-        .expect("a frame header fits in 10 bytes");
-    let len = cursor.position() as usize;
-    let socket = ws.get_mut();
-    socket.gather(&head[..len]);
-    socket.queue(payload);
-}
-
 /// What one message from the worker means: something for the scheduler, nothing (pings and
 /// pongs), or the end of the connection with its close code and reason.
 fn read_one(
-    msg: Option<Result<Message, tungstenite::Error>>,
+    msg: websocket::Read,
     worker: WorkerId,
     bytes: &mut u64,
 ) -> Result<Option<Incoming>, (u16, String)> {

@@ -20,9 +20,11 @@
 //!   in send order).
 //!
 //! Around it: [`config`] (every setting, with defaults), `server` (HTTP, WebSocket upgrade,
-//! static files), `socket` (the socket under each WebSocket: read-ahead buffers lent while
-//! busy), [`stats`] (counters), [`memory`] (an in-process transport for tests) and
-//! [`demo`] (the binary's demo workloads).
+//! static files), `websocket` (a worker's WebSocket, owner of the write path: frames queued
+//! whole and written before each read), `socket` (the socket under each WebSocket:
+//! read-ahead buffers lent while busy, the ordered write queue), [`stats`] (counters),
+//! [`memory`] (an in-process transport for tests) and [`demo`] (the binary's demo
+//! workloads).
 //!
 //! # Example
 //!
@@ -58,6 +60,7 @@ mod scheduler;
 mod server;
 mod socket;
 pub mod stats;
+mod websocket;
 
 use std::{net::SocketAddr, sync::Arc};
 
