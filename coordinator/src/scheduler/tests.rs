@@ -96,6 +96,13 @@ fn outcomes(hub: &Hub) -> Vec<RawOutcome> {
     }
 }
 
+/// The one outcome waiting for the receiver (there must be exactly one).
+fn one_outcome(hub: &Hub) -> RawOutcome {
+    let mut got = outcomes(hub);
+    assert_eq!(got.len(), 1, "expected one outcome, got {got:?}");
+    got.pop().expect("one outcome")
+}
+
 /// Jobs each worker holds now, by worker id.
 fn in_flight(hub: &Hub) -> Vec<(WorkerId, usize)> {
     hub.snapshot()
@@ -141,10 +148,9 @@ fn a_result_is_delivered_once_and_its_credit_takes_the_next_job() {
     submit(&hub, 2);
     assert_eq!(sent(&hub, w), ids(0..1));
     answer(&hub, w, JobId(0), Ok("done"));
-    let got = outcomes(&hub);
-    assert_eq!(got.len(), 1);
-    assert_eq!((got[0].id, got[0].worker), (JobId(0), Some(w)));
-    assert_eq!(got[0].result.as_deref().ok(), Some(&b"done"[..]));
+    let got = one_outcome(&hub);
+    assert_eq!((got.id, got.worker), (JobId(0), Some(w)));
+    assert_eq!(got.result.as_deref().ok(), Some(&b"done"[..]));
     assert_eq!(
         sent(&hub, w),
         ids(1..2),
@@ -178,13 +184,9 @@ fn a_leaving_worker_s_jobs_go_to_another_and_only_those_it_was_sent_count_as_los
     assert_eq!(sent(&hub, w1), ids(0..1), "job 0 went out");
     submit(&hub, 1); // job 1 stays in the outbox: never sent
     hub.leave(w1, "test");
-    let got = outcomes(&hub);
-    assert_eq!(got.len(), 1, "with no retries, only the sent job fails");
-    assert_eq!(got[0].id, JobId(0));
-    assert!(matches!(
-        got[0].result,
-        Err(Error::WorkerLost { attempts: 1 })
-    ));
+    let got = one_outcome(&hub);
+    assert_eq!(got.id, JobId(0));
+    assert!(matches!(got.result, Err(Error::WorkerLost { attempts: 1 })));
     let w2 = join(&hub, 2);
     assert_eq!(
         sent(&hub, w2),
@@ -222,9 +224,8 @@ fn duplicate_results_are_dropped_without_returning_credit() {
     // The first answer counts, the second is dropped.
     answer(&hub, w1, JobId(0), Ok("first"));
     answer(&hub, w1, JobId(0), Ok("second"));
-    let got = outcomes(&hub);
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].result.as_deref().ok(), Some(&b"first"[..]));
+    let got = one_outcome(&hub);
+    assert_eq!(got.result.as_deref().ok(), Some(&b"first"[..]));
     assert_eq!(in_flight(&hub), [(w1, 0), (w2, 1)]);
     assert_eq!(hub.stats().duplicates, 2);
 }
@@ -242,9 +243,8 @@ fn a_handler_failure_is_retried_then_reported() {
     assert!(outcomes(&hub).is_empty(), "the first failure is retried");
     assert_eq!(sent(&hub, w), ids(0..1), "the job is sent again");
     answer(&hub, w, JobId(0), Err("boom again"));
-    let got = outcomes(&hub);
-    assert_eq!(got.len(), 1);
-    assert!(matches!(&got[0].result, Err(Error::Handler(m)) if m == "boom again"));
+    let got = one_outcome(&hub);
+    assert!(matches!(&got.result, Err(Error::Handler(m)) if m == "boom again"));
     assert_eq!(hub.stats().failed, 1);
 }
 
@@ -378,9 +378,8 @@ async fn after_a_lease_overrun_the_late_answer_of_the_first_worker_is_dropped() 
     let (w1, w2) = overrun(&hub).await;
     answer(&hub, w2, JobId(0), Ok("from w2"));
     answer(&hub, w1, JobId(0), Ok("from w1"));
-    let got = outcomes(&hub);
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].worker, Some(w2));
+    let got = one_outcome(&hub);
+    assert_eq!(got.worker, Some(w2));
     assert_eq!(hub.stats().duplicates, 1);
     assert_eq!(
         in_flight(&hub),
@@ -395,9 +394,8 @@ async fn after_a_lease_overrun_the_first_worker_may_still_answer_first() {
     let (w1, w2) = overrun(&hub).await;
     answer(&hub, w1, JobId(0), Ok("from w1"));
     answer(&hub, w2, JobId(0), Ok("from w2"));
-    let got = outcomes(&hub);
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].worker, Some(w1));
+    let got = one_outcome(&hub);
+    assert_eq!(got.worker, Some(w1));
     assert_eq!(
         hub.stats().duplicates,
         1,
@@ -425,7 +423,6 @@ async fn a_superseded_run_failing_leaves_the_job_to_its_current_runner() {
     assert!(sent(&hub, w1).is_empty(), "nor retried");
     assert_eq!(in_flight(&hub), [(w1, 0), (w2, 1)]);
     answer(&hub, w2, JobId(0), Ok("from w2"));
-    let got = outcomes(&hub);
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].worker, Some(w2));
+    let got = one_outcome(&hub);
+    assert_eq!(got.worker, Some(w2));
 }
