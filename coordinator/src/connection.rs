@@ -65,7 +65,9 @@ pub(crate) type WebSocket = websocket::WebSocket<TokioIo<hyper::upgrade::Upgrade
 /// What the HTTP upgrade request told us about the peer.
 #[derive(Debug, Clone)]
 pub(crate) struct PeerInfo {
+    /// The peer's address.
     pub addr: SocketAddr,
+    /// The `Origin` header, sent by browsers.
     pub origin: Option<String>,
     /// Protocol versions offered as `distchan.vN` subprotocols.
     pub offered_versions: Vec<u32>,
@@ -187,6 +189,8 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
     close(&mut ws, code, &reason).await;
 }
 
+/// Reads the worker's hello and checks it (version, origin, token, capacity); the refusal
+/// to send when it does not pass.
 async fn handshake(
     stream: &mut WebSocket,
     shared: &Shared,
@@ -421,6 +425,7 @@ async fn refuse(sink: &mut WebSocket, refusal: Refusal) {
     close(sink, code, &reason).await;
 }
 
+/// Sends a close frame with `code` and `reason`, giving up after two seconds.
 async fn close(sink: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: CloseCode::from(code),

@@ -32,6 +32,7 @@ pub(crate) enum Waiting {
 /// A job never dispatched yet.
 #[derive(Debug)]
 pub(crate) struct NewJob {
+    /// Its id.
     pub id: JobId,
     /// Its complete frame.
     pub frame: Bytes,
@@ -43,9 +44,11 @@ pub(crate) struct NewJob {
 
 /// The line of waiting jobs, and whether more may still come.
 pub(crate) struct JobQueue {
+    /// The jobs, in dispatch order.
     waiting: VecDeque<Waiting>,
     /// How many of `waiting` are [`Waiting::Again`].
     again: usize,
+    /// Whether more jobs may still come.
     side: Side,
 }
 

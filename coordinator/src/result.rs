@@ -53,13 +53,17 @@ impl<R> JobOutcome<R> {
 /// # }
 /// ```
 pub struct ResultReceiver<R> {
+    /// The scheduler the outcomes come from.
     hub: Arc<Hub>,
     /// Outcomes taken from the scheduler and not yet handed out.
     taken: VecDeque<RawOutcome>,
     /// True once the scheduler said no outcome will come any more.
     ended: bool,
+    /// The transforms results are decoded through.
     chain: TransformChain,
+    /// Outcomes held back until those of earlier jobs are out (`ordered` only).
     reorder: Option<Reorder>,
+    /// The type results decode to.
     _result: PhantomData<fn() -> R>,
 }
 
@@ -74,11 +78,14 @@ impl<R> fmt::Debug for ResultReceiver<R> {
 /// Holds outcomes that arrived before an earlier job's.
 #[derive(Default)]
 struct Reorder {
+    /// The id of the next job whose outcome goes out.
     next: u64,
+    /// Outcomes of later jobs, by id.
     early: BTreeMap<u64, RawOutcome>,
 }
 
 impl<R: DeserializeOwned> ResultReceiver<R> {
+    /// A receiver of `hub`'s outcomes, decoded through `chain`, in send order when `ordered`.
     pub(crate) fn new(hub: Arc<Hub>, chain: TransformChain, ordered: bool) -> Self {
         ResultReceiver {
             hub,
@@ -141,6 +148,8 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
         out
     }
 
+    /// Waits for the next outcome to hand out, still encoded; `None` when there will be no
+    /// more.
     async fn recv_raw(&mut self) -> Option<RawOutcome> {
         loop {
             if let Some(raw) = self.next_ready() {
@@ -184,6 +193,7 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
         }
     }
 
+    /// Decodes an outcome's result.
     fn decode(&self, raw: RawOutcome) -> JobOutcome<R> {
         let result = raw
             .result
