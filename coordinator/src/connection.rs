@@ -4,9 +4,9 @@
 //!   version (in the hello or the offered subprotocol), a wrong token, a disallowed origin or
 //!   a full house is answered with a [`Refusal`] frame and a close frame carrying the reason.
 //! - **Writing**: when woken, the connection takes everything the scheduler put in this
-//!   worker's outbox and queues the frames on its [`Socket`], each job's frame sent from the
-//!   memory it was encoded in; queued frames go out many at a time whenever the socket can
-//!   take them, so reading never waits for writing. It also sends heartbeat pings; a worker
+//!   worker's outbox and queues the frames on its [`WebSocket`], each job's frame sent from
+//!   the memory it was encoded in; the WebSocket writes queued frames many at a time before
+//!   each read, so reading never waits for writing. It also sends heartbeat pings; a worker
 //!   silent for two heartbeat intervals is dead.
 //! - **Reading**: takes every frame already received, decodes them, and settles them with
 //!   the scheduler in one step (results, emitted values, a drain request). A malformed or
@@ -17,6 +17,10 @@
 //!
 //! When the connection ends for any reason the scheduler is told ([`Hub::leave`]) and puts
 //! the worker's unanswered jobs back in the line.
+//!
+//! What a connection and the scheduler tell each other is defined here: [`Joining`] (the
+//! hello, for [`Hub::join`]), [`Incoming`] (what the reader settles) and [`Outgoing`] (what
+//! the writer sends).
 
 use std::{
     future::poll_fn,
@@ -25,7 +29,7 @@ use std::{
         atomic::{AtomicU64, Ordering},
         Arc,
     },
-    task::{Context, Poll},
+    task::Poll,
     time::Duration,
 };
 
@@ -33,49 +37,82 @@ use bytes::Bytes;
 use distchan_protocol::{
     session::{close_frame_for, truncate_reason},
     wire::{
-        self, Hello, Refusal, RefusalCode, ToCoordinator, ToWorker, Welcome, CLOSE_GOING_AWAY,
-        CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, PROTOCOL_VERSION,
+        self, Hello, JobResult, Refusal, RefusalCode, ToCoordinator, ToWorker, Welcome, WorkerKind,
+        CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, PROTOCOL_VERSION,
     },
-    Error,
+    Error, JobId,
 };
-use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 use tokio::{
     sync::Notify,
     time::{timeout, Instant},
 };
-use tokio_tungstenite::{
-    tungstenite::{
-        self,
-        protocol::{
-            frame::{
-                coding::{CloseCode, Control, Data, OpCode},
-                FrameHeader,
-            },
-            CloseFrame,
-        },
-        Message,
-    },
-    WebSocketStream,
+use tokio_tungstenite::tungstenite::{
+    self,
+    protocol::{frame::coding::CloseCode, CloseFrame},
+    Message,
 };
 
 use crate::{
-    scheduler::{Hub, Incoming, Joining, Outgoing, WorkerId},
-    socket::Socket,
-    Shared,
+    scheduler::{Hub, WorkerId},
+    websocket, Shared,
 };
 
 /// A worker's WebSocket, over the upgraded HTTP connection.
-pub(crate) type WebSocket = WebSocketStream<Socket<TokioIo<hyper::upgrade::Upgraded>>>;
+pub(crate) type WebSocket = websocket::WebSocket<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// What the HTTP upgrade request told us about the peer.
 #[derive(Debug, Clone)]
 pub(crate) struct PeerInfo {
+    /// The peer's address.
     pub addr: SocketAddr,
+    /// The `Origin` header, sent by browsers.
     pub origin: Option<String>,
     /// Protocol versions offered as `distchan.vN` subprotocols.
     pub offered_versions: Vec<u32>,
+}
+
+/// What a connection is asked to send, in order.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A complete job frame, and its job's id.
+    Job(JobId, Bytes),
+    /// End-of-work: no more jobs will come.
+    EndOfWork,
+    /// Close the connection with this code and reason.
+    Close {
+        /// The WebSocket close code.
+        code: u16,
+        /// Why, for the worker and the log.
+        reason: String,
+    },
+}
+
+/// What a connection read from its worker, decoded, for [`Hub::settle`].
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    /// The result of a job.
+    Result(JobResult),
+    /// A value the worker sent on its own.
+    Emit(Bytes),
+    /// The worker takes no more jobs and leaves once it answered those it holds.
+    Drain,
+}
+
+/// What a worker announced in its hello, for [`Hub::join`].
+#[derive(Debug)]
+pub(crate) struct Joining {
+    /// What the worker calls itself.
+    pub agent: String,
+    /// Native, browser or other.
+    pub kind: WorkerKind,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The jobs it takes at once, as it declared them.
+    pub capacity: u32,
+    /// Milliseconds since the coordinator started when the worker was last heard from.
+    pub last_seen: Arc<AtomicU64>,
 }
 
 /// Most messages read before they are settled with the scheduler.
@@ -153,6 +190,8 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
     close(&mut ws, code, &reason).await;
 }
 
+/// Reads the worker's hello and checks it (version, origin, token, capacity); the refusal
+/// to send when it does not pass.
 async fn handshake(
     stream: &mut WebSocket,
     shared: &Shared,
@@ -274,7 +313,7 @@ async fn run(
     loop {
         tokio::select! {
             // Queued frames go out first, then the next message is read.
-            step = poll_fn(|cx| write_then_read(ws, cx)) => {
+            step = poll_fn(|cx| ws.poll_write_then_read(cx)) => {
                 let mut next = match step {
                     Ok(msg) => msg,
                     Err(e) => return (CLOSE_GOING_AWAY, format!("write failed: {e}")),
@@ -295,7 +334,7 @@ async fn run(
                     if taken == BATCH {
                         break; // the rest waits for the next round
                     }
-                    next = match poll_fn(|cx| Poll::Ready(ws.poll_next_unpin(cx))).await {
+                    next = match poll_fn(|cx| Poll::Ready(ws.poll_read(cx))).await {
                         Poll::Ready(msg) => msg,
                         Poll::Pending => break,
                     };
@@ -322,12 +361,12 @@ async fn run(
                         Outgoing::Close { code, reason } => return (code, reason),
                     };
                     bytes += frame.len() as u64;
-                    queue_frame(ws, OpCode::Data(Data::Binary), frame);
+                    ws.queue_binary(frame);
                 }
                 shared.counters.bytes_out.inc_by(bytes);
             }
             _ = ping.tick(), if enabled => {
-                queue_frame(ws, OpCode::Control(Control::Ping), Bytes::new());
+                ws.queue_ping();
             }
             _ = &mut deadline, if enabled => {
                 let seen_at = epoch + Duration::from_millis(last_seen.load(Ordering::Relaxed));
@@ -340,43 +379,10 @@ async fn run(
     }
 }
 
-/// Writes what is queued on the socket, then reads the next message; fails only when
-/// writing does.
-fn write_then_read(
-    ws: &mut WebSocket,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<Option<Result<Message, tungstenite::Error>>>> {
-    let socket = ws.get_mut();
-    if socket.has_queued() {
-        if let Poll::Ready(Err(e)) = socket.poll_write_queued(cx) {
-            return Poll::Ready(Err(e));
-        }
-    }
-    ws.poll_next_unpin(cx).map(Ok)
-}
-
-/// Queues one whole, final, unmasked frame (what a server sends) carrying `payload`.
-fn queue_frame(ws: &mut WebSocket, opcode: OpCode, payload: Bytes) {
-    let header = FrameHeader {
-        opcode,
-        ..FrameHeader::default()
-    };
-    // A server frame's header takes at most 10 bytes.
-    let mut head = [0u8; 10];
-    let mut cursor = std::io::Cursor::new(&mut head[..]);
-    header
-        .format(payload.len() as u64, &mut cursor)
-        .expect("a frame header fits in 10 bytes");
-    let len = cursor.position() as usize;
-    let socket = ws.get_mut();
-    socket.gather(&head[..len]);
-    socket.queue(payload);
-}
-
 /// What one message from the worker means: something for the scheduler, nothing (pings and
 /// pongs), or the end of the connection with its close code and reason.
 fn read_one(
-    msg: Option<Result<Message, tungstenite::Error>>,
+    msg: websocket::Read,
     worker: WorkerId,
     bytes: &mut u64,
 ) -> Result<Option<Incoming>, (u16, String)> {
@@ -420,6 +426,7 @@ async fn refuse(sink: &mut WebSocket, refusal: Refusal) {
     close(sink, code, &reason).await;
 }
 
+/// Sends a close frame with `code` and `reason`, giving up after two seconds.
 async fn close(sink: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: CloseCode::from(code),

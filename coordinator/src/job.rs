@@ -1,7 +1,6 @@
 //! The first step of the data path: a typed job is encoded (serde, MessagePack, transforms)
-//! straight into its frame, given the next [`JobId`] and handed to the
-//! [scheduler](crate::scheduler): to a worker with free credit, or to the
-//! [line](crate::queue) of waiting jobs.
+//! straight into its frame, given the next [`JobId`] and handed to the scheduler: to a
+//! worker with free credit, or to the line of waiting jobs.
 
 use std::{collections::VecDeque, fmt, marker::PhantomData, sync::Arc};
 

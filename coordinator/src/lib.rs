@@ -7,19 +7,24 @@
 //!
 //! - [`job`]: [`JobSender`] encodes a typed job straight into its frame and hands it to the
 //!   scheduler.
-//! - [`queue`]: the bounded line of jobs waiting for a worker (the senders' backpressure).
-//! - [`scheduler`]: credit-based round-robin dispatch, in-flight tracking, re-dispatch of
-//!   lost jobs, leases, exactly-once delivery, end-of-work; shared state behind a short
-//!   lock, with no task of its own.
-//! - `connection` (private): one worker's handshake, reader, writer and heartbeats.
+//! - `queue` (private): the bounded line of jobs waiting for a worker, and its places (the
+//!   senders' backpressure).
+//! - `scheduler` (private): credit-based round-robin dispatch, in-flight tracking,
+//!   re-dispatch of lost jobs, leases, exactly-once delivery, end-of-work; shared state
+//!   behind a short lock, with no task of its own. A folder with one part per file: `hub`
+//!   (the lock and every step taken under it), `dispatch`, `workers` (ring and credit),
+//!   `ledger` (in-flight table, dedup, retries, leases), `outcomes`, `report`.
+//! - `connection` (private): one worker's handshake, reader, writer and heartbeats, and
+//!   the messages it exchanges with the scheduler.
 //! - [`result`]: [`ResultReceiver`] takes outcomes in batches and decodes them (optionally
 //!   in send order).
 //!
 //! Around it: [`config`] (every setting, with defaults), [`module`] (the user's task module,
 //! served to workers), `server` (HTTP, WebSocket upgrade, static files, the module's URL),
-//! `socket` (the socket under each WebSocket: read-ahead buffers lent while
-//! busy), [`stats`] (counters), [`memory`] (an in-process transport for tests) and
-//! [`demo`] (the binary's demo workloads).
+//! `websocket` (a worker's WebSocket, owner of the write path: frames queued whole and
+//! written before each read), `socket` (the socket under each WebSocket: read-ahead buffers
+//! lent while busy, the ordered write queue), [`stats`] (counters), [`memory`] (an
+//! in-process transport for tests) and [`demo`] (the binary's demo workloads).
 //!
 //! # Example
 //!
@@ -50,12 +55,13 @@ pub mod demo;
 pub mod job;
 pub mod memory;
 pub mod module;
-pub mod queue;
+mod queue;
 pub mod result;
-pub mod scheduler;
+mod scheduler;
 mod server;
 mod socket;
 pub mod stats;
+mod websocket;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -421,7 +427,7 @@ impl Coordinator {
     }
 
     /// Describes every connected worker.
-    pub async fn workers(&self) -> Vec<scheduler::WorkerSnapshot> {
+    pub async fn workers(&self) -> Vec<WorkerSnapshot> {
         self.shared.hub.snapshot()
     }
 

@@ -7,14 +7,18 @@
 //! front, ahead of new ones, without taking a place: they were admitted already, and wait
 //! by id, their frame staying in the scheduler's in-flight table.
 //!
-//! The places themselves are a semaphore next to the scheduler's lock, so that a sender can
-//! wait for one without holding the lock; a job gives its place back when it is dispatched.
+//! The places themselves are [`Room`], a semaphore kept next to the scheduler's lock rather
+//! than under it, so that a sender can wait for one without holding the lock; a job gives
+//! its place back when it is dispatched.
 
 use std::collections::VecDeque;
 
 use bytes::Bytes;
 use distchan_protocol::JobId;
-use tokio::time::Instant;
+use tokio::{
+    sync::{Semaphore, TryAcquireError},
+    time::Instant,
+};
 
 /// A job in the line.
 #[derive(Debug)]
@@ -28,6 +32,7 @@ pub(crate) enum Waiting {
 /// A job never dispatched yet.
 #[derive(Debug)]
 pub(crate) struct NewJob {
+    /// Its id.
     pub id: JobId,
     /// Its complete frame.
     pub frame: Bytes,
@@ -39,9 +44,11 @@ pub(crate) struct NewJob {
 
 /// The line of waiting jobs, and whether more may still come.
 pub(crate) struct JobQueue {
+    /// The jobs, in dispatch order.
     waiting: VecDeque<Waiting>,
     /// How many of `waiting` are [`Waiting::Again`].
     again: usize,
+    /// Whether more jobs may still come.
     side: Side,
 }
 
@@ -129,5 +136,58 @@ impl JobQueue {
     /// when shut down).
     pub fn is_closed(&self) -> bool {
         self.side == Side::Closed
+    }
+}
+
+/// The line's places: a job that cannot go straight to a worker takes one to wait in the
+/// line, and gives it back when it is dispatched.
+pub(crate) struct Room(Semaphore);
+
+/// Why [`Room::try_take`] took no place.
+pub(crate) enum RoomError {
+    /// Every place is taken.
+    Full,
+    /// The coordinator has shut down.
+    Closed,
+}
+
+impl Room {
+    /// `capacity` places (at least one).
+    pub fn new(capacity: usize) -> Self {
+        Room(Semaphore::new(capacity.max(1)))
+    }
+
+    /// Takes a place if one is free, without waiting.
+    pub fn try_take(&self) -> Result<(), RoomError> {
+        match self.0.try_acquire() {
+            Ok(permit) => {
+                permit.forget();
+                Ok(())
+            }
+            Err(TryAcquireError::NoPermits) => Err(RoomError::Full),
+            Err(TryAcquireError::Closed) => Err(RoomError::Closed),
+        }
+    }
+
+    /// Waits for a place and takes it; `false` once the coordinator has shut down.
+    pub async fn take(&self) -> bool {
+        match self.0.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives back `n` places, taken by jobs dispatched since.
+    pub fn give_back(&self, n: usize) {
+        self.0.add_permits(n);
+    }
+
+    /// Takes no place any more: every sender waiting for one, and every later one, is
+    /// told the coordinator has shut down.
+    pub fn close(&self) {
+        self.0.close();
     }
 }

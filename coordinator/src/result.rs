@@ -9,19 +9,10 @@ use std::{
     sync::Arc,
 };
 
-use bytes::Bytes;
 use distchan_protocol::{payload, transform::TransformChain, Error, JobId};
 use serde::de::DeserializeOwned;
 
-use crate::scheduler::{Hub, Take, EMITTED_ID_BASE};
-
-/// An outcome as the scheduler delivers it: still encoded.
-#[derive(Debug)]
-pub(crate) struct RawOutcome {
-    pub id: JobId,
-    pub worker: Option<u64>,
-    pub result: Result<Bytes, Error>,
-}
+use crate::scheduler::{Hub, RawOutcome, Take, EMITTED_ID_BASE};
 
 /// The outcome of one job: its id and the worker's typed result or why there is none.
 ///
@@ -62,13 +53,17 @@ impl<R> JobOutcome<R> {
 /// # }
 /// ```
 pub struct ResultReceiver<R> {
+    /// The scheduler the outcomes come from.
     hub: Arc<Hub>,
     /// Outcomes taken from the scheduler and not yet handed out.
     taken: VecDeque<RawOutcome>,
     /// True once the scheduler said no outcome will come any more.
     ended: bool,
+    /// The transforms results are decoded through.
     chain: TransformChain,
+    /// Outcomes held back until those of earlier jobs are out (`ordered` only).
     reorder: Option<Reorder>,
+    /// The type results decode to.
     _result: PhantomData<fn() -> R>,
 }
 
@@ -83,11 +78,14 @@ impl<R> fmt::Debug for ResultReceiver<R> {
 /// Holds outcomes that arrived before an earlier job's.
 #[derive(Default)]
 struct Reorder {
+    /// The id of the next job whose outcome goes out.
     next: u64,
+    /// Outcomes of later jobs, by id.
     early: BTreeMap<u64, RawOutcome>,
 }
 
 impl<R: DeserializeOwned> ResultReceiver<R> {
+    /// A receiver of `hub`'s outcomes, decoded through `chain`, in send order when `ordered`.
     pub(crate) fn new(hub: Arc<Hub>, chain: TransformChain, ordered: bool) -> Self {
         ResultReceiver {
             hub,
@@ -150,6 +148,8 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
         out
     }
 
+    /// Waits for the next outcome to hand out, still encoded; `None` when there will be no
+    /// more.
     async fn recv_raw(&mut self) -> Option<RawOutcome> {
         loop {
             if let Some(raw) = self.next_ready() {
@@ -193,6 +193,7 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
         }
     }
 
+    /// Decodes an outcome's result.
     fn decode(&self, raw: RawOutcome) -> JobOutcome<R> {
         let result = raw
             .result

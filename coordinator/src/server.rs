@@ -19,17 +19,11 @@ use distchan_protocol::wire::{self, PROTOCOL_VERSION};
 use hyper_util::rt::TokioIo;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
-use tokio_tungstenite::{
-    tungstenite::{
-        handshake::derive_accept_key,
-        protocol::{Role, WebSocketConfig},
-    },
-    WebSocketStream,
-};
+use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
 use tower_http::services::{ServeDir, ServeFile};
 
-use crate::{connection, dashboard, socket::Socket, Shared};
+use crate::{connection, dashboard, socket::Socket, websocket::WebSocket, Shared};
 
 /// Builds the router for a coordinator.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -212,7 +206,7 @@ async fn upgrade(
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = Socket::new(TokioIo::new(upgraded), shared.read_pool.clone());
-                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+                let ws = WebSocket::server(io, config).await;
                 connection::serve(ws, shared, peer).await;
             }
             Err(e) => tracing::warn!(peer = %addr, error = %e, "WebSocket upgrade failed"),

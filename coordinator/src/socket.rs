@@ -5,7 +5,8 @@
 //!   large pieces into a buffer lent by a [`ReadPool`] and hands it out from there, so a
 //!   large payload takes a few system calls instead of one per small read; the buffer goes
 //!   back to the pool as soon as the socket has nothing more.
-//! - **An ordered write queue**: whole WebSocket frames can be queued ([`Socket::queue`]).
+//! - **An ordered write queue**: whole WebSocket frames can be queued ([`Socket::queue`];
+//!   the `websocket` module's `WebSocket` is the one that queues them).
 //!   Small ones are gathered into one contiguous buffer, large ones are sent from the memory
 //!   they were encoded in (a job's payload is not copied again), and everything queued is
 //!   written many pieces at a time with one vectored write. Bytes the WebSocket itself

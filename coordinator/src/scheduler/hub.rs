@@ -1,0 +1,431 @@
+//! The scheduler behind its lock: every step the rest of the coordinator takes with it
+//! (submit, join, settle, leave, take outcomes, expire leases, shut down), each one short
+//! and under the lock, and the tasks woken once the lock is released.
+
+use std::{
+    collections::VecDeque,
+    sync::{atomic::Ordering, Arc, Mutex, MutexGuard},
+};
+
+use distchan_protocol::{wire::JobFrameBuilder, JobId};
+use smallvec::SmallVec;
+use tokio::{
+    sync::{watch, Notify},
+    time::Instant,
+};
+
+use super::{RawOutcome, Scheduler, ShutdownReport, WorkerId, WorkerSnapshot};
+use crate::{
+    config::Config,
+    connection::{Incoming, Joining, Outgoing},
+    queue::{Room, RoomError},
+    stats::{Counters, Gauges, Stats},
+};
+
+/// What to do once the lock is released: tasks to wake.
+#[derive(Default)]
+pub(super) struct Wakes {
+    /// Connection writers with something new in their outbox.
+    pub(super) writers: SmallVec<[Arc<Notify>; 4]>,
+    /// True when the result receiver may find outcomes (or their end).
+    pub(super) results: bool,
+    /// Places in the line given back by jobs dispatched.
+    pub(super) room: usize,
+    /// True when the lease keeper has a first deadline to wait for.
+    pub(super) leases: bool,
+    /// The number of connected workers to publish, when it changed.
+    pub(super) workers: Option<usize>,
+    /// True once end-of-work was sent.
+    pub(super) finished: bool,
+}
+
+/// The scheduler behind its lock, and what is woken outside it.
+pub(crate) struct Hub {
+    /// Every job, worker and undelivered outcome.
+    state: Mutex<Scheduler>,
+    /// Places in the line of waiting jobs; a sender that finds none waits here.
+    room: Room,
+    /// Wakes the result receiver.
+    results_ready: Notify,
+    /// Wakes the lease keeper when the first lease is taken.
+    leases_changed: Notify,
+    /// The metrics the scheduler's counts are published to.
+    counters: Arc<Counters>,
+    /// When the coordinator started; `last_seen` values count from here.
+    epoch: Instant,
+    /// The number of connected workers, for those waiting for workers.
+    workers_watch: watch::Sender<usize>,
+    /// Whether end-of-work has been sent, for those waiting for the end.
+    finished_watch: watch::Sender<bool>,
+}
+
+/// What [`Hub::try_submit`] did with a job.
+pub(crate) enum Submit {
+    /// Admitted with this id.
+    Sent(JobId),
+    /// The line is full: wait for room, then submit again with it.
+    NoRoom(JobFrameBuilder),
+    /// The coordinator has shut down.
+    Closed,
+}
+
+/// What [`Hub::try_submit_many`] did with a batch of jobs.
+pub(crate) enum Batch {
+    /// Every job was admitted.
+    Done,
+    /// The line is full: wait for room, then submit the rest with it.
+    NoRoom,
+    /// The coordinator has shut down.
+    Closed,
+}
+
+/// What [`Hub::take_outcomes`] found.
+pub(crate) enum Take {
+    /// Some outcomes were moved into the caller's buffer.
+    Some,
+    /// None yet: wait for [`Hub::outcomes_ready`].
+    Wait,
+    /// None, and none will come.
+    End,
+}
+
+impl Hub {
+    /// A hub for a coordinator with (`jobs`) or without a job side, and with (`results`) or
+    /// without a result side.
+    pub fn new(
+        config: Config,
+        jobs: bool,
+        results: bool,
+        counters: Arc<Counters>,
+        epoch: Instant,
+    ) -> Self {
+        let room = Room::new(config.queue_capacity);
+        Hub {
+            state: Mutex::new(Scheduler::new(config, jobs, results)),
+            room,
+            results_ready: Notify::new(),
+            leases_changed: Notify::new(),
+            counters,
+            epoch,
+            workers_watch: watch::channel(0).0,
+            finished_watch: watch::channel(false).0,
+        }
+    }
+
+    /// The scheduler, locked.
+    fn lock(&self) -> MutexGuard<'_, Scheduler> {
+        // A panic under the lock is a bug; the state is still the best there is.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` under the lock, then wakes whom it asked for.
+    fn with<T>(&self, f: impl FnOnce(&mut Scheduler, &mut Wakes) -> T) -> T {
+        let mut wakes = Wakes::default();
+        let out = {
+            let mut s = self.lock();
+            let out = f(&mut s, &mut wakes);
+            // Under the lock: counts from joins and leaves on other threads are never
+            // published out of order.
+            if let Some(n) = wakes.workers.take() {
+                self.workers_watch
+                    .send_replace(if s.shut_down { 0 } else { n });
+            }
+            out
+        };
+        self.wake(wakes);
+        out
+    }
+
+    /// Publishes what the scheduler counted to the Prometheus metrics.
+    pub fn publish_metrics(&self) {
+        let (tallies, gauges) = {
+            let mut s = self.lock();
+            let gauges = Gauges {
+                workers: s.workers.len(),
+                queued: s.queue.waiting() - s.queue.again() + s.ledger.waiting_again(),
+                in_flight: s.ledger.len() - s.ledger.waiting_again(),
+            };
+            (std::mem::take(&mut s.tallies), gauges)
+        };
+        self.counters.publish(&tallies, gauges);
+    }
+
+    /// A snapshot of the counters, up to date.
+    pub fn stats(&self) -> Stats {
+        self.publish_metrics();
+        self.counters.snapshot()
+    }
+
+    /// Every metric in the Prometheus text format, up to date.
+    pub fn render_metrics(&self) -> String {
+        self.publish_metrics();
+        self.counters.render()
+    }
+
+    /// Wakes whom a step asked for, once the lock is released.
+    fn wake(&self, wakes: Wakes) {
+        for writer in &wakes.writers {
+            writer.notify_one();
+        }
+        if wakes.results {
+            self.results_ready.notify_one();
+        }
+        if wakes.room > 0 {
+            self.room.give_back(wakes.room);
+        }
+        if wakes.leases {
+            self.leases_changed.notify_one();
+        }
+        if wakes.finished {
+            self.finished_watch.send_replace(true);
+        }
+    }
+
+    /// Admits a job: gives it the next id and dispatches it, or puts it in the line. With
+    /// `has_room` the caller holds a place in the line (from [`Hub::wait_for_room`]).
+    pub fn try_submit(&self, frame: JobFrameBuilder, has_room: bool) -> Submit {
+        self.with(|s, wakes| {
+            let now = Instant::now();
+            let submitted = self.admit_one(s, frame, has_room, now, wakes);
+            s.dispatch(now, wakes);
+            submitted
+        })
+    }
+
+    /// Admits jobs from the front of `frames`, in order, in one step, until none is left,
+    /// the line is full ([`Batch::NoRoom`]: the rest stay in `frames`) or the coordinator
+    /// has shut down. Their ids are appended to `ids`. With `has_room` the caller holds a
+    /// place in the line for the first of them.
+    pub fn try_submit_many(
+        &self,
+        frames: &mut VecDeque<JobFrameBuilder>,
+        mut has_room: bool,
+        ids: &mut Vec<JobId>,
+    ) -> Batch {
+        self.with(|s, wakes| {
+            let now = Instant::now();
+            let mut outcome = Batch::Done;
+            while let Some(frame) = frames.pop_front() {
+                match self.admit_one(s, frame, std::mem::take(&mut has_room), now, wakes) {
+                    Submit::Sent(id) => ids.push(id),
+                    Submit::NoRoom(frame) => {
+                        frames.push_front(frame);
+                        outcome = Batch::NoRoom;
+                        break;
+                    }
+                    Submit::Closed => {
+                        outcome = Batch::Closed;
+                        break;
+                    }
+                }
+            }
+            s.dispatch(now, wakes);
+            outcome
+        })
+    }
+
+    /// [`Hub::try_submit`]'s step for one job, under the lock (the caller dispatches).
+    fn admit_one(
+        &self,
+        s: &mut Scheduler,
+        frame: JobFrameBuilder,
+        mut has_room: bool,
+        now: Instant,
+        wakes: &mut Wakes,
+    ) -> Submit {
+        if s.shut_down {
+            if has_room {
+                wakes.room += 1;
+            }
+            return Submit::Closed;
+        }
+        let direct = s.can_dispatch_new();
+        if !direct && !has_room {
+            match self.room.try_take() {
+                Ok(()) => has_room = true,
+                Err(RoomError::Full) => return Submit::NoRoom(frame),
+                Err(RoomError::Closed) => return Submit::Closed,
+            }
+        }
+        Submit::Sent(s.admit(frame, has_room, direct, now, wakes))
+    }
+
+    /// Waits for a place in the line; `false` once the coordinator has shut down.
+    pub async fn wait_for_room(&self) -> bool {
+        self.room.take().await
+    }
+
+    /// Every sender is gone: no more jobs will come.
+    pub fn close_jobs(&self) {
+        self.with(|s, wakes| {
+            s.queue.close();
+            s.maybe_finish(wakes);
+        });
+    }
+
+    /// True once the coordinator has shut down.
+    pub fn is_shut_down(&self) -> bool {
+        self.lock().shut_down
+    }
+
+    /// Registers a worker that finished its handshake; `None` when shutting down. The
+    /// writer waits on the returned [`Notify`] for its outbox.
+    pub fn join(&self, joining: Joining) -> Option<(WorkerId, Arc<Notify>)> {
+        self.with(|s, wakes| s.join(joining, wakes))
+    }
+
+    /// Moves what the worker's writer must send next into `out` (which should be empty).
+    pub fn take_outbox(&self, worker: WorkerId, out: &mut Vec<Outgoing>) {
+        let mut s = self.lock();
+        if let Some(w) = s.workers.get_mut(worker) {
+            std::mem::swap(&mut w.outbox, out);
+        }
+    }
+
+    /// Settles what a connection read, in order.
+    pub fn settle(&self, worker: WorkerId, batch: &mut Vec<Incoming>) {
+        self.with(|s, wakes| {
+            let now = Instant::now();
+            for item in batch.drain(..) {
+                match item {
+                    Incoming::Result(r) => s.on_result(worker, r, now, wakes),
+                    Incoming::Emit(payload) => s.emit(payload, wakes),
+                    Incoming::Drain => s.drain(worker),
+                }
+            }
+            s.dispatch(now, wakes);
+            s.maybe_finish(wakes);
+        });
+    }
+
+    /// The worker's connection ended: its unanswered jobs go to others.
+    pub fn leave(&self, worker: WorkerId, reason: &str) {
+        self.with(|s, wakes| {
+            s.remove_worker(worker, reason, wakes);
+            let now = Instant::now();
+            s.dispatch(now, wakes);
+            s.maybe_finish(wakes);
+        });
+    }
+
+    /// Moves the outcomes waiting for the receiver into `into`.
+    pub fn take_outcomes(&self, into: &mut VecDeque<RawOutcome>) -> Take {
+        self.with(|s, wakes| {
+            if s.outcomes.is_empty() {
+                return if s.end_sent || s.shut_down {
+                    Take::End
+                } else {
+                    Take::Wait
+                };
+            }
+            let was_full = s.outcomes_full();
+            std::mem::swap(&mut s.outcomes, into);
+            if was_full {
+                s.dispatch(Instant::now(), wakes);
+            }
+            Take::Some
+        })
+    }
+
+    /// Waits until [`Hub::take_outcomes`] may find something.
+    pub async fn outcomes_ready(&self) {
+        self.results_ready.notified().await;
+    }
+
+    /// The result receiver is gone: outcomes are counted from now on, not kept.
+    pub fn drop_receiver(&self) {
+        self.with(|s, wakes| {
+            let was_full = s.outcomes_full();
+            s.receiver = false;
+            s.outcomes = VecDeque::new();
+            if was_full {
+                s.dispatch(Instant::now(), wakes);
+            }
+        });
+    }
+
+    /// The earliest lease deadline, if any job has a lease.
+    pub fn next_lease(&self) -> Option<Instant> {
+        self.lock().ledger.next_deadline()
+    }
+
+    /// Waits until a lease is taken while none was.
+    pub async fn leases_changed(&self) {
+        self.leases_changed.notified().await;
+    }
+
+    /// Hands every job whose lease ran out to another worker.
+    pub fn expire_leases(&self) {
+        self.with(|s, wakes| {
+            let now = Instant::now();
+            s.expire_leases(now, wakes);
+            s.dispatch(now, wakes);
+            s.maybe_finish(wakes);
+        });
+    }
+
+    /// Describes every connected worker.
+    pub fn snapshot(&self) -> Vec<WorkerSnapshot> {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let s = self.lock();
+        let mut out: Vec<WorkerSnapshot> = s
+            .workers
+            .iter()
+            .map(|(&id, w)| WorkerSnapshot {
+                id,
+                agent: w.agent.clone(),
+                kind: format!("{:?}", w.kind).to_lowercase(),
+                addr: w.addr,
+                capacity: w.capacity,
+                in_flight: w.held,
+                done: w.done,
+                last_seen_ms: now_ms.saturating_sub(w.last_seen.load(Ordering::Relaxed)),
+                connected_ms: w.joined.elapsed().as_millis() as u64,
+                draining: w.draining,
+            })
+            .collect();
+        drop(s);
+        out.sort_by_key(|w| w.id);
+        out
+    }
+
+    /// Stops everything: tells every worker, ends the results, and reports the jobs that
+    /// never got an outcome. Calling it again reports nothing new.
+    pub fn shut_down(&self) -> ShutdownReport {
+        self.room.close();
+        self.with(|s, wakes| {
+            if s.shut_down {
+                return ShutdownReport::default();
+            }
+            s.shut_down = true;
+            let mut unfinished: Vec<JobId> = s.ledger.ids().collect();
+            unfinished.extend(s.queue.new_ids());
+            unfinished.sort_unstable();
+            for w in s.workers.values_mut() {
+                w.send(
+                    Outgoing::Close {
+                        code: distchan_protocol::wire::CLOSE_GOING_AWAY,
+                        reason: "the coordinator is shutting down".into(),
+                    },
+                    wakes,
+                );
+            }
+            wakes.results = true;
+            wakes.workers = Some(0);
+            ShutdownReport {
+                unfinished,
+                workers: s.workers.len(),
+            }
+        })
+    }
+
+    /// The number of connected workers, watched.
+    pub fn watch_workers(&self) -> watch::Receiver<usize> {
+        self.workers_watch.subscribe()
+    }
+
+    /// Whether end-of-work has been sent, watched.
+    pub fn watch_finished(&self) -> watch::Receiver<bool> {
+        self.finished_watch.subscribe()
+    }
+}

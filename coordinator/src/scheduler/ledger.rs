@@ -1,0 +1,320 @@
+//! The in-flight table: every job from its first dispatch until its outcome is delivered,
+//! with its frame, its leases and its retries.
+//!
+//! - **First outcome wins**: a result is counted only from a worker that holds the job;
+//!   once the job has its outcome, any later result for it is a duplicate and dropped.
+//! - **Superseded runs**: a job whose lease ran out, or that another worker answered,
+//!   is marked superseded on the worker that still holds it; that worker's credit comes
+//!   back with its answer, which counts only if the job still has no outcome.
+//! - **Retries**: a handler failure is retried `handler_retries` times; a job lost with
+//!   its worker or its lease goes back to the front of the line, `max_retries` times,
+//!   then fails with [`Error::WorkerLost`].
+
+use std::collections::{hash_map, VecDeque};
+
+use bytes::Bytes;
+use distchan_protocol::{wire::JobResult, Error, JobId};
+use rustc_hash::FxHashMap as HashMap;
+use tokio::time::Instant;
+
+use super::{hub::Wakes, workers::Held, Scheduler, WorkerId};
+
+/// Where a job in the table is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Back in the line, waiting for a worker again.
+    Waiting,
+    /// Sent to `worker`, for the `dispatch`th time.
+    Running {
+        /// The worker running it.
+        worker: WorkerId,
+        /// Which dispatch of the job this is (its lease names it).
+        dispatch: u32,
+    },
+}
+
+/// A job between its first dispatch and the delivery of its outcome.
+pub(super) struct Entry {
+    /// The complete job frame, sent again as it is when the job is dispatched again.
+    frame: Bytes,
+    /// When it was last sent to a worker (for the round-trip histogram).
+    at: Instant,
+    /// Where it is.
+    state: State,
+    /// Times the job was dispatched (for lease bookkeeping).
+    dispatches: u32,
+    /// Times the job was lost with its worker or its lease.
+    lost: u32,
+    /// Times its handler failed and it was retried.
+    handler_failures: u32,
+}
+
+impl Entry {
+    /// True while the job runs on `worker`.
+    fn runs_on(&self, worker: WorkerId) -> bool {
+        matches!(self.state, State::Running { worker: w, .. } if w == worker)
+    }
+}
+
+/// How long one dispatch of a job may run before the job goes to someone else.
+struct Lease {
+    /// When it runs out.
+    deadline: Instant,
+    /// The job.
+    id: JobId,
+    /// Which dispatch of the job it covers; a later dispatch has a lease of its own.
+    dispatch: u32,
+}
+
+/// The in-flight table and the leases of the jobs in it, earliest deadline first.
+#[derive(Default)]
+pub(super) struct Ledger {
+    /// Every job between its first dispatch and the delivery of its outcome.
+    table: HashMap<JobId, Entry>,
+    /// Leases in deadline order (every lease is equally long). Leases of answered jobs
+    /// stay until they come up, or until a sweep.
+    leases: VecDeque<Lease>,
+    /// Jobs in the table that wait for a worker again (taken back, not yet sent again).
+    waiting_again: usize,
+}
+
+impl Ledger {
+    /// Jobs in the table.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when no job is in flight or waiting again.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Jobs in the table that wait for a worker again.
+    pub fn waiting_again(&self) -> usize {
+        self.waiting_again
+    }
+
+    /// Ids of every job in the table.
+    pub fn ids(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.table.keys().copied()
+    }
+
+    /// True when job `id` is in the table, waiting for a worker again (not answered
+    /// meanwhile).
+    pub fn is_waiting(&self, id: JobId) -> bool {
+        self.table
+            .get(&id)
+            .is_some_and(|entry| entry.state == State::Waiting)
+    }
+
+    /// Ids of the jobs running on `worker`.
+    pub fn running_on(&self, worker: WorkerId) -> Vec<JobId> {
+        self.table
+            .iter()
+            .filter(|(_, e)| e.runs_on(worker))
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Enters job `id`, dispatched for the first time to `worker` at `now`.
+    pub fn start(&mut self, id: JobId, frame: Bytes, worker: WorkerId, now: Instant) {
+        self.table.insert(
+            id,
+            Entry {
+                frame,
+                at: now,
+                state: State::Running {
+                    worker,
+                    dispatch: 1,
+                },
+                dispatches: 1,
+                lost: 0,
+                handler_failures: 0,
+            },
+        );
+    }
+
+    /// Job `id`, waiting again, is dispatched to `worker` at `now`: returns which dispatch
+    /// this is, and the frame to send.
+    pub fn restart(&mut self, id: JobId, worker: WorkerId, now: Instant) -> (u32, Bytes) {
+        let entry = self
+            .table
+            .get_mut(&id)
+            .expect("waiting jobs are in the table");
+        self.waiting_again -= 1;
+        entry.at = now;
+        entry.dispatches += 1;
+        entry.state = State::Running {
+            worker,
+            dispatch: entry.dispatches,
+        };
+        (entry.dispatches, entry.frame.clone())
+    }
+
+    /// Gives the `dispatch`th dispatch of job `id` a lease until `deadline`; true when it
+    /// is the only lease (the lease keeper then has a deadline to wait for).
+    pub fn lease(&mut self, id: JobId, dispatch: u32, deadline: Instant) -> bool {
+        let first = self.leases.is_empty();
+        self.leases.push_back(Lease {
+            deadline,
+            id,
+            dispatch,
+        });
+        // Leases of answered jobs stay until their deadline; when they are most of the
+        // line, drop them (amortized: at most one sweep per table's worth of dispatches).
+        if self.leases.len() > 2 * self.table.len() + 1024 {
+            let table = &self.table;
+            self.leases.retain(|l| {
+                table.get(&l.id).is_some_and(
+                    |e| matches!(e.state, State::Running { dispatch, .. } if dispatch == l.dispatch),
+                )
+            });
+        }
+        first
+    }
+
+    /// The earliest lease deadline, if any job has a lease.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.leases.front().map(|l| l.deadline)
+    }
+
+    /// Takes the leases that ran out by `now`; returns, for each job still running under
+    /// one, the job and the worker running it.
+    fn overrun(&mut self, now: Instant) -> Vec<(JobId, WorkerId)> {
+        let mut overrun = Vec::new();
+        while let Some(lease) = self.leases.front() {
+            if lease.deadline > now {
+                break;
+            }
+            let lease = self.leases.pop_front().expect("front exists");
+            let Some(entry) = self.table.get(&lease.id) else {
+                continue;
+            };
+            let State::Running { worker, dispatch } = entry.state else {
+                continue;
+            };
+            if dispatch == lease.dispatch {
+                overrun.push((lease.id, worker));
+            }
+        }
+        overrun
+    }
+}
+
+impl Scheduler {
+    /// Settles a worker's result for one job: the worker's credit comes back, then the
+    /// result is dropped (a duplicate), left to the job's current runner (a superseded
+    /// run's failure), retried (a handler failure with retries left), or delivered.
+    pub(super) fn on_result(
+        &mut self,
+        worker: WorkerId,
+        r: JobResult,
+        now: Instant,
+        wakes: &mut Wakes,
+    ) {
+        let JobResult { id, outcome } = r;
+        let job = match self.ledger.table.entry(id) {
+            hash_map::Entry::Occupied(slot) => Some(slot),
+            hash_map::Entry::Vacant(_) => None,
+        };
+        let running_here = job.as_ref().is_some_and(|slot| slot.get().runs_on(worker));
+        let held = match self.workers.claim(worker, id, running_here) {
+            None => return, // the worker is gone
+            Some(Held::Not) => {
+                tracing::debug!(worker, %id, "result for a job this worker does not hold; dropped");
+                self.tallies.duplicates += 1;
+                return;
+            }
+            Some(held) => held,
+        };
+        self.workers.return_credit(worker);
+        let Some(mut job) = job else {
+            self.tallies.duplicates += 1;
+            return; // already answered by another worker
+        };
+        if let Err(message) = &outcome {
+            if held == Held::Superseded {
+                return; // another worker has this job now; wait for its answer
+            }
+            let entry = job.get_mut();
+            if entry.handler_failures < self.config.handler_retries {
+                entry.handler_failures += 1;
+                entry.state = State::Waiting;
+                self.ledger.waiting_again += 1;
+                tracing::debug!(%id, %message, "handler failed; retrying");
+                self.queue.requeue_front(vec![id]);
+                return;
+            }
+        }
+        let entry = job.remove();
+        self.close_entry(id, entry, worker, now);
+        self.deliver(id, Some(worker), outcome.map_err(Error::Handler), wakes);
+    }
+
+    /// The entry of job `id`, answered by `worker`, has left the table: whoever else still
+    /// runs the job is superseded, and the round trip and the answer are counted.
+    fn close_entry(&mut self, id: JobId, entry: Entry, worker: WorkerId, now: Instant) {
+        match entry.state {
+            State::Running { worker: other, .. } if other != worker => {
+                // The job's current runner still holds it; its answer will be a duplicate.
+                self.workers.supersede(other, id);
+            }
+            State::Running { .. } => {}
+            State::Waiting => self.ledger.waiting_again -= 1,
+        }
+        self.tallies.round_trip.observe(now - entry.at);
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.done += 1;
+        }
+    }
+
+    /// Hands every job whose lease ran out by `now` to someone else: the worker running it
+    /// keeps it (and its credit) until it answers or leaves, its run superseded.
+    pub(super) fn expire_leases(&mut self, now: Instant, wakes: &mut Wakes) {
+        let overrun = self.ledger.overrun(now);
+        let mut lost = Vec::with_capacity(overrun.len());
+        for (id, worker) in overrun {
+            tracing::info!(worker, %id, "lease overrun; dispatching the job again");
+            self.workers.supersede(worker, id);
+            lost.push(id);
+        }
+        self.requeue_or_fail(lost, wakes);
+    }
+
+    /// Counts a loss for each job: puts it back at the front of the line, or reports it failed
+    /// once it was lost more than `max_retries` times.
+    pub(super) fn requeue_or_fail(&mut self, lost: Vec<JobId>, wakes: &mut Wakes) {
+        let mut requeue = Vec::with_capacity(lost.len());
+        for id in lost {
+            let entry = self
+                .ledger
+                .table
+                .get_mut(&id)
+                .expect("lost jobs are in the table");
+            entry.lost += 1;
+            if entry.lost > self.config.max_retries {
+                let attempts = entry.lost;
+                self.ledger.table.remove(&id);
+                self.deliver(id, None, Err(Error::WorkerLost { attempts }), wakes);
+            } else {
+                requeue.push(id);
+            }
+        }
+        self.tallies.redelivered += requeue.len() as u64;
+        self.take_back(requeue);
+    }
+
+    /// Puts running jobs back at the front of the line, to wait for a worker again.
+    pub(super) fn take_back(&mut self, ids: Vec<JobId>) {
+        for id in &ids {
+            let entry = self
+                .ledger
+                .table
+                .get_mut(id)
+                .expect("running jobs are in the table");
+            entry.state = State::Waiting;
+        }
+        self.ledger.waiting_again += ids.len();
+        self.queue.requeue_front(ids);
+    }
+}

@@ -1,0 +1,428 @@
+//! The scheduler driven directly through its [`Hub`], the way a connection, a sender and
+//! the result receiver drive it: no sockets, and tokio's paused clock for leases.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use distchan_protocol::{
+    wire::{JobFrameBuilder, JobResult, WorkerKind},
+    Error, JobId,
+};
+use tokio::time::Instant;
+
+use super::{Hub, RawOutcome, Submit, Take, WorkerId};
+use crate::{
+    config::Config,
+    connection::{Incoming, Joining, Outgoing},
+    stats::Counters,
+};
+
+/// A hub with a job side and a result side.
+fn hub(config: Config) -> Hub {
+    Hub::new(
+        config,
+        true,
+        true,
+        Arc::new(Counters::default()),
+        Instant::now(),
+    )
+}
+
+/// Joins a worker that declares `capacity`, as a connection does after the handshake.
+fn join(hub: &Hub, capacity: u32) -> WorkerId {
+    let joining = Joining {
+        agent: "test".into(),
+        kind: WorkerKind::Native,
+        addr: SocketAddr::from(([127, 0, 0, 1], 9)),
+        capacity,
+        last_seen: Arc::new(AtomicU64::new(0)),
+    };
+    hub.join(joining).expect("not shut down").0
+}
+
+/// Submits `n` jobs, as a sender does; returns their ids.
+fn submit(hub: &Hub, n: usize) -> Vec<JobId> {
+    (0..n)
+        .map(
+            |_| match hub.try_submit(JobFrameBuilder::from_payload(b"job"), false) {
+                Submit::Sent(id) => id,
+                Submit::NoRoom(_) => panic!("the line is full"),
+                Submit::Closed => panic!("shut down"),
+            },
+        )
+        .collect()
+}
+
+/// What the worker's writer would send now.
+fn outbox(hub: &Hub, worker: WorkerId) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    hub.take_outbox(worker, &mut out);
+    out
+}
+
+/// The ids of the jobs the worker's writer would send now (nothing else may be there).
+fn sent(hub: &Hub, worker: WorkerId) -> Vec<JobId> {
+    outbox(hub, worker)
+        .into_iter()
+        .map(|out| match out {
+            Outgoing::Job(id, _) => id,
+            other => panic!("expected only jobs, got {other:?}"),
+        })
+        .collect()
+}
+
+/// Settles the worker's result for job `id`: `Ok` with a payload, or a handler's error.
+fn answer(hub: &Hub, worker: WorkerId, id: JobId, outcome: Result<&'static str, &str>) {
+    let outcome = outcome
+        .map(|text| Bytes::from_static(text.as_bytes()))
+        .map_err(str::to_owned);
+    hub.settle(
+        worker,
+        &mut vec![Incoming::Result(JobResult { id, outcome })],
+    );
+}
+
+/// The outcomes waiting for the receiver.
+fn outcomes(hub: &Hub) -> Vec<RawOutcome> {
+    let mut taken = VecDeque::new();
+    match hub.take_outcomes(&mut taken) {
+        Take::Some => taken.into(),
+        Take::Wait | Take::End => Vec::new(),
+    }
+}
+
+/// The one outcome waiting for the receiver (there must be exactly one).
+fn one_outcome(hub: &Hub) -> RawOutcome {
+    let mut got = outcomes(hub);
+    assert_eq!(got.len(), 1, "expected one outcome, got {got:?}");
+    got.pop().expect("one outcome")
+}
+
+/// Jobs each worker holds now, by worker id.
+fn in_flight(hub: &Hub) -> Vec<(WorkerId, usize)> {
+    hub.snapshot()
+        .into_iter()
+        .map(|w| (w.id, w.in_flight))
+        .collect()
+}
+
+/// Job ids `n`, in order.
+fn ids(n: std::ops::Range<u64>) -> Vec<JobId> {
+    n.map(JobId).collect()
+}
+
+/// A configuration with leases of ten seconds.
+fn leased() -> Config {
+    Config {
+        lease: Some(Duration::from_secs(10)),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn a_job_submitted_goes_to_a_worker_with_credit_and_waits_without_one() {
+    let hub = hub(Config::default());
+    assert_eq!(submit(&hub, 1), ids(0..1));
+    assert_eq!(hub.stats().queued, 1, "no worker yet: the job waits");
+    let w = join(&hub, 2);
+    assert_eq!(
+        sent(&hub, w),
+        ids(0..1),
+        "the waiting job goes to the new worker"
+    );
+    assert_eq!(submit(&hub, 2), ids(1..3));
+    assert_eq!(sent(&hub, w), ids(1..2), "one credit was left");
+    let stats = hub.stats();
+    assert_eq!((stats.in_flight, stats.queued), (2, 1));
+}
+
+#[test]
+fn a_result_is_delivered_once_and_its_credit_takes_the_next_job() {
+    let hub = hub(Config::default());
+    let w = join(&hub, 1);
+    submit(&hub, 2);
+    assert_eq!(sent(&hub, w), ids(0..1));
+    answer(&hub, w, JobId(0), Ok("done"));
+    let got = one_outcome(&hub);
+    assert_eq!((got.id, got.worker), (JobId(0), Some(w)));
+    assert_eq!(got.result.as_deref().ok(), Some(&b"done"[..]));
+    assert_eq!(
+        sent(&hub, w),
+        ids(1..2),
+        "the returned credit took the next job"
+    );
+    assert_eq!(hub.stats().completed, 1);
+}
+
+#[test]
+fn end_of_work_follows_the_last_outcome_once_the_job_side_is_closed() {
+    let hub = hub(Config::default());
+    let w = join(&hub, 1);
+    submit(&hub, 1);
+    sent(&hub, w);
+    hub.close_jobs();
+    assert!(outbox(&hub, w).is_empty(), "a job is still unanswered");
+    answer(&hub, w, JobId(0), Ok("done"));
+    assert!(matches!(outbox(&hub, w)[..], [Outgoing::EndOfWork]));
+    assert_eq!(outcomes(&hub).len(), 1);
+    assert!(matches!(hub.take_outcomes(&mut VecDeque::new()), Take::End));
+}
+
+#[test]
+fn a_leaving_worker_s_jobs_go_to_another_and_only_those_it_was_sent_count_as_lost() {
+    let hub = hub(Config {
+        max_retries: 0,
+        ..Config::default()
+    });
+    let w1 = join(&hub, 2);
+    submit(&hub, 1);
+    assert_eq!(sent(&hub, w1), ids(0..1), "job 0 went out");
+    submit(&hub, 1); // job 1 stays in the outbox: never sent
+    hub.leave(w1, "test");
+    let got = one_outcome(&hub);
+    assert_eq!(got.id, JobId(0));
+    assert!(matches!(got.result, Err(Error::WorkerLost { attempts: 1 })));
+    let w2 = join(&hub, 2);
+    assert_eq!(
+        sent(&hub, w2),
+        ids(1..2),
+        "the unsent job goes to the next worker"
+    );
+    assert_eq!(hub.stats().workers, 1);
+}
+
+#[test]
+fn a_lost_job_is_dispatched_again_while_retries_last() {
+    let hub = hub(Config::default()); // max_retries: 3
+    let w1 = join(&hub, 1);
+    submit(&hub, 1);
+    sent(&hub, w1);
+    hub.leave(w1, "test");
+    assert!(outcomes(&hub).is_empty(), "the job is not reported lost");
+    let w2 = join(&hub, 1);
+    assert_eq!(sent(&hub, w2), ids(0..1));
+    assert_eq!(hub.stats().redelivered, 1);
+}
+
+#[test]
+fn duplicate_results_are_dropped_without_returning_credit() {
+    let hub = hub(Config::default());
+    let w1 = join(&hub, 1);
+    let w2 = join(&hub, 1);
+    submit(&hub, 2);
+    assert_eq!(sent(&hub, w1), ids(0..1));
+    assert_eq!(sent(&hub, w2), ids(1..2));
+    // A result for a job the worker does not hold.
+    answer(&hub, w2, JobId(0), Ok("not mine"));
+    assert!(outcomes(&hub).is_empty());
+    assert_eq!(in_flight(&hub), [(w1, 1), (w2, 1)], "no credit came back");
+    // The first answer counts, the second is dropped.
+    answer(&hub, w1, JobId(0), Ok("first"));
+    answer(&hub, w1, JobId(0), Ok("second"));
+    let got = one_outcome(&hub);
+    assert_eq!(got.result.as_deref().ok(), Some(&b"first"[..]));
+    assert_eq!(in_flight(&hub), [(w1, 0), (w2, 1)]);
+    assert_eq!(hub.stats().duplicates, 2);
+}
+
+#[test]
+fn a_handler_failure_is_retried_then_reported() {
+    let hub = hub(Config {
+        handler_retries: 1,
+        ..Config::default()
+    });
+    let w = join(&hub, 1);
+    submit(&hub, 1);
+    sent(&hub, w);
+    answer(&hub, w, JobId(0), Err("boom"));
+    assert!(outcomes(&hub).is_empty(), "the first failure is retried");
+    assert_eq!(sent(&hub, w), ids(0..1), "the job is sent again");
+    answer(&hub, w, JobId(0), Err("boom again"));
+    let got = one_outcome(&hub);
+    assert!(matches!(&got.result, Err(Error::Handler(m)) if m == "boom again"));
+    assert_eq!(hub.stats().failed, 1);
+}
+
+#[test]
+fn credit_is_never_exceeded() {
+    let hub = hub(Config {
+        max_capacity: 3,
+        ..Config::default()
+    });
+    let w = join(&hub, 5); // granted 3, the most allowed
+    submit(&hub, 10);
+    let mut held = sent(&hub, w);
+    assert_eq!(held, ids(0..3));
+    let mut answered = 0;
+    while let Some(id) = held.pop() {
+        answer(&hub, w, id, Ok("done"));
+        answered += 1;
+        held.extend(sent(&hub, w));
+        assert!(held.len() <= 3, "holds {} jobs", held.len());
+        assert_eq!(in_flight(&hub), [(w, held.len())]);
+    }
+    assert_eq!(answered, 10);
+    assert_eq!(outcomes(&hub).len(), 10);
+}
+
+#[test]
+fn the_line_takes_queue_capacity_jobs_beyond_the_free_credit() {
+    let hub = hub(Config {
+        queue_capacity: 2,
+        ..Config::default()
+    });
+    let w = join(&hub, 1);
+    submit(&hub, 1);
+    assert_eq!(sent(&hub, w), ids(0..1));
+    answer(&hub, w, JobId(0), Ok("done")); // the credit comes back
+    let admitted =
+        std::iter::from_fn(
+            || match hub.try_submit(JobFrameBuilder::from_payload(b"job"), false) {
+                Submit::Sent(id) => Some(id),
+                Submit::NoRoom(_) | Submit::Closed => None,
+            },
+        )
+        .take(10)
+        .count();
+    assert_eq!(
+        admitted,
+        1 + 2,
+        "one job for the free credit, two places in the line"
+    );
+    assert_eq!(sent(&hub, w), ids(1..2));
+}
+
+#[test]
+fn jobs_go_round_robin_over_workers_with_credit() {
+    let hub = hub(Config::default());
+    let workers = [join(&hub, 2), join(&hub, 2), join(&hub, 2)];
+    submit(&hub, 6);
+    let got: Vec<Vec<JobId>> = workers.iter().map(|&w| sent(&hub, w)).collect();
+    assert_eq!(
+        got,
+        [
+            vec![JobId(0), JobId(3)],
+            vec![JobId(1), JobId(4)],
+            vec![JobId(2), JobId(5)]
+        ]
+    );
+    // Credit coming back puts a worker at the end of the turn.
+    answer(&hub, workers[1], JobId(1), Ok("done"));
+    answer(&hub, workers[0], JobId(0), Ok("done"));
+    submit(&hub, 2);
+    assert_eq!(sent(&hub, workers[1]), ids(6..7));
+    assert_eq!(sent(&hub, workers[0]), ids(7..8));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overrun_lease_hands_the_job_to_another_worker() {
+    let hub = hub(leased());
+    let w1 = join(&hub, 1);
+    let w2 = join(&hub, 1);
+    submit(&hub, 1);
+    assert_eq!(sent(&hub, w1), ids(0..1));
+    assert_eq!(
+        hub.next_lease(),
+        Some(Instant::now() + Duration::from_secs(10))
+    );
+    tokio::time::advance(Duration::from_secs(9)).await;
+    hub.expire_leases();
+    assert!(sent(&hub, w2).is_empty(), "the lease has not run out");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    hub.expire_leases();
+    assert_eq!(sent(&hub, w2), ids(0..1), "the job runs on w2 now");
+    assert_eq!(
+        in_flight(&hub),
+        [(w1, 1), (w2, 1)],
+        "w1 keeps its credit until it answers"
+    );
+    assert_eq!(hub.stats().redelivered, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overrun_job_is_not_sent_again_to_the_worker_still_running_it() {
+    let hub = hub(leased());
+    let w1 = join(&hub, 2);
+    submit(&hub, 1);
+    sent(&hub, w1);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    hub.expire_leases();
+    assert!(
+        sent(&hub, w1).is_empty(),
+        "w1 has credit, but runs the job already"
+    );
+    let w2 = join(&hub, 1);
+    assert_eq!(sent(&hub, w2), ids(0..1));
+}
+
+/// A job whose lease ran out on `w1` and that runs on `w2` now.
+async fn overrun(hub: &Hub) -> (WorkerId, WorkerId) {
+    let w1 = join(hub, 1);
+    let w2 = join(hub, 1);
+    submit(hub, 1);
+    assert_eq!(sent(hub, w1), ids(0..1));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    hub.expire_leases();
+    assert_eq!(sent(hub, w2), ids(0..1));
+    (w1, w2)
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_lease_overrun_the_late_answer_of_the_first_worker_is_dropped() {
+    let hub = hub(leased());
+    let (w1, w2) = overrun(&hub).await;
+    answer(&hub, w2, JobId(0), Ok("from w2"));
+    answer(&hub, w1, JobId(0), Ok("from w1"));
+    let got = one_outcome(&hub);
+    assert_eq!(got.worker, Some(w2));
+    assert_eq!(hub.stats().duplicates, 1);
+    assert_eq!(
+        in_flight(&hub),
+        [(w1, 0), (w2, 0)],
+        "both credits came back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_lease_overrun_the_first_worker_may_still_answer_first() {
+    let hub = hub(leased());
+    let (w1, w2) = overrun(&hub).await;
+    answer(&hub, w1, JobId(0), Ok("from w1"));
+    answer(&hub, w2, JobId(0), Ok("from w2"));
+    let got = one_outcome(&hub);
+    assert_eq!(got.worker, Some(w1));
+    assert_eq!(
+        hub.stats().duplicates,
+        1,
+        "w2 was superseded: its answer is dropped"
+    );
+    assert_eq!(
+        in_flight(&hub),
+        [(w1, 0), (w2, 0)],
+        "both credits came back"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_superseded_run_failing_leaves_the_job_to_its_current_runner() {
+    let hub = hub(Config {
+        handler_retries: 1,
+        ..leased()
+    });
+    let (w1, w2) = overrun(&hub).await;
+    answer(&hub, w1, JobId(0), Err("late failure"));
+    assert!(
+        outcomes(&hub).is_empty(),
+        "the failure of a superseded run is not reported"
+    );
+    assert!(sent(&hub, w1).is_empty(), "nor retried");
+    assert_eq!(in_flight(&hub), [(w1, 0), (w2, 1)]);
+    answer(&hub, w2, JobId(0), Ok("from w2"));
+    let got = one_outcome(&hub);
+    assert_eq!(got.worker, Some(w2));
+}

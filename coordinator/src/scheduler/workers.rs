@@ -1,0 +1,325 @@
+//! The connected workers: each one's credit, outbox and superseded jobs, and the
+//! round-robin ring of those with credit to spare.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{atomic::AtomicU64, Arc},
+};
+
+use distchan_protocol::{wire::WorkerKind, JobId};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use tokio::{sync::Notify, time::Instant};
+
+use super::{hub::Wakes, Scheduler, WorkerId};
+use crate::connection::{Joining, Outgoing};
+
+/// One connected worker.
+pub(super) struct Worker {
+    /// What the worker calls itself.
+    pub(super) agent: String,
+    /// Native, browser or other.
+    pub(super) kind: WorkerKind,
+    /// Its address.
+    pub(super) addr: SocketAddr,
+    /// When it joined.
+    pub(super) joined: Instant,
+    /// Milliseconds since the coordinator started when it was last heard from (its
+    /// connection keeps this up to date).
+    pub(super) last_seen: Arc<AtomicU64>,
+    /// Jobs it answered.
+    pub(super) done: u64,
+    /// The credit window granted: most jobs it holds at once.
+    pub(super) capacity: usize,
+    /// Jobs it holds: those running on it, and those in `superseded`.
+    pub(super) held: usize,
+    /// Jobs it still holds that run elsewhere now, or were answered by another worker or
+    /// are waiting again after their lease ran out. Usually empty.
+    pub(super) superseded: HashSet<JobId>,
+    /// True once it asked to leave: it gets no more jobs.
+    pub(super) draining: bool,
+    /// True while its id is in the ring.
+    in_ring: bool,
+    /// What the connection's writer sends next.
+    pub(super) outbox: Vec<Outgoing>,
+    /// Wakes the connection's writer.
+    wake: Arc<Notify>,
+}
+
+impl Worker {
+    /// Jobs it may still be given.
+    fn free(&self) -> usize {
+        if self.draining {
+            0
+        } else {
+            self.capacity.saturating_sub(self.held)
+        }
+    }
+
+    /// Puts `out` in the outbox, and has the writer woken if the outbox was empty.
+    pub(super) fn send(&mut self, out: Outgoing, wakes: &mut Wakes) {
+        if self.outbox.is_empty() {
+            wakes.writers.push(self.wake.clone());
+        }
+        self.outbox.push(out);
+    }
+}
+
+/// How the worker that sent a result held its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Held {
+    /// The job runs on it.
+    Running,
+    /// It held the job, which runs elsewhere now, was answered by another worker, or waits
+    /// again after its lease ran out.
+    Superseded,
+    /// It does not hold the job: its result is a duplicate.
+    Not,
+}
+
+/// Every connected worker, the ring of those with free credit, and the credit free in all.
+pub(super) struct Workers {
+    /// The connected workers by id.
+    map: HashMap<WorkerId, Worker>,
+    /// Workers with free credit, in turn order. Ids of workers that left or ran out of
+    /// credit stay until they come up, and are dropped then.
+    ring: VecDeque<WorkerId>,
+    /// Credit free over every worker.
+    free_credit: usize,
+    /// The id the next worker gets.
+    next_id: WorkerId,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers {
+            map: HashMap::default(),
+            ring: VecDeque::new(),
+            free_credit: 0,
+            next_id: 1,
+        }
+    }
+}
+
+impl Workers {
+    /// Number of connected workers.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The connected worker `id`.
+    pub fn get_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
+        self.map.get_mut(&id)
+    }
+
+    /// Every connected worker, with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (&WorkerId, &Worker)> {
+        self.map.iter()
+    }
+
+    /// Every connected worker.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
+        self.map.values_mut()
+    }
+
+    /// Credit free over every worker.
+    pub fn free_credit(&self) -> usize {
+        self.free_credit
+    }
+
+    /// True when no worker waits in the ring.
+    pub fn ring_is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// Adds a worker with credit for `capacity` jobs, at the end of the ring; `end_sent`
+    /// tells it end-of-work at once.
+    fn add(
+        &mut self,
+        j: Joining,
+        capacity: usize,
+        end_sent: bool,
+        wakes: &mut Wakes,
+    ) -> (WorkerId, Arc<Notify>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        tracing::debug!(worker = id, agent = %j.agent, kind = ?j.kind, addr = %j.addr, capacity = j.capacity, "worker registered");
+        let wake = Arc::new(Notify::new());
+        let mut worker = Worker {
+            agent: j.agent,
+            kind: j.kind,
+            addr: j.addr,
+            joined: Instant::now(),
+            last_seen: j.last_seen,
+            done: 0,
+            capacity,
+            held: 0,
+            superseded: HashSet::default(),
+            draining: false,
+            in_ring: true,
+            outbox: Vec::new(),
+            wake: wake.clone(),
+        };
+        if end_sent {
+            worker.send(Outgoing::EndOfWork, wakes);
+        }
+        self.map.insert(id, worker);
+        self.ring.push_back(id);
+        self.free_credit += capacity;
+        (id, wake)
+    }
+
+    /// Removes worker `id` and its free credit.
+    fn remove(&mut self, id: WorkerId) -> Option<Worker> {
+        let w = self.map.remove(&id)?;
+        self.free_credit -= w.free();
+        // Workers that left stay in the ring until picked; do not let them pile up.
+        if self.ring.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.ring.retain(|id| map.contains_key(id));
+        }
+        Some(w)
+    }
+
+    /// Worker `id` takes no more jobs: its free credit goes.
+    fn drain(&mut self, id: WorkerId) {
+        if let Some(w) = self.map.get_mut(&id) {
+            self.free_credit -= w.free();
+            w.draining = true;
+        }
+    }
+
+    /// Takes the first worker of the ring that has credit and does not already hold `job`
+    /// (it may, when the job's lease ran out while that worker still works on it).
+    pub fn pick(&mut self, job: Option<JobId>) -> Option<WorkerId> {
+        let mut passed = 0;
+        while passed < self.ring.len() {
+            let id = self.ring.pop_front()?;
+            let Some(w) = self.map.get_mut(&id) else {
+                continue;
+            };
+            if w.free() == 0 {
+                w.in_ring = false;
+            } else if job.is_some_and(|job| w.superseded.contains(&job)) {
+                self.ring.push_back(id);
+                passed += 1;
+            } else {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    /// Hands job `id`'s frame to worker `wid`, picked for it: the worker uses one credit,
+    /// and goes back to the end of the ring if it has more.
+    pub fn hand_over(&mut self, id: JobId, frame: bytes::Bytes, wid: WorkerId, wakes: &mut Wakes) {
+        let w = self.map.get_mut(&wid).expect("picked workers exist");
+        w.held += 1;
+        self.free_credit -= 1;
+        w.send(Outgoing::Job(id, frame), wakes);
+        if w.free() > 0 {
+            self.ring.push_back(wid);
+        } else {
+            w.in_ring = false;
+        }
+    }
+
+    /// How worker `wid`, which sent a result for job `id`, held the job; `running_here`
+    /// tells whether the job runs on it. A superseded job's mark comes off with its
+    /// answer. `None` when the worker is gone.
+    pub fn claim(&mut self, wid: WorkerId, id: JobId, running_here: bool) -> Option<Held> {
+        let w = self.map.get_mut(&wid)?;
+        if running_here {
+            return Some(Held::Running);
+        }
+        let was_superseded = w.superseded.remove(&id);
+        Some(if was_superseded {
+            Held::Superseded
+        } else {
+            Held::Not
+        })
+    }
+
+    /// Worker `wid` answered one of the jobs it held: the credit comes back (unless it is
+    /// draining), and it takes its turn in the ring again if it had left it.
+    pub fn return_credit(&mut self, wid: WorkerId) {
+        let Some(w) = self.map.get_mut(&wid) else {
+            return;
+        };
+        w.held -= 1;
+        if !w.draining {
+            self.free_credit += 1;
+            if !w.in_ring {
+                w.in_ring = true;
+                self.ring.push_back(wid);
+            }
+        }
+    }
+
+    /// Marks job `id` superseded on worker `wid`, which still holds it: its answer will not
+    /// count.
+    pub fn supersede(&mut self, wid: WorkerId, id: JobId) {
+        if let Some(w) = self.map.get_mut(&wid) {
+            w.superseded.insert(id);
+        }
+    }
+}
+
+impl Scheduler {
+    /// Registers a worker and gives it jobs; `None` when shutting down.
+    pub(super) fn join(
+        &mut self,
+        j: Joining,
+        wakes: &mut Wakes,
+    ) -> Option<(WorkerId, Arc<Notify>)> {
+        if self.shut_down {
+            return None;
+        }
+        let capacity = j.capacity.clamp(1, self.config.max_capacity.max(1)) as usize;
+        let joined = self.workers.add(j, capacity, self.end_sent, wakes);
+        wakes.workers = Some(self.workers.len());
+        self.dispatch(Instant::now(), wakes);
+        Some(joined)
+    }
+
+    /// Worker `wid` asked to leave: it gets no more jobs, and answers those it holds.
+    pub(super) fn drain(&mut self, wid: WorkerId) {
+        tracing::info!(worker = wid, "worker is draining");
+        self.workers.drain(wid);
+    }
+
+    /// Removes a worker whose connection ended: the jobs it ran go back to the line (or
+    /// fail, out of retries); those it held that run elsewhere stay there.
+    pub(super) fn remove_worker(&mut self, worker: WorkerId, reason: &str, wakes: &mut Wakes) {
+        let Some(w) = self.workers.remove(worker) else {
+            return;
+        };
+        let running = if w.held > w.superseded.len() {
+            self.ledger.running_on(worker)
+        } else {
+            Vec::new()
+        };
+        if !running.is_empty() {
+            tracing::info!(
+                worker,
+                reason,
+                jobs = running.len(),
+                "worker lost with jobs in flight"
+            );
+        }
+        // Jobs still in its outbox never left: they go back without counting as an attempt.
+        let unsent: HashSet<JobId> = w
+            .outbox
+            .iter()
+            .filter_map(|out| match out {
+                Outgoing::Job(id, _) => Some(*id),
+                _ => None,
+            })
+            .collect();
+        let (unsent, lost): (Vec<JobId>, Vec<JobId>) =
+            running.into_iter().partition(|id| unsent.contains(id));
+        self.take_back(unsent);
+        self.requeue_or_fail(lost, wakes);
+        wakes.workers = Some(self.workers.len());
+    }
+}

@@ -1,0 +1,140 @@
+//! A worker's WebSocket as its connection sees it: whole messages in, whole frames out.
+//!
+//! [`WebSocket`] owns the write path of the frames the coordinator sends. Each one is
+//! queued whole, header and payload together, on the [`Socket`] underneath (the payload
+//! from the memory it was encoded in), and everything queued is written before the next
+//! read, many frames at a time, so reading never waits for writing. What tungstenite
+//! writes itself (pongs, the close, a message sent with [`WebSocket::send`]) goes behind
+//! what is queued, so frames never interleave.
+
+use std::{
+    io,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::{
+    tungstenite::{
+        self,
+        protocol::{
+            frame::{
+                coding::{Control, Data, OpCode},
+                FrameHeader,
+            },
+            Role, WebSocketConfig,
+        },
+        Message,
+    },
+    WebSocketStream,
+};
+
+use crate::socket::Socket;
+
+/// A message read from the WebSocket: `None` once the stream has ended.
+pub(crate) type Read = Option<Result<Message, tungstenite::Error>>;
+
+/// The server side of a worker's WebSocket over `S`; see the [module docs](self).
+pub(crate) struct WebSocket<S> {
+    /// The WebSocket protocol over the socket that queues frames.
+    ws: WebSocketStream<Socket<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// The server side of a WebSocket whose opening handshake is done, over `socket`.
+    pub async fn server(socket: Socket<S>, config: WebSocketConfig) -> Self {
+        WebSocket {
+            ws: WebSocketStream::from_raw_socket(socket, Role::Server, Some(config)).await,
+        }
+    }
+
+    /// Waits for the next message.
+    pub async fn next(&mut self) -> Read {
+        self.ws.next().await
+    }
+
+    /// Sends one message now, behind every queued frame, and waits until it is written.
+    pub async fn send(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        self.ws.send(msg).await
+    }
+
+    /// Queues a binary message carrying `payload`, to be written before the next read.
+    pub fn queue_binary(&mut self, payload: Bytes) {
+        self.queue_frame(OpCode::Data(Data::Binary), payload);
+    }
+
+    /// Queues a ping, to be written before the next read.
+    pub fn queue_ping(&mut self) {
+        self.queue_frame(OpCode::Control(Control::Ping), Bytes::new());
+    }
+
+    /// Queues one whole, final, unmasked frame (what a server sends) carrying `payload`.
+    fn queue_frame(&mut self, opcode: OpCode, payload: Bytes) {
+        let header = FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        };
+        // A server frame's header takes at most 10 bytes.
+        let mut head = [0u8; 10];
+        let mut cursor = io::Cursor::new(&mut head[..]);
+        header
+            .format(payload.len() as u64, &mut cursor)
+            .expect("a frame header fits in 10 bytes");
+        let len = cursor.position() as usize;
+        let socket = self.ws.get_mut();
+        socket.gather(&head[..len]);
+        socket.queue(payload);
+    }
+
+    /// Writes what is queued, then reads the next message; fails only when writing does.
+    pub fn poll_write_then_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
+        let socket = self.ws.get_mut();
+        if socket.has_queued() {
+            if let Poll::Ready(Err(e)) = socket.poll_write_queued(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        self.ws.poll_next_unpin(cx).map(Ok)
+    }
+
+    /// Reads the next message if it is there already.
+    pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
+        self.ws.poll_next_unpin(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::socket::ReadPool;
+
+    #[tokio::test]
+    async fn queued_frames_arrive_whole_and_in_order_before_a_message_sent_after_them() {
+        let (io, peer) = tokio::io::duplex(1 << 20);
+        let socket = Socket::new(io, Arc::new(ReadPool::new(1)));
+        let mut server = WebSocket::server(socket, WebSocketConfig::default()).await;
+        let mut client = WebSocketStream::from_raw_socket(peer, Role::Client, None).await;
+        let small = Bytes::from_static(b"small job");
+        let large = Bytes::from(vec![7u8; 70_000]); // queued as it is, not gathered
+        server.queue_binary(small.clone());
+        server.queue_ping();
+        server.queue_binary(large.clone());
+        server.send(Message::Binary("after".into())).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(client.next().await.unwrap().unwrap());
+        }
+        assert_eq!(
+            got,
+            [
+                Message::Binary(small),
+                Message::Ping(Bytes::new()),
+                Message::Binary(large),
+                Message::Binary("after".into()),
+            ]
+        );
+    }
+}
