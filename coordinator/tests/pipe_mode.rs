@@ -18,19 +18,18 @@ fn coordinator_bin() -> PathBuf {
     exe
 }
 
+/// Runs pipe mode on the capitalize task with one local worker.
 fn run_pipe(input: &str, extra: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
+    run_pipe_with(input, &[&["--task", "capitalize"], extra].concat())
+}
+
+/// Runs pipe mode with `args` (which name the task) and one local worker; returns the exit
+/// code, the output lines and stderr.
+fn run_pipe_with(input: &str, args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
     let mut child = Command::new(coordinator_bin())
-        .args([
-            "pipe",
-            "--task",
-            "capitalize",
-            "--listen",
-            "127.0.0.1:0",
-            "--local-workers",
-            "1",
-        ])
+        .args(["pipe", "--listen", "127.0.0.1:0", "--local-workers", "1"])
         .args(["--local-concurrency", "2"])
-        .args(extra)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -118,4 +117,62 @@ fn pipe_mode_succeeds_on_clean_input() {
     let (code, lines, stderr) = run_pipe("\"x\"\n\"y\"\n", &[]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(lines.len(), 2);
+}
+
+fn example(name: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/tasks")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+#[test]
+fn pipe_mode_runs_a_task_module_on_every_line() {
+    let module = example("wc.wat");
+    let (code, lines, stderr) = run_pipe_with(
+        "\"the cat sat\"\n{\"a\": [1, 2]}\n\"\"\n",
+        &["--module", &module, "--ordered"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("task module: wc.wat"), "{stderr}");
+    let values: Vec<_> = lines.iter().map(|r| r["value"].clone()).collect();
+    // The module counts blank-separated runs of the JSON text it is given, which is compact
+    // (`{"a":[1,2]}`) whatever the spacing of the input line.
+    let expected = [3, 1, 1].map(|n| serde_json::json!(n));
+    assert_eq!(values, expected);
+}
+
+#[test]
+fn pipe_mode_takes_a_task_or_a_module_not_both() {
+    let module = example("wc.wat");
+    let (code, lines, stderr) =
+        run_pipe_with("\"x\"\n", &["--task", "capitalize", "--module", &module]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(lines.is_empty());
+    assert!(
+        stderr.contains("--task and --module are exclusive"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_pipe_with("\"x\"\n", &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("--task") && stderr.contains("--module"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn pipe_mode_refuses_a_file_that_is_not_a_task_module() {
+    let not_a_module =
+        std::env::temp_dir().join(format!("distchan-not-a-module-{}.wasm", std::process::id()));
+    std::fs::write(&not_a_module, b"\0asm\x01\0\0\0\x05").unwrap();
+    let (code, lines, stderr) = run_pipe_with(
+        "\"x\"\n",
+        &["--module", &not_a_module.display().to_string()],
+    );
+    let _ = std::fs::remove_file(&not_a_module);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(lines.is_empty());
+    assert!(stderr.contains("not a usable task module"), "{stderr}");
 }
