@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the browser worker (worker-wasm/) into www/pkg, where the volunteer page loads it from:
 #   wasm-pack build worker-wasm --target web --out-dir ../www/pkg   (release; `--dev` for debug)
+# and copies the WASI shim that runs task modules in tabs into www/vendor.
 # Assumes scripts/setup.sh has run; sources scripts/env.sh itself. www/pkg is git-ignored.
 #
 # wasm-pack's own wasm-opt step is off (worker-wasm/Cargo.toml): it would download binaryen.
@@ -27,3 +28,15 @@ if [ "$profile" = --release ] && [ "${DISTCHAN_WASM_OPT:-1}" != 0 ] \
     echo "build-wasm: wasm-opt -O2: $before -> $(stat -c %s "$wasm") bytes"
 fi
 echo "build-wasm: www/pkg ready ($(stat -c %s "$wasm") bytes of wasm)"
+
+# The WASI shim the page runs task modules with (npm @bjorn3/browser_wasi_shim, set up in .tools
+# by scripts/setup.sh), next to the page: www/task-module.js imports it from ./vendor.
+shim=$DISTCHAN_TOOLS/node_modules/@bjorn3/browser_wasi_shim
+if [ -f "$shim/dist/index.js" ]; then
+    rm -rf www/vendor/browser_wasi_shim
+    mkdir -p www/vendor/browser_wasi_shim
+    cp "$shim"/dist/*.js "$shim"/LICENSE-* "$shim"/package.json www/vendor/browser_wasi_shim/
+    echo "build-wasm: www/vendor/browser_wasi_shim ready ($(node -p "require('$shim/package.json').version" 2>/dev/null || echo '?'))"
+else
+    echo "build-wasm: note: $shim is missing (run scripts/setup.sh): tabs cannot run task modules" >&2
+fi

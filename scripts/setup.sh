@@ -13,10 +13,13 @@
 #          /usr/lib/rustlib/wasm32-unknown-unknown/lib, and `wasm` linked to a folder of links to
 #          /usr/bin's rustc/cargo/...;
 #   2. Chromium and ChromeDriver from Debian (/usr/bin/chromium, /usr/bin/chromedriver);
-#   3. npm `binaryen@132` (wasm-opt) and `playwright-core` in the git-ignored $REPO/.tools;
-#      Debian's `binaryen` is never used (too old: its output breaks in Chromium);
+#   3. npm `binaryen@132` (wasm-opt), `playwright-core` and `@bjorn3/browser_wasi_shim` (the
+#      WASI shim tabs run task modules with) in the git-ignored $REPO/.tools; Debian's
+#      `binaryen` is never used (too old: its output breaks in Chromium);
 #   4. `wasm-bindgen-cli` at exactly the version of `wasm-bindgen` in Cargo.lock;
-#   5. `wasm-pack` 0.15.1.
+#   5. `wasm-pack` 0.15.1;
+#   6. the `wasm32-wasip1` target on the base toolchain, to build the example task modules
+#      (`cargo build --profile task-module --target wasm32-wasip1 -p wordfreq`).
 #
 # Usage (from any directory):
 #   bash scripts/setup.sh && source scripts/env.sh \
@@ -49,6 +52,7 @@ TC=${WASM_TOOLCHAIN:-wasm}
 WASM_PACK_VERSION=0.15.1
 BINARYEN_MAJOR=132
 PLAYWRIGHT_CORE_VERSION=${PLAYWRIGHT_CORE_VERSION:-1.64.1}
+WASI_SHIM_VERSION=0.4.2
 NPM_TIMEOUT=${NPM_TIMEOUT:-300}
 TOOLS_DIR=$REPO/.tools
 CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
@@ -269,6 +273,12 @@ setup_npm_tools() {
     else
         want+=("playwright-core@$PLAYWRIGHT_CORE_VERSION")
     fi
+    v=$(npm_pkg_version @bjorn3/browser_wasi_shim || true)
+    if [ "$v" = "$WASI_SHIM_VERSION" ]; then
+        say "@bjorn3/browser_wasi_shim $v: present"
+    else
+        want+=("@bjorn3/browser_wasi_shim@$WASI_SHIM_VERSION")
+    fi
     [ "${#want[@]}" -gt 0 ] || return 0
 
     mkdir -p "$TOOLS_DIR"
@@ -292,6 +302,8 @@ setup_npm_tools() {
     fi
     [ "$(npm_pkg_version playwright-core || true)" = "$PLAYWRIGHT_CORE_VERSION" ] \
         || die "playwright-core $PLAYWRIGHT_CORE_VERSION is not in .tools after npm install"
+    [ "$(npm_pkg_version @bjorn3/browser_wasi_shim || true)" = "$WASI_SHIM_VERSION" ] \
+        || die "@bjorn3/browser_wasi_shim $WASI_SHIM_VERSION is not in .tools after npm install"
     say "npm tools: ready"
 }
 
@@ -364,7 +376,21 @@ setup_wasm_pack() {
         || die "wasm-pack on PATH is not $WASM_PACK_VERSION after install"
 }
 
+# --- 6. wasm32-wasip1, for the example task modules ----------------------------------------------
+setup_wasip1() {
+    local base
+    base=$(base_toolchain)
+    if rustup target list --installed --toolchain "$base" 2>/dev/null | grep -qx wasm32-wasip1; then
+        say "wasm32-wasip1 target on $base: present"
+        return
+    fi
+    say "wasm32-wasip1 target: installing with rustup on $base (timeout 60 s)"
+    timeout 60 rustup target add --toolchain "$base" wasm32-wasip1 >/dev/null 2>&1 \
+        || die "rustup target add wasm32-wasip1 failed or timed out: the example task modules cannot be built (rustup's download server must be reachable)"
+}
+
 setup_wasm_toolchain
+setup_wasip1
 if [ "${1:-}" = --build-only ]; then
     say "chromium: not needed to build (--build-only)"
 else

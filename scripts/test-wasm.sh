@@ -43,7 +43,8 @@ RUSTUP_TOOLCHAIN="$WASM_TOOLCHAIN" wasm-pack test --node worker-wasm
 done_step
 
 step "coordinators for the browser tests"
-cargo build --release -p distchan-coordinator --bin distchan-coordinator
+# The same command as scripts/test.sh: nothing to do when it ran first.
+cargo build --release --bins
 TEST_TOKEN=wasm-test-$RANDOM$RANDOM
 start_coordinator plain --demo capitalize --jobs 20 --local-workers 0 --verify
 start_coordinator guarded --demo capitalize --jobs 20 --local-workers 0 --verify --token "$TEST_TOKEN"

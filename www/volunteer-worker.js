@@ -4,12 +4,29 @@
 // page -> thread: {type: "start", url, token, capacity, index, threads} | {type: "stop"}
 // thread -> page: {type: "status", status}           every change, and progress 4x a second
 //                 {type: "tile", tile}                a computed Mandelbrot tile (rgba transferred)
+//                 {type: "alive"}                     every ALIVE_MS while the thread is free to
+//                                                     run its event loop: a thread silent for
+//                                                     longer than a task module's time limit is
+//                                                     stuck in a job, and the page restarts it
 //                 {type: "end", ok, refused, reason, status}   the connection is over
+
+const ALIVE_MS = 500;
 
 const wasm = import("./pkg/distchan_worker_wasm.js").then(async (module) => {
   await module.default();
   return module;
 });
+
+// Runs the coordinator's task module, if it names one (WASI shim in ./vendor).
+const taskModules = import("./task-module.js").then(
+  (m) => m.runtime,
+  (err) => {
+    console.warn(`task modules cannot run in this tab: ${err}`);
+    return undefined;
+  },
+);
+
+setInterval(() => self.postMessage({ type: "alive" }), ALIVE_MS);
 
 let worker = null;
 let stopRequested = false;
@@ -35,11 +52,13 @@ async function start({ url, token, capacity, index, threads }) {
     });
     return;
   }
+  const moduleRuntime = await taskModules;
   try {
     worker = new module.BrowserWorker(url, {
       capacity,
       token: token || undefined,
       agent: `volunteer tab, thread ${index + 1}/${threads} (${navigator.userAgent})`,
+      moduleRuntime,
     });
   } catch (err) {
     self.postMessage({ type: "end", ok: false, refused: false, reason: String(err.message || err) });

@@ -10,8 +10,15 @@ const threadCount = clamp(Number(params.get("threads")) || navigator.hardwareCon
 const capacity = clamp(Number(params.get("capacity")) || 2, 1, 1024);
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
-/** One entry per running thread: {worker, status, ended, ok, refused, reason}. */
+/** Grace beyond a task module's time limit before a silent thread counts as stuck. */
+const STUCK_GRACE_MS = 3000;
+
+/** One entry per running thread: {index, worker, status, ended, ok, refused, reason, lastAlive}. */
 let threads = [];
+/** Threads restarted because a job ran past the module's time limit, and their jobs done. */
+let restarts = 0;
+let doneByRestarted = 0;
+let lastRestart = "";
 let stopping = false;
 let rateSamples = []; // [time ms, total jobs done]
 let tilesDrawn = 0;
@@ -33,6 +40,8 @@ function start() {
   stopping = false;
   rateSamples = [];
   threads = [];
+  restarts = 0;
+  doneByRestarted = 0;
   startedAt = performance.now();
   finishedAt = 0;
   tilesDrawn = 0;
@@ -40,20 +49,47 @@ function start() {
   $("banner").hidden = true;
   $("start").disabled = true;
   $("stop").disabled = false;
-  for (let index = 0; index < threadCount; index++) {
-    const worker = new Worker(new URL("volunteer-worker.js", import.meta.url), { type: "module" });
-    const thread = { worker, status: null, ended: false, ok: false, refused: false, reason: null };
-    threads.push(thread);
-    worker.onmessage = (event) => onThreadMessage(thread, event.data);
-    worker.onerror = (event) => {
-      event.preventDefault();
-      onThreadMessage(thread, { type: "end", ok: false, refused: false, reason: `the worker thread failed: ${event.message || "could not load volunteer-worker.js"}` });
-    };
-    worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount });
-  }
+  for (let index = 0; index < threadCount; index++) threads.push(launch(index));
   clearInterval(rateTimer);
-  rateTimer = setInterval(render, 500);
+  rateTimer = setInterval(() => {
+    watchdog();
+    render();
+  }, 500);
   render();
+}
+
+/** Starts volunteer thread `index`: a Web Worker with its own connection. */
+function launch(index) {
+  const worker = new Worker(new URL("volunteer-worker.js", import.meta.url), { type: "module" });
+  const thread = { index, worker, status: null, ended: false, ok: false, refused: false, reason: null, lastAlive: performance.now() };
+  worker.onmessage = (event) => onThreadMessage(thread, event.data);
+  worker.onerror = (event) => {
+    event.preventDefault();
+    onThreadMessage(thread, { type: "end", ok: false, refused: false, reason: `the worker thread failed: ${event.message || "could not load volunteer-worker.js"}` });
+  };
+  worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount });
+  return thread;
+}
+
+/**
+ * A browser cannot interrupt a WebAssembly job: a thread that has been silent for longer than
+ * its task module's time limit is stuck in one. Ending the thread ends its connection (the
+ * coordinator hands its jobs to other workers, or reports them failed per its retry settings);
+ * a fresh thread takes its place.
+ */
+function watchdog() {
+  if (stopping) return;
+  const now = performance.now();
+  threads = threads.map((t) => {
+    const module = t.status && t.status.module;
+    if (t.ended || !module || now - t.lastAlive <= module.timeoutMs + STUCK_GRACE_MS) return t;
+    t.worker.terminate();
+    restarts++;
+    doneByRestarted += t.status.jobsDone;
+    lastRestart = `thread ${t.index + 1} ran a job past the module's time limit of ${module.timeoutMs} ms and was restarted`;
+    console.warn(lastRestart);
+    return launch(t.index);
+  });
 }
 
 function stop() {
@@ -65,6 +101,10 @@ function stop() {
 
 function onThreadMessage(thread, msg) {
   if (thread.ended) return;
+  if (msg.type === "alive") {
+    thread.lastAlive = performance.now();
+    return;
+  }
   if (msg.type === "status") {
     thread.status = msg.status;
   } else if (msg.type === "tile") {
@@ -87,7 +127,7 @@ function onThreadMessage(thread, msg) {
 }
 
 function totals() {
-  let done = 0, failed = 0, connected = 0, task = null;
+  let done = doneByRestarted, failed = 0, connected = 0, task = null, module = null;
   for (const t of threads) {
     const s = t.status;
     if (!s) continue;
@@ -95,8 +135,9 @@ function totals() {
     failed += s.jobsFailed;
     if (!t.ended && (s.state === "connected" || s.state === "draining")) connected++;
     task = task || s.task;
+    module = module || s.module;
   }
-  return { done, failed, connected, task };
+  return { done, failed, connected, task, module };
 }
 
 /** The page's one-line verdict from every thread's state. */
@@ -130,7 +171,7 @@ function overall() {
 }
 
 function render() {
-  const { done, failed, connected, task } = totals();
+  const { done, failed, connected, task, module } = totals();
   const now = performance.now();
   rateSamples.push([now, done]);
   while (rateSamples.length > 2 && now - rateSamples[0][0] > 5000) rateSamples.shift();
@@ -142,12 +183,16 @@ function render() {
   $("state-detail").textContent = v.detail || "";
   $("state-dot").className = `dot ${v.cls}`;
   const banner = $("banner");
-  banner.hidden = !(v.banner || v.info);
-  banner.textContent = v.banner || v.info || "";
+  const restarted = restarts > 0 ? `${restarts} thread restart${restarts === 1 ? "" : "s"}: ${lastRestart}.` : "";
+  const info = [v.info, restarted].filter(Boolean).join(" ");
+  banner.hidden = !(v.banner || info);
+  banner.textContent = v.banner || info;
   banner.className = v.banner ? "banner" : "banner info";
 
   $("f-connected").textContent = `${connected} / ${threads.length}`;
-  $("f-task").textContent = task || "—";
+  // A task module is shown by name and hash, so a volunteer knows what this tab computes.
+  $("f-task").textContent = module ? `${module.name} · ${module.shortHash}` : task || "—";
+  $("f-task").title = module ? `task module ${module.name}, SHA-256 ${module.sha256}${module.abi ? ` (${module.abi})` : ""}` : "";
   $("f-done").textContent = done.toLocaleString();
   // While working: the last five seconds; once over: the average of the whole run.
   const running = threads.some((t) => !t.ended);

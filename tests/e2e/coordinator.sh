@@ -3,7 +3,7 @@
 # scripts/test-wasm.sh. Every coordinator started here is killed by `stop_all_coordinators`
 # (install it in an EXIT trap).
 #
-#   start_coordinator NAME ARGS...   starts `distchan-coordinator --listen 127.0.0.1:0 ARGS...`
+#   start_coordinator NAME ARGS...   starts `distchan-coordinator ARGS... --listen 127.0.0.1:0`
 #                                    with stdout/stderr in $LOG_DIR/NAME.{out,err}, waits for
 #                                    its address, and sets NAME_ADDR and NAME_PID
 #   wait_coordinator NAME SECONDS    waits at most SECONDS for it to exit; returns its exit code
@@ -37,14 +37,15 @@ start_coordinator() {
     local -a unset_args=()
     mapfile -t unset_args < <(_clean_env_args)
     env "${unset_args[@]}" RUST_LOG="${COORDINATOR_LOG:-info}" NO_COLOR=1 \
-        "$COORDINATOR_BIN" --listen 127.0.0.1:0 "$@" \
+        "$COORDINATOR_BIN" "$@" --listen 127.0.0.1:0 \
         >"$LOG_DIR/$name.out" 2>"$LOG_DIR/$name.err" &
     pid=$!
     _COORDINATOR_PIDS+=("$pid")
     for ((i = 0; i < 200; i++)); do
         # The file appears once the background shell has opened it.
-        addr=$(sed -n 's/^distchan coordinator listening on //p' "$LOG_DIR/$name.out" 2>/dev/null \
-            | head -n 1 || true)
+        # On stdout, or on stderr in pipe mode (stdout carries the results).
+        addr=$(sed -n 's/^distchan coordinator listening on //p' "$LOG_DIR/$name.out" \
+            "$LOG_DIR/$name.err" 2>/dev/null | head -n 1 || true)
         [ -n "$addr" ] && break
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "error: coordinator $name exited before listening:" >&2

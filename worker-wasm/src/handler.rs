@@ -1,5 +1,5 @@
-//! Who answers a job: a built-in task compiled into the module, or a JavaScript function
-//! given by the page.
+//! Who answers a job: a built-in task compiled into the module, the coordinator's task
+//! module, or a JavaScript function given by the page.
 //!
 //! Either way the outcome is a [`wire::Outcome`](distchan_protocol::wire::Outcome): plain
 //! MessagePack bytes, or an error message that the coordinator reports as that job's
@@ -14,7 +14,10 @@ use js_sys::{Function, Object, Promise, Reflect};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 
-use crate::convert::{error_message, js_to_msgpack, msgpack_to_js};
+use crate::{
+    convert::{error_message, js_to_msgpack, msgpack_to_js},
+    module::LoadedModule,
+};
 
 /// How the jobs of one connection are answered.
 #[derive(Debug, Clone)]
@@ -22,6 +25,8 @@ pub enum JobHandler {
     /// A built-in task of [`distchan_protocol::tasks`], by the name the coordinator's welcome
     /// gave; it runs exactly the code the native worker runs.
     Builtin(Rc<str>),
+    /// The task module the coordinator named, compiled for this thread.
+    Module(Rc<LoadedModule>),
     /// A JavaScript function called as `handler(job, {id, task})`; it returns the result or
     /// a promise of it.
     Js {
@@ -60,6 +65,7 @@ impl JobHandler {
     pub async fn handle(&self, id: JobId, payload: &[u8]) -> Outcome {
         match self {
             JobHandler::Builtin(task) => tasks::run(task, payload),
+            JobHandler::Module(module) => module.run(payload),
             JobHandler::Js { function, task } => {
                 call_js(function, payload, &job_info(id, task.as_deref())).await
             }

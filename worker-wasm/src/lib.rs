@@ -12,7 +12,11 @@
 //! - [`socket`]: the `web_sys::WebSocket` with its event closures owned (and freed) by one
 //!   value; browser close codes.
 //! - [`handler`]: who answers a job: the built-in task the coordinator names
-//!   ([`distchan_protocol::tasks`]) or a JavaScript function; errors become error results.
+//!   ([`distchan_protocol::tasks`]), its task module, or a JavaScript function; errors become
+//!   error results.
+//! - [`module`]: task modules in the browser: fetched, checked against their hash, given a
+//!   memory maximum and compiled once per thread, run through the page's `TaskModuleRuntime`
+//!   (which holds the WASI shim).
 //! - [`convert`]: MessagePack to plain JavaScript values and back (`serde-wasm-bindgen`).
 //!
 //! # From JavaScript
@@ -34,6 +38,7 @@
 
 pub mod convert;
 pub mod handler;
+pub mod module;
 pub mod socket;
 pub mod worker;
 

@@ -33,6 +33,7 @@ use std::{
 
 use bytes::Bytes;
 use distchan_protocol::{
+    module::ModuleSpec,
     session::{close_frame_for, Event, SessionConfig, WorkerSession},
     transform::{Aes256GcmTransform, TransformChain},
     wire::{Outcome, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, DEFAULT_MAX_FRAME},
@@ -51,6 +52,7 @@ use wasm_bindgen_futures::{future_to_promise, spawn_local};
 
 use crate::{
     handler::{result_to_js, JobHandler},
+    module::{LoadedModule, ModuleRuntime},
     socket::{Socket, SocketEvent},
 };
 
@@ -80,6 +82,20 @@ export interface BrowserWorkerOptions {
   handshakeTimeoutMs?: number;
   /** Largest frame accepted from the coordinator, in bytes (default 64 MiB). */
   maxFrame?: number;
+  /** Runs the coordinator's task module, if it names one (see `TaskModuleRuntime`). */
+  moduleRuntime?: TaskModuleRuntime;
+}
+
+/** The task module a worker runs, as its status shows it. */
+export interface BrowserWorkerModule {
+  name: string;
+  sha256: string;
+  /** The first 12 hex digits of the hash. */
+  shortHash: string;
+  /** "command" or "reactor", once the module is compiled. */
+  abi: string | null;
+  /** The time a job may take, in ms. */
+  timeoutMs: number;
 }
 
 /** What `onStatus` receives, `status()` returns and `run()` resolves with. */
@@ -90,6 +106,8 @@ export interface BrowserWorkerStatus {
   /** True when the run ended as it should: end of work, or a stop that drained. */
   clean: boolean;
   task: string | null;
+  /** The task module the coordinator named, if any. */
+  module: BrowserWorkerModule | null;
   workerId: number | null;
   jobsDone: number;
   jobsFailed: number;
@@ -110,6 +128,8 @@ struct WorkerOptions {
     aes_key: Option<String>,
     handshake_timeout_ms: Option<u32>,
     max_frame: Option<u32>,
+    #[serde(with = "serde_wasm_bindgen::preserve")]
+    module_runtime: JsValue,
 }
 
 /// Where a connection stands.
@@ -142,6 +162,8 @@ pub struct Status {
     pub clean: bool,
     /// The task the coordinator named in its welcome.
     pub task: Option<String>,
+    /// The task module the coordinator named in its welcome.
+    pub module: Option<ModuleStatus>,
     /// The id the coordinator gave this worker.
     pub worker_id: Option<u64>,
     /// Jobs answered (successes and failures).
@@ -158,6 +180,34 @@ pub struct Status {
     pub url: String,
 }
 
+/// The task module a worker runs, as its [`Status`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModuleStatus {
+    /// The module's name (its file name on the coordinator).
+    pub name: String,
+    /// SHA-256 of the module.
+    pub sha256: String,
+    /// The first 12 hex digits of the hash.
+    pub short_hash: String,
+    /// `command` or `reactor`, once compiled.
+    pub abi: Option<String>,
+    /// The time a job may take, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+impl ModuleStatus {
+    fn new(spec: &ModuleSpec) -> Self {
+        ModuleStatus {
+            name: spec.name.clone(),
+            sha256: spec.sha256.clone(),
+            short_hash: spec.short_hash().to_owned(),
+            abi: None,
+            timeout_ms: spec.limits.timeout_ms,
+        }
+    }
+}
+
 impl Status {
     fn new(url: &str, capacity: u32) -> Self {
         Status {
@@ -165,6 +215,7 @@ impl Status {
             reason: None,
             clean: false,
             task: None,
+            module: None,
             worker_id: None,
             jobs_done: 0,
             jobs_failed: 0,
@@ -209,6 +260,8 @@ enum Input {
     },
     /// The page asked the worker to leave.
     Stop,
+    /// The task module is compiled (or could not be had).
+    ModuleLoaded(Result<Rc<LoadedModule>, Error>),
 }
 
 /// A browser worker: one WebSocket connection to a coordinator.
@@ -229,6 +282,7 @@ struct Inner {
     config: SessionConfig,
     chain: TransformChain,
     handshake_timeout_ms: u32,
+    module_runtime: Option<ModuleRuntime>,
     handler: RefCell<Option<Function>>,
     on_status: RefCell<Option<Function>>,
     on_result: RefCell<Option<Function>>,
@@ -274,6 +328,9 @@ impl BrowserWorker {
                 handshake_timeout_ms: options
                     .handshake_timeout_ms
                     .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS),
+                module_runtime: (!options.module_runtime.is_undefined()
+                    && !options.module_runtime.is_null())
+                .then(|| options.module_runtime.unchecked_into()),
                 handler: RefCell::new(None),
                 on_status: RefCell::new(None),
                 on_result: RefCell::new(None),
@@ -417,6 +474,8 @@ struct Run {
     tx: UnboundedSender<Input>,
     phase: Phase,
     handler: Option<JobHandler>,
+    /// Jobs received while the task module is being fetched and compiled.
+    held: Vec<(JobId, Bytes)>,
     draining: bool,
     deadline: Option<f64>,
     closing: Option<Ending>,
@@ -459,6 +518,7 @@ async fn drive(inner: Rc<Inner>) -> Result<Status, Status> {
                 tx,
                 phase: Phase::Connecting,
                 handler: None,
+                held: Vec::new(),
                 draining: false,
                 closing: None,
                 ended: None,
@@ -512,6 +572,7 @@ impl Run {
             Input::Socket(event) => self.on_socket(event),
             Input::Done { id, outcome, job } => self.on_done(id, outcome, job),
             Input::Stop => self.stop(),
+            Input::ModuleLoaded(loaded) => self.on_module(loaded),
         }
     }
 
@@ -585,6 +646,13 @@ impl Run {
                 });
                 self.inner.report();
                 let js = self.inner.handler.borrow().clone();
+                if let (None, Some(spec)) = (&js, welcome.module) {
+                    self.load_module(spec);
+                    if self.inner.stop_requested.get() {
+                        self.stop();
+                    }
+                    return;
+                }
                 match JobHandler::choose(js, welcome.task.as_deref()) {
                     Ok(handler) => self.handler = Some(handler),
                     Err(reason) => {
@@ -640,9 +708,59 @@ impl Run {
         });
     }
 
+    /// Fetches and compiles the task module `spec` names; jobs wait meanwhile.
+    fn load_module(&mut self, spec: ModuleSpec) {
+        self.inner
+            .update(|s| s.module = Some(ModuleStatus::new(&spec)));
+        self.inner.report();
+        let Some(runtime) = self.inner.module_runtime.clone() else {
+            // Like an unknown task: say we are leaving, then go, with the reason.
+            if let Ok(drain) = self.session.drain_frame() {
+                let _ = self.socket.send(&drain);
+            }
+            let reason =
+                "the coordinator runs a task module and this page gave no moduleRuntime to run it";
+            self.leave("worker left", false, Some(reason.to_owned()));
+            return;
+        };
+        let tx = self.tx.clone();
+        let url = self.inner.url.clone();
+        let token = self.session.config().token.clone();
+        spawn_local(async move {
+            let loaded = LoadedModule::load(spec, &url, token.as_deref(), runtime).await;
+            let _ = tx.unbounded_send(Input::ModuleLoaded(loaded));
+        });
+    }
+
+    /// The task module is ready: the jobs that waited for it start.
+    fn on_module(&mut self, loaded: Result<Rc<LoadedModule>, Error>) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        match loaded {
+            Ok(module) => {
+                let abi = module.abi().to_string();
+                self.inner.update(|s| {
+                    if let Some(m) = s.module.as_mut() {
+                        m.abi = Some(abi);
+                    }
+                });
+                self.inner.report();
+                self.handler = Some(JobHandler::Module(module));
+                for (id, payload) in std::mem::take(&mut self.held) {
+                    self.start_job(id, payload);
+                }
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
     fn start_job(&mut self, id: JobId, payload: Bytes) {
         let Some(handler) = self.handler.clone() else {
-            return; // cannot happen: jobs come only after the welcome chose a handler
+            // Jobs come only after the welcome; without a handler yet, the task module is
+            // still being fetched: the job waits for it.
+            self.held.push((id, payload));
+            return;
         };
         self.inner
             .update(|s| s.outstanding = self.session.outstanding() as u32);

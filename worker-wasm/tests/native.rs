@@ -13,3 +13,8 @@ fn frames_have_the_known_bytes() {
 fn tasks_give_the_known_results() {
     common::check_tasks();
 }
+
+#[test]
+fn task_modules_are_fed_and_judged_alike() {
+    common::check_module_conversions();
+}

@@ -51,6 +51,11 @@ fn tasks_give_the_same_results_as_native() {
 }
 
 #[wasm_bindgen_test]
+fn task_modules_are_fed_and_judged_as_natively() {
+    common::check_module_conversions();
+}
+
+#[wasm_bindgen_test]
 fn a_tile_becomes_a_plain_object_with_a_uint8array() {
     let tile = common::reference_tile();
     let value = msgpack_to_js(&payload::to_msgpack(&tile).unwrap()).unwrap();

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use distchan_protocol::{
+    module::{self, Ending, Limits, ModuleIo, Run},
     payload,
     session::{Event, SessionConfig, WorkerSession},
     tasks::{self, Tile, TilePixels},
@@ -181,4 +182,49 @@ pub fn check_tasks() {
 
     let sum = tasks::run(tasks::ADD, &payload::to_msgpack(&(40i64, 2i64)).unwrap()).unwrap();
     assert_eq!(hex(&sum), "2a");
+}
+
+/// A job of a task module, `{"text": "naïve café", "n": -3, "x": 0.1}`, as the module reads
+/// it (JSON text).
+pub const MODULE_JSON_INPUT: &str = r#"{"text":"naïve café","n":-3,"x":0.1}"#;
+/// The module's output `{"the": 2, "pi": 3.25, "list": [null, true]}` as the job's result
+/// payload (MessagePack).
+pub const MODULE_RESULT_PAYLOAD: &str = "83a374686502a27069cb400a000000000000a46c69737492c0c3";
+/// SHA-256 of [`module_bytes`].
+pub const MODULE_SHA256: &str = "d7f602df8d1cb581cc5c886a4ff8809793c50627e305ef45f6d770f27e0261cc";
+/// [`module_bytes`] with its memory capped at 4 pages (256 KiB).
+pub const MODULE_CAPPED: &str = "0061736d01000000050401010104";
+
+/// A tiny module with one memory of 1 page and no maximum, and nothing else.
+pub fn module_bytes() -> Vec<u8> {
+    [&b"\0asm\x01\0\0\0"[..], &[5, 3, 1, 0, 1]].concat()
+}
+
+/// Task modules are fed, judged and prepared the same way on every target: JSON in,
+/// MessagePack out, the same hash and the same memory cap.
+pub fn check_module_conversions() {
+    #[derive(serde::Serialize)]
+    struct Job {
+        text: &'static str,
+        n: i64,
+        x: f64,
+    }
+    let job = payload::to_msgpack(&Job {
+        text: "naïve café",
+        n: -3,
+        x: 0.1,
+    })
+    .unwrap();
+    let input = module::module_input(ModuleIo::Json, &job).unwrap();
+    assert_eq!(String::from_utf8(input).unwrap(), MODULE_JSON_INPUT);
+    let run = Run {
+        ending: Ending::Exited(0),
+        stdout: br#"{"the": 2, "pi": 3.25, "list": [null, true]}"#.to_vec(),
+        stderr: Vec::new(),
+    };
+    let result = module::outcome(ModuleIo::Json, run, &Limits::default()).unwrap();
+    assert_eq!(hex(&result), MODULE_RESULT_PAYLOAD, "module result");
+    assert_eq!(module::sha256_hex(&module_bytes()), MODULE_SHA256);
+    let capped = module::cap_memory(&module_bytes(), 4 * module::PAGE_SIZE).unwrap();
+    assert_eq!(hex(&capped), MODULE_CAPPED, "capped module");
 }
