@@ -99,11 +99,17 @@ impl ModulePool {
             threads,
         });
         let mut started = 0;
+        // WASI's host functions finish their (in-memory) I/O on the runtime they find: enter
+        // this one, or each call would go through a runtime of wasmtime-wasi's own.
+        let runtime = tokio::runtime::Handle::current();
         for i in 0..threads {
-            let (shared, tx) = (shared.clone(), tx.clone());
+            let (shared, tx, runtime) = (shared.clone(), tx.clone(), runtime.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("distchan-module-{i}"))
-                .spawn(move || work(&shared, &tx));
+                .spawn(move || {
+                    let _entered = runtime.enter();
+                    work(&shared, &tx)
+                });
             match spawned {
                 Ok(_) => started += 1,
                 Err(e) => tracing::warn!(error = %e, "could not start a module thread"),
