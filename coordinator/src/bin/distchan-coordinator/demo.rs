@@ -4,14 +4,15 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use clap::{Args, ValueEnum};
-use distchan_coordinator::{
-    demo::{words, Picture, PictureSpec, Progress},
-    Coordinator, Error, JobOutcome,
-};
+use distchan_coordinator::{Coordinator, Error, JobOutcome};
 use distchan_protocol::tasks::{self, TilePixels};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{announce, ServerArgs};
+use crate::{
+    announce,
+    workload::{words, Picture, PictureSpec, Progress},
+    ServerArgs,
+};
 
 /// Options of the demo.
 #[derive(Debug, Clone, Args)]

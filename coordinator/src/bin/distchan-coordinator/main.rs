@@ -1,6 +1,7 @@
 //! `distchan-coordinator`: hands jobs to workers (native processes and browser tabs).
 //!
-//! - `distchan-coordinator [demo]`: the Mandelbrot (or capitalize) demo, see [`demo`].
+//! - `distchan-coordinator [demo]`: the Mandelbrot (or capitalize) demo, see [`demo`]
+//!   (what its workloads are made of: [`workload`]).
 //! - `distchan-coordinator pipe --task NAME` (or `--module FILE`): JSON lines in, JSON
 //!   lines out, see [`pipe`].
 //!
@@ -9,6 +10,7 @@
 
 mod demo;
 mod pipe;
+mod workload;
 
 use std::{
     path::PathBuf,
