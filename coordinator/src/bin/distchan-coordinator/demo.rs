@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use base64::Engine;
 use clap::{Args, ValueEnum};
 use distchan_coordinator::{Coordinator, Error, JobOutcome};
-use distchan_protocol::tasks::{self, TilePixels};
+use distchan_protocol::{
+    logging::notice,
+    tasks::{self, TilePixels},
+};
 use serde::{de::DeserializeOwned, Serialize};
+use tracing::Level;
 
 use crate::{
     announce,
@@ -204,7 +208,7 @@ where
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = &checked {
-            eprintln!("job {} failed: {e}", outcome.id);
+            notice(Level::WARN, format_args!("job {} failed: {e}", outcome.id));
         }
         if let Some(line) = progress.record(checked.is_ok(), coordinator.worker_count()) {
             println!("{line}");
