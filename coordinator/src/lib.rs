@@ -23,7 +23,8 @@
 //! served to workers), `server` (HTTP, WebSocket upgrade, static files, the module's URL),
 //! `websocket` (a worker's WebSocket, owner of the write path: frames queued whole and
 //! written before each read), `socket` (the socket under each WebSocket: read-ahead buffers
-//! lent while busy, the ordered write queue), [`stats`] (counters) and [`memory`] (an
+//! lent while busy, the ordered write queue), [`stats`] (counters, and the metrics `/metrics`
+//! serves), `process` (the process's own metrics, read from `/proc`) and [`memory`] (an
 //! in-process transport for tests).
 //!
 //! The `distchan-coordinator` binary (its flags, demo, pipe mode and progress bar) is built
@@ -58,6 +59,7 @@ mod dashboard;
 pub mod job;
 pub mod memory;
 pub mod module;
+mod process;
 mod queue;
 pub mod result;
 mod scheduler;
@@ -433,7 +435,8 @@ impl Coordinator {
         self.shared.hub.snapshot()
     }
 
-    /// Every metric in the Prometheus text format (what `/metrics` serves).
+    /// Every metric in the OpenMetrics text format (what `/metrics` serves); see
+    /// [`stats`] for their names.
     pub fn metrics(&self) -> String {
         self.shared.hub.render_metrics()
     }
