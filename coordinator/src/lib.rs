@@ -23,8 +23,13 @@
 //! served to workers), `server` (HTTP, WebSocket upgrade, static files, the module's URL),
 //! `websocket` (a worker's WebSocket, owner of the write path: frames queued whole and
 //! written before each read), `socket` (the socket under each WebSocket: read-ahead buffers
-//! lent while busy, the ordered write queue), [`stats`] (counters), [`memory`] (an
-//! in-process transport for tests) and [`demo`] (the binary's demo workloads).
+//! lent while busy, the ordered write queue), [`stats`] (counters, and the metrics `/metrics`
+//! serves), `process` (the process's own metrics, read from `/proc`) and [`memory`] (an
+//! in-process transport for tests).
+//!
+//! The `distchan-coordinator` binary (its flags, demo, pipe mode and progress bar) is built
+//! with the `cli` feature, on by default; without it the library depends on none of the
+//! crates only the binary needs.
 //!
 //! # Example
 //!
@@ -51,10 +56,10 @@
 pub mod config;
 mod connection;
 mod dashboard;
-pub mod demo;
 pub mod job;
 pub mod memory;
 pub mod module;
+mod process;
 mod queue;
 pub mod result;
 mod scheduler;
@@ -135,8 +140,7 @@ impl Builder {
 
     /// Runs every job through `module` instead of a built-in task: workers fetch it from
     /// this coordinator, check its hash and run it sandboxed under
-    /// [`Config::module_limits`]. See [`module`](crate::module) for how jobs and results
-    /// reach it.
+    /// [`Config::module_limits`]. See [`module`] for how jobs and results reach it.
     pub fn module(mut self, module: TaskModule) -> Self {
         self.module = Some(module);
         self
@@ -431,7 +435,8 @@ impl Coordinator {
         self.shared.hub.snapshot()
     }
 
-    /// Every metric in the Prometheus text format (what `/metrics` serves).
+    /// Every metric in the OpenMetrics text format (what `/metrics` serves); see
+    /// [`stats`] for their names.
     pub fn metrics(&self) -> String {
         self.shared.hub.render_metrics()
     }

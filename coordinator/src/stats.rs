@@ -1,8 +1,15 @@
-//! The coordinator's metrics, exposed in the Prometheus text format at `/metrics`.
+//! The coordinator's metrics, exposed in the OpenMetrics text format at `/metrics`.
 //!
 //! The scheduler counts under its own lock, in plain integers, and those are published to
 //! the Prometheus metrics when someone reads them, so the hot path touches no shared atomics.
 //! Connections count bytes directly.
+//!
+//! Names follow Prometheus's conventions: the `distchan_` prefix, the unit in the name with
+//! a `# UNIT` line (`distchan_received_bytes_total`, `distchan_dispatch_wait_seconds`),
+//! counters ending in `_total`, and labels for what splits a whole
+//! (`distchan_workers_connected{kind="native"}`). `distchan_build_info{version="…"}` is
+//! always 1, and the process's own metrics (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, …) come from `process`.
 
 use std::{
     sync::{
@@ -12,11 +19,34 @@ use std::{
     time::Duration,
 };
 
+use distchan_protocol::wire::WorkerKind;
 use prometheus_client::{
     encoding::{text::encode, EncodeMetric, MetricEncoder, NoLabelSet},
-    metrics::{counter::Counter, gauge::Gauge, MetricType},
-    registry::Registry,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, MetricType},
+    registry::{Registry, Unit},
 };
+
+use crate::process::ProcessCollector;
+
+/// The `kind` label of each kind of worker, at its [`kind_index`].
+pub(crate) const KINDS: [&str; 3] = ["native", "browser", "other"];
+
+/// Where a kind of worker is counted in [`Gauges::workers`] (and named in [`KINDS`]).
+pub(crate) fn kind_index(kind: WorkerKind) -> usize {
+    match kind {
+        WorkerKind::Native => 0,
+        WorkerKind::Browser => 1,
+        WorkerKind::Other => 2,
+    }
+}
+
+/// What a kind of worker is called, in metrics and in [`WorkerSnapshot`](crate::WorkerSnapshot).
+pub(crate) fn kind_label(kind: WorkerKind) -> &'static str {
+    KINDS[kind_index(kind)]
+}
+
+/// A label set of one label.
+type Label = [(&'static str, &'static str); 1];
 
 /// Upper bounds of the duration histograms' buckets, in seconds.
 const BOUNDS: [f64; 18] = [
@@ -72,7 +102,8 @@ pub(crate) struct Tallies {
 /// The scheduler's gauges at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Gauges {
-    pub workers: usize,
+    /// Workers connected, by kind (see [`kind_index`]).
+    pub workers: [usize; KINDS.len()],
     pub queued: usize,
     pub in_flight: usize,
 }
@@ -139,7 +170,10 @@ impl EncodeMetric for Histogram {
 /// [`Coordinator`](crate::Coordinator) handle.
 #[derive(Debug)]
 pub(crate) struct Counters {
+    /// Workers connected, all kinds together (for [`Stats`]; not exposed).
     pub workers: Gauge,
+    /// Workers connected, one gauge per kind, in the order of [`KINDS`].
+    workers_by_kind: [Gauge; KINDS.len()],
     pub queued: Gauge,
     pub in_flight: Gauge,
     pub dispatched: Counter,
@@ -160,8 +194,15 @@ pub(crate) struct Counters {
 
 impl Default for Counters {
     fn default() -> Self {
+        let workers_by_kind = Family::<Label, Gauge>::default();
+        let build_info = Family::<Label, Gauge>::default();
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
         let mut c = Counters {
             workers: Gauge::default(),
+            workers_by_kind: KINDS
+                .map(|kind| workers_by_kind.get_or_create(&[("kind", kind)]).clone()),
             queued: Gauge::default(),
             in_flight: Gauge::default(),
             dispatched: Counter::default(),
@@ -174,10 +215,20 @@ impl Default for Counters {
             module_downloads: Counter::default(),
             dispatch_wait: Histogram::default(),
             round_trip: Histogram::default(),
-            registry: Registry::with_prefix("distchan"),
+            registry: Registry::default(),
         };
-        let r = &mut c.registry;
-        r.register("workers", "Workers connected now", c.workers.clone());
+        c.registry.register_collector(Box::new(ProcessCollector));
+        let r = c.registry.sub_registry_with_prefix("distchan");
+        r.register(
+            "build_info",
+            "The coordinator's version; always 1",
+            build_info,
+        );
+        r.register(
+            "workers_connected",
+            "Workers connected now, by kind (native, browser, other)",
+            workers_by_kind,
+        );
         r.register("jobs_queued", "Jobs waiting for a worker", c.queued.clone());
         r.register(
             "jobs_in_flight",
@@ -209,25 +260,33 @@ impl Default for Counters {
             "Late or duplicate results dropped",
             c.duplicates.clone(),
         );
-        r.register(
-            "bytes_received",
+        r.register_with_unit(
+            "received",
             "Bytes received from workers",
+            Unit::Bytes,
             c.bytes_in.clone(),
         );
-        r.register("bytes_sent", "Bytes sent to workers", c.bytes_out.clone());
+        r.register_with_unit(
+            "sent",
+            "Bytes sent to workers",
+            Unit::Bytes,
+            c.bytes_out.clone(),
+        );
         r.register(
             "module_downloads",
             "Times a worker downloaded the task module",
             c.module_downloads.clone(),
         );
-        r.register(
-            "dispatch_wait_seconds",
+        r.register_with_unit(
+            "dispatch_wait",
             "Time a job waited for a worker",
+            Unit::Seconds,
             c.dispatch_wait.clone(),
         );
-        r.register(
-            "job_round_trip_seconds",
+        r.register_with_unit(
+            "job_round_trip",
             "Time from sending a job to a worker to its result",
+            Unit::Seconds,
             c.round_trip.clone(),
         );
         c
@@ -278,7 +337,10 @@ impl Counters {
         }
         self.dispatch_wait.add(&t.dispatch_wait);
         self.round_trip.add(&t.round_trip);
-        self.workers.set(g.workers as i64);
+        for (gauge, &n) in self.workers_by_kind.iter().zip(&g.workers) {
+            gauge.set(n as i64);
+        }
+        self.workers.set(g.workers.iter().sum::<usize>() as i64);
         self.queued.set(g.queued as i64);
         self.in_flight.set(g.in_flight as i64);
     }
@@ -299,7 +361,7 @@ impl Counters {
         }
     }
 
-    /// Every metric in the Prometheus (OpenMetrics) text format.
+    /// Every metric in the OpenMetrics text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");

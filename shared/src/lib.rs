@@ -17,6 +17,8 @@
 //!   carries, hash checks, the two ABIs, and what a run's facts mean as a job's outcome.
 //! - [`tasks`]: built-in demo tasks (capitalize, add, Mandelbrot tiles) that every worker can run.
 //! - [`error`]: the one error type of the project.
+//! - `logging` (feature `logging`, for the binaries only): their log setup and
+//!   `--log-format` flag, the one place where anything here writes (to standard error).
 //!
 //! # Example
 //!
@@ -32,6 +34,8 @@
 #![warn(missing_docs)]
 
 pub mod error;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod module;
 pub mod payload;
 pub mod session;

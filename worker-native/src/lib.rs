@@ -11,6 +11,9 @@
 //! - `module` (private): task modules (WebAssembly) fetched, checked, cached on disk,
 //!   compiled once and run sandboxed by wasmtime on a pool of threads.
 //!
+//! The `distchan-worker` binary (its flags and log setup) is built with the `cli` feature,
+//! on by default; without it the library depends on neither clap nor tracing-subscriber.
+//!
 //! # Example: the Go README's capitalizer worker
 //!
 //! ```no_run

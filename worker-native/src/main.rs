@@ -1,11 +1,18 @@
 //! `distchan-worker`: joins a coordinator and runs the task it names: a built-in task, or a
 //! WebAssembly task module fetched from the coordinator and run sandboxed.
+//!
+//! Logs go to stderr through `tracing` (`RUST_LOG=debug` for more), as text or, with
+//! `--log-format json`, as JSON lines; see `distchan_protocol::logging`.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use distchan_protocol::transform::Aes256GcmTransform;
+use distchan_protocol::{
+    logging::{self, notice, LogArgs},
+    transform::Aes256GcmTransform,
+};
 use distchan_worker::{serve_task, Error, Options};
+use tracing::Level;
 
 /// Join a distchan coordinator and compute its jobs: with a built-in task, or with the
 /// WebAssembly task module the coordinator serves.
@@ -34,21 +41,18 @@ struct Args {
     /// user's cache folder].
     #[arg(long, env = "DISTCHAN_MODULE_CACHE")]
     module_cache: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    logging::init(args.log.log_format);
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("distchan-worker: {e}");
+            notice(Level::ERROR, format_args!("distchan-worker: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -74,12 +78,13 @@ async fn run(args: Args) -> Result<(), Error> {
     let drain = options.drain.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "distchan-worker: finishing the jobs held, then leaving (Ctrl-C again to quit now)"
+            notice(
+                Level::WARN,
+                "distchan-worker: finishing the jobs held, then leaving (Ctrl-C again to quit now)",
             );
             drain.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("distchan-worker: quitting; the coordinator hands unanswered jobs to other workers");
+                notice(Level::WARN, "distchan-worker: quitting; the coordinator hands unanswered jobs to other workers");
                 std::process::exit(130);
             }
         }

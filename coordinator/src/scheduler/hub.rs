@@ -19,7 +19,7 @@ use crate::{
     config::Config,
     connection::{Incoming, Joining, Outgoing},
     queue::{Room, RoomError},
-    stats::{Counters, Gauges, Stats},
+    stats::{self, Counters, Gauges, Stats},
 };
 
 /// What to do once the lock is released: tasks to wake.
@@ -141,7 +141,7 @@ impl Hub {
         let (tallies, gauges) = {
             let mut s = self.lock();
             let gauges = Gauges {
-                workers: s.workers.len(),
+                workers: s.workers.by_kind(),
                 queued: s.queue.waiting() - s.queue.again() + s.ledger.waiting_again(),
                 in_flight: s.ledger.len() - s.ledger.waiting_again(),
             };
@@ -374,7 +374,7 @@ impl Hub {
             .map(|(&id, w)| WorkerSnapshot {
                 id,
                 agent: w.agent.clone(),
-                kind: format!("{:?}", w.kind).to_lowercase(),
+                kind: stats::kind_label(w.kind).to_owned(),
                 addr: w.addr,
                 capacity: w.capacity,
                 in_flight: w.held,

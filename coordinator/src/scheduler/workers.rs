@@ -12,7 +12,10 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tokio::{sync::Notify, time::Instant};
 
 use super::{hub::Wakes, Scheduler, WorkerId};
-use crate::connection::{Joining, Outgoing};
+use crate::{
+    connection::{Joining, Outgoing},
+    stats,
+};
 
 /// One connected worker.
 pub(super) struct Worker {
@@ -86,6 +89,8 @@ pub(super) struct Workers {
     ring: VecDeque<WorkerId>,
     /// Credit free over every worker.
     free_credit: usize,
+    /// Connected workers by kind (see [`stats::kind_index`]).
+    by_kind: [usize; stats::KINDS.len()],
     /// The id the next worker gets.
     next_id: WorkerId,
 }
@@ -96,6 +101,7 @@ impl Default for Workers {
             map: HashMap::default(),
             ring: VecDeque::new(),
             free_credit: 0,
+            by_kind: [0; stats::KINDS.len()],
             next_id: 1,
         }
     }
@@ -105,6 +111,11 @@ impl Workers {
     /// Number of connected workers.
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Number of connected workers of each kind (see [`stats::kind_index`]).
+    pub fn by_kind(&self) -> [usize; stats::KINDS.len()] {
+        self.by_kind
     }
 
     /// The connected worker `id`.
@@ -163,6 +174,7 @@ impl Workers {
         if end_sent {
             worker.send(Outgoing::EndOfWork, wakes);
         }
+        self.by_kind[stats::kind_index(worker.kind)] += 1;
         self.map.insert(id, worker);
         self.ring.push_back(id);
         self.free_credit += capacity;
@@ -173,6 +185,7 @@ impl Workers {
     fn remove(&mut self, id: WorkerId) -> Option<Worker> {
         let w = self.map.remove(&id)?;
         self.free_credit -= w.free();
+        self.by_kind[stats::kind_index(w.kind)] -= 1;
         // Workers that left stay in the ring until picked; do not let them pile up.
         if self.ring.len() > 2 * self.map.len() + 64 {
             let map = &self.map;

@@ -4,14 +4,19 @@ use std::path::PathBuf;
 
 use base64::Engine;
 use clap::{Args, ValueEnum};
-use distchan_coordinator::{
-    demo::{words, Picture, PictureSpec, Progress},
-    Coordinator, Error, JobOutcome,
+use distchan_coordinator::{Coordinator, Error, JobOutcome};
+use distchan_protocol::{
+    logging::notice,
+    tasks::{self, TilePixels},
 };
-use distchan_protocol::tasks::{self, TilePixels};
 use serde::{de::DeserializeOwned, Serialize};
+use tracing::Level;
 
-use crate::{announce, ServerArgs};
+use crate::{
+    announce,
+    workload::{words, Picture, PictureSpec, Progress},
+    ServerArgs,
+};
 
 /// Options of the demo.
 #[derive(Debug, Clone, Args)]
@@ -203,7 +208,7 @@ where
             Err(e) => Err(e.to_string()),
         };
         if let Err(e) = &checked {
-            eprintln!("job {} failed: {e}", outcome.id);
+            notice(Level::WARN, format_args!("job {} failed: {e}", outcome.id));
         }
         if let Some(line) = progress.record(checked.is_ok(), coordinator.worker_count()) {
             println!("{line}");

@@ -1,14 +1,17 @@
 //! `distchan-coordinator`: hands jobs to workers (native processes and browser tabs).
 //!
-//! - `distchan-coordinator [demo]`: the Mandelbrot (or capitalize) demo, see [`demo`].
+//! - `distchan-coordinator [demo]`: the Mandelbrot (or capitalize) demo, see [`demo`]
+//!   (what its workloads are made of: [`workload`]).
 //! - `distchan-coordinator pipe --task NAME` (or `--module FILE`): JSON lines in, JSON
 //!   lines out, see [`pipe`].
 //!
 //! Every setting is a flag with an environment-variable twin; logs go to stderr through
-//! `tracing` (`RUST_LOG=debug` for more).
+//! `tracing` (`RUST_LOG=debug` for more), as text or, with `--log-format json`, as JSON
+//! lines (then every line on stderr is one; see `distchan_protocol::logging`).
 
 mod demo;
 mod pipe;
+mod workload;
 
 use std::{
     path::PathBuf,
@@ -20,7 +23,11 @@ use clap::{Args, Parser, Subcommand};
 use distchan_coordinator::{
     transform::Aes256GcmTransform, Builder, Config, Coordinator, Error, TaskModule,
 };
-use distchan_protocol::module::{Limits, ModuleIo};
+use distchan_protocol::{
+    logging::{self, notice, LogArgs},
+    module::{Limits, ModuleIo},
+};
+use tracing::Level;
 
 /// Hand out jobs to distchan workers (native processes and browser tabs) and collect results.
 #[derive(Debug, Parser)]
@@ -35,6 +42,8 @@ struct Cli {
     server: ServerArgs,
     #[command(flatten)]
     demo: demo::DemoArgs,
+    #[command(flatten)]
+    log: LogArgs,
     #[command(subcommand)]
     mode: Option<Mode>,
 }
@@ -189,12 +198,15 @@ impl ServerArgs {
             ModuleIoArg::Bytes => ModuleIo::Bytes,
         };
         let module = TaskModule::from_file(path)?.io(io);
-        eprintln!(
-            "task module: {} ({} bytes, {} ABI, sha256 {})",
-            module.name(),
-            module.bytes().len(),
-            module.abi(),
-            module.sha256()
+        notice(
+            Level::INFO,
+            format_args!(
+                "task module: {} ({} bytes, {} ABI, sha256 {})",
+                module.name(),
+                module.bytes().len(),
+                module.abi(),
+                module.sha256()
+            ),
         );
         Ok(Some(module))
     }
@@ -217,13 +229,8 @@ impl ServerArgs {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    logging::init(cli.log.log_format);
     let outcome = match cli.mode {
         None => demo::run(&cli.server, &cli.demo).await,
         Some(Mode::Demo(args)) => demo::run(&cli.server, &args).await,
@@ -233,7 +240,7 @@ async fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(2),
         Err(e) => {
-            eprintln!("distchan-coordinator: {e}");
+            notice(Level::ERROR, format_args!("distchan-coordinator: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -254,7 +261,7 @@ fn announce(coordinator: &Coordinator, server: &ServerArgs, to_stderr: bool) -> 
     let addr = coordinator.local_addr();
     let say = |line: String| {
         if to_stderr {
-            eprintln!("{line}")
+            notice(Level::INFO, line)
         } else {
             println!("{line}")
         }
@@ -287,7 +294,7 @@ impl LocalWorkers {
             .and_then(|p| p.parent().map(|d| d.join("distchan-worker")))
             .filter(|p| p.is_file());
         let Some(exe) = exe else {
-            eprintln!("note: no distchan-worker binary next to this one; build it with `cargo build --release --bins`");
+            notice(Level::WARN, "note: no distchan-worker binary next to this one; build it with `cargo build --release --bins`");
             return LocalWorkers(Vec::new());
         };
         let mut children = Vec::new();
@@ -309,7 +316,10 @@ impl LocalWorkers {
             }
             match cmd.spawn() {
                 Ok(child) => children.push(child),
-                Err(e) => eprintln!("note: could not start a local worker: {e}"),
+                Err(e) => notice(
+                    Level::WARN,
+                    format_args!("note: could not start a local worker: {e}"),
+                ),
             }
         }
         LocalWorkers(children)

@@ -16,12 +16,16 @@ use std::{
 
 use clap::{Args, ValueEnum};
 use distchan_coordinator::Error;
-use distchan_protocol::tasks;
+use distchan_protocol::{
+    logging::{self, notice},
+    tasks,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     sync::mpsc,
 };
+use tracing::Level;
 
 use crate::{announce, ServerArgs};
 
@@ -110,12 +114,15 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<bool, Error> {
                 }
                 Err(e) => {
                     summary.bad_lines += 1;
-                    eprintln!(
-                        "line {number}: not valid JSON ({e}); {}",
-                        match on_bad_line {
-                            OnBadLine::Skip => "skipped",
-                            OnBadLine::Fail => "stopping",
-                        }
+                    notice(
+                        Level::WARN,
+                        format_args!(
+                            "line {number}: not valid JSON ({e}); {}",
+                            match on_bad_line {
+                                OnBadLine::Skip => "skipped",
+                                OnBadLine::Fail => "stopping",
+                            }
+                        ),
                     );
                     if on_bad_line == OnBadLine::Fail {
                         summary.stopped_early = true;
@@ -164,22 +171,26 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<bool, Error> {
     };
     progress.update(done, failed, Some(summary.jobs));
     progress.finish();
-    eprintln!(
-        "pipe: {} jobs, {} results, {failed} failed, {} bad input lines{}",
-        summary.jobs,
-        done,
-        summary.bad_lines,
-        if summary.stopped_early {
-            " (stopped at the first bad line)"
-        } else {
-            ""
-        }
+    notice(
+        Level::INFO,
+        format_args!(
+            "pipe: {} jobs, {} results, {failed} failed, {} bad input lines{}",
+            summary.jobs,
+            done,
+            summary.bad_lines,
+            if summary.stopped_early {
+                " (stopped at the first bad line)"
+            } else {
+                ""
+            }
+        ),
     );
     coordinator.shutdown().await;
     Ok(failed == 0 && summary.bad_lines == 0 && done == summary.jobs)
 }
 
-/// A progress bar when stderr is a terminal, plain periodic lines otherwise.
+/// A progress bar when stderr is a terminal showing text logs, plain periodic lines
+/// otherwise.
 struct Reporter {
     bar: Option<ProgressBar>,
     started: Instant,
@@ -188,7 +199,7 @@ struct Reporter {
 
 impl Reporter {
     fn new() -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = (std::io::stderr().is_terminal() && !logging::json()).then(|| {
             let bar = ProgressBar::new_spinner();
             bar.set_style(
                 ProgressStyle::with_template(
@@ -222,7 +233,10 @@ impl Reporter {
                 if self.last_line.get().elapsed() >= Duration::from_secs(2) {
                     self.last_line.set(Instant::now());
                     let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-                    eprintln!("progress: {done} results, {failed} failed, {rate:.1} jobs/s");
+                    notice(
+                        Level::INFO,
+                        format_args!("progress: {done} results, {failed} failed, {rate:.1} jobs/s"),
+                    );
                 }
             }
         }

@@ -1,6 +1,7 @@
-//! The demo workloads the coordinator binary runs: Mandelbrot tiles assembled into a
-//! picture, or words to capitalize. Workers compute them with the protocol crate's
-//! built-in [`tasks`], so native and browser workers alike can help.
+//! What the demo's workloads are made of: Mandelbrot tiles assembled into a picture, words
+//! to capitalize, and the progress lines printed while results arrive. Workers compute them
+//! with the protocol crate's built-in [`tasks`], so native and browser workers alike can
+//! help.
 
 use std::{path::Path, time::Instant};
 
@@ -159,11 +160,6 @@ impl Progress {
     /// The most workers connected at once while outcomes arrived.
     pub fn workers_seen(&self) -> usize {
         self.most_workers
-    }
-
-    /// Jobs expected.
-    pub fn total(&self) -> usize {
-        self.total
     }
 
     /// Outcomes counted.
