@@ -63,9 +63,41 @@ impl Children {
         Ok(())
     }
 
-    /// CPU time (user + system) the children still running have used so far, in seconds.
+    /// Starts `program` with `args` (not the bench binary: a browser, say) as one more child
+    /// of the group; its output is discarded.
+    pub fn spawn_program(&mut self, program: &std::path::Path, args: &[String]) -> BenchResult<()> {
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: as in `spawn`.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", program.display()))?;
+        self.procs.push(child);
+        Ok(())
+    }
+
+    /// CPU time (user + system) the children still running, and every process they started,
+    /// have used so far, in seconds.
     pub fn cpu_secs(&self) -> f64 {
-        self.procs.iter().map(|c| cpu_secs(Some(c.id()))).sum()
+        let tree = process_tree();
+        self.procs
+            .iter()
+            .map(|c| {
+                descendants(&tree, c.id())
+                    .map(|pid| cpu_secs(Some(pid)))
+                    .sum::<f64>()
+            })
+            .sum()
     }
 
     /// Fails if any child has already exited: until the work is over, none should.
@@ -185,6 +217,42 @@ pub fn rss_bytes() -> BenchResult<u64> {
         .trim()
         .parse()?;
     Ok(kb * 1024)
+}
+
+/// Every process's parent: pid -> parent pid, from `/proc/*/stat`.
+fn process_tree() -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let ppid = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        Some((pid, ppid))
+    })
+    .collect()
+}
+
+/// `root` and every process below it in `tree`.
+fn descendants(tree: &[(u32, u32)], root: u32) -> impl Iterator<Item = u32> {
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            tree.iter()
+                .filter(|&&(_, p)| p == parent)
+                .map(|&(pid, _)| pid),
+        );
+        i += 1;
+    }
+    found.into_iter()
 }
 
 /// CPU time (user + system) used so far by process `pid` (this process for `None`), in

@@ -31,6 +31,14 @@
 //! - **Latency** ([`ours::latency`], [`echo::latency`]): one 16-byte job at a time through
 //!   one worker (send, wait for the result, repeat), p50 and p99 of the round trip after a
 //!   warm-up; the same with one echo connection; the ratio.
+//! - **Task modules** ([`tasks::throughput`]): tiny jobs (a 14-letter string) through the
+//!   built-in `capitalize` task, then the same work as a task module, as a WASI command (a
+//!   fresh instance per job) and as a reactor (one instance, many jobs); K=2 worker
+//!   processes of one thread each, W=256. Each row beside the built-in one.
+//! - **Tab** ([`tab::throughput`]): the same tiny jobs computed by one headless-Chromium tab
+//!   with the volunteer page (two Web Worker threads): the built-in task, then the module as
+//!   a command and as a reactor. Skipped, with the reason, when the page's wasm package or
+//!   Chromium is missing (unless asked for with `--only tab`).
 //! - **Scale** ([`ours::swarm`]): a `--swarm` child opens 10,000 worker connections (1,000
 //!   with `--quick`), each completing the hello handshake. While they sit idle (through a
 //!   heartbeat period), this process's resident memory (`VmRSS`) is sampled; the increase
@@ -47,7 +55,7 @@
 //! a worker that fails, or a job left unfinished fails the run (exit status 1). There are
 //! no pass/fail thresholds on the figures: the comparison with the targets the README states
 //! is printed (met / missed) for people to read. `--only tiny,latency` measures only those
-//! parts (`scale`, `tiny`, `large`, `latency`).
+//! parts (`scale`, `tiny`, `tasks`, `tab`, `large`, `latency`).
 //!
 //! `--quick` runs the same measurements with small counts (well under a minute) for CI.
 
@@ -56,6 +64,8 @@ mod echo;
 mod modes;
 mod ours;
 mod report;
+mod tab;
+mod tasks;
 
 use std::{future::Future, path::PathBuf, process::ExitCode, time::Duration};
 
@@ -72,7 +82,8 @@ use tokio::time::Instant;
 use crate::{
     modes::Flavor,
     ours::Api,
-    report::{per_s, Cpu, LargeRow, LatencyRow, Report, ScaleRow, TinyRow},
+    report::{per_s, Cpu, LargeRow, LatencyRow, Report, ScaleRow, TabRow, TaskRow, TinyRow},
+    tasks::Work,
 };
 
 /// The error type of the whole benchmark: any error, with a readable message.
@@ -175,6 +186,11 @@ struct Plan {
     mode: &'static str,
     /// Tiny jobs per throughput run.
     tiny_jobs: u64,
+    /// Jobs per run through a built-in task or a reactor module (a tenth of them through a
+    /// command module, which starts an instance per job).
+    task_jobs: u64,
+    /// Jobs per run in one browser tab.
+    tab_jobs: u64,
     /// Large payloads: (raw payload bytes, credit window, jobs).
     large: Vec<(usize, u32, u64)>,
     /// One-at-a-time round trips not recorded, then recorded.
@@ -196,6 +212,8 @@ impl Plan {
             Plan {
                 mode: "quick",
                 tiny_jobs: 100_000,
+                task_jobs: 50_000,
+                tab_jobs: 10_000,
                 large: vec![(64 << 10, 16, 2_000), (1 << 20, 4, 200)],
                 latency: (100, 1_000),
                 idle_workers: 1_000,
@@ -207,6 +225,8 @@ impl Plan {
             Plan {
                 mode: "full",
                 tiny_jobs: 1_000_000,
+                task_jobs: 500_000,
+                tab_jobs: 100_000,
                 large: vec![(64 << 10, 16, 20_000), (1 << 20, 4, 2_000)],
                 latency: (300, 5_000),
                 idle_workers: 10_000,
@@ -298,6 +318,10 @@ enum Section {
     Large,
     /// One job at a time against one echo at a time.
     Latency,
+    /// A built-in task against the same work as a task module, under each ABI.
+    Tasks,
+    /// One headless-Chromium tab: the built-in task and the task modules.
+    Tab,
 }
 
 /// The whole benchmark, or the `sections` asked for.
@@ -319,6 +343,20 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         true => tiny_jobs(&plan, &tiny, &tiny_msg).await?,
         false => Vec::new(),
     };
+    let task_rows = match wants(Section::Tasks) {
+        true => task_modules(&plan).await?,
+        false => Vec::new(),
+    };
+    let tab_rows = match wants(Section::Tab) {
+        // Not asked for by name: skipped (with the reason) where no tab can run.
+        true if sections.is_empty() && tab::prerequisites().is_err() => {
+            let why = tab::prerequisites().err().unwrap_or_default();
+            eprintln!("distchan-bench: tab: skipped ({why})");
+            Vec::new()
+        }
+        true => tab_jobs(&plan).await?,
+        false => Vec::new(),
+    };
     let large = match wants(Section::Large) {
         true => large(&plan).await?,
         false => Vec::new(),
@@ -333,6 +371,8 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         tiny_payload_bytes: tiny_payload,
         tiny_frame_bytes: tiny_frame,
         tiny: tiny_rows,
+        tasks: task_rows,
+        tab: tab_rows,
         large,
         latency,
         scale,
@@ -469,6 +509,59 @@ async fn tiny_jobs(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<V
             ratio: echo.0.map(|e| per_s(&ours) / e),
             ours_cpu: Cpu::of(&ours),
             echo_cpu: echo.1,
+        });
+    }
+    Ok(rows)
+}
+
+/// Tiny jobs through the built-in capitalize task and through the same work as a task
+/// module, command and reactor, K=2 worker processes of one thread each, W=256.
+async fn task_modules(plan: &Plan) -> BenchResult<Vec<TaskRow>> {
+    let mut rows: Vec<TaskRow> = Vec::new();
+    for work in [Work::Builtin, Work::Command, Work::Reactor] {
+        let n = match work {
+            Work::Command => plan.task_jobs / 10,
+            _ => plan.task_jobs,
+        };
+        let t = measure(
+            plan,
+            &format!("tiny jobs K=2 W=256, {}", work.describe()),
+            median_of_three(|| tasks::throughput(work, 2, 256, n)),
+        )
+        .await?;
+        let builtin = rows.first().map(|r| r.per_s);
+        rows.push(TaskRow {
+            work,
+            k: 2,
+            w: 256,
+            jobs: n,
+            per_s: per_s(&t),
+            vs_builtin: builtin.map(|b| per_s(&t) / b),
+            cpu: Cpu::of(&t),
+        });
+    }
+    Ok(rows)
+}
+
+/// Tiny jobs in one browser tab: the built-in capitalize task, then the same work as a task
+/// module, command and reactor.
+async fn tab_jobs(plan: &Plan) -> BenchResult<Vec<TabRow>> {
+    let mut rows: Vec<TabRow> = Vec::new();
+    for work in [Work::Builtin, Work::Command, Work::Reactor] {
+        let t = measure(
+            plan,
+            &format!("one tab, {} threads, {}", tab::THREADS, work.describe()),
+            median_of_three(|| tab::throughput(work, plan.tab_jobs)),
+        )
+        .await?;
+        let builtin = rows.first().map(|r| r.per_s);
+        rows.push(TabRow {
+            work,
+            threads: tab::THREADS,
+            jobs: plan.tab_jobs,
+            per_s: per_s(&t),
+            vs_builtin: builtin.map(|b| per_s(&t) / b),
+            cpu: Cpu::of(&t),
         });
     }
     Ok(rows)

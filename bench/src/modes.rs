@@ -1,7 +1,8 @@
 //! The helper modes the bench binary runs in as a child process.
 //!
 //! - `--worker URL`: one distchan worker built on the `distchan-worker` library, answering
-//!   every job with its own payload (a trivial handler).
+//!   every job with its own payload (a trivial handler), or (`--flavor task`) running the
+//!   task the coordinator names.
 //! - `--echo-client URL`: one plain tokio-tungstenite client that sends every binary message
 //!   straight back: the ceiling's counterpart of a worker.
 //! - `--swarm URL --connections N`: N distchan worker connections in one process, each
@@ -9,7 +10,7 @@
 
 use std::sync::Arc;
 
-use distchan_worker::{connect_raw, serve_raw, Options, Reply};
+use distchan_worker::{connect_raw, serve_raw, serve_task, Options, Reply};
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     sync::{mpsc, Semaphore},
@@ -30,6 +31,10 @@ pub enum Flavor {
     /// task per job: the cheapest worker the library allows, to tell worker-side overhead
     /// from coordinator-side overhead.
     Inline,
+    /// Through [`distchan_worker::serve_task`], as the `distchan-worker` binary does: the
+    /// built-in task or the task module the coordinator names, on one thread (one core per
+    /// worker process).
+    Task,
 }
 
 /// Options of a worker connection made by the bench.
@@ -50,6 +55,15 @@ pub async fn worker(url: &str, capacity: u32, flavor: Flavor) -> BenchResult<()>
             serve_raw(url, options(capacity), |payload| async move { Ok(payload) }).await?
         }
         Flavor::Inline => answer_inline(url, &options(capacity)).await?,
+        Flavor::Task => {
+            let options = Options {
+                concurrency: 1,
+                // Kept in memory: a benchmark writes nothing to the user's cache folder.
+                module_cache: None,
+                ..options(capacity)
+            };
+            serve_task(url, options).await?
+        }
     }
     Ok(())
 }

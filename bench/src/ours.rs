@@ -11,7 +11,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use distchan_coordinator::{Config, Coordinator, JobOutcome, JobSender, ResultReceiver};
+use distchan_coordinator::{Builder, Config, Coordinator, JobOutcome, JobSender, ResultReceiver};
+use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::{timeout, Instant};
 
 use crate::{
@@ -21,29 +22,26 @@ use crate::{
 };
 
 /// A running coordinator with its typed channels and its worker processes.
-struct Setup {
+pub(crate) struct Setup<J = Bytes, R = Bytes> {
     /// The coordinator under test.
-    coordinator: Coordinator,
+    pub coordinator: Coordinator,
     /// The job side; taken by the producer, whose end drops it.
-    jobs: Option<JobSender<Bytes>>,
+    pub jobs: Option<JobSender<J>>,
     /// The result side.
-    results: ResultReceiver<Bytes>,
+    pub results: ResultReceiver<R>,
     /// The worker processes.
-    children: Children,
+    pub children: Children,
 }
 
-/// Starts a coordinator with `config`, starts worker processes with `spawn(url, children)`
+/// Starts a coordinator from `builder`, starts worker processes with `spawn(url, children)`
 /// and waits (up to `connect_within`) until `workers` workers have joined.
-async fn setup(
-    config: Config,
+pub(crate) async fn setup<J: Serialize, R: DeserializeOwned>(
+    builder: Builder,
     workers: usize,
     connect_within: Duration,
     spawn: impl FnOnce(&str, &mut Children) -> BenchResult<()>,
-) -> BenchResult<Setup> {
-    let (coordinator, jobs, results) = Coordinator::builder()
-        .config(config)
-        .bind::<Bytes, Bytes>("127.0.0.1:0")
-        .await?;
+) -> BenchResult<Setup<J, R>> {
+    let (coordinator, jobs, results) = builder.bind::<J, R>("127.0.0.1:0").await?;
     let mut children = Children::new("worker");
     spawn(&coordinator.ws_url(), &mut children)?;
     timeout(
@@ -151,17 +149,27 @@ impl Setup {
             cpu_children,
         })
     }
+}
 
+impl<J, R: DeserializeOwned> Setup<J, R> {
     /// Checks the end of the work: the result channel ends, every worker exits
     /// successfully, and the coordinator has nothing unfinished.
-    async fn finish(mut self) -> BenchResult<()> {
+    pub(crate) async fn finish(self) -> BenchResult<()> {
+        self.end(true).await
+    }
+
+    /// Like [`Setup::finish`]; with `exiting` false the children are not expected to exit
+    /// by themselves (a browser) and are killed instead.
+    pub(crate) async fn end(mut self, exiting: bool) -> BenchResult<()> {
         drop(self.jobs.take());
         match timeout(Duration::from_secs(30), self.results.recv()).await {
             Ok(None) => {}
             Ok(Some(o)) => return Err(format!("an extra outcome for job {}", o.id).into()),
             Err(_) => return Err("the result channel did not end after the last job".into()),
         }
-        self.children.wait_all(Duration::from_secs(30)).await?;
+        if exiting {
+            self.children.wait_all(Duration::from_secs(30)).await?;
+        }
         let report = self.coordinator.shutdown().await;
         if !report.unfinished.is_empty() {
             return Err(format!("{} jobs unfinished at shutdown", report.unfinished.len()).into());
@@ -171,7 +179,7 @@ impl Setup {
 }
 
 /// Arguments that start one `--worker` child.
-fn worker_args(url: &str, capacity: u32, flavor: Flavor) -> Vec<String> {
+pub(crate) fn worker_args(url: &str, capacity: u32, flavor: Flavor) -> Vec<String> {
     vec![
         "--worker".into(),
         url.into(),
@@ -181,6 +189,7 @@ fn worker_args(url: &str, capacity: u32, flavor: Flavor) -> Vec<String> {
         match flavor {
             Flavor::Serve => "serve".into(),
             Flavor::Inline => "inline".into(),
+            Flavor::Task => "task".into(),
         },
     ]
 }
@@ -226,7 +235,8 @@ pub async fn throughput(
     n: u64,
     queue: Option<usize>,
 ) -> BenchResult<Throughput> {
-    let mut s = setup(config(queue), k, Duration::from_secs(30), |url, c| {
+    let builder = Coordinator::builder().config(config(queue));
+    let mut s: Setup = setup(builder, k, Duration::from_secs(30), |url, c| {
         (0..k).try_for_each(|_| c.spawn(&worker_args(url, w, flavor)))
     })
     .await?;
@@ -237,7 +247,8 @@ pub async fn throughput(
 
 /// One job at a time through one worker process: `warmup` unrecorded, then `n` recorded.
 pub async fn latency(payload: Bytes, warmup: usize, n: usize) -> BenchResult<Latency> {
-    let mut s = setup(config(None), 1, Duration::from_secs(30), |url, c| {
+    let builder = Coordinator::builder().config(config(None));
+    let mut s: Setup = setup(builder, 1, Duration::from_secs(30), |url, c| {
         c.spawn(&worker_args(url, 256, Flavor::Serve))
     })
     .await?;
@@ -287,7 +298,8 @@ pub async fn swarm(
     connect_within: Duration,
 ) -> BenchResult<SwarmRun> {
     let rss_before = rss_bytes()?;
-    let mut s = setup(config(None), connections, connect_within, |url, c| {
+    let builder = Coordinator::builder().config(config(None));
+    let mut s: Setup = setup(builder, connections, connect_within, |url, c| {
         c.spawn(&[
             "--swarm".into(),
             url.into(),

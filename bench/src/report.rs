@@ -61,6 +61,42 @@ pub struct TinyRow {
     pub echo_cpu: Option<Cpu>,
 }
 
+/// Tiny jobs through a built-in task or the same work as a task module.
+#[derive(Debug, Serialize)]
+pub struct TaskRow {
+    /// Who did the work.
+    pub work: crate::tasks::Work,
+    /// Worker processes (one thread each).
+    pub k: usize,
+    /// Unanswered jobs per worker.
+    pub w: u32,
+    /// Jobs sent.
+    pub jobs: u64,
+    /// Jobs per second.
+    pub per_s: f64,
+    /// `per_s` over the built-in task's (absent on the built-in row).
+    pub vs_builtin: Option<f64>,
+    /// CPU per job.
+    pub cpu: Cpu,
+}
+
+/// Tiny jobs in one browser tab.
+#[derive(Debug, Serialize)]
+pub struct TabRow {
+    /// Who did the work.
+    pub work: crate::tasks::Work,
+    /// Web Worker threads of the page.
+    pub threads: usize,
+    /// Jobs measured.
+    pub jobs: u64,
+    /// Jobs per second.
+    pub per_s: f64,
+    /// `per_s` over the built-in task's in the tab (absent on the built-in row).
+    pub vs_builtin: Option<f64>,
+    /// CPU per job: coordinator, and the browser's whole process tree.
+    pub cpu: Cpu,
+}
+
 /// Large payloads through the coordinator next to the echo of the same frames.
 #[derive(Debug, Serialize)]
 pub struct LargeRow {
@@ -150,6 +186,10 @@ pub struct Report {
     pub tiny_frame_bytes: usize,
     /// Tiny jobs.
     pub tiny: Vec<TinyRow>,
+    /// Tiny jobs through a built-in task and through task modules.
+    pub tasks: Vec<TaskRow>,
+    /// Tiny jobs in one browser tab.
+    pub tab: Vec<TabRow>,
     /// Large payloads.
     pub large: Vec<LargeRow>,
     /// One at a time (absent when not measured).
@@ -239,6 +279,34 @@ impl Report {
                 target: "16 B jobs, K=2, W=256: >= 1M jobs/s (goal)".into(),
                 figure: rate(r.ours_per_s),
                 status: verdict(r.ours_per_s >= 1e6),
+            });
+        }
+        for (work, floor, what) in [
+            (crate::tasks::Work::Command, 30e3, "30k"),
+            (crate::tasks::Work::Reactor, 300e3, "300k"),
+        ] {
+            if let Some(r) = self.tasks.iter().find(|r| r.work == work) {
+                targets.push(TargetRow {
+                    target: format!("16 B jobs, K=2, {}: >= {what} jobs/s", work.describe()),
+                    figure: format!(
+                        "{} ({} of the built-in task)",
+                        rate(r.per_s),
+                        r.vs_builtin.map(pct).unwrap_or_else(|| "-".into())
+                    ),
+                    status: verdict(r.per_s >= floor),
+                });
+            }
+        }
+        if let Some(r) = self
+            .tab
+            .iter()
+            .find(|r| r.work == crate::tasks::Work::Reactor)
+        {
+            let ratio = r.vs_builtin.unwrap_or(0.0);
+            targets.push(TargetRow {
+                target: "one tab, reactor module: >= 50% of the built-in task's rate".into(),
+                figure: format!("{} ({})", pct(ratio), rate(r.per_s)),
+                status: verdict(ratio >= 0.5),
             });
         }
         if let Some(r) = self.large.iter().find(|r| r.payload_bytes == 1 << 20) {
@@ -389,6 +457,43 @@ impl Report {
                 s.cpu_many.show(),
                 s.cpu_10.show(),
             );
+        }
+        if !self.tasks.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nTasks: 14-letter strings upper-cased, K=2 worker processes of one thread, \
+                 W=256; a module gets each job as JSON text.\n{:<46} {:>14} {:>14}   CPU us/item \
+                 here+children",
+                "work", "jobs/s", "vs built-in"
+            );
+            for r in &self.tasks {
+                let _ = writeln!(
+                    out,
+                    "{:<46} {:>14} {:>14}   {}",
+                    r.work.describe(),
+                    rate(r.per_s),
+                    r.vs_builtin.map(pct).unwrap_or_else(|| "-".into()),
+                    r.cpu.show(),
+                );
+            }
+        }
+        if !self.tab.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nOne headless-Chromium tab, the volunteer page with {} threads: the same jobs.\n\
+                 {:<46} {:>14} {:>14}   CPU us/item coordinator+browser",
+                self.tab[0].threads, "work", "jobs/s", "vs built-in"
+            );
+            for r in &self.tab {
+                let _ = writeln!(
+                    out,
+                    "{:<46} {:>14} {:>14}   {}",
+                    r.work.describe(),
+                    rate(r.per_s),
+                    r.vs_builtin.map(pct).unwrap_or_else(|| "-".into()),
+                    r.cpu.show(),
+                );
+            }
         }
         let _ = writeln!(out, "\nTargets:");
         for t in &self.targets {
