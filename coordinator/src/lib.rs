@@ -19,7 +19,8 @@
 //! - [`result`]: [`ResultReceiver`] takes outcomes in batches and decodes them (optionally
 //!   in send order).
 //!
-//! Around it: [`config`] (every setting, with defaults), [`module`] (the user's task module,
+//! Around it: [`config`] (every setting, with defaults), [`journal`] (outcomes kept on disk,
+//! so that a run survives the coordinator's death), [`module`] (the user's task module,
 //! served to workers), `server` (HTTP, WebSocket upgrade, static files, the module's URL),
 //! `websocket` (a worker's WebSocket, owner of the write path: frames queued whole and
 //! written before each read), `socket` (the socket under each WebSocket: read-ahead buffers
@@ -57,6 +58,7 @@ pub mod config;
 mod connection;
 mod dashboard;
 pub mod job;
+pub mod journal;
 pub mod memory;
 pub mod module;
 mod process;

@@ -27,6 +27,7 @@ use distchan_protocol::{
     logging::{self, notice, LogArgs},
     module::{Limits, ModuleIo},
 };
+use pipe::RunEnd;
 use tracing::Level;
 
 /// Hand out jobs to distchan workers (native processes and browser tabs) and collect results.
@@ -231,14 +232,22 @@ impl ServerArgs {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log.log_format);
+    let demo_end = |ok: bool| {
+        if ok {
+            RunEnd::Success
+        } else {
+            RunEnd::Failures
+        }
+    };
     let outcome = match cli.mode {
-        None => demo::run(&cli.server, &cli.demo).await,
-        Some(Mode::Demo(args)) => demo::run(&cli.server, &args).await,
+        None => demo::run(&cli.server, &cli.demo).await.map(demo_end),
+        Some(Mode::Demo(args)) => demo::run(&cli.server, &args).await.map(demo_end),
         Some(Mode::Pipe(args)) => pipe::run(&cli.server, &args).await,
     };
     match outcome {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::from(2),
+        Ok(RunEnd::Success) => ExitCode::SUCCESS,
+        Ok(RunEnd::Failures) => ExitCode::from(2),
+        Ok(RunEnd::Interrupted) => ExitCode::from(130),
         Err(e) => {
             notice(Level::ERROR, format_args!("distchan-coordinator: {e}"));
             ExitCode::FAILURE

@@ -1,26 +1,56 @@
 //! `distchan-coordinator pipe`: jobs as JSON lines from stdin or a file, results as JSON lines
-//! on stdout, progress on stderr. The workers run a built-in task (`--task`) or the user's
-//! task module (`--module`), which gets each line's JSON value on its standard input.
+//! on stdout or appended to a file, progress on stderr. The workers run a built-in task
+//! (`--task`) or the user's task module (`--module`), which gets each line's JSON value on
+//! its standard input.
 //!
-//! Each output line is `{"id":N,"line":L,"value":V}` or `{"id":N,"line":L,"error":"..."}`,
-//! where `L` is the input line the job came from. A line that is not JSON is reported on
-//! stderr with its number and skipped (or ends the run with `--on-bad-line fail`); nothing
-//! is dropped silently.
+//! Each output line is `{"id":N,"line":L,"value":V}` or `{"error":"...","id":N,"line":L}`,
+//! where `L` is the input line the job came from and `N` the job's id in the run that
+//! computed it. A line that is not JSON is reported on stderr with its number and skipped
+//! (or ends the run with `--on-bad-line fail`); nothing is dropped silently.
+//!
+//! # Resumable runs
+//!
+//! With `--journal FILE` (which needs `--input FILE` and `--output FILE`), every result is
+//! made durable in the journal (see [`distchan_coordinator::journal`]) *before* its line is
+//! written to the output, in groups (one disk sync for many results). Killed at any moment
+//! and started again with the same command, the run first makes the output agree with the
+//! journal (a torn last line is cut; a result journaled but not yet written is written; a
+//! line written but whose journal record was torn is journaled again), then skips every
+//! input line that has its result and computes only the rest. The output ends with exactly
+//! one result line per job line. A journal made for another input, task or module is
+//! refused with the reason.
+//!
+//! # Interrupting
+//!
+//! The first Ctrl-C stops reading the input; the jobs already sent are finished and their
+//! results written, and the run exits with code 130, saying how many input lines were not
+//! read. A second Ctrl-C quits at once (with a journal, what was written stays, and the next
+//! run resumes).
 
 use std::{
-    collections::HashMap,
-    io::{IsTerminal, Write},
-    path::PathBuf,
+    collections::{HashMap, VecDeque},
+    fmt,
+    fs::{File, OpenOptions},
+    io::{BufRead, IsTerminal, Read, Write},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use clap::{Args, ValueEnum};
-use distchan_coordinator::Error;
+use distchan_coordinator::{
+    journal::{Journal, Record},
+    Error, JobSender,
+};
 use distchan_protocol::{
     logging::{self, notice},
-    tasks,
+    module, tasks,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{de::IgnoredAny, Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     sync::mpsc,
@@ -28,6 +58,9 @@ use tokio::{
 use tracing::Level;
 
 use crate::{announce, ServerArgs};
+
+/// Results written (and journaled) per group.
+const GROUP: usize = 4096;
 
 /// Options of pipe mode.
 #[derive(Debug, Clone, Args)]
@@ -38,6 +71,13 @@ pub struct PipeArgs {
     /// File to read jobs from, one JSON value per line; `-` is standard input.
     #[arg(long, default_value = "-")]
     pub input: PathBuf,
+    /// File to append results to (never truncated); standard output when not given.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Journal file that makes the run resumable: run the same command again after a crash
+    /// and only the missing results are computed. Needs --input FILE and --output FILE.
+    #[arg(long)]
+    pub journal: Option<PathBuf>,
     /// Write results in input order instead of as they complete.
     #[arg(long)]
     pub ordered: bool,
@@ -55,62 +95,291 @@ pub enum OnBadLine {
     Fail,
 }
 
+/// A job: one input line's JSON text, streamed into the job's MessagePack as it is encoded
+/// (no JSON tree is built).
+struct JsonText(String);
+
+impl Serialize for JsonText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut de = serde_json::Deserializer::from_str(&self.0);
+        serde_transcode::Transcoder::new(&mut de).serialize(serializer)
+    }
+}
+
+/// A result: its MessagePack streamed into JSON text as it is decoded.
+struct ResultJson(String);
+
+impl<'de> Deserialize<'de> for ResultJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut out = Vec::with_capacity(64);
+        serde_transcode::transcode(deserializer, &mut serde_json::Serializer::new(&mut out))
+            .map_err(serde::de::Error::custom)?;
+        // serde_json writes valid UTF-8.
+        Ok(ResultJson(
+            String::from_utf8(out).map_err(serde::de::Error::custom)?,
+        ))
+    }
+}
+
+/// What became of one input line, in input order.
+enum Line {
+    /// A job was sent for it.
+    Job { line: u64, id: u64 },
+    /// Its result is in the journal but not in the output yet: written from there.
+    Replay { line: u64, offset: u64 },
+    /// Blank, not JSON, or already in the output: nothing to write.
+    Nothing { line: u64 },
+}
+
 /// What the input reader found.
 #[derive(Debug, Default)]
 struct InputSummary {
-    jobs: usize,
-    bad_lines: usize,
+    lines: u64,
+    jobs: u64,
+    replayed: u64,
+    already_written: u64,
+    bad_lines: u64,
     stopped_early: bool,
+    interrupted: bool,
 }
 
-/// Runs pipe mode; `Ok(true)` when every line became a successful result.
-pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<bool, Error> {
-    let task =
-        match (&args.task, &server.module) {
-            (Some(task), None) => task.as_str(),
-            (None, Some(_)) => "",
-            (Some(_), Some(_)) => return Err(Error::Config(
-                "--task and --module are exclusive: a run uses a built-in task or a task module"
-                    .into(),
-            )),
-            (None, None) => {
-                return Err(Error::Config(format!(
-                    "name what the workers run: --task ({}) or --module FILE.wasm",
-                    tasks::ALL.join(", ")
-                )))
-            }
-        };
-    let listener = tokio::net::TcpListener::bind(&server.listen).await?;
-    let mut builder = server.builder(task)?;
-    if args.ordered {
-        builder = builder.configure(|c| c.ordered = true);
+/// A result line to write, and the input line it answers.
+struct Written {
+    line: u64,
+    text: String,
+    failed: bool,
+}
+
+/// Results written so far.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    done: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, group: &[Written]) {
+        self.done += group.len() as u64;
+        self.failed += group.iter().filter(|w| w.failed).count() as u64;
     }
-    let (coordinator, jobs, mut results) =
-        builder.listen::<serde_json::Value, rmpv::Value>(listener)?;
+}
+
+/// How a pipe run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every line became a successful result.
+    Success,
+    /// Every line was answered, but some results are errors (or some lines were not JSON).
+    Failures,
+    /// Ctrl-C: the input was not read to its end.
+    Interrupted,
+}
+
+/// Runs pipe mode.
+pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> {
+    let task = task_of(server, args)?;
+    if args.journal.is_some() && (args.output.is_none() || args.input.as_os_str() == "-") {
+        return Err(Error::Config(
+            "--journal needs --input FILE and --output FILE: a resumed run reads the same input \
+             again and appends to the same output"
+                .into(),
+        ));
+    }
+    let resume = match &args.journal {
+        Some(journal) => Some(Resume::prepare(server, args, journal)?),
+        None => None,
+    };
+    let output: Box<dyn Write + Send> = match &args.output {
+        Some(path) => Box::new(open_output(path)?),
+        None => Box::new(std::io::stdout()),
+    };
+    let listener = tokio::net::TcpListener::bind(&server.listen).await?;
+    let builder = server.builder(task)?;
+    let (coordinator, jobs, mut results) = builder.listen::<JsonText, ResultJson>(listener)?;
     let _local = announce(&coordinator, server, true);
 
-    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<(u64, usize)>();
-    let input = args.input.clone();
-    let on_bad_line = args.on_bad_line;
-    let reader = tokio::spawn(async move {
-        let source: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if input.as_os_str() == "-" {
-            Box::new(tokio::io::stdin())
-        } else {
-            Box::new(tokio::fs::File::open(&input).await?)
-        };
-        let mut lines = BufReader::new(source).lines();
-        let mut summary = InputSummary::default();
-        let mut number = 0usize;
-        while let Some(line) = lines.next_line().await? {
-            number += 1;
-            if line.trim().is_empty() {
-                continue;
+    let stop = Arc::new(AtomicBool::new(false));
+    let interrupts = watch_interrupts(stop.clone());
+    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<Line>();
+    let (journal, skip, prior) = match resume {
+        Some(r) => (Some(r.journal), r.skip, r.prior),
+        None => (None, HashMap::new(), Tally::default()),
+    };
+    let reader = tokio::spawn(read_input(
+        args.input.clone(),
+        args.on_bad_line,
+        jobs,
+        lines_tx,
+        skip,
+        stop.clone(),
+    ));
+
+    let mut sink = Sink::start(journal, output);
+    let progress = Reporter::new();
+    let mut order = Order::new(args.ordered);
+    let mut batch = Vec::with_capacity(GROUP);
+    let mut group = Vec::with_capacity(GROUP);
+    let mut tally = prior;
+    let mut lines_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            line = lines_rx.recv(), if lines_open => match line {
+                Some(line) => order.line(line, &sink, &mut group)?,
+                None => lines_open = false,
+            },
+            n = results.recv_many(&mut batch, GROUP) => {
+                if n == 0 {
+                    break;
+                }
+                // Take what the reader reported meanwhile first, so results find their line.
+                while let Ok(line) = lines_rx.try_recv() {
+                    order.line(line, &sink, &mut group)?;
+                }
+                for outcome in batch.drain(..) {
+                    let answer = match outcome.result {
+                        Ok(value) => Ok(value.0),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    order.result(outcome.id.0, answer, &mut group);
+                }
             }
-            match serde_json::from_str::<serde_json::Value>(&line) {
-                Ok(value) => {
-                    let id = jobs.send(value).await?;
-                    let _ = lines_tx.send((id.0, number));
+        }
+        if !group.is_empty() && (group.len() >= GROUP || lines_rx.is_empty()) {
+            tally.add(&group);
+            sink.write(std::mem::take(&mut group))?;
+            progress.update(tally, None);
+        }
+    }
+    // Every job is answered: what the reader still reported (lines replayed from the
+    // journal, or in ordered mode the lines after the last job) goes out too.
+    while let Some(line) = lines_rx.recv().await {
+        order.line(line, &sink, &mut group)?;
+    }
+    order.finish(&mut group)?;
+    tally.add(&group);
+    sink.write(group)?;
+    sink.close()?;
+    interrupts.abort();
+    let summary = match reader.await {
+        Ok(result) => result?,
+        Err(e) => return Err(Error::Config(format!("the input reader failed: {e}"))),
+    };
+    let lines = summary.jobs + summary.replayed + summary.already_written;
+    progress.update(tally, Some(lines));
+    progress.finish();
+    notice(Level::INFO, summary.describe(tally));
+    coordinator.shutdown().await;
+    Ok(if summary.interrupted {
+        RunEnd::Interrupted
+    } else if tally.failed == 0 && summary.bad_lines == 0 && tally.done == lines {
+        RunEnd::Success
+    } else {
+        RunEnd::Failures
+    })
+}
+
+impl InputSummary {
+    fn describe(&self, tally: Tally) -> String {
+        let mut s = format!(
+            "pipe: {} jobs, {} results, {} failed, {} bad input lines",
+            self.jobs + self.replayed + self.already_written,
+            tally.done,
+            tally.failed,
+            self.bad_lines
+        );
+        if self.replayed + self.already_written > 0 {
+            s += &format!(
+                " ({} from the journal, {} computed now)",
+                self.replayed + self.already_written,
+                self.jobs
+            );
+        }
+        if self.stopped_early {
+            s += " (stopped at the first bad line)";
+        }
+        if self.interrupted {
+            s += &format!(
+                "; interrupted after input line {}: the lines after it were not read",
+                self.lines
+            );
+        }
+        s
+    }
+}
+
+/// The built-in task named, or "" when a task module runs.
+fn task_of<'a>(server: &ServerArgs, args: &'a PipeArgs) -> Result<&'a str, Error> {
+    match (&args.task, &server.module) {
+        (Some(task), None) => Ok(task.as_str()),
+        (None, Some(_)) => Ok(""),
+        (Some(_), Some(_)) => Err(Error::Config(
+            "--task and --module are exclusive: a run uses a built-in task or a task module".into(),
+        )),
+        (None, None) => Err(Error::Config(format!(
+            "name what the workers run: --task ({}) or --module FILE.wasm",
+            tasks::ALL.join(", ")
+        ))),
+    }
+}
+
+/// Opens `path` for appending (creating it), never truncating.
+fn open_output(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::Config(format!("cannot open the output {}: {e}", path.display())))
+}
+
+/// Reads the input line by line: sends a job for every line that needs one, and tells the
+/// writer what became of each line, in order.
+async fn read_input(
+    input: PathBuf,
+    on_bad_line: OnBadLine,
+    jobs: JobSender<JsonText>,
+    lines: mpsc::UnboundedSender<Line>,
+    skip: HashMap<u64, Skip>,
+    stop: Arc<AtomicBool>,
+) -> Result<InputSummary, Error> {
+    let source: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if input.as_os_str() == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(tokio::fs::File::open(&input).await.map_err(|e| {
+            Error::Config(format!("cannot read the input {}: {e}", input.display()))
+        })?)
+    };
+    let mut reader = BufReader::with_capacity(1 << 16, source).lines();
+    let mut summary = InputSummary::default();
+    let mut number = 0u64;
+    while let Some(text) = reader.next_line().await? {
+        if stop.load(Ordering::Relaxed) {
+            summary.interrupted = true;
+            break;
+        }
+        number += 1;
+        summary.lines = number;
+        let event = match skip.get(&number) {
+            Some(Skip::Written) => {
+                summary.already_written += 1;
+                Line::Nothing { line: number }
+            }
+            Some(Skip::Journaled(offset)) => {
+                summary.replayed += 1;
+                Line::Replay {
+                    line: number,
+                    offset: *offset,
+                }
+            }
+            None if text.trim().is_empty() => Line::Nothing { line: number },
+            None => match serde_json::from_str::<IgnoredAny>(&text) {
+                Ok(_) => {
+                    let id = jobs.send(JsonText(text)).await?;
                     summary.jobs += 1;
+                    Line::Job {
+                        line: number,
+                        id: id.0,
+                    }
                 }
                 Err(e) => {
                     summary.bad_lines += 1;
@@ -126,67 +395,418 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<bool, Error> {
                     );
                     if on_bad_line == OnBadLine::Fail {
                         summary.stopped_early = true;
+                        let _ = lines.send(Line::Nothing { line: number });
                         break;
                     }
+                    Line::Nothing { line: number }
                 }
-            }
-        }
-        Ok::<_, Error>(summary) // dropping `jobs` here means "no more work"
-    });
-
-    let progress = Reporter::new();
-    let mut line_of: HashMap<u64, usize> = HashMap::new();
-    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
-    let (mut done, mut failed) = (0usize, 0usize);
-    while let Some(outcome) = results.recv().await {
-        let line = loop {
-            if let Some(line) = line_of.remove(&outcome.id.0) {
-                break Some(line);
-            }
-            match lines_rx.recv().await {
-                Some((id, line)) => {
-                    line_of.insert(id, line);
-                }
-                None => break None,
-            }
+            },
         };
-        let record = match outcome.result {
-            Ok(value) => serde_json::json!({"id": outcome.id.0, "line": line, "value": value}),
-            Err(e) => {
-                failed += 1;
-                serde_json::json!({"id": outcome.id.0, "line": line, "error": e.to_string()})
-            }
-        };
-        done += 1;
-        writeln!(stdout, "{record}")?;
-        if done % 256 == 0 {
-            stdout.flush()?;
-        }
-        progress.update(done, failed, None);
+        let _ = lines.send(event);
     }
-    stdout.flush()?;
-    let summary = match reader.await {
-        Ok(result) => result?,
-        Err(e) => return Err(Error::Config(format!("the input reader failed: {e}"))),
-    };
-    progress.update(done, failed, Some(summary.jobs));
-    progress.finish();
-    notice(
-        Level::INFO,
-        format_args!(
-            "pipe: {} jobs, {} results, {failed} failed, {} bad input lines{}",
-            summary.jobs,
-            done,
-            summary.bad_lines,
-            if summary.stopped_early {
-                " (stopped at the first bad line)"
-            } else {
-                ""
+    Ok(summary) // dropping `jobs` here means "no more work"
+}
+
+/// A job's result before its input line is known: the value as JSON text, or the error.
+type Answer = Result<String, String>;
+
+/// Where results go in which order: as they complete, or in input order.
+struct Order {
+    ordered: bool,
+    /// Input line of each job sent and not yet answered, by job id.
+    line_of: HashMap<u64, u64>,
+    /// Results that arrived before the reader reported their job.
+    early: HashMap<u64, Answer>,
+    /// Ordered mode: every line from `front` on, in input order, with its result line once
+    /// settled (`Some(None)`: a line that writes nothing).
+    pending: VecDeque<Option<Option<Written>>>,
+    /// Ordered mode: the input line of `pending`'s front.
+    front: u64,
+}
+
+impl Order {
+    fn new(ordered: bool) -> Self {
+        Order {
+            ordered,
+            line_of: HashMap::new(),
+            early: HashMap::new(),
+            pending: VecDeque::new(),
+            front: 1,
+        }
+    }
+
+    /// The reader's account of one line.
+    fn line(&mut self, line: Line, sink: &Sink, out: &mut Vec<Written>) -> Result<(), Error> {
+        let (number, settled) = match line {
+            Line::Job { line, id } => match self.early.remove(&id) {
+                Some(answer) => (line, Some(Some(render(line, id, answer)))),
+                None => {
+                    self.line_of.insert(id, line);
+                    (line, None)
+                }
+            },
+            Line::Replay { line, offset } => (line, Some(Some(sink.replay(line, offset)?))),
+            Line::Nothing { line } => (line, Some(None)),
+        };
+        self.settle(number, settled, out);
+        Ok(())
+    }
+
+    /// The answer of job `id`.
+    fn result(&mut self, id: u64, answer: Answer, out: &mut Vec<Written>) {
+        match self.line_of.remove(&id) {
+            Some(line) => self.settle(line, Some(Some(render(line, id, answer))), out),
+            None => {
+                self.early.insert(id, answer);
             }
-        ),
-    );
-    coordinator.shutdown().await;
-    Ok(failed == 0 && summary.bad_lines == 0 && done == summary.jobs)
+        }
+    }
+
+    /// Line `line` is known (`None`: its result is still to come) or settled.
+    fn settle(&mut self, line: u64, settled: Option<Option<Written>>, out: &mut Vec<Written>) {
+        if !self.ordered {
+            if let Some(Some(written)) = settled {
+                out.push(written);
+            }
+            return;
+        }
+        let at = (line - self.front) as usize;
+        if at >= self.pending.len() {
+            self.pending.resize_with(at + 1, || None);
+        }
+        if settled.is_some() {
+            self.pending[at] = settled;
+        }
+        // The settled lines at the front go out, in order.
+        while let Some(Some(_)) = self.pending.front() {
+            if let Some(Some(Some(written))) = self.pending.pop_front() {
+                out.push(written);
+            }
+            self.front += 1;
+        }
+    }
+
+    /// Every job is answered and every line reported: nothing may be left waiting.
+    fn finish(&mut self, out: &mut Vec<Written>) -> Result<(), Error> {
+        while let Some(line) = self.pending.pop_front() {
+            match line {
+                Some(Some(written)) => out.push(written),
+                Some(None) => {}
+                None => return Err(Error::Config("a line never got its result".into())),
+            }
+        }
+        if self.early.is_empty() && self.line_of.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "{} results without a line and {} lines without a result",
+                self.early.len(),
+                self.line_of.len()
+            )))
+        }
+    }
+}
+
+/// The result line of input line `line`, answered by job `id`.
+fn render(line: u64, id: u64, answer: Answer) -> Written {
+    match answer {
+        Ok(value) => Written {
+            line,
+            text: format!(r#"{{"id":{id},"line":{line},"value":{value}}}"#),
+            failed: false,
+        },
+        Err(message) => Written {
+            line,
+            text: format!(
+                r#"{{"error":{},"id":{id},"line":{line}}}"#,
+                serde_json::Value::String(message)
+            ),
+            failed: true,
+        },
+    }
+}
+
+/// Writes result lines: into the journal first (made durable), then into the output, in
+/// groups, on a thread of its own so that the next group is gathered meanwhile.
+struct Sink {
+    groups: Option<std::sync::mpsc::SyncSender<Vec<Written>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), Error>>>,
+    /// Shared with the writer thread, for replays.
+    journal: Option<Arc<Journal>>,
+}
+
+impl Sink {
+    fn start(journal: Option<Journal>, mut output: Box<dyn Write + Send>) -> Sink {
+        let (groups, rx) = std::sync::mpsc::sync_channel::<Vec<Written>>(2);
+        let journal = journal.map(Arc::new);
+        let writer_journal = journal.clone();
+        let thread = std::thread::spawn(move || {
+            let mut text = Vec::with_capacity(GROUP * 64);
+            for group in rx {
+                if let Some(journal) = &writer_journal {
+                    let records: Vec<Record> = group.iter().map(Written::record).collect();
+                    journal
+                        .append(&records)
+                        .map_err(|e| Error::Config(e.to_string()))?;
+                }
+                text.clear();
+                for w in &group {
+                    text.extend_from_slice(w.text.as_bytes());
+                    text.push(b'\n');
+                }
+                output.write_all(&text)?;
+                output.flush()?;
+            }
+            Ok(())
+        });
+        Sink {
+            groups: Some(groups),
+            thread: Some(thread),
+            journal,
+        }
+    }
+
+    /// Hands a group over (waits while two are being written).
+    fn write(&mut self, group: Vec<Written>) -> Result<(), Error> {
+        if group.is_empty() {
+            return Ok(());
+        }
+        match self.groups.as_ref().map(|g| g.send(group)) {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self
+                .close()
+                .err()
+                .unwrap_or_else(|| Error::Config("the result writer stopped".into()))),
+        }
+    }
+
+    /// The result line of input line `line`, journaled at `offset`.
+    fn replay(&self, line: u64, offset: u64) -> Result<Written, Error> {
+        let journal = self
+            .journal
+            .as_ref()
+            .ok_or_else(|| Error::Config("no journal to replay from".into()))?;
+        let record = journal
+            .read(offset)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        let text = match record.outcome {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(message) => message,
+        };
+        Ok(Written {
+            line,
+            failed: is_error_line(&text),
+            text,
+        })
+    }
+
+    /// Waits until every group is written.
+    fn close(&mut self) -> Result<(), Error> {
+        drop(self.groups.take());
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(Error::Config("the result writer failed".into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Written {
+    /// This line's journal record: keyed by its input line, the result line as it is.
+    fn record(&self) -> Record {
+        Record::ok(
+            self.line.to_le_bytes().to_vec(),
+            self.text.clone().into_bytes(),
+        )
+    }
+}
+
+/// True for a result line that reports an error.
+fn is_error_line(text: &str) -> bool {
+    text.starts_with(r#"{"error":"#)
+}
+
+/// How the reader treats a line whose result is already durable.
+#[derive(Debug, Clone, Copy)]
+enum Skip {
+    /// In the output: nothing to do.
+    Written,
+    /// In the journal only: write it from there.
+    Journaled(u64),
+}
+
+/// A resumed run's starting point: the journal, and what the output and journal hold.
+struct Resume {
+    journal: Journal,
+    /// Lines in the output (written) and in the journal only (offset).
+    skip: HashMap<u64, Skip>,
+    /// What the output already holds.
+    prior: Tally,
+}
+
+impl Resume {
+    /// Opens the journal, repairs the output's torn tail, and makes the two agree.
+    fn prepare(server: &ServerArgs, args: &PipeArgs, path: &Path) -> Result<Resume, Error> {
+        let identity = identity(server, args)?;
+        let (journal, found) =
+            Journal::open(path, &identity).map_err(|e| Error::Config(e.to_string()))?;
+        if journal.dropped() > 0 {
+            notice(
+                Level::WARN,
+                format_args!(
+                    "journal {}: a torn tail of {} bytes (a crash mid-write) was dropped",
+                    path.display(),
+                    journal.dropped()
+                ),
+            );
+        }
+        let output = args.output.as_deref().expect("checked by run");
+        let written = repair_output(output)?;
+        let mut journaled: HashMap<u64, u64> = HashMap::with_capacity(found.len());
+        for f in found {
+            if let Ok(bytes) = <[u8; 8]>::try_from(f.key.as_slice()) {
+                journaled.insert(u64::from_le_bytes(bytes), f.offset);
+            }
+        }
+        // Lines written but whose records were torn off the journal: journal them again.
+        let missing: Vec<Record> = written
+            .lines
+            .iter()
+            .filter(|(line, _)| !journaled.contains_key(line))
+            .map(|(line, text)| Record::ok(line.to_le_bytes().to_vec(), text.clone().into_bytes()))
+            .collect();
+        if !missing.is_empty() {
+            journal
+                .append(&missing)
+                .map_err(|e| Error::Config(e.to_string()))?;
+        }
+        let mut skip: HashMap<u64, Skip> = journaled
+            .into_iter()
+            .map(|(line, offset)| (line, Skip::Journaled(offset)))
+            .collect();
+        for line in written.lines.keys() {
+            skip.insert(*line, Skip::Written);
+        }
+        if !skip.is_empty() {
+            notice(
+                Level::INFO,
+                format_args!(
+                    "resuming: {} results already in {}, {} more in the journal",
+                    written.lines.len(),
+                    output.display(),
+                    skip.len() - written.lines.len()
+                ),
+            );
+        }
+        Ok(Resume {
+            journal,
+            skip,
+            prior: written.tally,
+        })
+    }
+}
+
+/// What the output held.
+struct Output {
+    /// Input line -> its result line.
+    lines: HashMap<u64, String>,
+    tally: Tally,
+}
+
+/// Reads the output, cutting a torn last line (one without its newline); returns the
+/// result line of each input line it holds.
+fn repair_output(path: &Path) -> Result<Output, Error> {
+    let failed = |e: &dyn fmt::Display| {
+        Error::Config(format!("cannot read the output {}: {e}", path.display()))
+    };
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes).map_err(|e| failed(&e))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(&e)),
+    }
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if whole < bytes.len() {
+        notice(
+            Level::WARN,
+            format_args!(
+                "{}: a torn last line of {} bytes (a crash mid-write) was cut",
+                path.display(),
+                bytes.len() - whole
+            ),
+        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| failed(&e))?;
+        f.set_len(whole as u64).map_err(|e| failed(&e))?;
+        f.sync_all().map_err(|e| failed(&e))?;
+    }
+    #[derive(Deserialize)]
+    struct Head {
+        line: u64,
+        #[serde(default)]
+        error: Option<IgnoredAny>,
+    }
+    let mut out = Output {
+        lines: HashMap::new(),
+        tally: Tally::default(),
+    };
+    for text in BufRead::lines(&bytes[..whole]) {
+        let text = text.map_err(|e| failed(&e))?;
+        let head: Head = serde_json::from_str(&text)
+            .map_err(|e| failed(&format!("a line that is not a result line ({e}): {text}")))?;
+        let failed = head.error.is_some();
+        if out.lines.insert(head.line, text).is_none() {
+            out.tally.done += 1;
+            out.tally.failed += u64::from(failed);
+        }
+    }
+    Ok(out)
+}
+
+/// What a journal is for: the input's hash, and what computes it.
+fn identity(server: &ServerArgs, args: &PipeArgs) -> Result<String, Error> {
+    let mut input = Vec::new();
+    File::open(&args.input)
+        .and_then(|mut f| f.read_to_end(&mut input))
+        .map_err(|e| {
+            Error::Config(format!(
+                "cannot read the input {}: {e}",
+                args.input.display()
+            ))
+        })?;
+    let work = match (&args.task, server.task_module()?) {
+        (_, Some(module)) => format!("module {} ({})", module.sha256(), module.module_io()),
+        (Some(task), None) => format!("task {task}"),
+        (None, None) => String::new(),
+    };
+    Ok(format!(
+        "distchan pipe; input sha256 {}; {work}",
+        module::sha256_hex(&input)
+    ))
+}
+
+/// Watches for Ctrl-C: the first sets `stop` (the reader stops), the second quits at once.
+fn watch_interrupts(stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            notice(
+                Level::WARN,
+                "pipe: interrupted: no more input is read; the jobs sent are finished (Ctrl-C again to quit now)",
+            );
+            stop.store(true, Ordering::Relaxed);
+            if tokio::signal::ctrl_c().await.is_ok() {
+                notice(
+                    Level::WARN,
+                    "pipe: quitting now; results not written are lost (with --journal, run the same command to resume)",
+                );
+                std::process::exit(130);
+            }
+        }
+    })
 }
 
 /// A progress bar when stderr is a terminal showing text logs, plain periodic lines
@@ -218,12 +838,13 @@ impl Reporter {
         }
     }
 
-    fn update(&self, done: usize, failed: usize, total: Option<usize>) {
+    fn update(&self, tally: Tally, total: Option<u64>) {
+        let Tally { done, failed } = tally;
         match &self.bar {
             Some(bar) => {
-                bar.set_position(done as u64);
+                bar.set_position(done);
                 if let Some(total) = total {
-                    bar.set_length(total as u64);
+                    bar.set_length(total);
                 }
                 if failed > 0 {
                     bar.set_message(format!("{failed} failed"));
@@ -246,5 +867,36 @@ impl Reporter {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_whole_lines_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(
+            &path,
+            "{\"id\":0,\"line\":1,\"value\":\"A\"}\n{\"error\":\"x\",\"id\":1,\"line\":3}\n{\"id\":2,\"li",
+        )
+        .unwrap();
+        let out = repair_output(&path).unwrap();
+        assert_eq!(out.lines.len(), 2);
+        assert!(out.lines.contains_key(&1) && out.lines.contains_key(&3));
+        assert_eq!((out.tally.done, out.tally.failed), (2, 1));
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(after.ends_with("\"line\":3}\n"), "{after}");
+    }
+
+    #[test]
+    fn results_of_lines_are_json_text_both_ways() {
+        let job = rmp_serde::to_vec_named(&JsonText(r#"{"a": [1, "é", null]}"#.into())).unwrap();
+        let back: serde_json::Value = rmp_serde::from_slice(&job).unwrap();
+        assert_eq!(back, serde_json::json!({"a": [1, "é", null]}));
+        let result: ResultJson = rmp_serde::from_slice(&job).unwrap();
+        assert_eq!(result.0, r#"{"a":[1,"é",null]}"#);
     }
 }
