@@ -55,6 +55,17 @@ pub enum Error {
     /// The transport failed or closed unexpectedly.
     #[error("connection failed: {0}")]
     Connection(String),
+    /// The coordinator ended the connection, or it was lost (seen by a worker; see
+    /// [`WorkerSession::close_reason`](crate::session::WorkerSession::close_reason)).
+    #[error("{}", describe_close(*.code, .reason, *.clean))]
+    Disconnected {
+        /// The WebSocket close code (1006 when the connection dropped without a close frame).
+        code: u16,
+        /// The coordinator's close reason; empty when it gave none.
+        reason: String,
+        /// True when the closing handshake completed.
+        clean: bool,
+    },
     /// Invalid configuration or argument.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -79,4 +90,13 @@ pub enum Error {
     /// The other end of a channel is gone.
     #[error("channel closed")]
     Closed,
+}
+
+/// How a worker describes the end of its connection.
+fn describe_close(code: u16, reason: &str, clean: bool) -> String {
+    match (reason.is_empty(), clean) {
+        (false, _) => format!("the coordinator closed the connection: {reason}"),
+        (true, true) => format!("the coordinator closed the connection (code {code})"),
+        (true, false) => format!("the connection was lost (code {code})"),
+    }
 }

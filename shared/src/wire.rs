@@ -48,8 +48,14 @@ pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// WebSocket close code for a normal end (end of work, worker leaving).
 pub const CLOSE_NORMAL: u16 = 1000;
-/// WebSocket close code when the coordinator is going away.
+/// WebSocket close code when a side is going away (its peer went quiet, or its transport
+/// failed).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// The close code a WebSocket reports for a close frame that carried none (never sent).
+pub const CLOSE_NO_STATUS: u16 = 1005;
+/// The close code a WebSocket reports for a connection lost without a close frame (never
+/// sent).
+pub const CLOSE_ABNORMAL: u16 = 1006;
 
 /// The WebSocket subprotocol name for a protocol version, e.g. `distchan.v1`.
 pub fn subprotocol(version: u32) -> String {

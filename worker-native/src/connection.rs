@@ -13,7 +13,7 @@ use std::{future::poll_fn, task::Poll, time::Duration};
 use bytes::Bytes;
 use distchan_protocol::{
     session::{close_frame_for, truncate_reason, Event, WorkerSession},
-    wire::{Outcome, Welcome, CLOSE_GOING_AWAY, CLOSE_NORMAL},
+    wire::{Outcome, Welcome, CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_NO_STATUS},
     Error, JobId, Result,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -29,6 +29,7 @@ use tokio_tungstenite::{
     tungstenite::{
         self,
         client::IntoClientRequest,
+        error::CapacityError,
         http::{header::SEC_WEBSOCKET_PROTOCOL, HeaderValue},
         protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
         Message,
@@ -294,42 +295,42 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        if let Some(frame) = binary(ws.next().await)? {
+        if let Some(frame) = binary(ws.next().await, session)? {
             return session.handle_frame_shared(&frame);
         }
     }
 }
 
 /// The binary frame a message carries; `None` for messages that carry none (pings, pongs).
-/// An error ends the connection: a text frame is malformed, the rest mean it is gone.
-fn binary(msg: Option<WsResult>) -> Result<Option<Bytes>> {
+/// An error ends the connection: a text frame is malformed; a close frame, or the stream
+/// ending, means what the session says ([`WorkerSession::close_reason`]); a read error is
+/// the connection failing.
+fn binary(msg: Option<WsResult>, session: &WorkerSession) -> Result<Option<Bytes>> {
     match msg {
         Some(Ok(Message::Binary(frame))) => Ok(Some(frame)),
-        Some(Ok(Message::Close(frame))) => Err(closed_by_coordinator(frame)),
+        Some(Ok(Message::Close(Some(frame)))) => {
+            Err(session.close_reason(frame.code.into(), &frame.reason, true))
+        }
+        Some(Ok(Message::Close(None))) => Err(session.close_reason(CLOSE_NO_STATUS, "", true)),
         Some(Ok(Message::Text(_))) => Err(Error::Malformed(
             "text frames are not part of the protocol".into(),
         )),
         Some(Ok(_)) => Ok(None),
         Some(Err(e)) => Err(read_error(e)),
-        None => Err(Error::Connection(
-            "the coordinator closed the connection".into(),
-        )),
+        None => Err(session.close_reason(CLOSE_ABNORMAL, "", false)),
     }
 }
 
-fn closed_by_coordinator(frame: Option<CloseFrame>) -> Error {
-    match frame {
-        Some(f) if !f.reason.is_empty() => Error::Connection(format!(
-            "the coordinator closed the connection: {}",
-            f.reason
-        )),
-        _ => Error::Connection("the coordinator closed the connection".into()),
-    }
-}
-
+/// A read error as the protocol crate's error: a message over the size limit is
+/// [`Error::FrameTooLarge`], anything else the connection failing.
 fn read_error(e: tungstenite::Error) -> Error {
     match e {
-        tungstenite::Error::Capacity(c) => Error::Connection(format!("frame too large: {c}")),
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            Error::FrameTooLarge {
+                size,
+                limit: max_size,
+            }
+        }
         other => Error::Connection(other.to_string()),
     }
 }
@@ -458,8 +459,7 @@ where
                     let limit = idle.unwrap_or(far);
                     if last_seen.elapsed() >= limit {
                         let e = Error::Timeout(format!("the coordinator was silent for {limit:?}"));
-                        close(&mut self.ws, CLOSE_GOING_AWAY, &e.to_string()).await;
-                        break Err(e);
+                        break Err(fail(&mut self.ws, e).await);
                     }
                     deadline.as_mut().reset(last_seen + limit);
                 }
@@ -513,7 +513,7 @@ where
     }
 
     async fn on_message(&mut self, msg: Option<WsResult>) -> Option<End> {
-        let frame = match binary(msg) {
+        let frame = match binary(msg, &self.session) {
             Ok(Some(frame)) => frame,
             Ok(None) => return None,
             // A malformed message is answered with a close frame giving the reason.

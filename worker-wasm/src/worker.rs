@@ -36,7 +36,7 @@ use distchan_protocol::{
     module::ModuleSpec,
     session::{close_frame_for, Event, SessionConfig, WorkerSession},
     transform::{Aes256GcmTransform, TransformChain},
-    wire::{Outcome, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, DEFAULT_MAX_FRAME},
+    wire::{Outcome, CLOSE_NORMAL, DEFAULT_MAX_FRAME},
     Error, JobId,
 };
 use futures_channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -454,6 +454,25 @@ struct Ending {
     reason: String,
 }
 
+impl From<Error> for Ending {
+    /// A run ended by `err`: refused with the coordinator's reason, or closed with the
+    /// error's message.
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Refused(refusal) => Ending {
+                state: State::Refused,
+                clean: false,
+                reason: refusal.to_string(),
+            },
+            other => Ending {
+                state: State::Closed,
+                clean: false,
+                reason: other.to_string(),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// The WebSocket is opening.
@@ -679,9 +698,8 @@ impl Run {
             self.ended = self.closing.take();
             return;
         }
-        let reason = reason.trim().to_owned();
-        self.ended = Some(match self.phase {
-            Phase::Connecting => Ending {
+        if self.phase == Phase::Connecting {
+            self.ended = Some(Ending {
                 state: State::Closed,
                 clean: false,
                 reason: format!(
@@ -689,23 +707,14 @@ impl Run {
                     self.inner.url,
                     self.session.config().subprotocol()
                 ),
-            },
-            // A refusal whose Refused frame was lost still says why in the close frame.
-            Phase::AwaitingWelcome
-                if (code == CLOSE_POLICY || code == CLOSE_PROTOCOL_ERROR) && !reason.is_empty() =>
-            {
-                Ending {
-                    state: State::Refused,
-                    clean: false,
-                    reason,
-                }
-            }
-            _ => Ending {
-                state: State::Closed,
-                clean: false,
-                reason: closed_by_coordinator(code, &reason, clean || !self.saw_error),
-            },
-        });
+            });
+            return;
+        }
+        // A refusal whose Refused frame was lost still says why in the close frame.
+        let err = self
+            .session
+            .close_reason(code, &reason, clean || !self.saw_error);
+        self.ended = Some(Ending::from(err));
     }
 
     /// Fetches and compiles the task module `spec` names; jobs wait meanwhile.
@@ -869,19 +878,7 @@ impl Run {
     fn fail(&mut self, err: Error) {
         let (code, reason) = close_frame_for(&err);
         self.socket.close(code, &reason);
-        let ending = match err {
-            Error::Refused(refusal) => Ending {
-                state: State::Refused,
-                clean: false,
-                reason: refusal.to_string(),
-            },
-            other => Ending {
-                state: State::Closed,
-                clean: false,
-                reason: other.to_string(),
-            },
-        };
-        self.begin_closing(ending);
+        self.begin_closing(Ending::from(err));
     }
 
     fn begin_closing(&mut self, ending: Ending) {
@@ -891,13 +888,5 @@ impl Run {
         self.phase = Phase::Closing;
         self.deadline = Some(js_sys::Date::now() + f64::from(CLOSE_WAIT_MS));
         self.closing = Some(ending);
-    }
-}
-
-fn closed_by_coordinator(code: u16, reason: &str, clean: bool) -> String {
-    match (reason.is_empty(), clean) {
-        (false, _) => format!("the coordinator closed the connection: {reason}"),
-        (true, true) => format!("the coordinator closed the connection (code {code})"),
-        (true, false) => format!("the connection was lost (code {code})"),
     }
 }
