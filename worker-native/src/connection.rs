@@ -8,7 +8,12 @@
 //! flush as the frames read with it, without crossing a task. Frames are read in batches
 //! (every frame already there) and written in batches (one flush per batch).
 
-use std::{future::poll_fn, task::Poll, time::Duration};
+use std::{
+    future::poll_fn,
+    ops::ControlFlow::{self, Break, Continue},
+    task::Poll,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use distchan_protocol::{
@@ -39,28 +44,11 @@ use tokio_tungstenite::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    job::{RawJob, Reply},
     module::{Done, ModulePool, Source},
-    serve::Runner,
+    runner::Runner,
     Options,
 };
-
-/// A job as it arrives: its id and plain MessagePack payload (transforms already undone).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawJob {
-    /// The job's id.
-    pub id: JobId,
-    /// The plain MessagePack payload.
-    pub payload: Bytes,
-}
-
-/// What a worker sends back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// The outcome of a job: plain MessagePack bytes or an error message.
-    Result(JobId, Outcome),
-    /// A value sent on the worker's own initiative (plain MessagePack).
-    Emit(Bytes),
-}
 
 /// The connection's lifetime: what the coordinator said, and how the connection ended.
 ///
@@ -374,8 +362,9 @@ enum Jobs {
     Module(ModulePool),
 }
 
-/// What stops the connection: how it ended, for [`Client::done`].
-type End = Result<()>;
+/// What a step of the connection task says: go on, or stop with how the connection ended
+/// (for [`Client::done`]).
+type Step = ControlFlow<Result<()>>;
 
 /// The connection task's state.
 struct Driver<S> {
@@ -395,7 +384,7 @@ where
         mut self,
         replies: Option<mpsc::Receiver<Reply>>,
         drain: CancellationToken,
-    ) -> End {
+    ) -> Result<()> {
         let mut replies_open = replies.is_some();
         let (_, unused) = mpsc::channel(1);
         let mut replies = replies.unwrap_or(unused);
@@ -432,7 +421,7 @@ where
                 }
                 msg = self.ws.next() => {
                     last_seen = Instant::now();
-                    if let Some(end) = self.read_batch(msg).await {
+                    if let Break(end) = self.read_batch(msg).await {
                         break end;
                     }
                 }
@@ -446,12 +435,12 @@ where
                         }
                         continue;
                     }
-                    if let Some(end) = self.send_replies(&mut batch).await {
+                    if let Break(end) = self.send_replies(&mut batch).await {
                         break end;
                     }
                 }
                 Some(done) = module_done(&mut self.jobs) => {
-                    if let Some(end) = self.on_module(done).await {
+                    if let Break(end) = self.on_module(done).await {
                         break end;
                     }
                 }
@@ -472,13 +461,11 @@ where
 
     /// Handles `first` and every other message already received, then flushes what they
     /// produced.
-    async fn read_batch(&mut self, first: Option<WsResult>) -> Option<End> {
+    async fn read_batch(&mut self, first: Option<WsResult>) -> Step {
         self.new_round();
         let mut msg = first;
         for taken in 1.. {
-            if let Some(end) = self.on_message(msg).await {
-                return Some(end);
-            }
+            self.on_message(msg).await?;
             if taken == BATCH {
                 break; // the rest waits for the next round, after this batch's answers
             }
@@ -495,30 +482,28 @@ where
 
     /// Answers the jobs a task module finished, or ends the connection when the module
     /// could not be loaded.
-    async fn on_module(&mut self, done: Done) -> Option<End> {
+    async fn on_module(&mut self, done: Done) -> Step {
         match done {
             Done::Results(outcomes) => {
                 for (id, outcome) in outcomes {
-                    if let Some(end) = self.answer(id, outcome).await {
-                        return Some(end);
-                    }
+                    self.answer(id, outcome).await?;
                 }
                 self.flush().await
             }
             Done::Failed(e) => {
                 tracing::error!(error = %e, "the task module cannot run here; leaving");
-                Some(Err(fail(&mut self.ws, e).await))
+                Break(Err(fail(&mut self.ws, e).await))
             }
         }
     }
 
-    async fn on_message(&mut self, msg: Option<WsResult>) -> Option<End> {
+    async fn on_message(&mut self, msg: Option<WsResult>) -> Step {
         let frame = match binary(msg, &self.session) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return None,
+            Ok(None) => return Continue(()),
             // A malformed message is answered with a close frame giving the reason.
-            Err(e @ Error::Malformed(_)) => return Some(Err(fail(&mut self.ws, e).await)),
-            Err(e) => return Some(Err(e)),
+            Err(e @ Error::Malformed(_)) => return Break(Err(fail(&mut self.ws, e).await)),
+            Err(e) => return Break(Err(e)),
         };
         match self.session.handle_frame_shared(&frame) {
             Ok(Event::Job { id, payload }) => self.take_job(id, payload).await,
@@ -526,36 +511,38 @@ where
                 if let Some(Jobs::Stream(_)) = self.jobs {
                     self.jobs = None; // the job stream ends
                 }
-                None
+                Continue(())
             }
             Ok(Event::Welcomed(_)) => unreachable!("the session rejects a second welcome"),
             Err(e) => {
                 tracing::warn!(error = %e, "closing the connection");
-                Some(Err(fail(&mut self.ws, e).await))
+                Break(Err(fail(&mut self.ws, e).await))
             }
         }
     }
 
-    async fn take_job(&mut self, id: JobId, payload: Bytes) -> Option<End> {
+    async fn take_job(&mut self, id: JobId, payload: Bytes) -> Step {
         let tx = match &mut self.jobs {
             Some(Jobs::Run(runner)) => {
-                let (id, outcome) = runner.start(id, payload).await?;
-                return self.answer(id, outcome).await;
+                return match runner.start(id, payload).await {
+                    Some((id, outcome)) => self.answer(id, outcome).await,
+                    None => Continue(()), // the outcome comes as a reply
+                };
             }
             Some(Jobs::Module(pool)) => {
                 pool.push(id, payload);
-                return None;
+                return Continue(());
             }
             Some(Jobs::Stream(tx)) => tx,
             None => return self.stop_taking_jobs().await,
         };
         match tx.try_send(RawJob { id, payload }) {
-            Ok(()) => None,
+            Ok(()) => Continue(()),
             // The session refuses jobs beyond the capacity, which is also the channel's
             // size: this only guards the invariant.
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let e = Error::Unexpected("more jobs than the declared capacity".into());
-                Some(Err(fail(&mut self.ws, e).await))
+                Break(Err(fail(&mut self.ws, e).await))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.stop_taking_jobs().await,
         }
@@ -563,40 +550,32 @@ where
 
     /// Nobody takes jobs any more: the worker leaves, and the coordinator re-dispatches what
     /// it does not answer.
-    async fn stop_taking_jobs(&mut self) -> Option<End> {
+    async fn stop_taking_jobs(&mut self) -> Step {
         close(
             &mut self.ws,
             CLOSE_GOING_AWAY,
             "the worker stopped taking jobs",
         )
         .await;
-        Some(Ok(()))
+        Break(Ok(()))
     }
 
     /// Writes every reply of `batch`, then flushes.
-    async fn send_replies(&mut self, batch: &mut Vec<Reply>) -> Option<End> {
+    async fn send_replies(&mut self, batch: &mut Vec<Reply>) -> Step {
         self.new_round();
         for reply in batch.drain(..) {
-            let end = match reply {
+            match reply {
                 Reply::Result(id, outcome) => {
                     if let Some(Jobs::Run(runner)) = &mut self.jobs {
                         runner.finished();
                     }
-                    match self.answer(id, outcome).await {
-                        None => self.pump().await,
-                        end => end,
-                    }
+                    self.answer(id, outcome).await?;
+                    self.pump().await?;
                 }
                 Reply::Emit(value) => match self.session.emit_frame(value) {
-                    Ok(frame) => self.feed(frame).await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "value not sent");
-                        None
-                    }
+                    Ok(frame) => self.feed(frame).await?,
+                    Err(e) => tracing::warn!(error = %e, "value not sent"),
                 },
-            };
-            if end.is_some() {
-                return end;
             }
         }
         self.flush().await
@@ -610,44 +589,42 @@ where
     }
 
     /// Lets the runner start the jobs it kept waiting, answering those that finish at once.
-    async fn pump(&mut self) -> Option<End> {
-        loop {
-            let Some(Jobs::Run(runner)) = &mut self.jobs else {
-                return None;
+    async fn pump(&mut self) -> Step {
+        while let Some(Jobs::Run(runner)) = &mut self.jobs {
+            let Some((id, outcome)) = runner.pump().await else {
+                break;
             };
-            let (id, outcome) = runner.pump().await?;
-            if let Some(end) = self.answer(id, outcome).await {
-                return Some(end);
-            }
+            self.answer(id, outcome).await?;
         }
+        Continue(())
     }
 
     /// Encodes the outcome of job `id` and feeds it (flushed with the batch).
-    async fn answer(&mut self, id: JobId, outcome: Outcome) -> Option<End> {
+    async fn answer(&mut self, id: JobId, outcome: Outcome) -> Step {
         match self.session.result_frame(id, outcome) {
             Ok(frame) => self.feed(frame).await,
             Err(e) => {
                 tracing::warn!(error = %e, "reply not sent");
-                None
+                Continue(())
             }
         }
     }
 
-    async fn feed(&mut self, frame: Bytes) -> Option<End> {
+    async fn feed(&mut self, frame: Bytes) -> Step {
         self.unflushed = true;
         match self.ws.feed(Message::Binary(frame)).await {
-            Ok(()) => None,
-            Err(e) => Some(Err(Error::Connection(e.to_string()))),
+            Ok(()) => Continue(()),
+            Err(e) => Break(Err(Error::Connection(e.to_string()))),
         }
     }
 
-    async fn flush(&mut self) -> Option<End> {
+    async fn flush(&mut self) -> Step {
         if !std::mem::take(&mut self.unflushed) {
-            return None;
+            return Continue(());
         }
         match self.ws.flush().await {
-            Ok(()) => None,
-            Err(e) => Some(Err(Error::Connection(e.to_string()))),
+            Ok(()) => Continue(()),
+            Err(e) => Break(Err(Error::Connection(e.to_string()))),
         }
     }
 }
