@@ -407,6 +407,6 @@ fn read_error(e: tungstenite::Error) -> Error {
                 limit: max_size,
             }
         }
-        other => Error::Connection(format!("read failed: {other}")),
+        other => Error::connection_from("read failed", other),
     }
 }

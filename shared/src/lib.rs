@@ -19,7 +19,8 @@
 //! - [`module`]: task modules, the user's own code as WebAssembly: the spec a welcome
 //!   carries, hash checks, the two ABIs, and what a run's facts mean as a job's outcome.
 //! - [`tasks`]: built-in demo tasks (capitalize, add, Mandelbrot tiles) that every worker can run.
-//! - [`error`]: the one error type of the project.
+//! - [`error`]: the error type of the protocol, the transport and setup, shared by every
+//!   crate (a job's own failure is the coordinator's `JobError`).
 //! - `logging` (feature `logging`, for the binaries only): their log setup and
 //!   `--log-format` flag, the one place where anything here writes (to standard error).
 //!

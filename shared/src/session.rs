@@ -226,10 +226,7 @@ impl WorkerSession {
                 )))
             }
             (Phase::Running | Phase::Draining, ToWorker::Job(job)) => {
-                let payload = self
-                    .chain
-                    .decode(job.payload)
-                    .map_err(|e| Error::Decode(format!("job {}: {e}", job.id)))?;
+                let payload = self.chain.decode(job.payload)?;
                 *self.outstanding.entry(job.id).or_insert(0) += 1;
                 self.outstanding_total += 1;
                 Ok(Event::Job {
@@ -349,11 +346,11 @@ pub fn close_frame_for(err: &Error) -> (u16, String) {
         Error::Refused(_) => CLOSE_POLICY,
         Error::FrameTooLarge { .. } => CLOSE_TOO_BIG,
         Error::Closed => CLOSE_NORMAL,
-        Error::Malformed(_) | Error::Unexpected(_) | Error::VersionMismatch { .. } => {
-            CLOSE_PROTOCOL_ERROR
-        }
+        Error::Malformed(_) | Error::Unexpected(_) => CLOSE_PROTOCOL_ERROR,
         // The transport failed or the peer went quiet: this side leaves.
-        Error::Connection(_) | Error::Disconnected { .. } | Error::Timeout(_) => CLOSE_GOING_AWAY,
+        Error::Connection { .. } | Error::Disconnected { .. } | Error::Timeout(_) => {
+            CLOSE_GOING_AWAY
+        }
         _ => CLOSE_POLICY,
     };
     let reason = match err {
@@ -525,7 +522,10 @@ mod tests {
         s.handle_frame(&welcome()).unwrap();
         let sealed = sender.encode(payload::to_msgpack("x").unwrap()).unwrap();
         let err = s.handle_frame(&job(0, sealed)).unwrap_err();
-        assert!(matches!(err, Error::Decode(_)), "{err:?}");
+        assert!(
+            matches!(&err, Error::Transform { transform, .. } if transform == "aes-256-gcm"),
+            "{err:?}"
+        );
         assert_eq!(close_frame_for(&err).0, CLOSE_POLICY);
     }
 

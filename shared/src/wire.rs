@@ -257,7 +257,7 @@ fn encode_with<T: Serialize>(msg: &T, named: bool, payload_len: usize) -> Result
     } else {
         msg.serialize(&mut rmp_serde::Serializer::new(&mut out))
     };
-    written.map_err(|e| Error::Encode(e.to_string()))?;
+    written.map_err(|e| Error::Encode(Box::new(e)))?;
     Ok(out.into())
 }
 
@@ -604,8 +604,7 @@ pub fn decode_to_worker_shared(frame: &Bytes) -> Result<ToWorker> {
 
 /// [`decode_to_worker_shared`] through serde alone.
 fn serde_to_worker(frame: &Bytes) -> Result<ToWorker> {
-    let msg: borrowed::ToWorker<'_> =
-        rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))?;
+    let msg: borrowed::ToWorker<'_> = rmp_serde::from_slice(frame).map_err(Error::Malformed)?;
     Ok(match msg {
         borrowed::ToWorker::Welcome(w) => ToWorker::Welcome(w),
         borrowed::ToWorker::Refused(r) => ToWorker::Refused(r),
@@ -633,7 +632,7 @@ pub fn decode_to_coordinator_shared(frame: &Bytes) -> Result<ToCoordinator> {
 /// [`decode_to_coordinator_shared`] through serde alone.
 fn serde_to_coordinator(frame: &Bytes) -> Result<ToCoordinator> {
     let msg: borrowed::ToCoordinator<'_> =
-        rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))?;
+        rmp_serde::from_slice(frame).map_err(Error::Malformed)?;
     Ok(match msg {
         borrowed::ToCoordinator::Hello(h) => ToCoordinator::Hello(h),
         borrowed::ToCoordinator::Result(r) => ToCoordinator::Result(JobResult {

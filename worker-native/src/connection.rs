@@ -83,9 +83,7 @@ impl Client {
     pub async fn done(self) -> Result<()> {
         match self.task.await {
             Ok(result) => result,
-            Err(e) => Err(Error::Connection(format!(
-                "the connection task failed: {e}"
-            ))),
+            Err(e) => Err(Error::connection_from("the connection task failed", e)),
         }
     }
 }
@@ -136,11 +134,12 @@ fn request(
 ) -> Result<(tungstenite::handshake::client::Request, String)> {
     let mut request = url
         .into_client_request()
-        .map_err(|e| Error::Config(format!("bad coordinator URL {url:?}: {e}")))?;
+        .map_err(|e| Error::config_from(format!("bad coordinator URL {url:?}"), e))?;
     let subprotocol = options.session_config().subprotocol();
     request.headers_mut().insert(
         SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_str(&subprotocol).map_err(|e| Error::Config(e.to_string()))?,
+        HeaderValue::from_str(&subprotocol)
+            .map_err(|e| Error::config_from(format!("bad subprotocol {subprotocol:?}"), e))?,
     );
     Ok((request, subprotocol))
 }
@@ -159,10 +158,10 @@ fn upgrade_result<S, R>(
     match result {
         Err(tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
-        )) => Err(Error::Connection(format!(
+        )) => Err(Error::connection(format!(
             "the coordinator at {url} does not speak {subprotocol} (another protocol version?)"
         ))),
-        Err(e) => Err(Error::Connection(format!("connecting to {url}: {e}"))),
+        Err(e) => Err(Error::connection_from(format!("connecting to {url}"), e)),
         Ok((ws, _response)) => Ok(ws),
     }
 }
@@ -186,7 +185,7 @@ where
     let mut session = WorkerSession::new(options.session_config(), options.transforms.clone());
     ws.send(Message::Binary(session.hello_frame()?))
         .await
-        .map_err(|e| Error::Connection(e.to_string()))?;
+        .map_err(|e| Error::connection_from("sending the hello", e))?;
     let welcome = match timeout(options.handshake_timeout, next_event(&mut ws, &mut session)).await
     {
         Err(_) => Err(Error::Timeout("no welcome from the coordinator".into())),
@@ -290,7 +289,7 @@ where
 }
 
 /// The binary frame a message carries; `None` for messages that carry none (pings, pongs).
-/// An error ends the connection: a text frame is malformed; a close frame, or the stream
+/// An error ends the connection: a text frame is unexpected; a close frame, or the stream
 /// ending, means what the session says ([`WorkerSession::close_reason`]); a read error is
 /// the connection failing.
 fn binary(msg: Option<WsResult>, session: &WorkerSession) -> Result<Option<Bytes>> {
@@ -300,8 +299,8 @@ fn binary(msg: Option<WsResult>, session: &WorkerSession) -> Result<Option<Bytes
             Err(session.close_reason(frame.code.into(), &frame.reason, true))
         }
         Some(Ok(Message::Close(None))) => Err(session.close_reason(CLOSE_NO_STATUS, "", true)),
-        Some(Ok(Message::Text(_))) => Err(Error::Malformed(
-            "text frames are not part of the protocol".into(),
+        Some(Ok(Message::Text(_))) => Err(Error::Unexpected(
+            "a text frame (the protocol uses binary frames only)".into(),
         )),
         Some(Ok(_)) => Ok(None),
         Some(Err(e)) => Err(read_error(e)),
@@ -319,7 +318,7 @@ fn read_error(e: tungstenite::Error) -> Error {
                 limit: max_size,
             }
         }
-        other => Error::Connection(other.to_string()),
+        other => Error::connection_from("reading", other),
     }
 }
 
@@ -412,7 +411,7 @@ where
                     draining = true;
                     tracing::info!(outstanding = self.session.outstanding(), "draining: finishing the jobs held, then leaving");
                     let sent = match self.session.drain_frame() {
-                        Ok(frame) => self.ws.send(Message::Binary(frame)).await.map_err(|e| Error::Connection(e.to_string())),
+                        Ok(frame) => self.ws.send(Message::Binary(frame)).await.map_err(|e| Error::connection_from("sending the drain", e)),
                         Err(e) => Err(e),
                     };
                     if let Err(e) = sent {
@@ -501,8 +500,8 @@ where
         let frame = match binary(msg, &self.session) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Continue(()),
-            // A malformed message is answered with a close frame giving the reason.
-            Err(e @ Error::Malformed(_)) => return Break(Err(fail(&mut self.ws, e).await)),
+            // A text frame is answered with a close frame giving the reason.
+            Err(e @ Error::Unexpected(_)) => return Break(Err(fail(&mut self.ws, e).await)),
             Err(e) => return Break(Err(e)),
         };
         match self.session.handle_frame_shared(&frame) {
@@ -614,7 +613,7 @@ where
         self.unflushed = true;
         match self.ws.feed(Message::Binary(frame)).await {
             Ok(()) => Continue(()),
-            Err(e) => Break(Err(Error::Connection(e.to_string()))),
+            Err(e) => Break(Err(Error::connection_from("sending", e))),
         }
     }
 
@@ -624,7 +623,7 @@ where
         }
         match self.ws.flush().await {
             Ok(()) => Continue(()),
-            Err(e) => Break(Err(Error::Connection(e.to_string()))),
+            Err(e) => Break(Err(Error::connection_from("sending", e))),
         }
     }
 }

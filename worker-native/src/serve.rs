@@ -92,12 +92,12 @@ pub async fn serve_task(url: &str, options: Options) -> Result<()> {
     let Some(task) = conn.welcome().task.clone() else {
         let reason = "the coordinator names no task";
         conn.leave(reason).await;
-        return Err(Error::Config(reason.into()));
+        return Err(Error::config(reason));
     };
     if !tasks::ALL.contains(&task.as_str()) {
         let reason = format!("this worker does not know the task `{task}`");
         conn.leave(&reason).await;
-        return Err(Error::Config(reason));
+        return Err(Error::config(reason));
     }
     let heavy = tasks::is_cpu_heavy(&task);
     let task: Arc<str> = task.into();

@@ -617,8 +617,8 @@ impl Run {
             SocketEvent::Binary(frame) => self.on_frame(&frame),
             SocketEvent::Text => {
                 if self.phase != Phase::Closing {
-                    self.fail(Error::Malformed(
-                        "text frames are not part of the protocol".into(),
+                    self.fail(Error::Unexpected(
+                        "a text frame (the protocol uses binary frames only)".into(),
                     ));
                 }
             }
@@ -642,7 +642,7 @@ impl Run {
         match self.session.hello_frame() {
             Ok(hello) => match self.socket.send(&hello) {
                 Ok(()) => self.phase = Phase::AwaitingWelcome,
-                Err(e) => self.fail(Error::Connection(e)),
+                Err(e) => self.fail(Error::connection(e)),
             },
             Err(e) => self.fail(e),
         }
@@ -790,7 +790,7 @@ impl Run {
         match self.session.result_frame(id, outcome) {
             Ok(frame) => {
                 if let Err(e) = self.socket.send(&frame) {
-                    self.fail(Error::Connection(e));
+                    self.fail(Error::connection(e));
                     return;
                 }
             }
@@ -832,7 +832,7 @@ impl Run {
                 match self.session.drain_frame() {
                     Ok(frame) => {
                         if let Err(e) = self.socket.send(&frame) {
-                            self.fail(Error::Connection(e));
+                            self.fail(Error::connection(e));
                             return;
                         }
                     }

@@ -69,12 +69,11 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<bool, Error> {
         match (&args.task, &server.module) {
             (Some(task), None) => task.as_str(),
             (None, Some(_)) => "",
-            (Some(_), Some(_)) => return Err(Error::Config(
-                "--task and --module are exclusive: a run uses a built-in task or a task module"
-                    .into(),
+            (Some(_), Some(_)) => return Err(Error::config(
+                "--task and --module are exclusive: a run uses a built-in task or a task module",
             )),
             (None, None) => {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "name what the workers run: --task ({}) or --module FILE.wasm",
                     tasks::ALL.join(", ")
                 )))
@@ -167,7 +166,7 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<bool, Error> {
     stdout.flush()?;
     let summary = match reader.await {
         Ok(result) => result?,
-        Err(e) => return Err(Error::Config(format!("the input reader failed: {e}"))),
+        Err(e) => return Err(Error::config_from("the input reader failed", e)),
     };
     progress.update(done, failed, Some(summary.jobs));
     progress.finish();
