@@ -116,6 +116,28 @@ export interface BrowserWorkerStatus {
   idleTimeoutMs: number | null;
   url: string;
 }
+
+/** What `run()` rejects with: an `Error` whose message is the reason. */
+export interface BrowserWorkerError extends Error {
+  /** The final status. */
+  status: BrowserWorkerStatus;
+  /** True when the coordinator refused this worker. */
+  refused: boolean;
+}
+
+/** The second argument of a handler set with `setHandler`. */
+export interface BrowserWorkerJobInfo {
+  /** The job's id. */
+  id: number;
+  /** The task the coordinator named, if any. */
+  task: string | null;
+}
+
+/**
+ * Answers one job (a plain value) with its result, or a promise of it; a throw or a
+ * rejection is that job's error result.
+ */
+export type BrowserWorkerHandler = (job: unknown, info: BrowserWorkerJobInfo) => unknown;
 "#;
 
 /// How the page configures a worker (`new BrowserWorker(url, options)`).
@@ -295,10 +317,15 @@ struct Inner {
 
 #[wasm_bindgen]
 impl BrowserWorker {
-    /// A worker for the coordinator at `url` (`ws://host:port/ws`); `options` is a
-    /// `BrowserWorkerOptions` object or `undefined`. Nothing connects before `run()`.
+    /// A worker for the coordinator at `url` (`ws://host:port/ws`); `options`, if given
+    /// (not `undefined` or `null`), is a `BrowserWorkerOptions` object. Nothing connects
+    /// before `run()`.
     #[wasm_bindgen(constructor)]
-    pub fn new(url: &str, options: JsValue) -> Result<BrowserWorker, JsError> {
+    pub fn new(
+        url: &str,
+        #[wasm_bindgen(unchecked_optional_param_type = "BrowserWorkerOptions | null")]
+        options: JsValue,
+    ) -> Result<BrowserWorker, JsError> {
         crate::install_panic_hook();
         let options: WorkerOptions = if options.is_undefined() || options.is_null() {
             WorkerOptions::default()
@@ -346,14 +373,26 @@ impl BrowserWorker {
     /// Calls `callback(status)` on every change of state and, at most four times a second,
     /// as jobs complete. `null` removes it.
     #[wasm_bindgen(js_name = onStatus)]
-    pub fn on_status(&self, callback: Option<Function>) {
+    pub fn on_status(
+        &self,
+        #[wasm_bindgen(
+            unchecked_optional_param_type = "((status: BrowserWorkerStatus) => void) | null"
+        )]
+        callback: Option<Function>,
+    ) {
         *self.inner.on_status.borrow_mut() = callback;
     }
 
     /// Calls `callback(result, job, id)` with every successful result as a plain value (a
     /// Mandelbrot tile's `rgba` is a `Uint8Array`). `null` removes it.
     #[wasm_bindgen(js_name = onResult)]
-    pub fn on_result(&self, callback: Option<Function>) {
+    pub fn on_result(
+        &self,
+        #[wasm_bindgen(
+            unchecked_optional_param_type = "((result: unknown, job: unknown, id: number) => void) | null"
+        )]
+        callback: Option<Function>,
+    ) {
         *self.inner.on_result.borrow_mut() = callback;
     }
 
@@ -361,20 +400,25 @@ impl BrowserWorker {
     /// the result or a promise of it; a throw or a rejection becomes that job's error
     /// result. Must be set before `run()`; `null` goes back to the built-in tasks.
     #[wasm_bindgen(js_name = setHandler)]
-    pub fn set_handler(&self, handler: Option<Function>) {
+    pub fn set_handler(
+        &self,
+        #[wasm_bindgen(unchecked_optional_param_type = "BrowserWorkerHandler | null")]
+        handler: Option<Function>,
+    ) {
         *self.inner.handler.borrow_mut() = handler;
     }
 
     /// The current status (see `BrowserWorkerStatus`).
-    #[wasm_bindgen(js_name = status)]
+    #[wasm_bindgen(js_name = status, unchecked_return_type = "BrowserWorkerStatus")]
     pub fn status_js(&self) -> JsValue {
         self.inner.status.borrow().to_js()
     }
 
     /// Connects and works until the end. Resolves with the final status after end-of-work
-    /// or a stop; rejects with an `Error` whose message is the reason otherwise (its
-    /// `refused` property is true for a refusal, and `status` holds the final status).
-    /// A worker runs once.
+    /// or a stop; rejects otherwise with a `BrowserWorkerError`: an `Error` whose message is
+    /// the reason (its `refused` property is true for a refusal, and `status` holds the
+    /// final status). A worker runs once.
+    #[wasm_bindgen(unchecked_return_type = "Promise<BrowserWorkerStatus>")]
     pub fn run(&self) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
