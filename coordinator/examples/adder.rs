@@ -50,9 +50,14 @@ async fn run(
     });
     let mut total = 0;
     while let Some(outcome) = results.recv().await {
-        let sum = outcome.result?;
-        println!("job {}: {sum}", outcome.id);
-        total += sum;
+        match outcome.result {
+            Ok(sum) => {
+                println!("job {}: {sum}", outcome.id);
+                total += sum;
+            }
+            // One job's failure (see `JobError`); the other jobs go on.
+            Err(e) => eprintln!("job {} failed: {e}", outcome.id),
+        }
     }
     println!("total: {total}");
     Ok(())

@@ -50,9 +50,14 @@ async fn server_with(
     });
     let mut out = Vec::new();
     while let Some(outcome) = results.recv().await {
-        let s = outcome.result?;
-        println!("{s}");
-        out.push(s);
+        match outcome.result {
+            Ok(s) => {
+                println!("{s}");
+                out.push(s);
+            }
+            // One job's failure (see `JobError`); the other jobs go on.
+            Err(e) => eprintln!("job {} failed: {e}", outcome.id),
+        }
     }
     Ok(out)
 }

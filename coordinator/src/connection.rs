@@ -1,8 +1,9 @@
 //! One worker's connection: the handshake, then a reader and a writer running side by side.
 //!
-//! - **Handshake**: the first frame must be a [`Hello`] within the handshake timeout. A wrong
-//!   version (in the hello or the offered subprotocol), a wrong token, a disallowed origin or
-//!   a full house is answered with a [`Refusal`] frame and a close frame carrying the reason.
+//! - **Handshake**: the first frame must be a [`Hello`] within the handshake timeout; the
+//!   protocol crate decides whether it passes ([`accept::accept_hello`]). A wrong version (in
+//!   the hello or the offered subprotocol), a wrong token, a disallowed origin or a full
+//!   house is answered with a [`Refusal`] frame and a close frame carrying the reason.
 //! - **Writing**: when woken, the connection takes everything the scheduler put in this
 //!   worker's outbox and queues the frames on its [`WebSocket`], each job's frame sent from
 //!   the memory it was encoded in; the WebSocket writes queued frames many at a time before
@@ -35,21 +36,22 @@ use std::{
 
 use bytes::Bytes;
 use distchan_protocol::{
+    accept::{self, AcceptPolicy},
     session::{close_frame_for, truncate_reason},
     wire::{
         self, Hello, JobResult, Refusal, RefusalCode, ToCoordinator, ToWorker, Welcome, WorkerKind,
-        CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, PROTOCOL_VERSION,
+        CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
     },
     Error, JobId,
 };
 use hyper_util::rt::TokioIo;
-use subtle::ConstantTimeEq;
 use tokio::{
     sync::Notify,
     time::{timeout, Instant},
 };
 use tokio_tungstenite::tungstenite::{
     self,
+    error::CapacityError,
     protocol::{frame::coding::CloseCode, CloseFrame},
     Message,
 };
@@ -190,8 +192,8 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
     close(&mut ws, code, &reason).await;
 }
 
-/// Reads the worker's hello and checks it (version, origin, token, capacity); the refusal
-/// to send when it does not pass.
+/// Reads the worker's hello and has the protocol crate check it (version, origin, token,
+/// capacity: [`accept::accept_hello`]); the refusal to send when it does not pass.
 async fn handshake(
     stream: &mut WebSocket,
     shared: &Shared,
@@ -212,7 +214,12 @@ async fn handshake(
                     "closed before the hello",
                 ))
             }
-            Ok(Some(Err(e))) => return Err(Refusal::new(RefusalCode::Malformed, read_error(&e).1)),
+            Ok(Some(Err(e))) => {
+                return Err(Refusal::new(
+                    RefusalCode::Malformed,
+                    read_error(e).to_string(),
+                ))
+            }
             Ok(Some(Ok(Message::Binary(b)))) => break b,
             Ok(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => continue,
             Ok(Some(Ok(_))) => {
@@ -223,65 +230,16 @@ async fn handshake(
             }
         }
     };
-    let ours = wire::subprotocol(PROTOCOL_VERSION);
-    let version_mismatch = |theirs: u32| {
-        Refusal::new(
-            RefusalCode::VersionMismatch,
-            format!(
-                "protocol version mismatch: the coordinator speaks {ours}, the worker {}",
-                wire::subprotocol(theirs)
-            ),
-        )
+    let policy = AcceptPolicy {
+        token: config.token.as_deref(),
+        allowed_origins: &config.allowed_origins,
     };
-    if !peer.offered_versions.is_empty() && !peer.offered_versions.contains(&PROTOCOL_VERSION) {
-        return Err(version_mismatch(peer.offered_versions[0]));
-    }
-    let hello = match wire::decode_to_coordinator_shared(&first) {
-        Ok(ToCoordinator::Hello(hello)) => hello,
-        Ok(_) => {
-            return Err(Refusal::new(
-                RefusalCode::Malformed,
-                "the first message must be a hello",
-            ))
-        }
-        Err(e) => {
-            return Err(match wire::peek_hello_version(&first) {
-                Some(v) if v != PROTOCOL_VERSION => version_mismatch(v),
-                _ => Refusal::new(RefusalCode::Malformed, format!("unreadable hello: {e}")),
-            })
-        }
-    };
-    if hello.version != PROTOCOL_VERSION {
-        return Err(version_mismatch(hello.version));
-    }
-    if !config.allowed_origins.is_empty() {
-        if let Some(origin) = &peer.origin {
-            if !config.allowed_origins.iter().any(|o| o == origin) {
-                return Err(Refusal::new(
-                    RefusalCode::OriginNotAllowed,
-                    format!("pages from {origin} may not volunteer here"),
-                ));
-            }
-        }
-    }
-    if let Some(expected) = &config.token {
-        let given = hello.token.as_deref().unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-            let what = if hello.token.is_none() {
-                "an access token is required"
-            } else {
-                "wrong access token"
-            };
-            return Err(Refusal::new(RefusalCode::BadToken, what));
-        }
-    }
-    if hello.capacity == 0 {
-        return Err(Refusal::new(
-            RefusalCode::Malformed,
-            "capacity must be at least 1",
-        ));
-    }
-    Ok(hello)
+    accept::accept_hello(
+        &first,
+        &peer.offered_versions,
+        peer.origin.as_deref(),
+        &policy,
+    )
 }
 
 /// Reads and writes until the connection ends, with its close code and reason.
@@ -399,7 +357,7 @@ fn read_one(
                 "text frames are not part of the protocol".to_owned(),
             ))
         }
-        Some(Err(e)) => return Err(read_error(&e)),
+        Some(Err(e)) => return Err(close_frame_for(&read_error(e))),
     };
     *bytes += frame.len() as u64;
     match wire::decode_to_coordinator_shared(&frame) {
@@ -418,8 +376,7 @@ fn read_one(
 
 /// Sends a refusal frame, then a close frame with the same reason.
 async fn refuse(sink: &mut WebSocket, refusal: Refusal) {
-    let code = close_frame_for(&Error::Refused(refusal.clone())).0;
-    let reason = refusal.to_string();
+    let (code, reason) = close_frame_for(&Error::Refused(refusal.clone()));
     if let Ok(frame) = wire::encode_to_worker(&ToWorker::Refused(refusal)) {
         let _ = timeout(Duration::from_secs(2), sink.send(Message::Binary(frame))).await;
     }
@@ -439,10 +396,17 @@ async fn close(sink: &mut WebSocket, code: u16, reason: &str) {
     .await;
 }
 
-/// Close code and reason for a read error; oversized frames get their own code.
-fn read_error(e: &tungstenite::Error) -> (u16, String) {
+/// A read error as the protocol crate's error, whose close code and reason
+/// [`close_frame_for`] gives: a message over the size limit is [`Error::FrameTooLarge`],
+/// anything else the connection failing.
+fn read_error(e: tungstenite::Error) -> Error {
     match e {
-        tungstenite::Error::Capacity(c) => (CLOSE_TOO_BIG, format!("frame too large: {c}")),
-        other => (CLOSE_GOING_AWAY, format!("read failed: {other}")),
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            Error::FrameTooLarge {
+                size,
+                limit: max_size,
+            }
+        }
+        other => Error::connection_from("read failed", other),
     }
 }

@@ -17,7 +17,8 @@
 //! - `connection` (private): one worker's handshake, reader, writer and heartbeats, and
 //!   the messages it exchanges with the scheduler.
 //! - [`result`]: [`ResultReceiver`] takes outcomes in batches and decodes them (optionally
-//!   in send order).
+//!   in send order); `job_error` (private): [`JobError`], why a job has no result (its
+//!   handler failed, it was lost with its workers, its result does not decode).
 //!
 //! Around it: [`config`] (every setting, with defaults), [`journal`] (outcomes kept on disk,
 //! so that a run survives the coordinator's death), [`module`] (the user's task module,
@@ -58,6 +59,7 @@ pub mod config;
 mod connection;
 mod dashboard;
 pub mod job;
+mod job_error;
 pub mod journal;
 pub mod memory;
 pub mod module;
@@ -75,6 +77,7 @@ use std::{net::SocketAddr, sync::Arc};
 pub use config::Config;
 pub use distchan_protocol::{transform, Error, JobId};
 pub use job::{JobSender, TrySendError};
+pub use job_error::JobError;
 pub use module::TaskModule;
 pub use result::{JobOutcome, ResultReceiver};
 pub use scheduler::{ShutdownReport, WorkerSnapshot};
@@ -288,15 +291,15 @@ impl Builder {
     {
         let local_addr = listener.local_addr()?;
         if !self.config.ws_path.starts_with('/') {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "ws_path must start with '/', got {:?}",
                 self.config.ws_path
             )));
         }
         let module = match &self.module {
             Some(_) if self.config.task.is_some() => {
-                return Err(Error::Config(
-                    "a coordinator runs a built-in task or a task module, not both".into(),
+                return Err(Error::config(
+                    "a coordinator runs a built-in task or a task module, not both",
                 ))
             }
             Some(m) => Some((m.spec(self.config.module_limits)?, m.clone())),
@@ -446,7 +449,7 @@ impl Coordinator {
     /// Publishes an application event to every open dashboard (`/dashboard`), and to those
     /// opened later. The demo publishes each finished Mandelbrot tile this way.
     pub fn publish<T: Serialize>(&self, event: &T) -> Result<(), Error> {
-        let json = serde_json::to_string(event).map_err(|e| Error::Encode(e.to_string()))?;
+        let json = serde_json::to_string(event).map_err(|e| Error::Encode(Box::new(e)))?;
         self.shared.dashboard.publish(json);
         Ok(())
     }

@@ -9,16 +9,19 @@ use std::{
     sync::Arc,
 };
 
-use distchan_protocol::{payload, transform::TransformChain, Error, JobId};
+use distchan_protocol::{payload, transform::TransformChain, JobId};
 use serde::de::DeserializeOwned;
 
-use crate::scheduler::{Hub, RawOutcome, Take, EMITTED_ID_BASE};
+use crate::{
+    scheduler::{Hub, RawOutcome, Take, EMITTED_ID_BASE},
+    JobError,
+};
 
 /// The outcome of one job: its id and the worker's typed result or why there is none.
 ///
-/// `result` is `Err` with [`Error::Handler`] when the handler reported an error,
-/// [`Error::WorkerLost`] when the job was lost with its workers too often, and
-/// [`Error::Decode`]/[`Error::Transform`] when the result could not be decoded.
+/// `result` is `Err` with [`JobError::Failed`] when the handler reported an error,
+/// [`JobError::WorkerLost`] when the job was lost with its workers too often, and
+/// [`JobError::Undecodable`] when the result could not be decoded.
 #[derive(Debug)]
 pub struct JobOutcome<R> {
     /// The id [`JobSender::send`](crate::JobSender::send) returned for the job. Values a
@@ -27,7 +30,7 @@ pub struct JobOutcome<R> {
     /// The worker whose answer this is (`None` when no worker answered, e.g. a lost job).
     pub worker: Option<u64>,
     /// The result, or why there is none.
-    pub result: Result<R, Error>,
+    pub result: Result<R, JobError>,
 }
 
 impl<R> JobOutcome<R> {
@@ -197,7 +200,7 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
     fn decode(&self, raw: RawOutcome) -> JobOutcome<R> {
         let result = raw
             .result
-            .and_then(|bytes| payload::decode(bytes, &self.chain));
+            .and_then(|bytes| payload::decode(bytes, &self.chain).map_err(JobError::Undecodable));
         JobOutcome {
             id: raw.id,
             worker: raw.worker,

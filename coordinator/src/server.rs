@@ -15,9 +15,8 @@ use axum::{
     routing::get,
     Router,
 };
-use distchan_protocol::wire::{self, PROTOCOL_VERSION};
+use distchan_protocol::{accept, wire};
 use hyper_util::rt::TokioIo;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::WebSocketConfig};
 use tokio_util::sync::CancellationToken;
@@ -105,9 +104,8 @@ async fn module_file(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .or(query.get("token").map(String::as_str))
-            .unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            .or(query.get("token").map(String::as_str));
+        if !accept::token_matches(given, expected) {
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -169,13 +167,12 @@ async fn upgrade(
         return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
     };
     let accept = derive_accept_key(key.as_bytes());
-    let offered: Vec<String> = headers
+    let offered: Vec<&str> = headers
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|p| p.trim().to_owned())
-        .filter(|p| wire::parse_subprotocol(p).is_some())
+        .map(str::trim)
         .collect();
     let peer = connection::PeerInfo {
         addr,
@@ -188,14 +185,8 @@ async fn upgrade(
             .filter_map(|p| wire::parse_subprotocol(p))
             .collect(),
     };
-    // Ours when offered; otherwise the worker's own version, so that the handshake
-    // completes and the worker can read why it is refused.
-    let ours = wire::subprotocol(PROTOCOL_VERSION);
-    let protocol = if offered.contains(&ours) {
-        Some(ours)
-    } else {
-        offered.into_iter().next()
-    };
+    // Also another version's, so that the worker can read why it is refused.
+    let protocol = accept::agreed_subprotocol(&offered).map(str::to_owned);
     let max = shared.config.max_frame;
     let config = WebSocketConfig::default()
         .max_message_size(Some(max))

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{capitalizer, close_of, hello, next_msg, open, raw_worker, send_hello, start, LIMIT};
-use distchan_coordinator::{Config, ResultReceiver};
+use distchan_coordinator::{Config, JobError, ResultReceiver};
 use distchan_protocol::{
     wire::{self, Hello, RefusalCode, ToWorker, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG},
     Error,
@@ -98,6 +98,31 @@ async fn garbage_instead_of_a_hello_is_refused() {
     text.send(Message::Text("hello?".into())).await.unwrap();
     expect_refusal(next_msg(&mut text).await, RefusalCode::Malformed);
     good_worker_still_served(&coordinator, jobs, results, 10).await;
+}
+
+#[tokio::test]
+async fn a_result_of_another_type_is_undecodable_for_its_job_only() {
+    // Results are read as numbers; the worker answers with text.
+    let (coordinator, jobs, mut results) = start::<String, u64>(Config::default()).await;
+    let worker = tokio::spawn(capitalizer(coordinator.ws_url(), Options::default()));
+    jobs.send("not a number".into()).await.unwrap();
+    drop(jobs);
+    let outcome = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
+    let err = outcome.result.expect_err("text is not a u64");
+    assert!(
+        matches!(&err, JobError::Undecodable(Error::Decode(_))),
+        "{err:?}"
+    );
+    let source = std::error::Error::source(&err).expect("the decoding error is the source");
+    assert!(source.to_string().starts_with("could not decode payload"));
+    assert!(
+        err.to_string()
+            .starts_with("the result could not be decoded: could not decode payload: "),
+        "{err}"
+    );
+    assert!(outcome.worker.is_some(), "a worker answered");
+    assert!(timeout(LIMIT, results.recv()).await.unwrap().is_none());
+    assert_eq!(worker.await.unwrap(), ["not a number"]);
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use common::{
     capitalizer, hello, mem_answer, mem_capitalizer, mem_close_of, next_job, raw_mem_worker, start,
     start_mem, LIMIT,
 };
-use distchan_coordinator::Config;
+use distchan_coordinator::{Config, JobError};
 use distchan_protocol::{wire::Hello, Error};
 use distchan_worker::Options;
 use tokio::time::{timeout, Instant};
@@ -163,7 +163,7 @@ async fn a_job_lost_too_often_is_reported_as_failed() {
     }
     let outcome = timeout(LIMIT, results.recv()).await.unwrap().unwrap();
     assert!(
-        matches!(outcome.result, Err(Error::WorkerLost { attempts: 2 })),
+        matches!(outcome.result, Err(JobError::WorkerLost { attempts: 2 })),
         "{:?}",
         outcome.result
     );
@@ -195,7 +195,7 @@ async fn a_handler_error_is_reported_for_that_job_and_not_retried() {
     let failed: Vec<_> = outcomes.iter().filter(|o| o.result.is_err()).collect();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].id.0, 1);
-    assert!(matches!(&failed[0].result, Err(Error::Handler(m)) if m.contains("cannot handle")));
+    assert!(matches!(&failed[0].result, Err(JobError::Failed(m)) if m.contains("cannot handle")));
     assert_eq!(coordinator.stats().dispatched, 3, "no retry by default");
     worker.await.unwrap();
 }
@@ -212,7 +212,11 @@ async fn handler_errors_are_retried_when_configured() {
     drop(jobs);
     let outcomes = timeout(LIMIT, results.collect_all()).await.unwrap();
     assert_eq!(outcomes.len(), 1);
-    assert!(outcomes[0].result.is_err());
+    assert!(
+        matches!(&outcomes[0].result, Err(JobError::Failed(m)) if m.contains("cannot handle")),
+        "{:?}",
+        outcomes[0].result
+    );
     assert_eq!(
         coordinator.stats().dispatched,
         3,

@@ -12,11 +12,15 @@
 //!   with AES-256-GCM built in.
 //! - [`payload`]: typed values to payload bytes and back (serde, MessagePack, transforms).
 //! - [`session`]: the worker-side state machine: hello, welcome or refusal, jobs, results,
-//!   end of work.
+//!   end of work, and what a close from the coordinator means; the close code and reason
+//!   either side sends for an error.
+//! - [`accept`]: the coordinator's side of the handshake: which hellos it accepts (version,
+//!   origin, token, capacity) and which subprotocol it answers with.
 //! - [`module`]: task modules, the user's own code as WebAssembly: the spec a welcome
 //!   carries, hash checks, the two ABIs, and what a run's facts mean as a job's outcome.
 //! - [`tasks`]: built-in demo tasks (capitalize, add, Mandelbrot tiles) that every worker can run.
-//! - [`error`]: the one error type of the project.
+//! - [`error`]: the error type of the protocol, the transport and setup, shared by every
+//!   crate (a job's own failure is the coordinator's `JobError`).
 //! - `logging` (feature `logging`, for the binaries only): their log setup and
 //!   `--log-format` flag, the one place where anything here writes (to standard error).
 //!
@@ -33,6 +37,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod accept;
 pub mod error;
 #[cfg(feature = "logging")]
 pub mod logging;

@@ -20,12 +20,12 @@ where
     W: std::io::Write + ?Sized,
     T: Serialize + ?Sized,
 {
-    rmp_serde::encode::write_named(out, value).map_err(|e| Error::Encode(e.to_string()))
+    rmp_serde::encode::write_named(out, value).map_err(|e| Error::Encode(Box::new(e)))
 }
 
 /// Deserializes MessagePack bytes (already through the transform chain).
 pub fn from_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    rmp_serde::from_slice(bytes).map_err(|e| Error::Decode(e.to_string()))
+    rmp_serde::from_slice(bytes).map_err(Error::Decode)
 }
 
 /// Serializes `value` and applies the transform chain.

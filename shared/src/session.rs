@@ -38,9 +38,9 @@ use crate::{
     module::ModuleSpec,
     transform::TransformChain,
     wire::{
-        self, Hello, JobResult, RefusalCode, ToCoordinator, ToWorker, Welcome, WorkerKind,
-        CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, DEFAULT_MAX_FRAME,
-        PROTOCOL_VERSION,
+        self, Hello, JobResult, Refusal, RefusalCode, ToCoordinator, ToWorker, Welcome, WorkerKind,
+        CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
+        DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
     },
     Error, JobId, Result,
 };
@@ -226,10 +226,7 @@ impl WorkerSession {
                 )))
             }
             (Phase::Running | Phase::Draining, ToWorker::Job(job)) => {
-                let payload = self
-                    .chain
-                    .decode(job.payload)
-                    .map_err(|e| Error::Decode(format!("job {}: {e}", job.id)))?;
+                let payload = self.chain.decode(job.payload)?;
                 *self.outstanding.entry(job.id).or_insert(0) += 1;
                 self.outstanding_total += 1;
                 Ok(Event::Job {
@@ -307,22 +304,82 @@ impl WorkerSession {
     pub fn end_of_work(&self) -> bool {
         self.phase == Phase::EndOfWork
     }
+
+    /// What it means that the coordinator ended the connection, as the worker's WebSocket
+    /// reported it: the close `code` and `reason` (1006 and an empty reason when the
+    /// connection dropped without a close frame) and whether the closing handshake
+    /// completed (`clean`).
+    ///
+    /// Before the welcome, a policy or protocol close with a reason is the coordinator's
+    /// refusal ([`Error::Refused`], read back from the reason [`close_frame_for`] wrote) even
+    /// when the refusal frame itself was lost; otherwise the connection is over with the
+    /// coordinator's reason, or without one when it was lost.
+    pub fn close_reason(&self, code: u16, reason: &str, clean: bool) -> Error {
+        let reason = reason.trim();
+        if self.phase == Phase::AwaitingWelcome
+            && (code == CLOSE_POLICY || code == CLOSE_PROTOCOL_ERROR)
+            && !reason.is_empty()
+        {
+            return Error::Refused(refusal_from_close(reason));
+        }
+        Error::Disconnected {
+            code,
+            reason: reason.to_owned(),
+            clean,
+        }
+    }
 }
 
 /// The WebSocket close code and reason a side sends when it ends a connection because of
 /// `err`. The reason is cut to the 123 bytes a close frame can carry.
+///
+/// Refusals are 1008 (policy), or 1002 (protocol error) for another version; malformed and
+/// unexpected frames 1002; an oversized frame 1009; a failed transport, a timeout or a lost
+/// peer 1001 (going away); any other error 1008.
+///
+/// A refusal's reason is the [`Refusal`]'s own text (`bad token: wrong access token`), which
+/// [`WorkerSession::close_reason`] reads back into the refusal when the refusal frame
+/// itself is lost.
 pub fn close_frame_for(err: &Error) -> (u16, String) {
     let code = match err {
         Error::Refused(r) if r.code == RefusalCode::VersionMismatch => CLOSE_PROTOCOL_ERROR,
         Error::Refused(_) => CLOSE_POLICY,
         Error::FrameTooLarge { .. } => CLOSE_TOO_BIG,
         Error::Closed => CLOSE_NORMAL,
-        Error::Malformed(_) | Error::Unexpected(_) | Error::VersionMismatch { .. } => {
-            CLOSE_PROTOCOL_ERROR
+        Error::Malformed(_) | Error::Unexpected(_) => CLOSE_PROTOCOL_ERROR,
+        // The transport failed or the peer went quiet: this side leaves.
+        Error::Connection { .. } | Error::Disconnected { .. } | Error::Timeout(_) => {
+            CLOSE_GOING_AWAY
         }
         _ => CLOSE_POLICY,
     };
-    (code, truncate_reason(&err.to_string()))
+    let reason = match err {
+        Error::Refused(refusal) => refusal.to_string(),
+        other => other.to_string(),
+    };
+    (code, truncate_reason(&reason))
+}
+
+/// The refusal a close frame's reason describes: `code: reason` as [`close_frame_for`]
+/// writes it, or the whole text under [`RefusalCode::Other`].
+fn refusal_from_close(reason: &str) -> Refusal {
+    const CODES: [RefusalCode; 8] = [
+        RefusalCode::VersionMismatch,
+        RefusalCode::BadToken,
+        RefusalCode::OriginNotAllowed,
+        RefusalCode::TooManyWorkers,
+        RefusalCode::Malformed,
+        RefusalCode::HandshakeTimeout,
+        RefusalCode::ShuttingDown,
+        RefusalCode::Other,
+    ];
+    CODES
+        .into_iter()
+        .find_map(|code| {
+            let rest = reason.strip_prefix(&code.to_string())?.strip_prefix(": ")?;
+            Some(Refusal::new(code, rest))
+        })
+        .unwrap_or_else(|| Refusal::new(RefusalCode::Other, reason))
 }
 
 /// Cuts a close reason to the 123 bytes allowed by RFC 6455, on a character boundary.
@@ -350,11 +407,7 @@ fn to_worker_name(msg: &ToWorker) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        payload,
-        transform::Aes256GcmTransform,
-        wire::{Job, Refusal},
-    };
+    use crate::{payload, transform::Aes256GcmTransform, wire::Job};
 
     fn welcome() -> Bytes {
         wire::encode_to_worker(&ToWorker::Welcome(Welcome {
@@ -469,7 +522,10 @@ mod tests {
         s.handle_frame(&welcome()).unwrap();
         let sealed = sender.encode(payload::to_msgpack("x").unwrap()).unwrap();
         let err = s.handle_frame(&job(0, sealed)).unwrap_err();
-        assert!(matches!(err, Error::Decode(_)), "{err:?}");
+        assert!(
+            matches!(&err, Error::Transform { transform, .. } if transform == "aes-256-gcm"),
+            "{err:?}"
+        );
         assert_eq!(close_frame_for(&err).0, CLOSE_POLICY);
     }
 
@@ -493,6 +549,45 @@ mod tests {
         assert!(!s.is_finished());
         s.result_frame(JobId(1), Ok(Bytes::new())).unwrap();
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn a_refusal_travels_in_a_close_frame_and_is_read_back() {
+        let s = WorkerSession::new(SessionConfig::native(1), TransformChain::new());
+        for refusal in [
+            Refusal::new(RefusalCode::BadToken, "wrong access token"),
+            Refusal::new(RefusalCode::VersionMismatch, "distchan.v1 vs distchan.v2"),
+            Refusal::new(RefusalCode::Other, "go away: now"),
+        ] {
+            let (code, reason) = close_frame_for(&Error::Refused(refusal.clone()));
+            assert_eq!(reason, refusal.to_string());
+            match s.close_reason(code, &reason, true) {
+                Error::Refused(back) => assert_eq!(back, refusal),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_close_after_the_welcome_or_without_a_reason_is_no_refusal() {
+        let mut s = WorkerSession::new(SessionConfig::native(1), TransformChain::new());
+        let before = s.close_reason(CLOSE_POLICY, "", true);
+        assert_eq!(
+            before.to_string(),
+            "the coordinator closed the connection (code 1008)"
+        );
+        s.handle_frame(&welcome()).unwrap();
+        let after = s.close_reason(CLOSE_POLICY, " bad token: wrong access token ", true);
+        assert!(
+            matches!(&after, Error::Disconnected { code: CLOSE_POLICY, reason, clean: true } if reason == "bad token: wrong access token"),
+            "{after:?}"
+        );
+        assert_eq!(
+            after.to_string(),
+            "the coordinator closed the connection: bad token: wrong access token"
+        );
+        let lost = s.close_reason(1006, "", false);
+        assert_eq!(lost.to_string(), "the connection was lost (code 1006)");
     }
 
     #[test]

@@ -178,14 +178,12 @@ impl Aes256GcmTransform {
     pub fn from_hex(hex: &str) -> Result<Self> {
         let hex = hex.trim();
         if hex.len() != 64 || !hex.is_ascii() {
-            return Err(Error::Config(
-                "an AES-256 key is 64 hexadecimal digits".into(),
-            ));
+            return Err(Error::config("an AES-256 key is 64 hexadecimal digits"));
         }
         let mut key = [0u8; 32];
         for (i, byte) in key.iter_mut().enumerate() {
             *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| Error::Config("an AES-256 key is 64 hexadecimal digits".into()))?;
+                .map_err(|_| Error::config("an AES-256 key is 64 hexadecimal digits"))?;
         }
         Ok(Self::new(&key))
     }

@@ -48,8 +48,14 @@ pub const CLOSE_PROTOCOL_ERROR: u16 = 1002;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// WebSocket close code for a normal end (end of work, worker leaving).
 pub const CLOSE_NORMAL: u16 = 1000;
-/// WebSocket close code when the coordinator is going away.
+/// WebSocket close code when a side is going away (its peer went quiet, or its transport
+/// failed).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// The close code a WebSocket reports for a close frame that carried none (never sent).
+pub const CLOSE_NO_STATUS: u16 = 1005;
+/// The close code a WebSocket reports for a connection lost without a close frame (never
+/// sent).
+pub const CLOSE_ABNORMAL: u16 = 1006;
 
 /// The WebSocket subprotocol name for a protocol version, e.g. `distchan.v1`.
 pub fn subprotocol(version: u32) -> String {
@@ -251,7 +257,7 @@ fn encode_with<T: Serialize>(msg: &T, named: bool, payload_len: usize) -> Result
     } else {
         msg.serialize(&mut rmp_serde::Serializer::new(&mut out))
     };
-    written.map_err(|e| Error::Encode(e.to_string()))?;
+    written.map_err(|e| Error::Encode(Box::new(e)))?;
     Ok(out.into())
 }
 
@@ -598,8 +604,7 @@ pub fn decode_to_worker_shared(frame: &Bytes) -> Result<ToWorker> {
 
 /// [`decode_to_worker_shared`] through serde alone.
 fn serde_to_worker(frame: &Bytes) -> Result<ToWorker> {
-    let msg: borrowed::ToWorker<'_> =
-        rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))?;
+    let msg: borrowed::ToWorker<'_> = rmp_serde::from_slice(frame).map_err(Error::Malformed)?;
     Ok(match msg {
         borrowed::ToWorker::Welcome(w) => ToWorker::Welcome(w),
         borrowed::ToWorker::Refused(r) => ToWorker::Refused(r),
@@ -627,7 +632,7 @@ pub fn decode_to_coordinator_shared(frame: &Bytes) -> Result<ToCoordinator> {
 /// [`decode_to_coordinator_shared`] through serde alone.
 fn serde_to_coordinator(frame: &Bytes) -> Result<ToCoordinator> {
     let msg: borrowed::ToCoordinator<'_> =
-        rmp_serde::from_slice(frame).map_err(|e| Error::Malformed(e.to_string()))?;
+        rmp_serde::from_slice(frame).map_err(Error::Malformed)?;
     Ok(match msg {
         borrowed::ToCoordinator::Hello(h) => ToCoordinator::Hello(h),
         borrowed::ToCoordinator::Result(r) => ToCoordinator::Result(JobResult {

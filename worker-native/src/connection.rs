@@ -8,12 +8,17 @@
 //! flush as the frames read with it, without crossing a task. Frames are read in batches
 //! (every frame already there) and written in batches (one flush per batch).
 
-use std::{future::poll_fn, task::Poll, time::Duration};
+use std::{
+    future::poll_fn,
+    ops::ControlFlow::{self, Break, Continue},
+    task::Poll,
+    time::Duration,
+};
 
 use bytes::Bytes;
 use distchan_protocol::{
     session::{close_frame_for, truncate_reason, Event, WorkerSession},
-    wire::{Outcome, Welcome, CLOSE_GOING_AWAY, CLOSE_NORMAL},
+    wire::{Outcome, Welcome, CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_NO_STATUS},
     Error, JobId, Result,
 };
 use futures_util::{SinkExt, StreamExt};
@@ -29,6 +34,7 @@ use tokio_tungstenite::{
     tungstenite::{
         self,
         client::IntoClientRequest,
+        error::CapacityError,
         http::{header::SEC_WEBSOCKET_PROTOCOL, HeaderValue},
         protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
         Message,
@@ -38,28 +44,11 @@ use tokio_tungstenite::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    job::{RawJob, Reply},
     module::{Done, ModulePool, Source},
-    serve::Runner,
+    runner::Runner,
     Options,
 };
-
-/// A job as it arrives: its id and plain MessagePack payload (transforms already undone).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawJob {
-    /// The job's id.
-    pub id: JobId,
-    /// The plain MessagePack payload.
-    pub payload: Bytes,
-}
-
-/// What a worker sends back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// The outcome of a job: plain MessagePack bytes or an error message.
-    Result(JobId, Outcome),
-    /// A value sent on the worker's own initiative (plain MessagePack).
-    Emit(Bytes),
-}
 
 /// The connection's lifetime: what the coordinator said, and how the connection ended.
 ///
@@ -94,9 +83,7 @@ impl Client {
     pub async fn done(self) -> Result<()> {
         match self.task.await {
             Ok(result) => result,
-            Err(e) => Err(Error::Connection(format!(
-                "the connection task failed: {e}"
-            ))),
+            Err(e) => Err(Error::connection_from("the connection task failed", e)),
         }
     }
 }
@@ -147,11 +134,12 @@ fn request(
 ) -> Result<(tungstenite::handshake::client::Request, String)> {
     let mut request = url
         .into_client_request()
-        .map_err(|e| Error::Config(format!("bad coordinator URL {url:?}: {e}")))?;
+        .map_err(|e| Error::config_from(format!("bad coordinator URL {url:?}"), e))?;
     let subprotocol = options.session_config().subprotocol();
     request.headers_mut().insert(
         SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_str(&subprotocol).map_err(|e| Error::Config(e.to_string()))?,
+        HeaderValue::from_str(&subprotocol)
+            .map_err(|e| Error::config_from(format!("bad subprotocol {subprotocol:?}"), e))?,
     );
     Ok((request, subprotocol))
 }
@@ -170,10 +158,10 @@ fn upgrade_result<S, R>(
     match result {
         Err(tungstenite::Error::Protocol(
             tungstenite::error::ProtocolError::SecWebSocketSubProtocolError(_),
-        )) => Err(Error::Connection(format!(
+        )) => Err(Error::connection(format!(
             "the coordinator at {url} does not speak {subprotocol} (another protocol version?)"
         ))),
-        Err(e) => Err(Error::Connection(format!("connecting to {url}: {e}"))),
+        Err(e) => Err(Error::connection_from(format!("connecting to {url}"), e)),
         Ok((ws, _response)) => Ok(ws),
     }
 }
@@ -197,7 +185,7 @@ where
     let mut session = WorkerSession::new(options.session_config(), options.transforms.clone());
     ws.send(Message::Binary(session.hello_frame()?))
         .await
-        .map_err(|e| Error::Connection(e.to_string()))?;
+        .map_err(|e| Error::connection_from("sending the hello", e))?;
     let welcome = match timeout(options.handshake_timeout, next_event(&mut ws, &mut session)).await
     {
         Err(_) => Err(Error::Timeout("no welcome from the coordinator".into())),
@@ -294,43 +282,43 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        if let Some(frame) = binary(ws.next().await)? {
+        if let Some(frame) = binary(ws.next().await, session)? {
             return session.handle_frame_shared(&frame);
         }
     }
 }
 
 /// The binary frame a message carries; `None` for messages that carry none (pings, pongs).
-/// An error ends the connection: a text frame is malformed, the rest mean it is gone.
-fn binary(msg: Option<WsResult>) -> Result<Option<Bytes>> {
+/// An error ends the connection: a text frame is unexpected; a close frame, or the stream
+/// ending, means what the session says ([`WorkerSession::close_reason`]); a read error is
+/// the connection failing.
+fn binary(msg: Option<WsResult>, session: &WorkerSession) -> Result<Option<Bytes>> {
     match msg {
         Some(Ok(Message::Binary(frame))) => Ok(Some(frame)),
-        Some(Ok(Message::Close(frame))) => Err(closed_by_coordinator(frame)),
-        Some(Ok(Message::Text(_))) => Err(Error::Malformed(
-            "text frames are not part of the protocol".into(),
+        Some(Ok(Message::Close(Some(frame)))) => {
+            Err(session.close_reason(frame.code.into(), &frame.reason, true))
+        }
+        Some(Ok(Message::Close(None))) => Err(session.close_reason(CLOSE_NO_STATUS, "", true)),
+        Some(Ok(Message::Text(_))) => Err(Error::Unexpected(
+            "a text frame (the protocol uses binary frames only)".into(),
         )),
         Some(Ok(_)) => Ok(None),
         Some(Err(e)) => Err(read_error(e)),
-        None => Err(Error::Connection(
-            "the coordinator closed the connection".into(),
-        )),
+        None => Err(session.close_reason(CLOSE_ABNORMAL, "", false)),
     }
 }
 
-fn closed_by_coordinator(frame: Option<CloseFrame>) -> Error {
-    match frame {
-        Some(f) if !f.reason.is_empty() => Error::Connection(format!(
-            "the coordinator closed the connection: {}",
-            f.reason
-        )),
-        _ => Error::Connection("the coordinator closed the connection".into()),
-    }
-}
-
+/// A read error as the protocol crate's error: a message over the size limit is
+/// [`Error::FrameTooLarge`], anything else the connection failing.
 fn read_error(e: tungstenite::Error) -> Error {
     match e {
-        tungstenite::Error::Capacity(c) => Error::Connection(format!("frame too large: {c}")),
-        other => Error::Connection(other.to_string()),
+        tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => {
+            Error::FrameTooLarge {
+                size,
+                limit: max_size,
+            }
+        }
+        other => Error::connection_from("reading", other),
     }
 }
 
@@ -373,8 +361,9 @@ enum Jobs {
     Module(ModulePool),
 }
 
-/// What stops the connection: how it ended, for [`Client::done`].
-type End = Result<()>;
+/// What a step of the connection task says: go on, or stop with how the connection ended
+/// (for [`Client::done`]).
+type Step = ControlFlow<Result<()>>;
 
 /// The connection task's state.
 struct Driver<S> {
@@ -394,7 +383,7 @@ where
         mut self,
         replies: Option<mpsc::Receiver<Reply>>,
         drain: CancellationToken,
-    ) -> End {
+    ) -> Result<()> {
         let mut replies_open = replies.is_some();
         let (_, unused) = mpsc::channel(1);
         let mut replies = replies.unwrap_or(unused);
@@ -422,7 +411,7 @@ where
                     draining = true;
                     tracing::info!(outstanding = self.session.outstanding(), "draining: finishing the jobs held, then leaving");
                     let sent = match self.session.drain_frame() {
-                        Ok(frame) => self.ws.send(Message::Binary(frame)).await.map_err(|e| Error::Connection(e.to_string())),
+                        Ok(frame) => self.ws.send(Message::Binary(frame)).await.map_err(|e| Error::connection_from("sending the drain", e)),
                         Err(e) => Err(e),
                     };
                     if let Err(e) = sent {
@@ -431,7 +420,7 @@ where
                 }
                 msg = self.ws.next() => {
                     last_seen = Instant::now();
-                    if let Some(end) = self.read_batch(msg).await {
+                    if let Break(end) = self.read_batch(msg).await {
                         break end;
                     }
                 }
@@ -445,12 +434,12 @@ where
                         }
                         continue;
                     }
-                    if let Some(end) = self.send_replies(&mut batch).await {
+                    if let Break(end) = self.send_replies(&mut batch).await {
                         break end;
                     }
                 }
                 Some(done) = module_done(&mut self.jobs) => {
-                    if let Some(end) = self.on_module(done).await {
+                    if let Break(end) = self.on_module(done).await {
                         break end;
                     }
                 }
@@ -458,8 +447,7 @@ where
                     let limit = idle.unwrap_or(far);
                     if last_seen.elapsed() >= limit {
                         let e = Error::Timeout(format!("the coordinator was silent for {limit:?}"));
-                        close(&mut self.ws, CLOSE_GOING_AWAY, &e.to_string()).await;
-                        break Err(e);
+                        break Err(fail(&mut self.ws, e).await);
                     }
                     deadline.as_mut().reset(last_seen + limit);
                 }
@@ -472,13 +460,11 @@ where
 
     /// Handles `first` and every other message already received, then flushes what they
     /// produced.
-    async fn read_batch(&mut self, first: Option<WsResult>) -> Option<End> {
+    async fn read_batch(&mut self, first: Option<WsResult>) -> Step {
         self.new_round();
         let mut msg = first;
         for taken in 1.. {
-            if let Some(end) = self.on_message(msg).await {
-                return Some(end);
-            }
+            self.on_message(msg).await?;
             if taken == BATCH {
                 break; // the rest waits for the next round, after this batch's answers
             }
@@ -495,30 +481,28 @@ where
 
     /// Answers the jobs a task module finished, or ends the connection when the module
     /// could not be loaded.
-    async fn on_module(&mut self, done: Done) -> Option<End> {
+    async fn on_module(&mut self, done: Done) -> Step {
         match done {
             Done::Results(outcomes) => {
                 for (id, outcome) in outcomes {
-                    if let Some(end) = self.answer(id, outcome).await {
-                        return Some(end);
-                    }
+                    self.answer(id, outcome).await?;
                 }
                 self.flush().await
             }
             Done::Failed(e) => {
                 tracing::error!(error = %e, "the task module cannot run here; leaving");
-                Some(Err(fail(&mut self.ws, e).await))
+                Break(Err(fail(&mut self.ws, e).await))
             }
         }
     }
 
-    async fn on_message(&mut self, msg: Option<WsResult>) -> Option<End> {
-        let frame = match binary(msg) {
+    async fn on_message(&mut self, msg: Option<WsResult>) -> Step {
+        let frame = match binary(msg, &self.session) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return None,
-            // A malformed message is answered with a close frame giving the reason.
-            Err(e @ Error::Malformed(_)) => return Some(Err(fail(&mut self.ws, e).await)),
-            Err(e) => return Some(Err(e)),
+            Ok(None) => return Continue(()),
+            // A text frame is answered with a close frame giving the reason.
+            Err(e @ Error::Unexpected(_)) => return Break(Err(fail(&mut self.ws, e).await)),
+            Err(e) => return Break(Err(e)),
         };
         match self.session.handle_frame_shared(&frame) {
             Ok(Event::Job { id, payload }) => self.take_job(id, payload).await,
@@ -526,36 +510,38 @@ where
                 if let Some(Jobs::Stream(_)) = self.jobs {
                     self.jobs = None; // the job stream ends
                 }
-                None
+                Continue(())
             }
             Ok(Event::Welcomed(_)) => unreachable!("the session rejects a second welcome"),
             Err(e) => {
                 tracing::warn!(error = %e, "closing the connection");
-                Some(Err(fail(&mut self.ws, e).await))
+                Break(Err(fail(&mut self.ws, e).await))
             }
         }
     }
 
-    async fn take_job(&mut self, id: JobId, payload: Bytes) -> Option<End> {
+    async fn take_job(&mut self, id: JobId, payload: Bytes) -> Step {
         let tx = match &mut self.jobs {
             Some(Jobs::Run(runner)) => {
-                let (id, outcome) = runner.start(id, payload).await?;
-                return self.answer(id, outcome).await;
+                return match runner.start(id, payload).await {
+                    Some((id, outcome)) => self.answer(id, outcome).await,
+                    None => Continue(()), // the outcome comes as a reply
+                };
             }
             Some(Jobs::Module(pool)) => {
                 pool.push(id, payload);
-                return None;
+                return Continue(());
             }
             Some(Jobs::Stream(tx)) => tx,
             None => return self.stop_taking_jobs().await,
         };
         match tx.try_send(RawJob { id, payload }) {
-            Ok(()) => None,
+            Ok(()) => Continue(()),
             // The session refuses jobs beyond the capacity, which is also the channel's
             // size: this only guards the invariant.
             Err(mpsc::error::TrySendError::Full(_)) => {
                 let e = Error::Unexpected("more jobs than the declared capacity".into());
-                Some(Err(fail(&mut self.ws, e).await))
+                Break(Err(fail(&mut self.ws, e).await))
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.stop_taking_jobs().await,
         }
@@ -563,40 +549,32 @@ where
 
     /// Nobody takes jobs any more: the worker leaves, and the coordinator re-dispatches what
     /// it does not answer.
-    async fn stop_taking_jobs(&mut self) -> Option<End> {
+    async fn stop_taking_jobs(&mut self) -> Step {
         close(
             &mut self.ws,
             CLOSE_GOING_AWAY,
             "the worker stopped taking jobs",
         )
         .await;
-        Some(Ok(()))
+        Break(Ok(()))
     }
 
     /// Writes every reply of `batch`, then flushes.
-    async fn send_replies(&mut self, batch: &mut Vec<Reply>) -> Option<End> {
+    async fn send_replies(&mut self, batch: &mut Vec<Reply>) -> Step {
         self.new_round();
         for reply in batch.drain(..) {
-            let end = match reply {
+            match reply {
                 Reply::Result(id, outcome) => {
                     if let Some(Jobs::Run(runner)) = &mut self.jobs {
                         runner.finished();
                     }
-                    match self.answer(id, outcome).await {
-                        None => self.pump().await,
-                        end => end,
-                    }
+                    self.answer(id, outcome).await?;
+                    self.pump().await?;
                 }
                 Reply::Emit(value) => match self.session.emit_frame(value) {
-                    Ok(frame) => self.feed(frame).await,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "value not sent");
-                        None
-                    }
+                    Ok(frame) => self.feed(frame).await?,
+                    Err(e) => tracing::warn!(error = %e, "value not sent"),
                 },
-            };
-            if end.is_some() {
-                return end;
             }
         }
         self.flush().await
@@ -610,44 +588,42 @@ where
     }
 
     /// Lets the runner start the jobs it kept waiting, answering those that finish at once.
-    async fn pump(&mut self) -> Option<End> {
-        loop {
-            let Some(Jobs::Run(runner)) = &mut self.jobs else {
-                return None;
+    async fn pump(&mut self) -> Step {
+        while let Some(Jobs::Run(runner)) = &mut self.jobs {
+            let Some((id, outcome)) = runner.pump().await else {
+                break;
             };
-            let (id, outcome) = runner.pump().await?;
-            if let Some(end) = self.answer(id, outcome).await {
-                return Some(end);
-            }
+            self.answer(id, outcome).await?;
         }
+        Continue(())
     }
 
     /// Encodes the outcome of job `id` and feeds it (flushed with the batch).
-    async fn answer(&mut self, id: JobId, outcome: Outcome) -> Option<End> {
+    async fn answer(&mut self, id: JobId, outcome: Outcome) -> Step {
         match self.session.result_frame(id, outcome) {
             Ok(frame) => self.feed(frame).await,
             Err(e) => {
                 tracing::warn!(error = %e, "reply not sent");
-                None
+                Continue(())
             }
         }
     }
 
-    async fn feed(&mut self, frame: Bytes) -> Option<End> {
+    async fn feed(&mut self, frame: Bytes) -> Step {
         self.unflushed = true;
         match self.ws.feed(Message::Binary(frame)).await {
-            Ok(()) => None,
-            Err(e) => Some(Err(Error::Connection(e.to_string()))),
+            Ok(()) => Continue(()),
+            Err(e) => Break(Err(Error::connection_from("sending", e))),
         }
     }
 
-    async fn flush(&mut self) -> Option<End> {
+    async fn flush(&mut self) -> Step {
         if !std::mem::take(&mut self.unflushed) {
-            return None;
+            return Continue(());
         }
         match self.ws.flush().await {
-            Ok(()) => None,
-            Err(e) => Some(Err(Error::Connection(e.to_string()))),
+            Ok(()) => Continue(()),
+            Err(e) => Break(Err(Error::connection_from("sending", e))),
         }
     }
 }

@@ -1,13 +1,31 @@
-//! The typed face of a connection: a stream of jobs and a sink for their results, like the
-//! Go client's `in` and `out` channels.
+//! Jobs and their answers as they pass between the connection and whoever runs the jobs:
+//! raw ([`RawJob`] in, [`Reply`] out), and typed: a stream of jobs and a sink for their
+//! results, like the Go client's `in` and `out` channels.
 
 use std::marker::PhantomData;
 
-use distchan_protocol::{payload, Error, JobId, Result};
+use bytes::Bytes;
+use distchan_protocol::{payload, wire::Outcome, Error, JobId, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 
-use crate::connection::{RawJob, Reply};
+/// A job as it arrives: its id and plain MessagePack payload (transforms already undone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawJob {
+    /// The job's id.
+    pub id: JobId,
+    /// The plain MessagePack payload.
+    pub payload: Bytes,
+}
+
+/// What a worker sends back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The outcome of a job: plain MessagePack bytes or an error message.
+    Result(JobId, Outcome),
+    /// A value sent on the worker's own initiative (plain MessagePack).
+    Emit(Bytes),
+}
 
 /// One job: its id (pass it back with the result) and its value.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,9 +5,14 @@
 //! - [`connection`]: WebSocket connection, handshake and the frame loop, driven by the
 //!   protocol crate's [`WorkerSession`](distchan_protocol::session::WorkerSession) (the
 //!   browser worker drives the same one).
-//! - [`job`]: the typed job stream and result sink (the Go client's `in` and `out`).
+//! - [`job`]: jobs and replies between the connection and what runs the jobs: raw
+//!   ([`RawJob`], [`Reply`]), and the typed job stream and result sink (the Go client's `in`
+//!   and `out`).
+//! - `runner` (private): runs a handler on every job the connection hands it, on tasks of
+//!   their own or, once it has proved quick, on the connection task itself.
 //! - [`serve`](mod@serve): run a handler on every job with bounded concurrency, or the task
-//!   the coordinator names ([`serve_task`]): a built-in demo task or a task module.
+//!   the coordinator names ([`serve_task`]): a built-in demo task or a task module; builds
+//!   on [`connection`] and the runner.
 //! - `module` (private): task modules (WebAssembly) fetched, checked, cached on disk,
 //!   compiled once and run sandboxed by wasmtime on a pool of threads.
 //!
@@ -32,13 +37,14 @@
 pub mod connection;
 pub mod job;
 mod module;
+mod runner;
 pub mod serve;
 
 use std::time::Duration;
 
-pub use connection::{connect_raw, connect_raw_io, Client, RawConnection, RawJob, Reply};
+pub use connection::{connect_raw, connect_raw_io, Client, RawConnection};
 pub use distchan_protocol::{transform, Error, JobId, Result};
-pub use job::{Job, JobStream, ResultSink};
+pub use job::{Job, JobStream, RawJob, Reply, ResultSink};
 pub use module::default_cache_dir;
 pub use serve::{serve, serve_raw, serve_task};
 pub use tokio_util::sync::CancellationToken;

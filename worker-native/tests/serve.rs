@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use distchan_coordinator::{Config, Coordinator, Error, JobOutcome};
+use distchan_coordinator::{Config, Coordinator, JobError, JobOutcome};
 use distchan_worker::{serve, serve::CALIBRATION, Options};
 use tokio::time::timeout;
 
@@ -199,7 +199,7 @@ async fn a_panicking_handler_fails_only_its_own_job() {
     for o in outcomes {
         match o.id.0 {
             3 => assert!(
-                matches!(&o.result, Err(Error::Handler(m)) if m.contains("panicked")),
+                matches!(&o.result, Err(JobError::Failed(m)) if m.contains("panicked")),
                 "{:?}",
                 o.result
             ),

@@ -283,7 +283,7 @@ impl LoadedModule {
 /// The bytes at `url`, with `token` as a bearer token.
 async fn fetch(url: &str, token: Option<&str>) -> Result<Vec<u8>, Error> {
     let failed =
-        |what: String| Error::Connection(format!("fetching the task module {url}: {what}"));
+        |what: String| Error::connection(format!("fetching the task module {url}: {what}"));
     let init = web_sys::RequestInit::new();
     let request = web_sys::Request::new_with_str_and_init(url, &init)
         .map_err(|e| failed(error_message(&e)))?;

@@ -36,7 +36,7 @@ use distchan_protocol::{
     module::ModuleSpec,
     session::{close_frame_for, Event, SessionConfig, WorkerSession},
     transform::{Aes256GcmTransform, TransformChain},
-    wire::{Outcome, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, DEFAULT_MAX_FRAME},
+    wire::{Outcome, CLOSE_NORMAL, DEFAULT_MAX_FRAME},
     Error, JobId,
 };
 use futures_channel::mpsc::{self, UnboundedReceiver, UnboundedSender};
@@ -116,6 +116,28 @@ export interface BrowserWorkerStatus {
   idleTimeoutMs: number | null;
   url: string;
 }
+
+/** What `run()` rejects with: an `Error` whose message is the reason. */
+export interface BrowserWorkerError extends Error {
+  /** The final status. */
+  status: BrowserWorkerStatus;
+  /** True when the coordinator refused this worker. */
+  refused: boolean;
+}
+
+/** The second argument of a handler set with `setHandler`. */
+export interface BrowserWorkerJobInfo {
+  /** The job's id. */
+  id: number;
+  /** The task the coordinator named, if any. */
+  task: string | null;
+}
+
+/**
+ * Answers one job (a plain value) with its result, or a promise of it; a throw or a
+ * rejection is that job's error result.
+ */
+export type BrowserWorkerHandler = (job: unknown, info: BrowserWorkerJobInfo) => unknown;
 "#;
 
 /// How the page configures a worker (`new BrowserWorker(url, options)`).
@@ -295,10 +317,15 @@ struct Inner {
 
 #[wasm_bindgen]
 impl BrowserWorker {
-    /// A worker for the coordinator at `url` (`ws://host:port/ws`); `options` is a
-    /// `BrowserWorkerOptions` object or `undefined`. Nothing connects before `run()`.
+    /// A worker for the coordinator at `url` (`ws://host:port/ws`); `options`, if given
+    /// (not `undefined` or `null`), is a `BrowserWorkerOptions` object. Nothing connects
+    /// before `run()`.
     #[wasm_bindgen(constructor)]
-    pub fn new(url: &str, options: JsValue) -> Result<BrowserWorker, JsError> {
+    pub fn new(
+        url: &str,
+        #[wasm_bindgen(unchecked_optional_param_type = "BrowserWorkerOptions | null")]
+        options: JsValue,
+    ) -> Result<BrowserWorker, JsError> {
         crate::install_panic_hook();
         let options: WorkerOptions = if options.is_undefined() || options.is_null() {
             WorkerOptions::default()
@@ -346,14 +373,26 @@ impl BrowserWorker {
     /// Calls `callback(status)` on every change of state and, at most four times a second,
     /// as jobs complete. `null` removes it.
     #[wasm_bindgen(js_name = onStatus)]
-    pub fn on_status(&self, callback: Option<Function>) {
+    pub fn on_status(
+        &self,
+        #[wasm_bindgen(
+            unchecked_optional_param_type = "((status: BrowserWorkerStatus) => void) | null"
+        )]
+        callback: Option<Function>,
+    ) {
         *self.inner.on_status.borrow_mut() = callback;
     }
 
     /// Calls `callback(result, job, id)` with every successful result as a plain value (a
     /// Mandelbrot tile's `rgba` is a `Uint8Array`). `null` removes it.
     #[wasm_bindgen(js_name = onResult)]
-    pub fn on_result(&self, callback: Option<Function>) {
+    pub fn on_result(
+        &self,
+        #[wasm_bindgen(
+            unchecked_optional_param_type = "((result: unknown, job: unknown, id: number) => void) | null"
+        )]
+        callback: Option<Function>,
+    ) {
         *self.inner.on_result.borrow_mut() = callback;
     }
 
@@ -361,20 +400,25 @@ impl BrowserWorker {
     /// the result or a promise of it; a throw or a rejection becomes that job's error
     /// result. Must be set before `run()`; `null` goes back to the built-in tasks.
     #[wasm_bindgen(js_name = setHandler)]
-    pub fn set_handler(&self, handler: Option<Function>) {
+    pub fn set_handler(
+        &self,
+        #[wasm_bindgen(unchecked_optional_param_type = "BrowserWorkerHandler | null")]
+        handler: Option<Function>,
+    ) {
         *self.inner.handler.borrow_mut() = handler;
     }
 
     /// The current status (see `BrowserWorkerStatus`).
-    #[wasm_bindgen(js_name = status)]
+    #[wasm_bindgen(js_name = status, unchecked_return_type = "BrowserWorkerStatus")]
     pub fn status_js(&self) -> JsValue {
         self.inner.status.borrow().to_js()
     }
 
     /// Connects and works until the end. Resolves with the final status after end-of-work
-    /// or a stop; rejects with an `Error` whose message is the reason otherwise (its
-    /// `refused` property is true for a refusal, and `status` holds the final status).
-    /// A worker runs once.
+    /// or a stop; rejects otherwise with a `BrowserWorkerError`: an `Error` whose message is
+    /// the reason (its `refused` property is true for a refusal, and `status` holds the
+    /// final status). A worker runs once.
+    #[wasm_bindgen(unchecked_return_type = "Promise<BrowserWorkerStatus>")]
     pub fn run(&self) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
@@ -452,6 +496,25 @@ struct Ending {
     state: State,
     clean: bool,
     reason: String,
+}
+
+impl From<Error> for Ending {
+    /// A run ended by `err`: refused with the coordinator's reason, or closed with the
+    /// error's message.
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Refused(refusal) => Ending {
+                state: State::Refused,
+                clean: false,
+                reason: refusal.to_string(),
+            },
+            other => Ending {
+                state: State::Closed,
+                clean: false,
+                reason: other.to_string(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -598,8 +661,8 @@ impl Run {
             SocketEvent::Binary(frame) => self.on_frame(&frame),
             SocketEvent::Text => {
                 if self.phase != Phase::Closing {
-                    self.fail(Error::Malformed(
-                        "text frames are not part of the protocol".into(),
+                    self.fail(Error::Unexpected(
+                        "a text frame (the protocol uses binary frames only)".into(),
                     ));
                 }
             }
@@ -623,7 +686,7 @@ impl Run {
         match self.session.hello_frame() {
             Ok(hello) => match self.socket.send(&hello) {
                 Ok(()) => self.phase = Phase::AwaitingWelcome,
-                Err(e) => self.fail(Error::Connection(e)),
+                Err(e) => self.fail(Error::connection(e)),
             },
             Err(e) => self.fail(e),
         }
@@ -679,9 +742,8 @@ impl Run {
             self.ended = self.closing.take();
             return;
         }
-        let reason = reason.trim().to_owned();
-        self.ended = Some(match self.phase {
-            Phase::Connecting => Ending {
+        if self.phase == Phase::Connecting {
+            self.ended = Some(Ending {
                 state: State::Closed,
                 clean: false,
                 reason: format!(
@@ -689,23 +751,14 @@ impl Run {
                     self.inner.url,
                     self.session.config().subprotocol()
                 ),
-            },
-            // A refusal whose Refused frame was lost still says why in the close frame.
-            Phase::AwaitingWelcome
-                if (code == CLOSE_POLICY || code == CLOSE_PROTOCOL_ERROR) && !reason.is_empty() =>
-            {
-                Ending {
-                    state: State::Refused,
-                    clean: false,
-                    reason,
-                }
-            }
-            _ => Ending {
-                state: State::Closed,
-                clean: false,
-                reason: closed_by_coordinator(code, &reason, clean || !self.saw_error),
-            },
-        });
+            });
+            return;
+        }
+        // A refusal whose Refused frame was lost still says why in the close frame.
+        let err = self
+            .session
+            .close_reason(code, &reason, clean || !self.saw_error);
+        self.ended = Some(Ending::from(err));
     }
 
     /// Fetches and compiles the task module `spec` names; jobs wait meanwhile.
@@ -781,7 +834,7 @@ impl Run {
         match self.session.result_frame(id, outcome) {
             Ok(frame) => {
                 if let Err(e) = self.socket.send(&frame) {
-                    self.fail(Error::Connection(e));
+                    self.fail(Error::connection(e));
                     return;
                 }
             }
@@ -823,7 +876,7 @@ impl Run {
                 match self.session.drain_frame() {
                     Ok(frame) => {
                         if let Err(e) = self.socket.send(&frame) {
-                            self.fail(Error::Connection(e));
+                            self.fail(Error::connection(e));
                             return;
                         }
                     }
@@ -869,19 +922,7 @@ impl Run {
     fn fail(&mut self, err: Error) {
         let (code, reason) = close_frame_for(&err);
         self.socket.close(code, &reason);
-        let ending = match err {
-            Error::Refused(refusal) => Ending {
-                state: State::Refused,
-                clean: false,
-                reason: refusal.to_string(),
-            },
-            other => Ending {
-                state: State::Closed,
-                clean: false,
-                reason: other.to_string(),
-            },
-        };
-        self.begin_closing(ending);
+        self.begin_closing(Ending::from(err));
     }
 
     fn begin_closing(&mut self, ending: Ending) {
@@ -891,13 +932,5 @@ impl Run {
         self.phase = Phase::Closing;
         self.deadline = Some(js_sys::Date::now() + f64::from(CLOSE_WAIT_MS));
         self.closing = Some(ending);
-    }
-}
-
-fn closed_by_coordinator(code: u16, reason: &str, clean: bool) -> String {
-    match (reason.is_empty(), clean) {
-        (false, _) => format!("the coordinator closed the connection: {reason}"),
-        (true, true) => format!("the coordinator closed the connection (code {code})"),
-        (true, false) => format!("the connection was lost (code {code})"),
     }
 }

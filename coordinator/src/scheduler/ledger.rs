@@ -8,16 +8,17 @@
 //!   back with its answer, which counts only if the job still has no outcome.
 //! - **Retries**: a handler failure is retried `handler_retries` times; a job lost with
 //!   its worker or its lease goes back to the front of the line, `max_retries` times,
-//!   then fails with [`Error::WorkerLost`].
+//!   then fails with [`JobError::WorkerLost`].
 
 use std::collections::{hash_map, VecDeque};
 
 use bytes::Bytes;
-use distchan_protocol::{wire::JobResult, Error, JobId};
+use distchan_protocol::{wire::JobResult, JobId};
 use rustc_hash::FxHashMap as HashMap;
 use tokio::time::Instant;
 
 use super::{hub::Wakes, workers::Held, Scheduler, WorkerId};
+use crate::JobError;
 
 /// Where a job in the table is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +249,7 @@ impl Scheduler {
         }
         let entry = job.remove();
         self.close_entry(id, entry, worker, now);
-        self.deliver(id, Some(worker), outcome.map_err(Error::Handler), wakes);
+        self.deliver(id, Some(worker), outcome.map_err(JobError::Failed), wakes);
     }
 
     /// The entry of job `id`, answered by `worker`, has left the table: whoever else still
@@ -295,7 +296,7 @@ impl Scheduler {
             if entry.lost > self.config.max_retries {
                 let attempts = entry.lost;
                 self.ledger.table.remove(&id);
-                self.deliver(id, None, Err(Error::WorkerLost { attempts }), wakes);
+                self.deliver(id, None, Err(JobError::WorkerLost { attempts }), wakes);
             } else {
                 requeue.push(id);
             }

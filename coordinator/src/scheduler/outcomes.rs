@@ -2,10 +2,10 @@
 //! backlog pauses dispatch), and end-of-work once every job has its outcome.
 
 use bytes::Bytes;
-use distchan_protocol::{Error, JobId};
+use distchan_protocol::JobId;
 
 use super::{hub::Wakes, Scheduler, WorkerId};
-use crate::connection::Outgoing;
+use crate::{connection::Outgoing, JobError};
 
 /// An outcome as the scheduler delivers it: still encoded.
 #[derive(Debug)]
@@ -16,7 +16,7 @@ pub(crate) struct RawOutcome {
     /// The worker whose answer this is; `None` when no worker answered.
     pub worker: Option<WorkerId>,
     /// The encoded result, or why there is none.
-    pub result: Result<Bytes, Error>,
+    pub result: Result<Bytes, JobError>,
 }
 
 impl Scheduler {
@@ -31,7 +31,7 @@ impl Scheduler {
         &mut self,
         id: JobId,
         worker: Option<WorkerId>,
-        result: Result<Bytes, Error>,
+        result: Result<Bytes, JobError>,
         wakes: &mut Wakes,
     ) {
         if result.is_ok() {

@@ -11,7 +11,7 @@ use std::{
 use bytes::Bytes;
 use distchan_protocol::{
     wire::{JobFrameBuilder, JobResult, WorkerKind},
-    Error, JobId,
+    JobId,
 };
 use tokio::time::Instant;
 
@@ -20,6 +20,7 @@ use crate::{
     config::Config,
     connection::{Incoming, Joining, Outgoing},
     stats::Counters,
+    JobError,
 };
 
 /// A hub with a job side and a result side.
@@ -186,7 +187,10 @@ fn a_leaving_worker_s_jobs_go_to_another_and_only_those_it_was_sent_count_as_los
     hub.leave(w1, "test");
     let got = one_outcome(&hub);
     assert_eq!(got.id, JobId(0));
-    assert!(matches!(got.result, Err(Error::WorkerLost { attempts: 1 })));
+    assert!(matches!(
+        got.result,
+        Err(JobError::WorkerLost { attempts: 1 })
+    ));
     let w2 = join(&hub, 2);
     assert_eq!(
         sent(&hub, w2),
@@ -244,7 +248,7 @@ fn a_handler_failure_is_retried_then_reported() {
     assert_eq!(sent(&hub, w), ids(0..1), "the job is sent again");
     answer(&hub, w, JobId(0), Err("boom again"));
     let got = one_outcome(&hub);
-    assert!(matches!(&got.result, Err(Error::Handler(m)) if m == "boom again"));
+    assert!(matches!(&got.result, Err(JobError::Failed(m)) if m == "boom again"));
     assert_eq!(hub.stats().failed, 1);
 }
 

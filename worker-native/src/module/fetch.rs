@@ -60,19 +60,21 @@ pub async fn fetch(
 async fn download(ws_url: &str, spec: &ModuleSpec, token: Option<&str>) -> Result<Vec<u8>> {
     let url = module::module_url(ws_url, &spec.path)?;
     tracing::info!(%url, size = spec.size, "fetching the task module");
-    let failed = |e: &dyn std::fmt::Display| Error::Connection(format!("fetching {url}: {e}"));
+    let failed = |e: reqwest::Error| Error::connection_from(format!("fetching {url}"), e);
     let client = reqwest::Client::builder()
         .timeout(FETCH_TIMEOUT)
         .build()
-        .map_err(|e| failed(&e))?;
+        .map_err(failed)?;
     let mut request = client.get(&url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.map_err(|e| failed(&e))?;
+    let response = request.send().await.map_err(failed)?;
     let status = response.status();
     if !status.is_success() {
-        return Err(failed(&format!("the coordinator answered {status}")));
+        return Err(Error::connection(format!(
+            "fetching {url}: the coordinator answered {status}"
+        )));
     }
     if response.content_length().is_some_and(|n| n > spec.size) {
         return Err(ModuleError::Invalid(format!(
@@ -81,7 +83,7 @@ async fn download(ws_url: &str, spec: &ModuleSpec, token: Option<&str>) -> Resul
         ))
         .into());
     }
-    let bytes = response.bytes().await.map_err(|e| failed(&e))?;
+    let bytes = response.bytes().await.map_err(failed)?;
     Ok(bytes.to_vec())
 }
 

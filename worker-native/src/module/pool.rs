@@ -116,8 +116,8 @@ impl ModulePool {
             }
         }
         if started == 0 {
-            let _ = tx.send(Done::Failed(Error::Config(
-                "no thread could be started to run the task module".into(),
+            let _ = tx.send(Done::Failed(Error::config(
+                "no thread could be started to run the task module",
             )));
         } else {
             let shared = shared.clone();
@@ -199,7 +199,7 @@ async fn load(source: &Source, threads: usize) -> Result<Arc<Loaded>, Error> {
     match compiled {
         Ok(Ok(loaded)) => Ok(loaded),
         Ok(Err(reason)) => Err(ModuleError::Invalid(reason).into()),
-        Err(e) => Err(Error::Config(format!("compiling the module failed: {e}"))),
+        Err(e) => Err(Error::config_from("compiling the module failed", e)),
     }
 }
 

@@ -137,9 +137,8 @@ async fn capitalize(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error>
 /// through the module; the first results are printed. Its results cannot be verified here.
 async fn module_words(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error> {
     if args.verify {
-        return Err(Error::Config(
-            "--verify checks the built-in demos; a task module's results cannot be recomputed here"
-                .into(),
+        return Err(Error::config(
+            "--verify checks the built-in demos; a task module's results cannot be recomputed here",
         ));
     }
     let input = words(args.jobs);

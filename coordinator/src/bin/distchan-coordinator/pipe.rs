@@ -179,10 +179,9 @@ pub enum RunEnd {
 pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> {
     let task = task_of(server, args)?;
     if args.journal.is_some() && (args.output.is_none() || args.input.as_os_str() == "-") {
-        return Err(Error::Config(
+        return Err(Error::config(
             "--journal needs --input FILE and --output FILE: a resumed run reads the same input \
-             again and appends to the same output"
-                .into(),
+             again and appends to the same output",
         ));
     }
     let resume = match &args.journal {
@@ -263,7 +262,7 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> 
     interrupts.abort();
     let summary = match reader.await {
         Ok(result) => result?,
-        Err(e) => return Err(Error::Config(format!("the input reader failed: {e}"))),
+        Err(e) => return Err(Error::config(format!("the input reader failed: {e}"))),
     };
     let lines = summary.jobs + summary.replayed + summary.already_written;
     progress.update(tally, Some(lines));
@@ -313,10 +312,10 @@ fn task_of<'a>(server: &ServerArgs, args: &'a PipeArgs) -> Result<&'a str, Error
     match (&args.task, &server.module) {
         (Some(task), None) => Ok(task.as_str()),
         (None, Some(_)) => Ok(""),
-        (Some(_), Some(_)) => Err(Error::Config(
-            "--task and --module are exclusive: a run uses a built-in task or a task module".into(),
+        (Some(_), Some(_)) => Err(Error::config(
+            "--task and --module are exclusive: a run uses a built-in task or a task module",
         )),
-        (None, None) => Err(Error::Config(format!(
+        (None, None) => Err(Error::config(format!(
             "name what the workers run: --task ({}) or --module FILE.wasm",
             tasks::ALL.join(", ")
         ))),
@@ -329,7 +328,7 @@ fn open_output(path: &Path) -> Result<File, Error> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| Error::Config(format!("cannot open the output {}: {e}", path.display())))
+        .map_err(|e| Error::config(format!("cannot open the output {}: {e}", path.display())))
 }
 
 /// Reads the input line by line: sends a job for every line that needs one, and tells the
@@ -346,7 +345,7 @@ async fn read_input(
         Box::new(tokio::io::stdin())
     } else {
         Box::new(tokio::fs::File::open(&input).await.map_err(|e| {
-            Error::Config(format!("cannot read the input {}: {e}", input.display()))
+            Error::config(format!("cannot read the input {}: {e}", input.display()))
         })?)
     };
     let mut reader = BufReader::with_capacity(1 << 16, source).lines();
@@ -492,13 +491,13 @@ impl Order {
             match line {
                 Some(Some(written)) => out.push(written),
                 Some(None) => {}
-                None => return Err(Error::Config("a line never got its result".into())),
+                None => return Err(Error::config("a line never got its result")),
             }
         }
         if self.early.is_empty() && self.line_of.is_empty() {
             Ok(())
         } else {
-            Err(Error::Config(format!(
+            Err(Error::config(format!(
                 "{} results without a line and {} lines without a result",
                 self.early.len(),
                 self.line_of.len()
@@ -547,7 +546,7 @@ impl Sink {
                     let records: Vec<Record> = group.iter().map(Written::record).collect();
                     journal
                         .append(&records)
-                        .map_err(|e| Error::Config(e.to_string()))?;
+                        .map_err(|e| Error::config(e.to_string()))?;
                 }
                 text.clear();
                 for w in &group {
@@ -576,7 +575,7 @@ impl Sink {
             _ => Err(self
                 .close()
                 .err()
-                .unwrap_or_else(|| Error::Config("the result writer stopped".into()))),
+                .unwrap_or_else(|| Error::config("the result writer stopped"))),
         }
     }
 
@@ -585,10 +584,10 @@ impl Sink {
         let journal = self
             .journal
             .as_ref()
-            .ok_or_else(|| Error::Config("no journal to replay from".into()))?;
+            .ok_or_else(|| Error::config("no journal to replay from"))?;
         let record = journal
             .read(offset)
-            .map_err(|e| Error::Config(e.to_string()))?;
+            .map_err(|e| Error::config(e.to_string()))?;
         let text = match record.outcome {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(message) => message,
@@ -605,7 +604,7 @@ impl Sink {
         drop(self.groups.take());
         match self.thread.take().map(|t| t.join()) {
             Some(Ok(result)) => result,
-            Some(Err(_)) => Err(Error::Config("the result writer failed".into())),
+            Some(Err(_)) => Err(Error::config("the result writer failed")),
             None => Ok(()),
         }
     }
@@ -649,7 +648,7 @@ impl Resume {
     fn prepare(server: &ServerArgs, args: &PipeArgs, path: &Path) -> Result<Resume, Error> {
         let identity = identity(server, args)?;
         let (journal, found) =
-            Journal::open(path, &identity).map_err(|e| Error::Config(e.to_string()))?;
+            Journal::open(path, &identity).map_err(|e| Error::config(e.to_string()))?;
         if journal.dropped() > 0 {
             notice(
                 Level::WARN,
@@ -678,7 +677,7 @@ impl Resume {
         if !missing.is_empty() {
             journal
                 .append(&missing)
-                .map_err(|e| Error::Config(e.to_string()))?;
+                .map_err(|e| Error::config(e.to_string()))?;
         }
         let mut skip: HashMap<u64, Skip> = journaled
             .into_iter()
@@ -717,7 +716,7 @@ struct Output {
 /// result line of each input line it holds.
 fn repair_output(path: &Path) -> Result<Output, Error> {
     let failed = |e: &dyn fmt::Display| {
-        Error::Config(format!("cannot read the output {}: {e}", path.display()))
+        Error::config(format!("cannot read the output {}: {e}", path.display()))
     };
     let mut bytes = Vec::new();
     match File::open(path) {
@@ -773,7 +772,7 @@ fn identity(server: &ServerArgs, args: &PipeArgs) -> Result<String, Error> {
     File::open(&args.input)
         .and_then(|mut f| f.read_to_end(&mut input))
         .map_err(|e| {
-            Error::Config(format!(
+            Error::config(format!(
                 "cannot read the input {}: {e}",
                 args.input.display()
             ))
