@@ -1,7 +1,7 @@
 //! One browser tab as the worker: headless Chromium opens the volunteer page, as a volunteer
 //! would (two Web Worker threads, one connection each), against a coordinator in this
 //! process; tiny jobs through the built-in `capitalize` task and through the same work as a
-//! task module (command and reactor; see [`tasks`](crate::tasks)).
+//! task module (command and reactor; see [`tasks`]).
 //!
 //! Chromium is started directly, with no driver attached: a driver that reports every
 //! WebSocket frame through DevTools would slow the tab down. The rate is taken at the
