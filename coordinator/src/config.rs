@@ -63,6 +63,9 @@ pub struct Config {
     pub result_capacity: usize,
     /// Path of the WebSocket endpoint.
     pub ws_path: String,
+    /// How long [`Coordinator::shutdown`](crate::Coordinator::shutdown) waits, after the end
+    /// of the work, for the workers to close by themselves.
+    pub shutdown_grace: Duration,
     /// Folder served over HTTP at `/` (the volunteer page); `None` serves no files.
     pub static_dir: Option<PathBuf>,
 }
@@ -87,6 +90,7 @@ impl Default for Config {
             queue_capacity: 1024,
             result_capacity: 1024,
             ws_path: "/ws".into(),
+            shutdown_grace: Duration::from_secs(5),
             static_dir: None,
         }
     }

@@ -172,9 +172,10 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
         max_frame: shared.config.max_frame as u64,
         module: shared.module.as_ref().map(|(spec, _)| spec.clone()),
     });
+    let silence = silence_limit(&shared, hello.kind);
     let (code, reason) = match wire::encode_to_worker(&welcome) {
         Ok(frame) => match ws.send(Message::Binary(frame)).await {
-            Ok(()) => run(worker, &wake, &mut ws, &shared, &last_seen).await,
+            Ok(()) => run(worker, &wake, &mut ws, &shared, &last_seen, silence).await,
             Err(e) => (CLOSE_GOING_AWAY, format!("could not send the welcome: {e}")),
         },
         Err(e) => (
@@ -182,7 +183,10 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
             format!("could not encode the welcome: {e}"),
         ),
     };
-    if code == wire::CLOSE_NORMAL {
+    // Closing everyone after the end of the work is the normal end of a run.
+    let normal =
+        code == wire::CLOSE_NORMAL || (code == CLOSE_GOING_AWAY && *shared.finished.borrow());
+    if normal {
         tracing::info!(worker, %reason, "worker left");
     } else {
         tracing::warn!(worker, code, %reason, "worker disconnected");
@@ -242,13 +246,36 @@ async fn handshake(
     )
 }
 
+/// How long a worker of `kind` may stay silent before it counts as dead: two heartbeat
+/// intervals (`None` without heartbeats). A browser tab answers between jobs, and a task
+/// module's job in a tab cannot be interrupted: there, a job's whole time limit is allowed
+/// on top.
+fn silence_limit(shared: &Shared, kind: WorkerKind) -> Option<Duration> {
+    let heartbeat = shared.config.heartbeat;
+    if heartbeat.is_zero() {
+        return None;
+    }
+    let module_job = match (&shared.module, kind) {
+        (Some(_), WorkerKind::Browser) => {
+            Duration::from_millis(shared.config.module_limits.timeout_ms)
+        }
+        _ => Duration::ZERO,
+    };
+    Some(2 * heartbeat + module_job)
+}
+
 /// Reads and writes until the connection ends, with its close code and reason.
+///
+/// Every heartbeat interval the worker gets a [`ToWorker::Ping`], which its own event loop
+/// answers; only the worker's frames count as signs of life (a browser answers WebSocket
+/// pings even when its page is frozen). Silent for `silence`, it is dead.
 async fn run(
     worker: WorkerId,
     wake: &Notify,
     ws: &mut WebSocket,
     shared: &Shared,
     last_seen: &AtomicU64,
+    silence: Option<Duration>,
 ) -> (u16, String) {
     let epoch = shared.epoch;
     let start = Instant::now();
@@ -262,8 +289,10 @@ async fn run(
     } else {
         Duration::from_secs(3600)
     };
+    let silence = silence.unwrap_or(2 * period);
     let mut ping = tokio::time::interval_at(start + period, period);
-    let deadline = tokio::time::sleep_until(start + 2 * period);
+    let mut pings = 0u64;
+    let deadline = tokio::time::sleep_until(start + silence);
     tokio::pin!(deadline);
     // Kept across rounds of the loop, and armed again only once it fired.
     let woken = wake.notified();
@@ -276,7 +305,6 @@ async fn run(
                     Ok(msg) => msg,
                     Err(e) => return (CLOSE_GOING_AWAY, format!("write failed: {e}")),
                 };
-                last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                 let mut bytes = 0;
                 let mut end = None;
                 // Every message already there (up to BATCH), then settle them in one step.
@@ -297,7 +325,11 @@ async fn run(
                         Poll::Pending => break,
                     };
                 }
-                shared.counters.bytes_in.inc_by(bytes);
+                if bytes > 0 {
+                    // The worker itself spoke (a result, a pong): it is alive.
+                    last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    shared.counters.bytes_in.inc_by(bytes);
+                }
                 if !batch.is_empty() {
                     hub.settle(worker, &mut batch);
                 }
@@ -324,14 +356,18 @@ async fn run(
                 shared.counters.bytes_out.inc_by(bytes);
             }
             _ = ping.tick(), if enabled => {
-                ws.queue_ping();
+                pings += 1;
+                match wire::encode_to_worker(&ToWorker::Ping(pings)) {
+                    Ok(frame) => ws.queue_binary(frame),
+                    Err(e) => return (CLOSE_POLICY, e.to_string()),
+                }
             }
             _ = &mut deadline, if enabled => {
                 let seen_at = epoch + Duration::from_millis(last_seen.load(Ordering::Relaxed));
-                if Instant::now() >= seen_at + 2 * period {
-                    return (CLOSE_GOING_AWAY, format!("no sign of life for {:?} (two heartbeats)", 2 * period));
+                if Instant::now() >= seen_at + silence {
+                    return (CLOSE_GOING_AWAY, format!("no sign of life for {silence:?} (it answered no heartbeat)"));
                 }
-                deadline.as_mut().reset(seen_at + 2 * period);
+                deadline.as_mut().reset(seen_at + silence);
             }
         }
     }
@@ -364,6 +400,8 @@ fn read_one(
         Ok(ToCoordinator::Result(r)) => Ok(Some(Incoming::Result(r))),
         Ok(ToCoordinator::Emit { payload }) => Ok(Some(Incoming::Emit(payload))),
         Ok(ToCoordinator::Drain) => Ok(Some(Incoming::Drain)),
+        // Its arrival is what counts (see `run`).
+        Ok(ToCoordinator::Pong(_)) => Ok(None),
         Ok(ToCoordinator::Hello(_)) => {
             Err(close_frame_for(&Error::Unexpected("a second hello".into())))
         }

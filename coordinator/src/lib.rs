@@ -461,7 +461,19 @@ impl Coordinator {
 
     /// Stops accepting connections, tells every worker, ends the result channel and reports
     /// the jobs that never got an outcome.
+    ///
+    /// After the end of the work ([`Coordinator::finished`]) the workers, told end-of-work,
+    /// close by themselves: they get up to [`Config::shutdown_grace`] to do so before the
+    /// coordinator closes what is left, so that a normal end is a clean end on both sides.
     pub async fn shutdown(mut self) -> ShutdownReport {
+        if *self.shared.finished.borrow() {
+            let mut workers = self.shared.workers.clone();
+            let _ = tokio::time::timeout(
+                self.shared.config.shutdown_grace,
+                workers.wait_for(|&n| n == 0),
+            )
+            .await;
+        }
         self.cancel.cancel();
         let report = self.shared.hub.shut_down();
         if let Some(leases) = self.lease_task.take() {

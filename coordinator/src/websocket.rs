@@ -20,7 +20,7 @@ use tokio_tungstenite::{
         self,
         protocol::{
             frame::{
-                coding::{Control, Data, OpCode},
+                coding::{Data, OpCode},
                 FrameHeader,
             },
             Role, WebSocketConfig,
@@ -62,11 +62,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Queues a binary message carrying `payload`, to be written before the next read.
     pub fn queue_binary(&mut self, payload: Bytes) {
         self.queue_frame(OpCode::Data(Data::Binary), payload);
-    }
-
-    /// Queues a ping, to be written before the next read.
-    pub fn queue_ping(&mut self) {
-        self.queue_frame(OpCode::Control(Control::Ping), Bytes::new());
     }
 
     /// Queues one whole, final, unmasked frame (what a server sends) carrying `payload`.
@@ -120,7 +115,7 @@ mod tests {
         let small = Bytes::from_static(b"small job");
         let large = Bytes::from(vec![7u8; 70_000]); // queued as it is, not gathered
         server.queue_binary(small.clone());
-        server.queue_ping();
+        server.queue_binary(Bytes::new());
         server.queue_binary(large.clone());
         server.send(Message::Binary("after".into())).await.unwrap();
         let mut got = Vec::new();
@@ -131,7 +126,7 @@ mod tests {
             got,
             [
                 Message::Binary(small),
-                Message::Ping(Bytes::new()),
+                Message::Binary(Bytes::new()),
                 Message::Binary(large),
                 Message::Binary("after".into()),
             ]

@@ -8,7 +8,7 @@ use common::{capitalizer, start, LIMIT};
 use distchan_coordinator::{Config, Coordinator, JobOutcome};
 use distchan_protocol::{
     transform::Aes256GcmTransform,
-    wire::{RefusalCode, PROTOCOL_VERSION},
+    wire::{self, RefusalCode, PROTOCOL_VERSION},
     Error,
 };
 use distchan_worker::Options;
@@ -159,7 +159,8 @@ async fn a_worker_of_another_version_is_refused_and_receives_nothing() {
         Err(Error::Refused(r)) => {
             assert_eq!(r.code, RefusalCode::VersionMismatch);
             assert!(
-                r.reason.contains("distchan.v1") && r.reason.contains("distchan.v2"),
+                r.reason.contains(&wire::subprotocol(PROTOCOL_VERSION))
+                    && r.reason.contains(&wire::subprotocol(PROTOCOL_VERSION + 1)),
                 "{}",
                 r.reason
             );

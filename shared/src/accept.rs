@@ -197,7 +197,8 @@ mod tests {
         for r in [by_subprotocol, in_the_hello] {
             assert_eq!(r.code, RefusalCode::VersionMismatch);
             assert!(
-                r.reason.contains("distchan.v1") && r.reason.contains("distchan.v7"),
+                r.reason.contains(&wire::subprotocol(PROTOCOL_VERSION))
+                    && r.reason.contains("distchan.v7"),
                 "{r}"
             );
         }
@@ -304,9 +305,10 @@ mod tests {
 
     #[test]
     fn ours_is_agreed_when_offered_else_the_first_distchan_name() {
+        let ours = wire::subprotocol(PROTOCOL_VERSION);
         assert_eq!(
-            agreed_subprotocol(&["chat", "distchan.v7", "distchan.v1"]),
-            Some("distchan.v1")
+            agreed_subprotocol(&["chat", "distchan.v7", &ours]),
+            Some(ours.as_str())
         );
         assert_eq!(
             agreed_subprotocol(&["chat", "distchan.v7", "distchan.v8"]),

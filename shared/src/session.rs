@@ -102,16 +102,24 @@ pub enum Event {
         /// The decoded payload.
         payload: Bytes,
     },
-    /// No more work will come. Finish the outstanding jobs, then close.
+    /// No more work will come (after a drain: nothing more is on its way). Finish the
+    /// outstanding jobs, then close.
     EndOfWork,
+    /// The coordinator checks that this worker's event loop is alive: send
+    /// [`WorkerSession::pong_frame`] with this number.
+    Ping(u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitingWelcome,
     Running,
+    /// The worker asked to leave; the coordinator's end-of-work has not come yet.
     Draining,
-    EndOfWork,
+    /// End-of-work came (`left`: in answer to the worker's drain).
+    EndOfWork {
+        left: bool,
+    },
     Failed,
 }
 
@@ -235,8 +243,13 @@ impl WorkerSession {
                 })
             }
             (Phase::Running | Phase::Draining, ToWorker::EndOfWork) => {
-                self.phase = Phase::EndOfWork;
+                self.phase = Phase::EndOfWork {
+                    left: self.phase == Phase::Draining,
+                };
                 Ok(Event::EndOfWork)
+            }
+            (Phase::Running | Phase::Draining | Phase::EndOfWork { .. }, ToWorker::Ping(n)) => {
+                Ok(Event::Ping(n))
             }
             (_, other) => Err(Error::Unexpected(format!(
                 "{} is not expected now",
@@ -272,9 +285,15 @@ impl WorkerSession {
         wire::encode_to_coordinator(&ToCoordinator::Result(JobResult { id, outcome }))
     }
 
-    /// The frame that tells the coordinator this worker is leaving; after it the
-    /// coordinator sends no more jobs, and the session is finished once the outstanding
-    /// jobs are answered.
+    /// The answer to [`Event::Ping`] number `n`.
+    pub fn pong_frame(&self, n: u64) -> Result<Bytes> {
+        wire::encode_to_coordinator(&ToCoordinator::Pong(n))
+    }
+
+    /// The frame that tells the coordinator this worker is leaving. The coordinator sends
+    /// no more jobs, and answers with end-of-work once every job it gave this worker is on
+    /// its way; the session is finished when that has come and every job is answered, so
+    /// no job is lost in between.
     pub fn drain_frame(&mut self) -> Result<Bytes> {
         if self.phase == Phase::Running {
             self.phase = Phase::Draining;
@@ -294,15 +313,45 @@ impl WorkerSession {
         self.outstanding_total
     }
 
-    /// True once the coordinator said end-of-work (or the worker drained) and every job
-    /// received has been answered: the worker may close the connection.
+    /// True once the coordinator said end-of-work (or answered the worker's drain) and every
+    /// job received has been answered: the worker may close the connection.
     pub fn is_finished(&self) -> bool {
-        matches!(self.phase, Phase::EndOfWork | Phase::Draining) && self.outstanding_total == 0
+        matches!(self.phase, Phase::EndOfWork { .. }) && self.outstanding_total == 0
     }
 
-    /// True once end-of-work has been received.
+    /// True once end-of-work has been received for the end of the work (not in answer to a
+    /// drain).
     pub fn end_of_work(&self) -> bool {
-        self.phase == Phase::EndOfWork
+        self.phase == Phase::EndOfWork { left: false }
+    }
+
+    /// True once the worker has asked to leave.
+    pub fn draining(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Draining | Phase::EndOfWork { left: true }
+        )
+    }
+
+    /// The close reason a finished worker sends: `end of work`, or `worker left` after a
+    /// drain.
+    pub fn finish_reason(&self) -> &'static str {
+        if self.end_of_work() {
+            "end of work"
+        } else {
+            "worker left"
+        }
+    }
+
+    /// What it means that the coordinator closed the connection: `Ok` when the session was
+    /// over anyway (end-of-work received and every job answered: the coordinator only went
+    /// first), otherwise the error [`WorkerSession::close_reason`] gives.
+    pub fn closed_by_peer(&self, code: u16, reason: &str, clean: bool) -> Result<()> {
+        if self.is_finished() {
+            Ok(())
+        } else {
+            Err(self.close_reason(code, reason, clean))
+        }
     }
 
     /// What it means that the coordinator ended the connection, as the worker's WebSocket
@@ -401,6 +450,88 @@ fn to_worker_name(msg: &ToWorker) -> &'static str {
         ToWorker::Refused(_) => "a refusal",
         ToWorker::Job(_) => "a job",
         ToWorker::EndOfWork => "end-of-work",
+        ToWorker::Ping(_) => "a ping",
+    }
+}
+
+/// Whether a worker whose connection ended with `err` should connect again (after a
+/// [`Backoff`] delay): yes for a lost connection, a silent or departing coordinator and a
+/// full house; no for what trying again cannot change (a refusal for the token, the protocol
+/// version or the origin, a task module that cannot run here, a configuration error).
+pub fn should_reconnect(err: &Error) -> bool {
+    match err {
+        Error::Refused(r) => matches!(
+            r.code,
+            RefusalCode::TooManyWorkers | RefusalCode::ShuttingDown | RefusalCode::HandshakeTimeout
+        ),
+        Error::Connection { .. }
+        | Error::Disconnected { .. }
+        | Error::Timeout(_)
+        | Error::Io(_) => true,
+        _ => false,
+    }
+}
+
+/// Delays between attempts to connect again: exponential (from `first`, doubling up to
+/// `cap`) with full jitter, so that many workers dropped at once do not come back at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use distchan_protocol::session::Backoff;
+///
+/// let mut backoff = Backoff::default();
+/// let first = backoff.next_delay(u64::MAX);
+/// assert!(first <= Duration::from_millis(250));
+/// for _ in 0..20 {
+///     assert!(backoff.next_delay(u64::MAX) <= Duration::from_secs(30));
+/// }
+/// backoff.reset();
+/// assert_eq!(backoff.attempts(), 0);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    first: Duration,
+    cap: Duration,
+    attempts: u32,
+}
+
+impl Default for Backoff {
+    /// 250 ms doubling up to 30 s.
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(250), Duration::from_secs(30))
+    }
+}
+
+impl Backoff {
+    /// Delays from `first` doubling up to `cap`.
+    pub fn new(first: Duration, cap: Duration) -> Self {
+        Backoff {
+            first,
+            cap,
+            attempts: 0,
+        }
+    }
+
+    /// The delay before the next attempt: a share `random / u64::MAX` of the current
+    /// ceiling (`random` from any source of randomness).
+    pub fn next_delay(&mut self, random: u64) -> Duration {
+        let ceiling = self
+            .first
+            .saturating_mul(1u32 << self.attempts.min(20))
+            .min(self.cap);
+        self.attempts = self.attempts.saturating_add(1);
+        let share = random as f64 / u64::MAX as f64;
+        ceiling.mul_f64(share)
+    }
+
+    /// Attempts made since the last [`Backoff::reset`].
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// A connection succeeded: the next loss starts from the first delay again.
+    pub fn reset(&mut self) {
+        self.attempts = 0;
     }
 }
 
@@ -540,15 +671,101 @@ mod tests {
     }
 
     #[test]
-    fn drain_finishes_after_outstanding_jobs() {
+    fn drain_finishes_once_the_coordinator_says_nothing_more_is_coming() {
         let mut s = WorkerSession::new(SessionConfig::native(4), TransformChain::new());
         s.handle_frame(&welcome()).unwrap();
         s.handle_frame(&job(1, payload::to_msgpack("a").unwrap()))
             .unwrap();
         s.drain_frame().unwrap();
-        assert!(!s.is_finished());
+        assert!(s.draining());
         s.result_frame(JobId(1), Ok(Bytes::new())).unwrap();
+        assert!(
+            !s.is_finished(),
+            "a job may still be on its way until the coordinator answers the drain"
+        );
+        // It was: the coordinator had sent it before it read the drain.
+        assert!(matches!(
+            s.handle_frame(&job(2, payload::to_msgpack("b").unwrap())),
+            Ok(Event::Job { .. })
+        ));
+        let end = wire::encode_to_worker(&ToWorker::EndOfWork).unwrap();
+        assert_eq!(s.handle_frame(&end).unwrap(), Event::EndOfWork);
+        assert!(!s.is_finished(), "job 2 is not answered yet");
+        s.result_frame(JobId(2), Ok(Bytes::new())).unwrap();
         assert!(s.is_finished());
+        assert!(!s.end_of_work(), "the end came in answer to the drain");
+        assert_eq!(s.finish_reason(), "worker left");
+    }
+
+    #[test]
+    fn pings_are_answered_with_their_number() {
+        let mut s = WorkerSession::new(SessionConfig::native(1), TransformChain::new());
+        let ping = wire::encode_to_worker(&ToWorker::Ping(41)).unwrap();
+        assert!(s.handle_frame(&ping).is_err(), "no ping before the welcome");
+        let mut s = WorkerSession::new(SessionConfig::native(1), TransformChain::new());
+        s.handle_frame(&welcome()).unwrap();
+        assert_eq!(s.handle_frame(&ping).unwrap(), Event::Ping(41));
+        assert_eq!(
+            wire::decode_to_coordinator(&s.pong_frame(41).unwrap()).unwrap(),
+            ToCoordinator::Pong(41)
+        );
+    }
+
+    #[test]
+    fn a_close_after_the_end_of_the_work_is_a_clean_end() {
+        let mut s = WorkerSession::new(SessionConfig::native(2), TransformChain::new());
+        s.handle_frame(&welcome()).unwrap();
+        s.handle_frame(&job(1, payload::to_msgpack("a").unwrap()))
+            .unwrap();
+        let end = wire::encode_to_worker(&ToWorker::EndOfWork).unwrap();
+        s.handle_frame(&end).unwrap();
+        let going_away = (CLOSE_GOING_AWAY, "the coordinator is shutting down", true);
+        assert!(
+            s.closed_by_peer(going_away.0, going_away.1, going_away.2)
+                .is_err(),
+            "job 1 was not answered: that close lost it"
+        );
+        s.result_frame(JobId(1), Ok(Bytes::new())).unwrap();
+        assert!(s
+            .closed_by_peer(going_away.0, going_away.1, going_away.2)
+            .is_ok());
+        assert_eq!(s.finish_reason(), "end of work");
+    }
+
+    #[test]
+    fn only_what_may_change_is_worth_connecting_again_for() {
+        let lost = Error::Disconnected {
+            code: 1006,
+            reason: String::new(),
+            clean: false,
+        };
+        assert!(should_reconnect(&lost));
+        assert!(should_reconnect(&Error::Timeout("silent".into())));
+        for (code, again) in [
+            (RefusalCode::BadToken, false),
+            (RefusalCode::VersionMismatch, false),
+            (RefusalCode::OriginNotAllowed, false),
+            (RefusalCode::TooManyWorkers, true),
+            (RefusalCode::ShuttingDown, true),
+        ] {
+            let refused = Error::Refused(crate::wire::Refusal::new(code, "no"));
+            assert_eq!(should_reconnect(&refused), again, "{code:?}");
+        }
+        assert!(!should_reconnect(&Error::config("bad flag")));
+    }
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_starts_over_after_a_reset() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(1000));
+        let ceilings: Vec<Duration> = (0..6).map(|_| b.next_delay(u64::MAX)).collect();
+        assert_eq!(
+            ceilings,
+            [100, 200, 400, 800, 1000, 1000].map(Duration::from_millis)
+        );
+        assert!(b.next_delay(u64::MAX / 2) <= Duration::from_millis(500));
+        assert_eq!(b.next_delay(0), Duration::ZERO, "full jitter");
+        b.reset();
+        assert_eq!(b.next_delay(u64::MAX), Duration::from_millis(100));
     }
 
     #[test]

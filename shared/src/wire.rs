@@ -32,7 +32,12 @@ use serde::{Deserialize, Serialize};
 use crate::{module::ModuleSpec, Error, Result};
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2: the coordinator checks that a worker's own event loop is alive with
+/// [`ToWorker::Ping`] (answered by [`ToCoordinator::Pong`]), and answers a worker's
+/// [`ToCoordinator::Drain`] with [`ToWorker::EndOfWork`] once every job it gave that worker
+/// has been sent.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Prefix of the WebSocket subprotocol name; the version number follows it.
 pub const SUBPROTOCOL_PREFIX: &str = "distchan.v";
@@ -228,8 +233,13 @@ pub enum ToWorker {
     Refused(Refusal),
     /// A job to run.
     Job(Job),
-    /// No more work will come: finish, send the outstanding results, close.
+    /// No more work will come: finish, send the outstanding results, close. Also the answer
+    /// to a [`ToCoordinator::Drain`]: every job for this worker was sent before it.
     EndOfWork,
+    /// Is the worker's event loop alive? Answer with [`ToCoordinator::Pong`] carrying the
+    /// same number. (WebSocket pings cannot tell: a browser answers them even when the
+    /// page is frozen.)
+    Ping(u64),
 }
 
 /// Messages from a worker to the coordinator.
@@ -239,8 +249,11 @@ pub enum ToCoordinator {
     Hello(Hello),
     /// The answer to a job.
     Result(JobResult),
-    /// The worker is leaving: send it no more jobs; it answers the ones it holds, then closes.
+    /// The worker is leaving: send it no more jobs; it answers the ones it holds and, once
+    /// the coordinator's [`ToWorker::EndOfWork`] says nothing more is on its way, closes.
     Drain,
+    /// The answer to a [`ToWorker::Ping`], with its number.
+    Pong(u64),
     /// A value the worker produced on its own, not in answer to a job (results-only use,
     /// like a Go client that only sends).
     Emit {
@@ -275,7 +288,7 @@ pub fn encode_to_coordinator(msg: &ToCoordinator) -> Result<Bytes> {
         ToCoordinator::Hello(_) => encode_with(msg, true, 0),
         ToCoordinator::Result(r) => Ok(result_frame(r.id, &r.outcome)),
         ToCoordinator::Emit { payload } => encode_with(msg, false, payload.len()),
-        ToCoordinator::Drain => encode_with(msg, false, 0),
+        ToCoordinator::Drain | ToCoordinator::Pong(_) => encode_with(msg, false, 0),
     }
 }
 
@@ -567,6 +580,7 @@ mod borrowed {
         #[serde(borrow)]
         Job(Job<'a>),
         EndOfWork,
+        Ping(u64),
     }
 
     #[derive(Deserialize)]
@@ -586,6 +600,7 @@ mod borrowed {
             #[serde(borrow, with = "serde_bytes")]
             payload: &'a [u8],
         },
+        Pong(u64),
     }
 }
 
@@ -613,6 +628,7 @@ fn serde_to_worker(frame: &Bytes) -> Result<ToWorker> {
             payload: share(frame, job.payload),
         }),
         borrowed::ToWorker::EndOfWork => ToWorker::EndOfWork,
+        borrowed::ToWorker::Ping(n) => ToWorker::Ping(n),
     })
 }
 
@@ -640,6 +656,7 @@ fn serde_to_coordinator(frame: &Bytes) -> Result<ToCoordinator> {
             outcome: r.outcome.map(|b| share(frame, b)),
         }),
         borrowed::ToCoordinator::Drain => ToCoordinator::Drain,
+        borrowed::ToCoordinator::Pong(n) => ToCoordinator::Pong(n),
         borrowed::ToCoordinator::Emit { payload } => ToCoordinator::Emit {
             payload: share(frame, payload),
         },
@@ -705,6 +722,7 @@ mod tests {
                 payload: Bytes::from_static(&[0, 1, 2, 255]),
             }),
             ToWorker::EndOfWork,
+            ToWorker::Ping(u64::MAX),
         ];
         for msg in to_worker {
             assert_eq!(
@@ -723,6 +741,7 @@ mod tests {
                 outcome: Err("boom".into()),
             }),
             ToCoordinator::Drain,
+            ToCoordinator::Pong(7),
             ToCoordinator::Emit {
                 payload: Bytes::from_static(b"e"),
             },

@@ -397,12 +397,7 @@ where
 
         let end = loop {
             if self.session.is_finished() {
-                let reason = if self.session.end_of_work() {
-                    "end of work"
-                } else {
-                    "worker left"
-                };
-                close(&mut self.ws, CLOSE_NORMAL, reason).await;
+                close(&mut self.ws, CLOSE_NORMAL, self.session.finish_reason()).await;
                 break Ok(());
             }
             tokio::select! {
@@ -500,6 +495,9 @@ where
         let frame = match binary(msg, &self.session) {
             Ok(Some(frame)) => frame,
             Ok(None) => return Continue(()),
+            // The coordinator closing once the work is over and every job is answered is the
+            // normal end, whoever goes first.
+            Err(Error::Disconnected { .. }) if self.session.is_finished() => return Break(Ok(())),
             // A text frame is answered with a close frame giving the reason.
             Err(e @ Error::Unexpected(_)) => return Break(Err(fail(&mut self.ws, e).await)),
             Err(e) => return Break(Err(e)),
@@ -512,6 +510,10 @@ where
                 }
                 Continue(())
             }
+            Ok(Event::Ping(n)) => match self.session.pong_frame(n) {
+                Ok(frame) => self.feed(frame).await,
+                Err(e) => Break(Err(fail(&mut self.ws, e).await)),
+            },
             Ok(Event::Welcomed(_)) => unreachable!("the session rejects a second welcome"),
             Err(e) => {
                 tracing::warn!(error = %e, "closing the connection");

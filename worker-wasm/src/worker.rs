@@ -7,7 +7,7 @@
 //! is the session's; this file only moves frames and reports what happened.
 //!
 //! What the loop does, in order:
-//! 1. opens the WebSocket offering `distchan.v1` and, once open, sends the hello
+//! 1. opens the WebSocket offering `distchan.v2` and, once open, sends the hello
 //!    ([`WorkerKind::Browser`](distchan_protocol::wire::WorkerKind::Browser), the
 //!    capacity, the token, the agent);
 //! 2. waits for the welcome, at most the handshake timeout; a refusal (the `Refused` frame,
@@ -17,14 +17,20 @@
 //!    the welcome names), at most `capacity` at once because the coordinator never sends
 //!    more;
 //! 4. after end-of-work (or after [`BrowserWorker::stop`], which drains), once every job
-//!    held is answered, closes with 1000 and resolves.
+//!    held is answered, closes with 1000 and resolves;
+//! 5. when the connection is lost instead (the coordinator restarted or went silent, the
+//!    network failed), connects again after a jittered, exponentially growing delay
+//!    ([`Backoff`]; state `reconnecting`, with `attempt` and `retryInMs`), keeping its
+//!    counts and its compiled task module; a refusal for the token, the protocol version or
+//!    the origin is final, as is anything [`should_reconnect`] says retrying cannot change.
+//!    The option `reconnect: false` makes every end final.
 //!
-//! Liveness: the coordinator pings every `heartbeat_ms` and declares a silent worker dead;
-//! browsers answer those pings by themselves. Pings are invisible to page scripts, so a
-//! browser cannot apply the native worker's "three silent heartbeats" idle timeout without
-//! dropping every volunteer that merely waits for work: the welcome's idle timeout is
-//! reported in the status (`idleTimeoutMs`) but a dead coordinator is noticed through the
-//! WebSocket closing. The handshake and the closing handshake are bounded by timers.
+//! Liveness: every `heartbeat_ms` the coordinator sends a protocol ping, which this loop
+//! answers itself (a WebSocket ping would be answered by the browser even while the page
+//! is frozen), so a frozen tab is declared dead and its jobs move on. The welcome's idle
+//! timeout is reported in the status (`idleTimeoutMs`); a dead coordinator is noticed
+//! through the WebSocket closing. The handshake and the closing handshake are bounded by
+//! timers.
 
 use std::{
     cell::{Cell, RefCell},
@@ -34,7 +40,7 @@ use std::{
 use bytes::Bytes;
 use distchan_protocol::{
     module::ModuleSpec,
-    session::{close_frame_for, Event, SessionConfig, WorkerSession},
+    session::{close_frame_for, should_reconnect, Backoff, Event, SessionConfig, WorkerSession},
     transform::{Aes256GcmTransform, TransformChain},
     wire::{Outcome, CLOSE_NORMAL, DEFAULT_MAX_FRAME},
     Error, JobId,
@@ -84,6 +90,11 @@ export interface BrowserWorkerOptions {
   maxFrame?: number;
   /** Runs the coordinator's task module, if it names one (see `TaskModuleRuntime`). */
   moduleRuntime?: TaskModuleRuntime;
+  /**
+   * Connect again, after a growing random delay, when the connection is lost (default
+   * true); false ends the run at the first loss.
+   */
+  reconnect?: boolean;
 }
 
 /** The task module a worker runs, as its status shows it. */
@@ -100,9 +111,13 @@ export interface BrowserWorkerModule {
 
 /** What `onStatus` receives, `status()` returns and `run()` resolves with. */
 export interface BrowserWorkerStatus {
-  state: "idle" | "connecting" | "connected" | "draining" | "closed" | "refused";
-  /** Why the connection ended (or was refused), once it has. */
+  state: "idle" | "connecting" | "connected" | "draining" | "reconnecting" | "closed" | "refused";
+  /** Why the connection ended (or was refused, or was lost while reconnecting). */
   reason: string | null;
+  /** Attempts to connect again since the connection was lost (0 while connected). */
+  attempt: number;
+  /** While reconnecting: the wait before the next attempt, in ms. */
+  retryInMs: number | null;
   /** True when the run ended as it should: end of work, or a stop that drained. */
   clean: boolean;
   task: string | null;
@@ -152,6 +167,7 @@ struct WorkerOptions {
     max_frame: Option<u32>,
     #[serde(with = "serde_wasm_bindgen::preserve")]
     module_runtime: JsValue,
+    reconnect: Option<bool>,
 }
 
 /// Where a connection stands.
@@ -166,6 +182,8 @@ pub enum State {
     Connected,
     /// Leaving: no new jobs, finishing the ones held.
     Draining,
+    /// The connection was lost; `reason` says how, `retry_in_ms` when the next attempt is.
+    Reconnecting,
     /// Over; `reason` says why and `clean` whether that was the expected end.
     Closed,
     /// The coordinator refused this worker; `reason` is the coordinator's.
@@ -178,8 +196,12 @@ pub enum State {
 pub struct Status {
     /// Where the connection stands.
     pub state: State,
-    /// Why it ended or was refused, once it has.
+    /// Why it ended or was refused, once it has (while reconnecting: how it was lost).
     pub reason: Option<String>,
+    /// Attempts to connect again since the connection was lost (0 while connected).
+    pub attempt: u32,
+    /// While reconnecting: the wait before the next attempt, in milliseconds.
+    pub retry_in_ms: Option<u64>,
     /// True when it ended as it should (end of work, or a stop that drained).
     pub clean: bool,
     /// The task the coordinator named in its welcome.
@@ -235,6 +257,8 @@ impl Status {
         Status {
             state: State::Idle,
             reason: None,
+            attempt: 0,
+            retry_in_ms: None,
             clean: false,
             task: None,
             module: None,
@@ -305,6 +329,7 @@ struct Inner {
     chain: TransformChain,
     handshake_timeout_ms: u32,
     module_runtime: Option<ModuleRuntime>,
+    reconnect: bool,
     handler: RefCell<Option<Function>>,
     on_status: RefCell<Option<Function>>,
     on_result: RefCell<Option<Function>>,
@@ -358,6 +383,7 @@ impl BrowserWorker {
                 module_runtime: (!options.module_runtime.is_undefined()
                     && !options.module_runtime.is_null())
                 .then(|| options.module_runtime.unchecked_into()),
+                reconnect: options.reconnect.unwrap_or(true),
                 handler: RefCell::new(None),
                 on_status: RefCell::new(None),
                 on_result: RefCell::new(None),
@@ -414,8 +440,9 @@ impl BrowserWorker {
         self.inner.status.borrow().to_js()
     }
 
-    /// Connects and works until the end. Resolves with the final status after end-of-work
-    /// or a stop; rejects otherwise with a `BrowserWorkerError`: an `Error` whose message is
+    /// Connects and works until the end, connecting again when the connection is lost
+    /// (unless the option `reconnect` is false). Resolves with the final status after
+    /// end-of-work or a stop; rejects otherwise with a `BrowserWorkerError`: an `Error` whose message is
     /// the reason (its `refused` property is true for a refusal, and `status` holds the
     /// final status). A worker runs once.
     #[wasm_bindgen(unchecked_return_type = "Promise<BrowserWorkerStatus>")]
@@ -490,12 +517,26 @@ fn default_agent() -> String {
     }
 }
 
-/// How a run ended.
+/// How a connection ended.
 #[derive(Debug)]
 struct Ending {
     state: State,
     clean: bool,
+    /// Whether connecting again may help.
+    retry: bool,
     reason: String,
+}
+
+impl Ending {
+    /// The worker left when asked to, holding no job.
+    fn left() -> Self {
+        Ending {
+            state: State::Closed,
+            clean: true,
+            retry: false,
+            reason: "worker left".into(),
+        }
+    }
 }
 
 impl From<Error> for Ending {
@@ -506,11 +547,13 @@ impl From<Error> for Ending {
             Error::Refused(refusal) => Ending {
                 state: State::Refused,
                 clean: false,
+                retry: should_reconnect(&Error::Refused(refusal.clone())),
                 reason: refusal.to_string(),
             },
             other => Ending {
                 state: State::Closed,
                 clean: false,
+                retry: should_reconnect(&other),
                 reason: other.to_string(),
             },
         }
@@ -546,13 +589,62 @@ struct Run {
     saw_error: bool,
 }
 
-/// Runs one connection from start to end (see the module docs).
+/// Runs the worker from start to end: connections, and the waits between them (see the
+/// module docs).
 async fn drive(inner: Rc<Inner>) -> Result<Status, Status> {
     if inner.started.replace(true) {
         let mut status = inner.status.borrow().clone();
         status.reason = Some("this BrowserWorker has already run; create a new one".into());
         return Err(status);
     }
+    let mut backoff = Backoff::default();
+    let ending = loop {
+        let (ending, welcomed) = connect_once(&inner).await;
+        if welcomed {
+            backoff.reset();
+        }
+        if !ending.retry || !inner.reconnect || inner.stop_requested.get() {
+            break ending;
+        }
+        let delay = backoff.next_delay((js_sys::Math::random() * u64::MAX as f64) as u64);
+        inner.update(|s| {
+            s.state = State::Reconnecting;
+            s.reason = Some(ending.reason.clone());
+            s.attempt = backoff.attempts();
+            s.retry_in_ms = Some(delay.as_millis() as u64);
+            s.outstanding = 0;
+        });
+        inner.report();
+        // A stop while waiting ends the run cleanly: this worker holds no job.
+        let (tx, mut rx) = mpsc::unbounded();
+        *inner.control.borrow_mut() = Some(tx.clone());
+        let deadline = js_sys::Date::now() + delay.as_secs_f64() * 1000.0;
+        let stopped = inner.stop_requested.get()
+            || matches!(next_input(&mut rx, Some(deadline)).await, Some(Input::Stop));
+        inner.control.borrow_mut().take();
+        if stopped {
+            break Ending::left();
+        }
+        inner.update(|s| s.retry_in_ms = None);
+    };
+    inner.update(|s| {
+        s.state = ending.state;
+        s.clean = ending.clean;
+        s.reason = Some(ending.reason);
+        s.retry_in_ms = None;
+    });
+    inner.report();
+    let status = inner.status.borrow().clone();
+    if status.clean {
+        Ok(status)
+    } else {
+        Err(status)
+    }
+}
+
+/// Runs one connection from opening to its end; also says whether the coordinator
+/// welcomed this worker on it.
+async fn connect_once(inner: &Rc<Inner>) -> (Ending, bool) {
     let (tx, mut rx) = mpsc::unbounded();
     *inner.control.borrow_mut() = Some(tx.clone());
     let session = WorkerSession::new(inner.config.clone(), inner.chain.clone());
@@ -563,12 +655,17 @@ async fn drive(inner: Rc<Inner>) -> Result<Status, Status> {
     let opened = Socket::open(&inner.url, &session.config().subprotocol(), move |event| {
         let _ = events.unbounded_send(Input::Socket(event));
     });
-    let ending = match opened {
-        Err(reason) => Ending {
-            state: State::Closed,
-            clean: false,
-            reason,
-        },
+    let ended = match opened {
+        // A URL the browser refuses: trying again cannot help.
+        Err(reason) => (
+            Ending {
+                state: State::Closed,
+                clean: false,
+                retry: false,
+                reason,
+            },
+            false,
+        ),
         Ok(socket) => {
             if inner.stop_requested.get() {
                 let _ = tx.unbounded_send(Input::Stop);
@@ -587,7 +684,7 @@ async fn drive(inner: Rc<Inner>) -> Result<Status, Status> {
                 ended: None,
                 saw_error: false,
             };
-            loop {
+            let ending = loop {
                 match next_input(&mut rx, run.deadline).await {
                     Some(input) => run.on_input(input),
                     None => run.on_timeout(),
@@ -595,23 +692,14 @@ async fn drive(inner: Rc<Inner>) -> Result<Status, Status> {
                 if let Some(ending) = run.ended.take() {
                     break ending;
                 }
-            }
-            // Dropping `run` drops the socket, which detaches and frees its handlers.
+            };
+            (ending, run.session.welcome().is_some())
+            // Dropping `run` drops the socket, which detaches and frees its handlers; jobs
+            // still running report to this connection's channel, which is gone with it.
         }
     };
     inner.control.borrow_mut().take();
-    inner.update(|s| {
-        s.state = ending.state;
-        s.clean = ending.clean;
-        s.reason = Some(ending.reason);
-    });
-    inner.report();
-    let status = inner.status.borrow().clone();
-    if status.clean {
-        Ok(status)
-    } else {
-        Err(status)
-    }
+    ended
 }
 
 /// The next input, or `None` when `deadline` (a `Date.now()` time) passes first.
@@ -703,6 +791,8 @@ impl Run {
                 let idle = self.session.idle_timeout().map(|d| d.as_millis() as u64);
                 self.inner.update(|s| {
                     s.state = State::Connected;
+                    s.attempt = 0;
+                    s.reason = None;
                     s.task = welcome.task.clone();
                     s.worker_id = Some(welcome.worker_id);
                     s.idle_timeout_ms = idle;
@@ -733,6 +823,15 @@ impl Run {
             }
             Ok(Event::Job { id, payload }) => self.start_job(id, payload),
             Ok(Event::EndOfWork) => self.finish_if_done(),
+            // Answered from this event loop, so a frozen page is seen as silent.
+            Ok(Event::Ping(n)) => match self.session.pong_frame(n) {
+                Ok(frame) => {
+                    if let Err(e) = self.socket.send(&frame) {
+                        self.fail(Error::connection(e));
+                    }
+                }
+                Err(e) => self.fail(e),
+            },
             Err(e) => self.fail(e),
         }
     }
@@ -743,9 +842,11 @@ impl Run {
             return;
         }
         if self.phase == Phase::Connecting {
+            // Nothing answered: the coordinator may be restarting.
             self.ended = Some(Ending {
                 state: State::Closed,
                 clean: false,
+                retry: true,
                 reason: format!(
                     "could not connect to {} (is the coordinator running, and does it speak {}?)",
                     self.inner.url,
@@ -754,11 +855,22 @@ impl Run {
             });
             return;
         }
-        // A refusal whose Refused frame was lost still says why in the close frame.
-        let err = self
-            .session
-            .close_reason(code, &reason, clean || !self.saw_error);
-        self.ended = Some(Ending::from(err));
+        // A refusal whose Refused frame was lost still says why in the close frame; a
+        // coordinator that closes once the session is over anyway only went first.
+        self.ended = Some(
+            match self
+                .session
+                .closed_by_peer(code, &reason, clean || !self.saw_error)
+            {
+                Ok(()) => Ending {
+                    state: State::Closed,
+                    clean: true,
+                    retry: false,
+                    reason: self.session.finish_reason().to_owned(),
+                },
+                Err(err) => Ending::from(err),
+            },
+        );
     }
 
     /// Fetches and compiles the task module `spec` names; jobs wait meanwhile.
@@ -897,12 +1009,7 @@ impl Run {
     /// or a drain.
     fn finish_if_done(&mut self) {
         if self.phase == Phase::Running && self.session.is_finished() {
-            let reason = if self.session.end_of_work() {
-                "end of work"
-            } else {
-                "worker left"
-            };
-            self.leave(reason, true, None);
+            self.leave(self.session.finish_reason(), true, None);
         }
     }
 
@@ -913,6 +1020,7 @@ impl Run {
         self.begin_closing(Ending {
             state: State::Closed,
             clean,
+            retry: false,
             reason: shown.unwrap_or_else(|| reason.to_owned()),
         });
     }

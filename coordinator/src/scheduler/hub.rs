@@ -290,7 +290,7 @@ impl Hub {
                 match item {
                     Incoming::Result(r) => s.on_result(worker, r, now, wakes),
                     Incoming::Emit(payload) => s.emit(payload, wakes),
-                    Incoming::Drain => s.drain(worker),
+                    Incoming::Drain => s.drain(worker, wakes),
                 }
             }
             s.dispatch(now, wakes);

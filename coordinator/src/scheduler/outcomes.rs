@@ -71,7 +71,8 @@ impl Scheduler {
             workers = self.workers.len(),
             "all jobs answered; sending end-of-work"
         );
-        for w in self.workers.values_mut() {
+        // A draining worker had its end-of-work already, in answer to its drain.
+        for w in self.workers.values_mut().filter(|w| !w.draining) {
             w.send(Outgoing::EndOfWork, wakes);
         }
         wakes.results = true;

@@ -194,12 +194,13 @@ impl Workers {
         Some(w)
     }
 
-    /// Worker `id` takes no more jobs: its free credit goes.
-    fn drain(&mut self, id: WorkerId) {
-        if let Some(w) = self.map.get_mut(&id) {
-            self.free_credit -= w.free();
-            w.draining = true;
-        }
+    /// Worker `id` takes no more jobs: its free credit goes. Returns the worker, the first
+    /// time it asks.
+    fn drain(&mut self, id: WorkerId) -> Option<&mut Worker> {
+        let w = self.map.get_mut(&id).filter(|w| !w.draining)?;
+        self.free_credit -= w.free();
+        w.draining = true;
+        Some(w)
     }
 
     /// Takes the first worker of the ring that has credit and does not already hold `job`
@@ -295,10 +296,18 @@ impl Scheduler {
         Some(joined)
     }
 
-    /// Worker `wid` asked to leave: it gets no more jobs, and answers those it holds.
-    pub(super) fn drain(&mut self, wid: WorkerId) {
+    /// Worker `wid` asked to leave: it gets no more jobs, and answers those it holds. Its
+    /// end-of-work, after every job already in its outbox, tells it that nothing more is on
+    /// its way: then it may close without losing a job (unless the end-of-work of the whole
+    /// run went out already).
+    pub(super) fn drain(&mut self, wid: WorkerId, wakes: &mut Wakes) {
         tracing::info!(worker = wid, "worker is draining");
-        self.workers.drain(wid);
+        let end_sent = self.end_sent;
+        if let Some(w) = self.workers.drain(wid) {
+            if !end_sent {
+                w.send(Outgoing::EndOfWork, wakes);
+            }
+        }
     }
 
     /// Removes a worker whose connection ended: the jobs it ran go back to the line (or

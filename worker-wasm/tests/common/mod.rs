@@ -20,7 +20,7 @@ use distchan_protocol::{
 
 /// `Hello { version: 1, token: "t0k", capacity: 2, agent: "distchan-test", kind: Browser }`,
 /// with field names.
-pub const HELLO_FRAME: &str = "81a548656c6c6f85a776657273696f6e01a5746f6b656ea374306ba863617061\
+pub const HELLO_FRAME: &str = "81a548656c6c6f85a776657273696f6e02a5746f6b656ea374306ba863617061\
 6369747902a56167656e74ad646973746368616e2d74657374a46b696e64a742726f77736572";
 /// `Welcome { worker_id: 7, task: "capitalize", heartbeat_ms: 5000, max_frame: 1024 }`.
 pub const WELCOME_FRAME: &str = "81a757656c636f6d6584a9776f726b65725f696407a47461736baa63617069\
