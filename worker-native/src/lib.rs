@@ -43,7 +43,10 @@ pub mod serve;
 use std::time::Duration;
 
 pub use connection::{connect_raw, connect_raw_io, Client, RawConnection};
-pub use distchan_protocol::{transform, Error, JobId, Result};
+pub use distchan_protocol::{
+    session::{should_reconnect, Backoff},
+    transform, Error, JobId, Result,
+};
 pub use job::{Job, JobStream, RawJob, Reply, ResultSink};
 pub use module::default_cache_dir;
 pub use serve::{serve, serve_raw, serve_task};
@@ -85,6 +88,15 @@ pub struct Options {
     /// Folder where task modules are kept between runs ([`default_cache_dir`] by default);
     /// `None` keeps them in memory only.
     pub module_cache: Option<std::path::PathBuf>,
+    /// Whether [`serve`](fn@serve) and friends connect again when the connection is lost
+    /// (the coordinator restarted or went silent, the network failed), after a delay from
+    /// [`Options::backoff`]; on by default. A refusal for the token, the protocol version
+    /// or the origin, and anything else [`should_reconnect`] says retrying cannot change,
+    /// is final. Off, the first loss ends the run with its error.
+    pub reconnect: bool,
+    /// Delays between attempts to connect again (250 ms doubling up to 30 s, with full
+    /// jitter, by default); a connection that is welcomed starts it over.
+    pub backoff: Backoff,
 }
 
 impl Default for Options {
@@ -102,6 +114,8 @@ impl Default for Options {
             drain: CancellationToken::new(),
             protocol_version: PROTOCOL_VERSION,
             module_cache: default_cache_dir(),
+            reconnect: true,
+            backoff: Backoff::default(),
         }
     }
 }
@@ -122,6 +136,12 @@ impl Options {
     /// Sets the credit window (builder style).
     pub fn capacity(mut self, capacity: u32) -> Self {
         self.capacity = capacity;
+        self
+    }
+
+    /// Turns reconnecting on or off (builder style; see [`Options::reconnect`]).
+    pub fn reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
         self
     }
 
