@@ -309,8 +309,10 @@ impl LocalWorkers {
         let mut children = Vec::new();
         for i in 0..server.local_workers {
             let mut cmd = Command::new(&exe);
+            // They live and end with this coordinator: no reconnecting to a later one.
             cmd.arg("--url")
                 .arg(url)
+                .arg("--once")
                 .arg("--agent")
                 .arg(format!("local worker {}", i + 1));
             cmd.stdout(std::process::Stdio::null());
@@ -337,9 +339,20 @@ impl LocalWorkers {
 
 impl Drop for LocalWorkers {
     fn drop(&mut self) {
-        // They leave by themselves at end-of-work or when the coordinator goes away.
-        for child in &mut self.0 {
-            let _ = child.wait();
+        // They leave by themselves at end-of-work or when the coordinator goes away; any
+        // other end is said.
+        for (i, child) in self.0.iter_mut().enumerate() {
+            match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) => notice(
+                    Level::WARN,
+                    format_args!("local worker {} ended with {status}", i + 1),
+                ),
+                Err(e) => notice(
+                    Level::WARN,
+                    format_args!("local worker {}: could not wait for it: {e}", i + 1),
+                ),
+            }
         }
     }
 }
