@@ -328,6 +328,11 @@ impl Hub {
         })
     }
 
+    /// Wakes the receiver for outcomes that come from elsewhere (the journal).
+    pub fn wake_receiver(&self) {
+        self.results_ready.notify_one();
+    }
+
     /// Waits until [`Hub::take_outcomes`] may find something.
     pub async fn outcomes_ready(&self) {
         self.results_ready.notified().await;
