@@ -39,6 +39,15 @@
 //!   with the volunteer page (two Web Worker threads): the built-in task, then the module as
 //!   a command and as a reactor. Skipped, with the reason, when the page's wasm package or
 //!   Chromium is missing (unless asked for with `--only tab`).
+//! - **Pipe mode** ([`pipe::throughput`]): the real `distchan-coordinator` binary in
+//!   `pipe` mode reads a file of 1,000,000 JSON lines (100,000 with `--quick`), each a short
+//!   word as a JSON string, sends them through the built-in `capitalize` task to the two
+//!   local `distchan-worker` processes it starts (`--local-workers 2`), and writes the
+//!   results to a file; once without and once with `--journal`. Lines per second from spawn
+//!   to exit, median of three runs each (one each with `--quick`), and the ratio with / without
+//!   the journal. Needs both binaries next to the bench binary (`cargo build --release
+//!   --bins`); skipped, with the reason, when either is missing (unless asked for with
+//!   `--only pipe`).
 //! - **Scale** ([`ours::swarm`]): a `--swarm` child opens 10,000 worker connections (1,000
 //!   with `--quick`), each completing the hello handshake. While they sit idle (through a
 //!   heartbeat period), this process's resident memory (`VmRSS`) is sampled; the increase
@@ -55,7 +64,7 @@
 //! a worker that fails, or a job left unfinished fails the run (exit status 1). There are
 //! no pass/fail thresholds on the figures: the comparison with the targets the README states
 //! is printed (met / missed) for people to read. `--only tiny,latency` measures only those
-//! parts (`scale`, `tiny`, `tasks`, `tab`, `large`, `latency`).
+//! parts (`scale`, `tiny`, `tasks`, `tab`, `pipe`, `large`, `latency`).
 //!
 //! `--quick` runs the same measurements with small counts (well under a minute) for CI.
 
@@ -63,6 +72,7 @@ mod children;
 mod echo;
 mod modes;
 mod ours;
+mod pipe;
 mod report;
 mod tab;
 mod tasks;
@@ -82,7 +92,9 @@ use tokio::time::Instant;
 use crate::{
     modes::Flavor,
     ours::Api,
-    report::{per_s, Cpu, LargeRow, LatencyRow, Report, ScaleRow, TabRow, TaskRow, TinyRow},
+    report::{
+        per_s, Cpu, LargeRow, LatencyRow, PipeRow, Report, ScaleRow, TabRow, TaskRow, TinyRow,
+    },
     tasks::Work,
 };
 
@@ -191,6 +203,10 @@ struct Plan {
     task_jobs: u64,
     /// Jobs per run in one browser tab.
     tab_jobs: u64,
+    /// Input lines per pipe-mode run of the coordinator binary.
+    pipe_lines: u64,
+    /// Pipe-mode runs with and without the journal, each (the median is kept).
+    pipe_runs: usize,
     /// Large payloads: (raw payload bytes, credit window, jobs).
     large: Vec<(usize, u32, u64)>,
     /// One-at-a-time round trips not recorded, then recorded.
@@ -214,6 +230,8 @@ impl Plan {
                 tiny_jobs: 100_000,
                 task_jobs: 50_000,
                 tab_jobs: 10_000,
+                pipe_lines: 100_000,
+                pipe_runs: 1,
                 large: vec![(64 << 10, 16, 2_000), (1 << 20, 4, 200)],
                 latency: (100, 1_000),
                 idle_workers: 1_000,
@@ -227,6 +245,8 @@ impl Plan {
                 tiny_jobs: 1_000_000,
                 task_jobs: 500_000,
                 tab_jobs: 100_000,
+                pipe_lines: 1_000_000,
+                pipe_runs: 3,
                 large: vec![(64 << 10, 16, 20_000), (1 << 20, 4, 2_000)],
                 latency: (300, 5_000),
                 idle_workers: 10_000,
@@ -259,17 +279,26 @@ async fn measure<T>(
 /// The median of three runs of `run`: a run lasts a fraction of a second (a few seconds in
 /// a full run), so one run alone is at the mercy of a scheduling hiccup. Both sides of every
 /// comparison, ours and the plain echo, are measured this way.
-async fn median_of_three<F, Fut>(mut run: F) -> BenchResult<Throughput>
+async fn median_of_three<F, Fut>(run: F) -> BenchResult<Throughput>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = BenchResult<Throughput>>,
 {
-    let mut runs = Vec::with_capacity(3);
-    for _ in 0..3 {
+    median_of(3, run).await
+}
+
+/// The median of `n` runs of `run` (the upper median for an even `n`; `n` is at least 1).
+async fn median_of<F, Fut>(n: usize, mut run: F) -> BenchResult<Throughput>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = BenchResult<Throughput>>,
+{
+    let mut runs = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
         runs.push(run().await?);
     }
     runs.sort_by(|a, b| per_s(a).total_cmp(&per_s(b)));
-    Ok(runs[1])
+    Ok(runs[runs.len() / 2])
 }
 
 /// The median of three runs of `n` jobs of `payload` through `k` worker processes.
@@ -322,6 +351,8 @@ enum Section {
     Tasks,
     /// One headless-Chromium tab: the built-in task and the task modules.
     Tab,
+    /// The coordinator binary's pipe mode on JSON lines, without and with the journal.
+    Pipe,
 }
 
 /// The whole benchmark, or the `sections` asked for.
@@ -357,6 +388,16 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         true => tab_jobs(&plan).await?,
         false => Vec::new(),
     };
+    let pipe = match wants(Section::Pipe) {
+        // Not asked for by name: skipped (with the reason) without the release binaries.
+        true if sections.is_empty() && pipe::prerequisites().is_err() => {
+            let why = pipe::prerequisites().err().unwrap_or_default();
+            eprintln!("distchan-bench: pipe: skipped ({why})");
+            None
+        }
+        true => Some(pipe_mode(&plan).await?),
+        false => None,
+    };
     let large = match wants(Section::Large) {
         true => large(&plan).await?,
         false => Vec::new(),
@@ -373,6 +414,7 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         tiny: tiny_rows,
         tasks: task_rows,
         tab: tab_rows,
+        pipe,
         large,
         latency,
         scale,
@@ -565,6 +607,38 @@ async fn tab_jobs(plan: &Plan) -> BenchResult<Vec<TabRow>> {
         });
     }
     Ok(rows)
+}
+
+/// The coordinator binary in pipe mode, without and with the journal.
+async fn pipe_mode(plan: &Plan) -> BenchResult<PipeRow> {
+    pipe::prerequisites().map_err(|why| format!("pipe: {why}"))?;
+    let input = pipe::Input::new(plan.pipe_lines)?;
+    let mut rates = Vec::new();
+    for (journal, what) in [(false, "without"), (true, "with")] {
+        let t = measure(
+            plan,
+            &format!(
+                "pipe mode, {} local workers, {} lines, {what} the journal",
+                pipe::WORKERS,
+                plan.pipe_lines
+            ),
+            median_of(plan.pipe_runs, || pipe::throughput(&input, journal)),
+        )
+        .await?;
+        rates.push(t);
+    }
+    let (plain, journaled) = (rates[0], rates[1]);
+    let us_per_line = |t: &Throughput| t.cpu_us_per_item().1;
+    Ok(PipeRow {
+        workers: pipe::WORKERS,
+        lines: plan.pipe_lines,
+        runs: plan.pipe_runs,
+        per_s: per_s(&plain),
+        journal_per_s: per_s(&journaled),
+        ratio: per_s(&journaled) / per_s(&plain),
+        cpu_us: us_per_line(&plain),
+        journal_cpu_us: us_per_line(&journaled),
+    })
 }
 
 /// 64 KiB and 1 MiB payloads through two workers, beside the echo of the same frames.

@@ -97,6 +97,27 @@ pub struct TabRow {
     pub cpu: Cpu,
 }
 
+/// JSON lines through the coordinator binary's pipe mode, without and with the journal.
+#[derive(Debug, Serialize)]
+pub struct PipeRow {
+    /// Local worker processes the coordinator started.
+    pub workers: usize,
+    /// Input lines (and output lines) per run.
+    pub lines: u64,
+    /// Runs each way; the median is kept.
+    pub runs: usize,
+    /// Lines per second without the journal, spawn to exit.
+    pub per_s: f64,
+    /// Lines per second with `--journal`, spawn to exit.
+    pub journal_per_s: f64,
+    /// `journal_per_s / per_s`.
+    pub ratio: f64,
+    /// CPU microseconds per line of the coordinator and its workers, without the journal.
+    pub cpu_us: f64,
+    /// The same with the journal.
+    pub journal_cpu_us: f64,
+}
+
 /// Large payloads through the coordinator next to the echo of the same frames.
 #[derive(Debug, Serialize)]
 pub struct LargeRow {
@@ -190,6 +211,8 @@ pub struct Report {
     pub tasks: Vec<TaskRow>,
     /// Tiny jobs in one browser tab.
     pub tab: Vec<TabRow>,
+    /// The coordinator binary's pipe mode (absent when not measured).
+    pub pipe: Option<PipeRow>,
     /// Large payloads.
     pub large: Vec<LargeRow>,
     /// One at a time (absent when not measured).
@@ -307,6 +330,18 @@ impl Report {
                 target: "one tab, reactor module: >= 50% of the built-in task's rate".into(),
                 figure: format!("{} ({})", pct(ratio), rate(r.per_s)),
                 status: verdict(ratio >= 0.5),
+            });
+        }
+        if let Some(p) = &self.pipe {
+            targets.push(TargetRow {
+                target: "pipe mode, --journal: >= 80% of the throughput without".into(),
+                figure: format!(
+                    "{} ({} lines with vs {} without)",
+                    pct(p.ratio),
+                    rate(p.journal_per_s),
+                    rate(p.per_s)
+                ),
+                status: verdict(p.ratio >= 0.8),
             });
         }
         if let Some(r) = self.large.iter().find(|r| r.payload_bytes == 1 << 20) {
@@ -494,6 +529,35 @@ impl Report {
                     r.cpu.show(),
                 );
             }
+        }
+        if let Some(p) = &self.pipe {
+            let _ = writeln!(
+                out,
+                "\nPipe mode: the distchan-coordinator binary, JSON lines from a file to a file, \
+                 spawn to exit, {}.\n{:<46} {:>14} {:>14} {:>8}   CPU us/line \
+                 coordinator+workers: without | with",
+                match p.runs {
+                    1 => "one run each".to_string(),
+                    n => format!("median of {n} runs each"),
+                },
+                "measurement",
+                "no journal",
+                "journal",
+                "ratio"
+            );
+            let _ = writeln!(
+                out,
+                "{:<46} {:>14} {:>14} {:>8}   {:.1} | {:.1}",
+                format!(
+                    "pipe, capitalize, {} local workers, {} lines",
+                    p.workers, p.lines
+                ),
+                rate(p.per_s),
+                rate(p.journal_per_s),
+                pct(p.ratio),
+                p.cpu_us,
+                p.journal_cpu_us,
+            );
         }
         let _ = writeln!(out, "\nTargets:");
         for t in &self.targets {
