@@ -2,7 +2,7 @@
 //! `distchan-worker` process, JSON lines in (one of them malformed), JSON lines out.
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     path::PathBuf,
     process::{Command, Stdio},
 };
@@ -175,4 +175,66 @@ fn pipe_mode_refuses_a_file_that_is_not_a_task_module() {
     assert_eq!(code, 1, "{stderr}");
     assert!(lines.is_empty());
     assert!(stderr.contains("not a usable task module"), "{stderr}");
+}
+
+/// Ctrl-C while the input is still open (a producer that has not finished): pipe mode stops
+/// reading at once, writes every result of the lines it read, says so and exits 130.
+#[test]
+fn ctrl_c_stops_reading_writes_what_was_answered_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+
+    let mut child = Command::new(coordinator_bin())
+        .args(["pipe", "--task", "capitalize", "--listen", "127.0.0.1:0"])
+        .args(["--local-workers", "1", "--local-concurrency", "1"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the coordinator starts");
+    // 200 lines, and the input stays open.
+    let mut stdin = child.stdin.take().unwrap();
+    let input: String = (0..200).map(|i| format!("\"word {i}\"\n")).collect();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut lines = Vec::new();
+    for _ in 0..200 {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "a result per line");
+        lines.push(line);
+    }
+    // SAFETY: kill(2) on a child we own.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    // Bounded: a run that keeps waiting for input fails the test instead of hanging it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("still running 30 s after Ctrl-C");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let rest: Vec<String> = out.lines().map(Result::unwrap).collect();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        rest.is_empty(),
+        "nothing more than the 200 results: {rest:?}"
+    );
+    assert!(stderr.contains("no more input is read"), "{stderr}");
+    assert!(
+        stderr.contains("200 results") && stderr.contains("interrupted after input line 200"),
+        "{stderr}"
+    );
+    drop(stdin);
 }

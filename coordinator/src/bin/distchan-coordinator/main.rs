@@ -240,8 +240,22 @@ impl ServerArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("distchan-coordinator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(run());
+    // An interrupted pipe run may leave a read of standard input waiting on a blocking
+    // thread (the producer has not closed it): the run is over, so do not wait for it.
+    runtime.shutdown_background();
+    code
+}
+
+async fn run() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log.log_format);
     let demo_end = |ok: bool| {

@@ -33,10 +33,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{BufRead, IsTerminal, Read, Write},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -55,6 +52,7 @@ use tokio::{
     io::{AsyncBufReadExt, BufReader},
     sync::mpsc,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
 use crate::{announce, ServerArgs};
@@ -197,7 +195,7 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> 
     let (coordinator, jobs, mut results) = builder.listen::<JsonText, ResultJson>(listener)?;
     let _local = announce(&coordinator, server, true);
 
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
     let interrupts = watch_interrupts(stop.clone());
     let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<Line>();
     let (journal, skip, prior) = match resume {
@@ -339,7 +337,7 @@ async fn read_input(
     jobs: JobSender<JsonText>,
     lines: mpsc::UnboundedSender<Line>,
     skip: HashMap<u64, Skip>,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> Result<InputSummary, Error> {
     let source: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if input.as_os_str() == "-" {
         Box::new(tokio::io::stdin())
@@ -351,11 +349,20 @@ async fn read_input(
     let mut reader = BufReader::with_capacity(1 << 16, source).lines();
     let mut summary = InputSummary::default();
     let mut number = 0u64;
-    while let Some(text) = reader.next_line().await? {
-        if stop.load(Ordering::Relaxed) {
-            summary.interrupted = true;
-            break;
-        }
+    loop {
+        // An interruption stops the reading even while it waits for input (a terminal, or
+        // a producer that is still writing).
+        let text = tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                summary.interrupted = true;
+                break;
+            }
+            text = reader.next_line() => match text? {
+                Some(text) => text,
+                None => break,
+            },
+        };
         number += 1;
         summary.lines = number;
         let event = match skip.get(&number) {
@@ -789,14 +796,14 @@ fn identity(server: &ServerArgs, args: &PipeArgs) -> Result<String, Error> {
 }
 
 /// Watches for Ctrl-C: the first sets `stop` (the reader stops), the second quits at once.
-fn watch_interrupts(stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+fn watch_interrupts(stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             notice(
                 Level::WARN,
                 "pipe: interrupted: no more input is read; the jobs sent are finished (Ctrl-C again to quit now)",
             );
-            stop.store(true, Ordering::Relaxed);
+            stop.cancel();
             if tokio::signal::ctrl_c().await.is_ok() {
                 notice(
                     Level::WARN,
