@@ -39,6 +39,7 @@ pub mod job;
 mod module;
 mod runner;
 pub mod serve;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -85,6 +86,10 @@ pub struct Options {
     /// Folder where task modules are kept between runs ([`default_cache_dir`] by default);
     /// `None` keeps them in memory only.
     pub module_cache: Option<std::path::PathBuf>,
+    /// Certificates trusted for `wss://` and the module download over `https://`, besides
+    /// the webpki roots: a private CA's, or a self-signed coordinator's. See
+    /// [`Options::ca_cert_file`].
+    pub ca_certs: Vec<tls::CertificateDer<'static>>,
 }
 
 impl Default for Options {
@@ -102,6 +107,7 @@ impl Default for Options {
             drain: CancellationToken::new(),
             protocol_version: PROTOCOL_VERSION,
             module_cache: default_cache_dir(),
+            ca_certs: Vec::new(),
         }
     }
 }
@@ -123,6 +129,14 @@ impl Options {
     pub fn capacity(mut self, capacity: u32) -> Self {
         self.capacity = capacity;
         self
+    }
+
+    /// Also trusts every certificate of the PEM file at `path` (builder style): a private
+    /// CA's, or a self-signed coordinator's. Fails with [`Error::Config`] when the file
+    /// cannot be read or holds no certificate.
+    pub fn ca_cert_file(mut self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        self.ca_certs.extend(tls::read_pem_certs(path)?);
+        Ok(self)
     }
 
     pub(crate) fn session_config(&self) -> SessionConfig {

@@ -41,6 +41,10 @@ struct Args {
     /// user's cache folder].
     #[arg(long, env = "DISTCHAN_MODULE_CACHE")]
     module_cache: Option<std::path::PathBuf>,
+    /// PEM file of certificates to trust for wss:// and https:// besides the usual roots
+    /// (a private CA, or the coordinator's self-signed certificate); may hold several.
+    #[arg(long, env = "DISTCHAN_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -71,6 +75,9 @@ async fn run(args: Args) -> Result<(), Error> {
     options.agent = args.agent;
     if args.module_cache.is_some() {
         options.module_cache = args.module_cache;
+    }
+    if let Some(path) = &args.ca_cert {
+        options = options.ca_cert_file(path)?;
     }
     if let Some(key) = &args.aes_key {
         options = options.transform(Aes256GcmTransform::from_hex(key)?);

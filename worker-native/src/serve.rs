@@ -85,6 +85,7 @@ pub async fn serve_task(url: &str, options: Options) -> Result<()> {
             spec,
             token: options.token.clone(),
             cache: options.module_cache.clone(),
+            ca_certs: options.ca_certs.clone(),
         };
         let threads = options.concurrency.max(1);
         return conn.run_module(source, threads, &options).done().await;
