@@ -58,7 +58,9 @@ use distchan_protocol::{
 use serde::{de::DeserializeOwned, Serialize};
 
 /// How a worker connects and what it announces.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output never shows the access token (nor the AES key of a transform).
+#[derive(Clone)]
 pub struct Options {
     /// Most unanswered jobs the coordinator may send at once (the credit window).
     pub capacity: u32,
@@ -109,6 +111,25 @@ impl Default for Options {
             module_cache: default_cache_dir(),
             ca_certs: Vec::new(),
         }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("capacity", &self.capacity)
+            .field("concurrency", &self.concurrency)
+            .field("inline_handlers", &self.inline_handlers)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("transforms", &self.transforms)
+            .field("agent", &self.agent)
+            .field("max_frame", &self.max_frame)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("drain", &self.drain)
+            .field("protocol_version", &self.protocol_version)
+            .field("module_cache", &self.module_cache)
+            .field("ca_certs", &self.ca_certs.len())
+            .finish_non_exhaustive()
     }
 }
 

@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, env = "DISTCHAN_CAPACITY")]
     capacity: Option<u32>,
     /// Access token the coordinator requires.
-    #[arg(long, env = "DISTCHAN_TOKEN")]
+    #[arg(long, env = "DISTCHAN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// AES-256-GCM key (64 hex digits) if the coordinator encrypts payloads.
     #[arg(long, env = "DISTCHAN_AES_KEY", hide_env_values = true)]
