@@ -1,6 +1,10 @@
 //! HTTP on one port: the WebSocket endpoint for workers, `/healthz`, `/metrics`, the
 //! dashboard's event stream, and the volunteer page's static files at `/`.
 //!
+//! Connections are accepted by a loop of our own ([`spawn`]) and served by hyper's HTTP/1.1
+//! connection builder, for its header-read timeout; each connection runs on a task of its
+//! own (with its TLS handshake, if any), and those that are not workers yet are capped.
+//!
 //! The WebSocket upgrade is answered here (RFC 6455's opening handshake, with hyper's
 //! upgrade and tokio-tungstenite), so that each worker's WebSocket runs over a `Socket`
 //! (see `socket`) that keeps idle workers small.

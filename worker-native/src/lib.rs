@@ -13,6 +13,8 @@
 //! - [`serve`](mod@serve): run a handler on every job with bounded concurrency, or the task
 //!   the coordinator names ([`serve_task`]): a built-in demo task or a task module; builds
 //!   on [`connection`] and the runner.
+//! - [`tls`]: the transport under the WebSocket, TCP or TLS (rustls) for `wss://`, and the
+//!   certificates trusted besides the public roots.
 //! - `module` (private): task modules (WebAssembly) fetched, checked, cached on disk,
 //!   compiled once and run sandboxed by wasmtime on a pool of threads.
 //!
