@@ -3,7 +3,8 @@
 //! CA the worker runs a task module fetched over `https://`; without it, or with `wss://`
 //! against a plain port, it fails at once with an [`Error::Config`] that says what to do (so
 //! a retrying worker does not retry), while a refused TCP connection stays a connection
-//! error.
+//! error. A client silent in its TLS handshake holds up no other connection and is closed
+//! after the header timeout.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,7 +14,7 @@ use std::{
 use distchan_coordinator::{Config, Coordinator, TaskModule, TlsConfig};
 use distchan_protocol::session::should_reconnect;
 use distchan_worker::{serve_task, Error, Options};
-use tokio::time::timeout;
+use tokio::{io::AsyncReadExt, net::TcpStream, time::timeout};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -39,12 +40,31 @@ async fn coordinator(
     distchan_coordinator::JobSender<u64>,
     distchan_coordinator::ResultReceiver<u64>,
 ) {
-    let module = TaskModule::from_file(module_file("misbehave.wat")).unwrap();
+    coordinator_with(
+        "misbehave.wat",
+        Config {
+            tls,
+            ..Config::default()
+        },
+    )
+    .await
+}
+
+/// A coordinator running the task module in `file` with `config`. Compiled modules are
+/// kept per process, by hash: only the first test to run a module downloads it.
+async fn coordinator_with(
+    file: &str,
+    config: Config,
+) -> (
+    Coordinator,
+    distchan_coordinator::JobSender<u64>,
+    distchan_coordinator::ResultReceiver<u64>,
+) {
+    let module = TaskModule::from_file(module_file(file)).unwrap();
     Coordinator::builder()
         .config(Config {
-            tls,
             max_retries: 0,
-            ..Config::default()
+            ..config
         })
         .module(module)
         .bind::<u64, u64>("127.0.0.1:0")
@@ -177,4 +197,83 @@ fn a_ca_file_without_certificates_is_a_config_error() {
             .len(),
         2
     );
+}
+
+/// A worker trusting `cert` runs `sent` through the coordinator at `url` and ends cleanly.
+async fn run_jobs(
+    url: String,
+    cert: &str,
+    jobs: distchan_coordinator::JobSender<u64>,
+    results: &mut distchan_coordinator::ResultReceiver<u64>,
+    sent: &[u64],
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, cert).unwrap();
+    let options = Options {
+        concurrency: 1,
+        module_cache: None,
+        ..Options::default()
+    }
+    .ca_cert_file(&ca)
+    .unwrap();
+    let worker = tokio::spawn(async move { serve_task(&url, options).await });
+    jobs.send_many(sent.iter().copied()).await.unwrap();
+    drop(jobs);
+    let mut outcomes = results.collect_all().await;
+    outcomes.sort_by_key(|o| o.id);
+    let values: Vec<u64> = outcomes.into_iter().map(|o| o.result.unwrap()).collect();
+    assert_eq!(values, sent);
+    worker.await.unwrap().expect("the worker ends cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_in_its_tls_handshake_holds_up_no_one() {
+    let (cert, key) = certificate();
+    // The reactor twin of the module the other tests run, which echoes jobs 8 and 9 too.
+    let (coordinator, jobs, mut results) = coordinator_with(
+        "misbehave-reactor.wat",
+        Config {
+            tls: Some(TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()),
+            // Far longer than the test may take: only a handshake of its own lets others in.
+            header_read_timeout: Duration::from_secs(120),
+            ..Config::default()
+        },
+    )
+    .await;
+    let silent: Vec<TcpStream> = futures_util::future::join_all(
+        (0..5).map(|_| TcpStream::connect(coordinator.local_addr())),
+    )
+    .await
+    .into_iter()
+    .map(Result::unwrap)
+    .collect();
+    let url = coordinator.ws_url();
+    timeout(
+        Duration::from_secs(20),
+        run_jobs(url, &cert, jobs, &mut results, &[8, 9, 80]),
+    )
+    .await
+    .expect("the worker was held up by the silent clients");
+    assert_eq!(coordinator.stats().connections_pending, silent.len() as u64);
+}
+
+#[tokio::test]
+async fn a_client_silent_in_its_tls_handshake_is_closed_after_the_header_timeout() {
+    let (cert, key) = certificate();
+    let (coordinator, _jobs, _results) = coordinator_with(
+        "misbehave-reactor.wat",
+        Config {
+            tls: Some(TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap()),
+            header_read_timeout: Duration::from_millis(200),
+            ..Config::default()
+        },
+    )
+    .await;
+    let mut silent = TcpStream::connect(coordinator.local_addr()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = timeout(LIMIT, silent.read(&mut buf))
+        .await
+        .expect("the coordinator closes a silent client");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
