@@ -167,6 +167,13 @@ function overall() {
   if (connected > 0) {
     return { cls: "working", text: "Working", detail: `${connected} of ${threads.length} threads connected to ${wsUrl}` };
   }
+  // Threads connect again by themselves, after a growing random delay.
+  const lost = live.find((t) => t.status && t.status.state === "reconnecting");
+  if (lost) {
+    const s = lost.status;
+    const wait = s.retryInMs == null ? "" : ` in ${(s.retryInMs / 1000).toFixed(1)} s`;
+    return { cls: "connecting", text: "Reconnecting…", detail: `Lost ${wsUrl} (${s.reason}); trying again${wait} (attempt ${s.attempt})` };
+  }
   return { cls: "connecting", text: "Connecting…", detail: `Joining ${wsUrl}` };
 }
 
@@ -207,7 +214,7 @@ function render() {
     const dot = document.createElement("span");
     const s = t.status;
     const state = t.ended ? (t.ok ? "finished" : t.refused ? "refused" : "failed")
-      : !s || s.state === "connecting" || s.state === "idle" ? "connecting"
+      : !s || s.state === "connecting" || s.state === "reconnecting" || s.state === "idle" ? "connecting"
       : s.state === "draining" ? "draining" : "working";
     dot.className = `dot ${state}`;
     const label = t.ended ? (t.ok ? "done" : t.refused ? "refused" : "disconnected")

@@ -7,7 +7,10 @@ use std::{collections::VecDeque, fmt, marker::PhantomData, sync::Arc};
 use distchan_protocol::{payload, transform::TransformChain, Error, JobId, Result};
 use serde::Serialize;
 
-use crate::scheduler::{Batch, Hub, Submit};
+use crate::{
+    keyed::{Keyed, KeyedSend},
+    scheduler::{Batch, Hub, Submit},
+};
 
 /// The sending half of the coordinator's job channel.
 ///
@@ -31,6 +34,7 @@ pub struct JobSender<J> {
 struct Inner {
     hub: Arc<Hub>,
     chain: TransformChain,
+    keyed: Arc<Keyed>,
 }
 
 impl Drop for Inner {
@@ -57,9 +61,9 @@ impl<J> fmt::Debug for JobSender<J> {
 }
 
 impl<J: Serialize> JobSender<J> {
-    pub(crate) fn new(hub: Arc<Hub>, chain: TransformChain) -> Self {
+    pub(crate) fn new(hub: Arc<Hub>, chain: TransformChain, keyed: Arc<Keyed>) -> Self {
         JobSender {
-            inner: Arc::new(Inner { hub, chain }),
+            inner: Arc::new(Inner { hub, chain, keyed }),
             _job: PhantomData,
         }
     }
@@ -83,6 +87,76 @@ impl<J: Serialize> JobSender<J> {
                 match hub.try_submit(frame, true) {
                     Submit::Sent(id) => Ok(id),
                     Submit::Closed | Submit::NoRoom(_) => Err(Error::Closed),
+                }
+            }
+        }
+    }
+
+    /// Like [`JobSender::send`], for a job the caller names by `key` (unique within the
+    /// run: a file name, a row id, a line number); its [`JobOutcome`](crate::JobOutcome)
+    /// carries the key.
+    ///
+    /// With a journal ([`Builder::journal`](crate::Builder::journal)), a key whose outcome
+    /// the journal holds (from this run or an earlier one of the same name) is answered from
+    /// there: the job is not encoded or run, and [`KeyedSend::FromJournal`] says so. Every
+    /// other keyed job's outcome is journaled before the receiver hands it out: a result, or
+    /// the handler's error (a job lost with its workers is not, so sending its key again
+    /// runs it again). So a program that restarts and sends its work again pays only for
+    /// what is missing. Without a journal the key is only carried along.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), distchan_coordinator::Error> {
+    /// use distchan_coordinator::{Coordinator, KeyedSend};
+    ///
+    /// let (_coordinator, jobs, mut results) = Coordinator::builder()
+    ///     .journal("squares.journal", "squares of 0..1000")
+    ///     .bind::<u64, u64>("127.0.0.1:8080")
+    ///     .await?;
+    /// let mut computed = 0;
+    /// for n in 0..1000u64 {
+    ///     if let KeyedSend::Queued(_) = jobs.send_keyed(n.to_be_bytes(), n).await? {
+    ///         computed += 1;
+    ///     }
+    /// }
+    /// drop(jobs);
+    /// println!("{computed} jobs to compute, the rest from the journal");
+    /// while let Some(outcome) = results.recv().await {
+    ///     let n = u64::from_be_bytes(outcome.key.unwrap().try_into().unwrap());
+    ///     println!("{n}: {:?}", outcome.result);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_keyed(&self, key: impl AsRef<[u8]>, job: J) -> Result<KeyedSend> {
+        let (key, hub, keyed) = (key.as_ref(), &self.inner.hub, &self.inner.keyed);
+        let mut frame = None;
+        let mut has_room = false;
+        loop {
+            let sent = keyed.submit(key, || {
+                let encoded = match frame.take() {
+                    Some(f) => f,
+                    None => payload::encode_job(&job, &self.inner.chain)?,
+                };
+                match hub.try_submit(encoded, has_room) {
+                    Submit::Sent(id) => Ok(Some(id)),
+                    Submit::Closed => Err(Error::Closed),
+                    Submit::NoRoom(_) if has_room => Err(Error::Closed),
+                    Submit::NoRoom(encoded) => {
+                        frame = Some(encoded);
+                        Ok(None)
+                    }
+                }
+            })?;
+            match sent {
+                Some(sent @ KeyedSend::FromJournal(_)) => {
+                    hub.wake_receiver();
+                    return Ok(sent);
+                }
+                Some(sent) => return Ok(sent),
+                None => {
+                    if !hub.wait_for_room().await {
+                        return Err(Error::Closed);
+                    }
+                    has_room = true;
                 }
             }
         }

@@ -22,7 +22,8 @@
 //!
 //! Around it: [`config`] (every setting, with defaults), [`tls`] (HTTPS and `wss://`
 //! served directly), [`journal`] (outcomes kept on disk,
-//! so that a run survives the coordinator's death), [`module`] (the user's task module,
+//! so that a run survives the coordinator's death), `keyed` (jobs sent with a key:
+//! answered from the journal, or journaled once answered; [`KeyedSend`]), [`module`] (the user's task module,
 //! served to workers), `server` (HTTP, WebSocket upgrade, static files, the module's URL),
 //! `websocket` (a worker's WebSocket, owner of the write path: frames queued whole and
 //! written before each read), `socket` (the socket under each WebSocket: read-ahead buffers
@@ -62,6 +63,7 @@ mod dashboard;
 pub mod job;
 mod job_error;
 pub mod journal;
+mod keyed;
 pub mod memory;
 pub mod module;
 mod process;
@@ -80,6 +82,7 @@ pub use config::Config;
 pub use distchan_protocol::{transform, Error, JobId};
 pub use job::{JobSender, TrySendError};
 pub use job_error::JobError;
+pub use keyed::KeyedSend;
 pub use module::TaskModule;
 pub use result::{JobOutcome, ResultReceiver};
 pub use scheduler::{ShutdownReport, WorkerSnapshot};
@@ -109,6 +112,8 @@ pub(crate) struct Shared {
     pub epoch: tokio::time::Instant,
     pub dashboard: dashboard::Hub,
     pub hub: Arc<Hub>,
+    /// Keyed jobs and the journal.
+    pub keyed: Arc<keyed::Keyed>,
     pub slots: Arc<Semaphore>,
     /// Read-ahead buffers lent to busy connections.
     pub read_pool: Arc<socket::ReadPool>,
@@ -125,6 +130,7 @@ pub struct Builder {
     config: Config,
     chain: TransformChain,
     module: Option<TaskModule>,
+    journal: Option<(std::path::PathBuf, String)>,
 }
 
 impl Builder {
@@ -151,6 +157,21 @@ impl Builder {
     /// [`Config::module_limits`]. See [`module`] for how jobs and results reach it.
     pub fn module(mut self, module: TaskModule) -> Self {
         self.module = Some(module);
+        self
+    }
+
+    /// Keeps the outcomes of keyed jobs ([`JobSender::send_keyed`]) in the journal at
+    /// `path` (created if missing), made for the run named `identity`: sending a key whose
+    /// outcome it holds answers from it, without running the job again. Opening a journal
+    /// made for another identity fails with the reason; a torn tail left by a crash is
+    /// dropped. See [`journal`] for the format and when an outcome is durable: before the
+    /// [`ResultReceiver`] hands it out.
+    pub fn journal(
+        mut self,
+        path: impl Into<std::path::PathBuf>,
+        identity: impl Into<String>,
+    ) -> Self {
+        self.journal = Some((path.into(), identity.into()));
         self
     }
 
@@ -202,10 +223,15 @@ impl Builder {
         &self,
         coordinator: &Coordinator,
     ) -> (JobSender<J>, ResultReceiver<R>) {
-        let hub = &coordinator.shared.hub;
+        let (hub, keyed) = (&coordinator.shared.hub, &coordinator.shared.keyed);
         (
-            JobSender::new(hub.clone(), self.chain.clone()),
-            ResultReceiver::new(hub.clone(), self.chain.clone(), self.config.ordered),
+            JobSender::new(hub.clone(), self.chain.clone(), keyed.clone()),
+            ResultReceiver::new(
+                hub.clone(),
+                self.chain.clone(),
+                self.config.ordered,
+                keyed.clone(),
+            ),
         )
     }
 
@@ -249,13 +275,13 @@ impl Builder {
             jobs.is_some(),
             results.is_some(),
         )?;
-        let hub = &coordinator.shared.hub;
+        let (hub, keyed) = (&coordinator.shared.hub, &coordinator.shared.keyed);
         let job_sender = jobs
             .is_some()
-            .then(|| JobSender::<J>::new(hub.clone(), chain.clone()));
+            .then(|| JobSender::<J>::new(hub.clone(), chain.clone(), keyed.clone()));
         let result_rx = results
             .is_some()
-            .then(|| ResultReceiver::<R>::new(hub.clone(), chain, ordered));
+            .then(|| ResultReceiver::<R>::new(hub.clone(), chain, ordered, keyed.clone()));
         if let (Some(mut user_jobs), Some(sender)) = (jobs, job_sender) {
             tokio::spawn(async move {
                 while let Some(job) = user_jobs.recv().await {
@@ -308,6 +334,22 @@ impl Builder {
             Some(m) => Some((m.spec(self.config.module_limits)?, m.clone())),
             None => None,
         };
+        let journal = match &self.journal {
+            None => None,
+            Some((path, identity)) => {
+                let (journal, found) = journal::Journal::open(path, identity).map_err(|e| {
+                    Error::config_from(format!("cannot use the journal {}", path.display()), e)
+                })?;
+                tracing::info!(
+                    path = %path.display(),
+                    outcomes = found.len(),
+                    dropped_bytes = journal.dropped(),
+                    "journal opened"
+                );
+                Some((journal, found))
+            }
+        };
+        let keyed = Arc::new(keyed::Keyed::new(journal));
         let cancel = CancellationToken::new();
         let counters = Arc::new(Counters::default());
         let epoch = tokio::time::Instant::now();
@@ -332,6 +374,7 @@ impl Builder {
             workers: hub.watch_workers(),
             finished: hub.watch_finished(),
             hub,
+            keyed,
             config,
             module,
         });
@@ -476,6 +519,12 @@ impl Coordinator {
         let json = serde_json::to_string(event).map_err(|e| Error::Encode(Box::new(e)))?;
         self.shared.dashboard.publish(json);
         Ok(())
+    }
+
+    /// Keys whose outcome the journal holds (0 without a journal; see
+    /// [`Builder::journal`]).
+    pub fn journaled(&self) -> usize {
+        self.shared.keyed.journaled()
     }
 
     /// A snapshot of the counters.

@@ -3,7 +3,7 @@
 //! order, and handed to the caller.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     fmt,
     marker::PhantomData,
     sync::Arc,
@@ -13,6 +13,7 @@ use distchan_protocol::{payload, transform::TransformChain, JobId};
 use serde::de::DeserializeOwned;
 
 use crate::{
+    keyed::{Keyed, REPLAYED_ID_BASE},
     scheduler::{Hub, RawOutcome, Take, EMITTED_ID_BASE},
     JobError,
 };
@@ -25,18 +26,27 @@ use crate::{
 #[derive(Debug)]
 pub struct JobOutcome<R> {
     /// The id [`JobSender::send`](crate::JobSender::send) returned for the job. Values a
-    /// worker emits on its own (results-only use) carry ids from 2^63 upward.
+    /// worker emits on its own (results-only use) carry ids from 2^63 upward, outcomes
+    /// answered from the journal ids from 2^62 up to 2^63.
     pub id: JobId,
-    /// The worker whose answer this is (`None` when no worker answered, e.g. a lost job).
+    /// The worker whose answer this is (`None` when no worker answered: a lost job, or an
+    /// outcome from the journal).
     pub worker: Option<u64>,
     /// The result, or why there is none.
     pub result: Result<R, JobError>,
+    /// The key the job was sent with ([`JobSender::send_keyed`](crate::JobSender::send_keyed)).
+    pub key: Option<Vec<u8>>,
 }
 
 impl<R> JobOutcome<R> {
     /// True for a value a worker sent on its own rather than in answer to a job.
     pub fn is_emitted(&self) -> bool {
         self.id.0 >= EMITTED_ID_BASE
+    }
+
+    /// True for an outcome answered from the journal (the job was not run again).
+    pub fn is_from_journal(&self) -> bool {
+        (REPLAYED_ID_BASE..EMITTED_ID_BASE).contains(&self.id.0)
     }
 }
 
@@ -66,6 +76,10 @@ pub struct ResultReceiver<R> {
     chain: TransformChain,
     /// Outcomes held back until those of earlier jobs are out (`ordered` only).
     reorder: Option<Reorder>,
+    /// Keyed jobs and the journal.
+    keyed: Arc<Keyed>,
+    /// Keys of the outcomes taken and not yet handed out.
+    keys: HashMap<JobId, Vec<u8>>,
     /// The type results decode to.
     _result: PhantomData<fn() -> R>,
 }
@@ -89,13 +103,20 @@ struct Reorder {
 
 impl<R: DeserializeOwned> ResultReceiver<R> {
     /// A receiver of `hub`'s outcomes, decoded through `chain`, in send order when `ordered`.
-    pub(crate) fn new(hub: Arc<Hub>, chain: TransformChain, ordered: bool) -> Self {
+    pub(crate) fn new(
+        hub: Arc<Hub>,
+        chain: TransformChain,
+        ordered: bool,
+        keyed: Arc<Keyed>,
+    ) -> Self {
         ResultReceiver {
             hub,
             taken: VecDeque::new(),
             ended: false,
             chain,
             reorder: ordered.then(Reorder::default),
+            keyed,
+            keys: HashMap::new(),
             _result: PhantomData,
         }
     }
@@ -155,6 +176,11 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
     /// more.
     async fn recv_raw(&mut self) -> Option<RawOutcome> {
         loop {
+            // Answers from the journal go first, outside any order.
+            if let Some((raw, key)) = self.keyed.next_replay() {
+                self.keys.insert(raw.id, key);
+                return Some(raw);
+            }
             if let Some(raw) = self.next_ready() {
                 return Some(raw);
             }
@@ -166,7 +192,10 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
                 return Some(raw);
             }
             match self.hub.take_outcomes(&mut self.taken) {
-                Take::Some => {}
+                // Durable before any of them is handed out.
+                Take::Some => self
+                    .keyed
+                    .journal_outcomes(self.taken.iter(), &mut self.keys),
                 Take::End => self.ended = true,
                 Take::Wait => self.hub.outcomes_ready().await,
             }
@@ -197,14 +226,20 @@ impl<R: DeserializeOwned> ResultReceiver<R> {
     }
 
     /// Decodes an outcome's result.
-    fn decode(&self, raw: RawOutcome) -> JobOutcome<R> {
+    fn decode(&mut self, raw: RawOutcome) -> JobOutcome<R> {
         let result = raw
             .result
             .and_then(|bytes| payload::decode(bytes, &self.chain).map_err(JobError::Undecodable));
+        let key = if self.keys.is_empty() {
+            None
+        } else {
+            self.keys.remove(&raw.id)
+        };
         JobOutcome {
             id: raw.id,
             worker: raw.worker,
             result,
+            key,
         }
     }
 }

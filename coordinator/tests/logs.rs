@@ -140,8 +140,8 @@ async fn worker_json_logs_are_one_object_per_line() {
 
 #[tokio::test]
 async fn worker_fatal_error_is_a_json_line_when_the_environment_asks() {
-    // Nothing listens on port 1: the worker fails at once.
-    let args = ["--url", "ws://127.0.0.1:1/ws"];
+    // Nothing listens on port 1: with --once the worker fails at once.
+    let args = ["--url", "ws://127.0.0.1:1/ws", "--once"];
     let out = run(worker_bin(), &args, &[("DISTCHAN_LOG_FORMAT", "json")]).await;
     assert_eq!(out.status.code(), Some(1));
     assert_logged(&json_events(&out.stderr), "ERROR", "distchan-worker: ");

@@ -4,6 +4,7 @@
 # (install it in an EXIT trap).
 #
 #   start_coordinator NAME ARGS...   starts `distchan-coordinator ARGS... --listen 127.0.0.1:0`
+#                                    (or on $COORDINATOR_LISTEN, e.g. a restarted one's address)
 #                                    with stdout/stderr in $LOG_DIR/NAME.{out,err}, waits for
 #                                    its address, and sets NAME_ADDR and NAME_PID
 #   wait_coordinator NAME SECONDS    waits at most SECONDS for it to exit; returns its exit code
@@ -37,7 +38,7 @@ start_coordinator() {
     local -a unset_args=()
     mapfile -t unset_args < <(_clean_env_args)
     env "${unset_args[@]}" RUST_LOG="${COORDINATOR_LOG:-info}" NO_COLOR=1 \
-        "$COORDINATOR_BIN" "$@" --listen 127.0.0.1:0 \
+        "$COORDINATOR_BIN" "$@" --listen "${COORDINATOR_LISTEN:-127.0.0.1:0}" \
         >"$LOG_DIR/$name.out" 2>"$LOG_DIR/$name.err" &
     pid=$!
     _COORDINATOR_PIDS+=("$pid")

@@ -7,8 +7,9 @@
 #      and equals the native computation. Screenshot: target/e2e/volunteer.png.
 #   2. refused: a coordinator with --token; the page without a token must show the refusal
 #      reason. Screenshot: target/e2e/refused.png.
-#   3. stopped: the same coordinator, the page with ?token=: it works, then Stop must drain
-#      and leave cleanly. Screenshot: target/e2e/stopped.png.
+#   3. stopped: the same coordinator (--max-retries 0), the page with ?token=: it works, then
+#      Stop must drain and leave cleanly; twenty times, and no job fails or is dispatched
+#      again. Screenshot: target/e2e/stopped.png.
 #   4. dashboard: a larger picture; the dashboard, open in a second tab while the volunteer
 #      works, lists the browser worker and paints its tiles; every tile is verified.
 #      Screenshot: target/e2e/dashboard.png.
@@ -19,6 +20,11 @@
 #      result files are identical, byte for byte (and the two ABIs agree).
 #   7. stuck tab: a module job that never returns; the page restarts the thread after the
 #      module's time limit, the job is reported lost (--max-retries 0), the others succeed.
+#   8. restarted coordinator: the coordinator is killed mid-run and a new one started on the
+#      same port; the same page connects again by itself and does the new run's work.
+#   9. frozen tab: the page's renderer is stopped (SIGSTOP) while it holds jobs, its sockets
+#      open; under default settings the coordinator declares it dead within two heartbeat
+#      intervals and a native worker started afterwards finishes every job.
 #
 # Assumes scripts/setup.sh has run (Chromium, playwright-core in .tools) and builds nothing
 # but the wasm package if www/pkg is missing; needs target/release/distchan-coordinator.
@@ -95,22 +101,28 @@ passed=$((passed + 1))
 echo "== e2e 2: a coordinator that wants a token refuses the tab, and the page says why"
 TOKEN=e2e-$RANDOM$RANDOM
 start_coordinator guarded --demo capitalize --jobs 1000000 --token "$TOKEN" --local-workers 0 \
-    --static-dir www
+    --max-retries 0 --static-dir www
 browse --url "http://$guarded_ADDR/?autostart=1" --expect refused \
     --text "an access token is required" --screenshot "$LOG_DIR/refused.png" --timeout 60
 echo "ok: the refusal reason reached the page"
 passed=$((passed + 1))
 
-echo "== e2e 3: with ?token= the tab works; Stop drains and leaves cleanly"
-browse --url "http://$guarded_ADDR/?autostart=1&token=$TOKEN" --expect stopped \
-    --stop-after-jobs 200 --screenshot "$LOG_DIR/stopped.png" --timeout 60
+echo "== e2e 3: with ?token= the tab works; Stop drains and leaves cleanly, twenty times"
+browse --url "http://$guarded_ADDR/?autostart=1&token=$TOKEN" --expect stopped --rounds 20 \
+    --stop-after-jobs 200 --screenshot "$LOG_DIR/stopped.png" --timeout 120
 grep -q "worker is draining" "$LOG_DIR/guarded.err" || {
     echo "e2e: the coordinator never heard a drain:" >&2
     tail -n 30 "$LOG_DIR/guarded.err" >&2
     exit 1
 }
 stop_coordinator guarded
-echo "ok: the tab drained and left"
+# With --max-retries 0 a job lost with a stopping tab would fail; a drain uses no retry.
+grep -Eq "^summary: .*, 0 failed, .*, 0 re-dispatched" "$LOG_DIR/guarded.out" || {
+    echo "e2e: stopping the tab lost or re-dispatched jobs:" >&2
+    grep -E "^summary|failed" "$LOG_DIR/guarded.out" "$LOG_DIR/guarded.err" | head -n 20 >&2
+    exit 1
+}
+echo "ok: the tab drained and left twenty times; no job failed or was dispatched again"
 passed=$((passed + 1))
 
 echo "== e2e 4: the dashboard shows the volunteer and the picture while the tab works"
@@ -210,6 +222,68 @@ grep -E '"line":2[,}]' "$LOG_DIR/stuck.out" | grep -q '"error":"the job was lost
     exit 1
 }
 echo "ok: the stuck thread was restarted, its job reported lost, the other five answered"
+passed=$((passed + 1))
+
+echo "== e2e 8: the coordinator restarts mid-run; the same tab comes back and does the new run"
+start_coordinator restart1 --demo capitalize --jobs 1000000 --local-workers 0 --static-dir www
+rm -f "$LOG_DIR/restart.ready"
+timeout 240 node tests/e2e/volunteer.mjs --url "http://$restart1_ADDR/?autostart=1" \
+    --expect restarted --stop-after-jobs 300 --ready-file "$LOG_DIR/restart.ready" \
+    --screenshot "$LOG_DIR/restarted.png" --timeout 120 &
+NODE_PID=$!
+for ((i = 0; i < 1200; i++)); do
+    [ -f "$LOG_DIR/restart.ready" ] || ! kill -0 "$NODE_PID" 2>/dev/null && break
+    sleep 0.1
+done
+[ -f "$LOG_DIR/restart.ready" ] || { echo "e2e: the tab never got to work" >&2; exit 1; }
+# A crash, not a shutdown: the tab sees its connection drop.
+kill -KILL "$restart1_PID"
+wait "$restart1_PID" 2>/dev/null || true
+_forget "$restart1_PID"
+COORDINATOR_LISTEN=$restart1_ADDR start_coordinator restart2 --demo capitalize --jobs 2000 \
+    --local-workers 0 --verify --static-dir www
+code=0
+wait "$NODE_PID" || code=$?
+NODE_PID=""
+[ "$code" = 0 ] || { echo "e2e: the page did not finish the second run" >&2; exit 1; }
+expect_verified restart2 2000
+grep -q 'agent=volunteer tab' "$LOG_DIR/restart2.err" || {
+    echo "e2e: the tab never joined the restarted coordinator" >&2
+    exit 1
+}
+echo "ok: the tab connected again to the restarted coordinator and did its 2000 jobs, verified"
+passed=$((passed + 1))
+
+echo "== e2e 9: a frozen tab's jobs move on within two heartbeats (default settings)"
+JOBS=20000
+start_coordinator frozen --demo capitalize --jobs "$JOBS" --local-workers 0 --verify --static-dir www
+rm -f "$LOG_DIR/frozen.ready" "$LOG_DIR/frozen.release"
+timeout 240 node tests/e2e/volunteer.mjs --url "http://$frozen_ADDR/?autostart=1" \
+    --expect frozen --stop-after-jobs 300 --ready-file "$LOG_DIR/frozen.ready" \
+    --release-file "$LOG_DIR/frozen.release" --timeout 120 &
+NODE_PID=$!
+for ((i = 0; i < 1200; i++)); do
+    [ -f "$LOG_DIR/frozen.ready" ] || ! kill -0 "$NODE_PID" 2>/dev/null && break
+    sleep 0.1
+done
+[ -f "$LOG_DIR/frozen.ready" ] || { echo "e2e: the tab never got to work" >&2; exit 1; }
+target/release/distchan-worker --url "ws://$frozen_ADDR/ws" --once >"$LOG_DIR/frozen-worker.log" 2>&1 &
+# The default heartbeat is 5 s: two intervals, plus time for the native worker's share.
+expect_verified frozen "$JOBS"
+touch "$LOG_DIR/frozen.release"
+wait "$NODE_PID" || { echo "e2e: the frozen page's driver failed" >&2; exit 1; }
+NODE_PID=""
+grep -q "no sign of life" "$LOG_DIR/frozen.err" || {
+    echo "e2e: the coordinator did not declare the frozen tab dead:" >&2
+    tail -n 20 "$LOG_DIR/frozen.err" >&2
+    exit 1
+}
+grep -q "summary: $JOBS of $JOBS jobs" "$LOG_DIR/frozen.out" || {
+    echo "e2e: not every job arrived after the tab froze:" >&2
+    cat "$LOG_DIR/frozen.out" >&2
+    exit 1
+}
+echo "ok: the frozen tab was declared dead ($(grep -o 'no sign of life for [^ ]*' "$LOG_DIR/frozen.err" | head -n 1)) and a native worker finished: $JOBS results, each once"
 passed=$((passed + 1))
 
 echo "e2e: took ${SECONDS} s"

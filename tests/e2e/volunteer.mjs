@@ -9,14 +9,23 @@
 //             --text, the banner says it; with --task, the task shown includes it;
 //   refused   "Refused by the coordinator", with --text in the banner;
 //   stopped   after --stop-after-jobs jobs (screenshot FILE-working.png), presses Stop and
-//             expects "Stopped": every thread drained and left cleanly.
+//             expects "Stopped": every thread drained and left cleanly; with --rounds N,
+//             presses Start again and does it N times in all;
+//   closed    after --stop-after-jobs jobs, closes the tab;
+//   restarted after --stop-after-jobs jobs, creates --ready-file (the caller then restarts
+//             the coordinator on the same port), and expects "All work done" from the same
+//             page, its threads never restarted: they connected again by themselves;
+//   frozen    after --stop-after-jobs jobs, stops the page's renderer processes (SIGSTOP: the
+//             page freezes, its sockets stay open), creates --ready-file, waits for
+//             --release-file to appear (at most --timeout), then lets the renderers go on.
 // Exits 0 on success, 1 with the reason otherwise; keeps a screenshot either way.
 //
 // Uses npm playwright-core from the project's .tools (scripts/setup.sh) and Debian's Chromium;
 // nothing is downloaded.
 
 import { createRequire } from "node:module";
-import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, mkdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -43,6 +52,28 @@ function parseArgs(argv) {
 
 function log(...parts) {
   console.log(`[e2e ${expect}]`, ...parts);
+}
+
+/** The Chromium renderer processes started by this script (descendants of this process). */
+function rendererPids() {
+  const rows = execFileSync("ps", ["-e", "-o", "pid=,ppid=,args="], { encoding: "utf8" })
+    .split("\n").map((l) => l.trim().match(/^(\d+)\s+(\d+)\s+(.*)$/)).filter(Boolean)
+    .map(([, pid, ppid, cmd]) => ({ pid: Number(pid), ppid: Number(ppid), cmd }));
+  const ours = new Set([process.pid]);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const r of rows) if (ours.has(r.ppid) && !ours.has(r.pid)) { ours.add(r.pid); grew = true; }
+  }
+  return rows.filter((r) => ours.has(r.pid) && r.cmd.includes("--type=renderer")).map((r) => r.pid);
+}
+
+/** Resolves once `file` exists, or rejects after `ms`. */
+async function waitForFile(file, ms) {
+  const until = Date.now() + ms;
+  while (!existsSync(file)) {
+    if (Date.now() > until) throw new Error(`${file} did not appear within ${ms / 1000} s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }
 
 const profile = mkdtempSync(join(tmpdir(), "distchan-e2e-chromium-"));
@@ -149,19 +180,54 @@ try {
     if (s.done !== 0) throw new Error(`a refused tab did ${s.done} jobs`);
   } else if (expect === "stopped") {
     const want = Number(args["stop-after-jobs"] || 1);
-    const working = await waitFor(`${want} jobs done`, (s) => s.done >= want || terminal(s));
-    if (terminal(working)) throw new Error(`the page ended before Stop: "${working.state}": ${working.detail}`);
-    log("working:", JSON.stringify(working));
-    if (screenshot) {
-      mkdirSync(dirname(screenshot), { recursive: true });
-      await page.screenshot({ path: screenshot.replace(/\.png$/, "") + "-working.png", fullPage: true });
+    const rounds = Number(args.rounds || 1);
+    for (let round = 1; round <= rounds; round++) {
+      if (round > 1) await page.click("#start");
+      const working = await waitFor(`${want} jobs done`, (s) => (s.done >= want && s.state === "Working") || terminal(s));
+      if (terminal(working)) throw new Error(`round ${round}: the page ended before Stop: "${working.state}": ${working.detail}`);
+      log(`round ${round} working:`, JSON.stringify(working));
+      if (screenshot && round === 1) {
+        mkdirSync(dirname(screenshot), { recursive: true });
+        await page.screenshot({ path: screenshot.replace(/\.png$/, "") + "-working.png", fullPage: true });
+      }
+      await page.click("#stop");
+      const s = await waitFor("the page to stop", terminal);
+      log(`round ${round} final page state:`, JSON.stringify(s));
+      if (!s.state.startsWith("Stopped")) throw new Error(`round ${round}: expected "Stopped", the page says "${s.state}": ${s.detail} ${s.banner}`);
+      if (s.failed !== 0) throw new Error(`round ${round}: ${s.failed} jobs failed`);
+      if (!s.threads.every((t) => t.includes(": done"))) throw new Error(`round ${round}: not every thread left cleanly: ${s.threads.join("; ")}`);
     }
-    await page.click("#stop");
-    const s = await waitFor("the page to stop", terminal);
-    log("final page state:", JSON.stringify(s));
-    if (!s.state.startsWith("Stopped")) throw new Error(`expected "Stopped", the page says "${s.state}": ${s.detail} ${s.banner}`);
+  } else if (expect === "restarted") {
+    const want = Number(args["stop-after-jobs"] || 1);
+    const working = await waitFor(`${want} jobs done`, (s) => s.done >= want || terminal(s));
+    if (terminal(working)) throw new Error(`the page ended before the restart: "${working.state}": ${working.detail}`);
+    log("working; the coordinator may restart now:", JSON.stringify(working));
+    writeFileSync(args["ready-file"], "ready\n");
+    let sawReconnecting = false;
+    const s = await waitFor("the page to finish after the restart", (s) => {
+      sawReconnecting ||= s.state.startsWith("Reconnecting");
+      return terminal(s);
+    });
+    log("final page state:", JSON.stringify(s), "reconnecting seen:", sawReconnecting);
+    if (!s.state.startsWith("All work done")) throw new Error(`expected "All work done", the page says "${s.state}": ${s.detail} ${s.banner}`);
     if (s.failed !== 0) throw new Error(`${s.failed} jobs failed`);
-    if (!s.threads.every((t) => t.includes(": done"))) throw new Error(`not every thread left cleanly: ${s.threads.join("; ")}`);
+    if (s.banner.includes("restart")) throw new Error(`threads were restarted: ${s.banner}`);
+    if (s.done <= working.done) throw new Error(`the page did no job after the restart (${s.done} done)`);
+  } else if (expect === "frozen") {
+    const want = Number(args["stop-after-jobs"] || 1);
+    const working = await waitFor(`${want} jobs done`, (s) => s.done >= want || terminal(s));
+    if (terminal(working)) throw new Error(`the page ended before it froze: "${working.state}"`);
+    const pids = rendererPids();
+    if (pids.length === 0) throw new Error("no renderer process found to freeze");
+    log(`freezing renderers ${pids.join(", ")} while the page works:`, JSON.stringify(working));
+    for (const pid of pids) process.kill(pid, "SIGSTOP");
+    try {
+      writeFileSync(args["ready-file"], "ready\n");
+      await waitForFile(args["release-file"], timeoutMs);
+    } finally {
+      for (const pid of pids) process.kill(pid, "SIGCONT");
+    }
+    log("renderers released");
   } else if (expect === "closed") {
     const want = Number(args["stop-after-jobs"] || 1);
     const working = await waitFor(`${want} jobs done`, (s) => s.done >= want || terminal(s));
@@ -175,7 +241,7 @@ try {
   } else {
     throw new Error(`unknown --expect ${expect}`);
   }
-  if (screenshot && expect !== "closed") {
+  if (screenshot && expect !== "closed" && expect !== "frozen") {
     mkdirSync(dirname(screenshot), { recursive: true });
     await page.screenshot({ path: screenshot, fullPage: true });
     log("screenshot:", screenshot);

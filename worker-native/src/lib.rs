@@ -46,7 +46,10 @@ pub mod tls;
 use std::time::Duration;
 
 pub use connection::{connect_raw, connect_raw_io, Client, RawConnection};
-pub use distchan_protocol::{transform, Error, JobId, Result};
+pub use distchan_protocol::{
+    session::{should_reconnect, Backoff},
+    transform, Error, JobId, Result,
+};
 pub use job::{Job, JobStream, RawJob, Reply, ResultSink};
 pub use module::default_cache_dir;
 pub use serve::{serve, serve_raw, serve_task};
@@ -94,6 +97,15 @@ pub struct Options {
     /// the webpki roots: a private CA's, or a self-signed coordinator's. See
     /// [`Options::ca_cert_file`].
     pub ca_certs: Vec<tls::CertificateDer<'static>>,
+    /// Whether [`serve`](fn@serve) and friends connect again when the connection is lost
+    /// (the coordinator restarted or went silent, the network failed), after a delay from
+    /// [`Options::backoff`]; on by default. A refusal for the token, the protocol version
+    /// or the origin, and anything else [`should_reconnect`] says retrying cannot change,
+    /// is final. Off, the first loss ends the run with its error.
+    pub reconnect: bool,
+    /// Delays between attempts to connect again (250 ms doubling up to 30 s, with full
+    /// jitter, by default); a connection that is welcomed starts it over.
+    pub backoff: Backoff,
 }
 
 impl Default for Options {
@@ -112,6 +124,8 @@ impl Default for Options {
             protocol_version: PROTOCOL_VERSION,
             module_cache: default_cache_dir(),
             ca_certs: Vec::new(),
+            reconnect: true,
+            backoff: Backoff::default(),
         }
     }
 }
@@ -130,6 +144,8 @@ impl std::fmt::Debug for Options {
             .field("drain", &self.drain)
             .field("protocol_version", &self.protocol_version)
             .field("module_cache", &self.module_cache)
+            .field("reconnect", &self.reconnect)
+            .field("backoff", &self.backoff)
             .field("ca_certs", &self.ca_certs.len())
             .finish_non_exhaustive()
     }
@@ -160,6 +176,12 @@ impl Options {
     pub fn ca_cert_file(mut self, path: impl AsRef<std::path::Path>) -> Result<Self> {
         self.ca_certs.extend(tls::read_pem_certs(path)?);
         Ok(self)
+    }
+
+    /// Turns reconnecting on or off (builder style; see [`Options::reconnect`]).
+    pub fn reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
+        self
     }
 
     pub(crate) fn session_config(&self) -> SessionConfig {

@@ -17,7 +17,7 @@ use tracing::Level;
 /// Join a distchan coordinator and compute its jobs: with a built-in task, or with the
 /// WebAssembly task module the coordinator serves.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = EXIT_CODES)]
 struct Args {
     /// The coordinator's WebSocket URL.
     #[arg(long, env = "DISTCHAN_URL", default_value = "ws://127.0.0.1:8080/ws")]
@@ -41,6 +41,9 @@ struct Args {
     /// user's cache folder].
     #[arg(long, env = "DISTCHAN_MODULE_CACHE")]
     module_cache: Option<std::path::PathBuf>,
+    /// Connect once: end at the first lost connection instead of connecting again.
+    #[arg(long)]
+    once: bool,
     /// PEM file of certificates to trust for wss:// and https:// besides the usual roots
     /// (a private CA, or the coordinator's self-signed certificate); may hold several.
     #[arg(long, env = "DISTCHAN_CA_CERT")]
@@ -48,6 +51,17 @@ struct Args {
     #[command(flatten)]
     log: LogArgs,
 }
+
+/// The exit codes, as `--help` shows them.
+const EXIT_CODES: &str = "\
+Exit status:
+  0    the coordinator's work is done, or the worker left when asked (Ctrl-C, once)
+  1    an error: refused by the coordinator (token, protocol version, origin), a task or task
+       module this worker cannot run, a bad option, or (with --once) a lost connection
+  130  quit at once by a second Ctrl-C; the coordinator hands the jobs held to other workers
+
+A lost connection is made again after a growing random delay (250 ms doubling up to 30 s),
+and the connection is logged each time.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -72,6 +86,7 @@ async fn run(args: Args) -> Result<(), Error> {
         .unwrap_or((options.concurrency * 4) as u32)
         .max(1);
     options.token = args.token;
+    options.reconnect = !args.once;
     options.agent = args.agent;
     if args.module_cache.is_some() {
         options.module_cache = args.module_cache;

@@ -14,7 +14,7 @@
 use std::{future::Future, sync::Arc};
 
 use bytes::Bytes;
-use distchan_protocol::{payload, tasks, Error, Result};
+use distchan_protocol::{payload, session::should_reconnect, tasks, Error, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 
@@ -28,7 +28,8 @@ use crate::{
 pub use crate::runner::{CALIBRATION, LONG_HANDLER};
 
 /// Connects to `url` and answers every job with `handler`, running up to
-/// `options.concurrency` jobs at once, until end-of-work.
+/// `options.concurrency` jobs at once, until end-of-work. A lost connection is made again
+/// (see [`Options::reconnect`]); the coordinator hands the jobs it lost to any worker.
 ///
 /// A handler error becomes that job's failed result; a handler that panics is reported as
 /// a failed result too, and the worker carries on. The handler starts on the connection's
@@ -70,7 +71,7 @@ where
 ///
 /// Fails with [`Error::Module`] when the module cannot be had or run here (the coordinator
 /// is told why), and with [`Error::Config`] when the coordinator names no task this worker
-/// knows.
+/// knows. A lost connection is made again, as with [`serve`](fn@serve).
 ///
 /// ```no_run
 /// # async fn demo() -> distchan_protocol::Result<()> {
@@ -78,7 +79,24 @@ where
 /// # }
 /// ```
 pub async fn serve_task(url: &str, options: Options) -> Result<()> {
-    let conn = connection::open(url, &options).await?;
+    reconnecting(&options, || serve_task_once(url, &options)).await
+}
+
+/// One connection of [`serve_task`].
+async fn serve_task_once(url: &str, options: &Options) -> Attempt {
+    let conn = match connection::open(url, options).await {
+        Ok(conn) => conn,
+        Err(e) => return Attempt::NotWelcomed(e),
+    };
+    Attempt::Welcomed(serve_task_on(url, conn, options).await)
+}
+
+/// Runs the task the welcome of `conn` names until the connection ends.
+async fn serve_task_on(
+    url: &str,
+    conn: Welcomed<crate::tls::Stream>,
+    options: &Options,
+) -> Result<()> {
     if let Some(spec) = conn.welcome().module.clone() {
         let source = Source {
             ws_url: url.to_owned(),
@@ -88,7 +106,7 @@ pub async fn serve_task(url: &str, options: Options) -> Result<()> {
             ca_certs: options.ca_certs.clone(),
         };
         let threads = options.concurrency.max(1);
-        return conn.run_module(source, threads, &options).done().await;
+        return conn.run_module(source, threads, options).done().await;
     }
     let Some(task) = conn.welcome().task.clone() else {
         let reason = "the coordinator names no task";
@@ -114,7 +132,7 @@ pub async fn serve_task(url: &str, options: Options) -> Result<()> {
             }
         }
     });
-    run(conn, handler, &options).done().await
+    run(conn, handler, options).done().await
 }
 
 /// Like [`serve`] but with untyped payloads: the handler gets and returns plain MessagePack.
@@ -126,8 +144,71 @@ where
     F: Fn(Bytes) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = std::result::Result<Bytes, String>> + Send + 'static,
 {
-    let conn = connection::open(url, &options).await?;
-    run(conn, boxed(handler), &options).done().await
+    let handler = boxed(handler);
+    reconnecting(&options, || async {
+        match connection::open(url, &options).await {
+            Ok(conn) => Attempt::Welcomed(run(conn, handler.clone(), &options).done().await),
+            Err(e) => Attempt::NotWelcomed(e),
+        }
+    })
+    .await
+}
+
+/// How one connection went.
+enum Attempt {
+    /// The coordinator never welcomed this worker.
+    NotWelcomed(Error),
+    /// It did; then the connection ended with this.
+    Welcomed(Result<()>),
+}
+
+/// Runs `connect` until a connection ends well, or ends with an error that connecting
+/// again cannot change ([`should_reconnect`](distchan_protocol::session::should_reconnect)),
+/// or [`Options::reconnect`] is off; waits [`Options::backoff`]'s delays in between, and
+/// returns `Ok` when a drain is asked for during a wait (no job is held then).
+async fn reconnecting<F, Fut>(options: &Options, mut connect: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let mut backoff = options.backoff.clone();
+    loop {
+        let err = match connect().await {
+            Attempt::Welcomed(Ok(())) => return Ok(()),
+            Attempt::Welcomed(Err(e)) => {
+                backoff.reset();
+                e
+            }
+            Attempt::NotWelcomed(e) => e,
+        };
+        if !options.reconnect || options.drain.is_cancelled() || !should_reconnect(&err) {
+            return Err(err);
+        }
+        let delay = backoff.next_delay(random());
+        tracing::warn!(
+            error = %err,
+            attempt = backoff.attempts(),
+            "connecting again in {:.1} s",
+            delay.as_secs_f64()
+        );
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = options.drain.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// A random number for the backoff's jitter (std's hasher keys are random per process and
+/// change with every [`RandomState`](std::hash::RandomState)).
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::hash::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
 }
 
 /// Starts the connection task of `conn` with a [`Runner`] of `handler`.

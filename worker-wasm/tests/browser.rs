@@ -190,7 +190,8 @@ async fn refusals_reach_javascript_and_the_right_token_works_with_a_js_handler()
 #[wasm_bindgen_test]
 async fn an_unreachable_coordinator_is_a_clear_error() {
     // Port 9 (discard) on the loopback: nothing listens there.
-    let worker = BrowserWorker::new("ws://127.0.0.1:9/ws", JsValue::UNDEFINED).unwrap();
+    let worker =
+        BrowserWorker::new("ws://127.0.0.1:9/ws", options(r#"{"reconnect": false}"#)).unwrap();
     let end = worker.run_to_end().await.expect_err("cannot connect");
     assert_eq!(end.state, State::Closed);
     let reason = end.reason.unwrap();
@@ -211,6 +212,44 @@ async fn an_unreachable_coordinator_is_a_clear_error() {
     // A worker runs once.
     let again = worker.run_to_end().await.expect_err("second run");
     assert!(again.reason.unwrap().contains("already run"));
+}
+
+#[wasm_bindgen_test]
+async fn a_lost_coordinator_is_tried_again_with_growing_delays_until_stopped() {
+    let worker = Rc::new(BrowserWorker::new("ws://127.0.0.1:9/ws", JsValue::UNDEFINED).unwrap());
+    // (attempt, retryInMs, reason) of every `reconnecting` status; the third stops the worker.
+    let seen: Rc<RefCell<Vec<(u32, f64, String)>>> = Rc::default();
+    let (log, weak) = (seen.clone(), Rc::downgrade(&worker));
+    let callback = Closure::<dyn Fn(JsValue)>::new(move |status: JsValue| {
+        if get(&status, "state").as_string().as_deref() != Some("reconnecting") {
+            return;
+        }
+        let attempt = get(&status, "attempt").as_f64().unwrap() as u32;
+        let wait = get(&status, "retryInMs").as_f64().unwrap();
+        let reason = get(&status, "reason").as_string().unwrap();
+        log.borrow_mut().push((attempt, wait, reason));
+        if attempt == 3 {
+            if let Some(worker) = weak.upgrade() {
+                worker.stop();
+            }
+        }
+    });
+    worker.on_status(Some(callback.as_ref().unchecked_ref::<Function>().clone()));
+    let end = worker
+        .run_to_end()
+        .await
+        .expect("a stop while waiting is a clean end");
+    assert_eq!(end.reason.as_deref(), Some("worker left"));
+    let seen = seen.borrow();
+    assert_eq!(
+        seen.iter().map(|(a, ..)| *a).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    for (attempt, wait, reason) in seen.iter() {
+        // Full jitter under a ceiling of 250 ms doubling with each attempt.
+        assert!(*wait <= 250.0 * f64::from(1 << (attempt - 1)), "{wait}");
+        assert!(reason.starts_with("could not connect to"), "{reason}");
+    }
 }
 
 #[wasm_bindgen_test]

@@ -164,6 +164,10 @@ impl Hub {
 
     /// Wakes whom a step asked for, once the lock is released.
     fn wake(&self, wakes: Wakes) {
+        // First, so that whoever the other wakes reach sees the work as finished.
+        if wakes.finished {
+            self.finished_watch.send_replace(true);
+        }
         for writer in &wakes.writers {
             writer.notify_one();
         }
@@ -175,9 +179,6 @@ impl Hub {
         }
         if wakes.leases {
             self.leases_changed.notify_one();
-        }
-        if wakes.finished {
-            self.finished_watch.send_replace(true);
         }
     }
 
@@ -325,6 +326,11 @@ impl Hub {
             }
             Take::Some
         })
+    }
+
+    /// Wakes the receiver for outcomes that come from elsewhere (the journal).
+    pub fn wake_receiver(&self) {
+        self.results_ready.notify_one();
     }
 
     /// Waits until [`Hub::take_outcomes`] may find something.

@@ -45,6 +45,10 @@ pub struct DemoArgs {
     /// Recompute every result locally and count mismatches (used by the tests).
     #[arg(long)]
     pub verify: bool,
+    /// Once the work is done, start it again, round after round, until Ctrl-C: the page
+    /// keeps having work for the volunteers who open it.
+    #[arg(long, env = "DISTCHAN_LINGER")]
+    pub linger: bool,
 }
 
 /// The demo workloads.
@@ -86,9 +90,9 @@ async fn mandelbrot(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error>
     let b64 = base64::engine::general_purpose::STANDARD;
     let all_ok = run_jobs(
         server,
+        args,
         tasks::MANDELBROT,
         tiles.clone(),
-        verify,
         |coordinator: &Coordinator, id, worker, px: TilePixels| {
             if verify && tasks::mandelbrot(&tiles[id as usize]) != px {
                 return Err(format!(
@@ -120,9 +124,9 @@ async fn capitalize(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Error>
     let verify = args.verify;
     run_jobs(
         server,
+        args,
         tasks::CAPITALIZE,
         input.clone(),
-        verify,
         |_: &Coordinator, id, _, s: String| {
             if verify && s != input[id as usize].to_uppercase() {
                 return Err(format!("{s:?} is not {:?} capitalized", input[id as usize]));
@@ -149,9 +153,9 @@ async fn module_words(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Erro
     let mut shown = 0;
     run_jobs(
         server,
+        args,
         "",
         input.clone(),
-        false,
         |_: &Coordinator, id, _, value: serde_json::Value| {
             if shown < 3 {
                 shown += 1;
@@ -163,18 +167,19 @@ async fn module_words(server: &ServerArgs, args: &DemoArgs) -> Result<bool, Erro
     .await
 }
 
-/// Starts the coordinator, sends `jobs`, hands every result to `check`, prints progress and a
-/// summary (and, with `verify`, how many results `check` compared and rejected). `Ok(true)`
-/// when every job succeeded and passed `check`.
+/// Starts the coordinator, sends `jobs` (round after round with `--linger`), hands every
+/// result to `check` with the index of its job in `jobs`, prints progress and a summary
+/// (and, with `--verify`, how many results `check` compared and rejected). `Ok(true)` when
+/// every job succeeded and passed `check`.
 async fn run_jobs<J, R, F>(
     server: &ServerArgs,
+    args: &DemoArgs,
     task: &str,
     jobs: Vec<J>,
-    verify: bool,
     mut check: F,
 ) -> Result<bool, Error>
 where
-    J: Serialize + Send + 'static,
+    J: Serialize + Clone + Send + Sync + 'static,
     R: DeserializeOwned,
     F: FnMut(&Coordinator, u64, Option<u64>, R) -> Result<(), String>,
 {
@@ -182,13 +187,19 @@ where
     let (coordinator, sender, mut results) = server.builder(task)?.listen::<J, R>(listener)?;
     let local = announce(&coordinator, server, false);
     let total = jobs.len();
+    let linger = args.linger && total > 0;
     let producer = tokio::spawn(async move {
-        for job in jobs {
-            sender.send(job).await?;
+        loop {
+            for job in &jobs {
+                sender.send(job.clone()).await?;
+            }
+            if !linger {
+                return Ok::<_, Error>(());
+            }
         }
-        Ok::<_, Error>(())
     });
     let mut progress = Progress::new(total);
+    let (mut rounds, mut earlier_done, mut earlier_failed) = (0usize, 0usize, 0usize);
     let mut interrupted = false;
     let (mut checked, mut rejected) = (0usize, 0usize);
     loop {
@@ -200,7 +211,9 @@ where
         let checked = match outcome.result {
             Ok(r) => {
                 checked += 1;
-                let verdict = check(&coordinator, outcome.id.0, outcome.worker, r);
+                // Ids count the jobs sent, from 0, round after round.
+                let index = outcome.id.0 % total as u64;
+                let verdict = check(&coordinator, index, outcome.worker, r);
                 rejected += usize::from(verdict.is_err());
                 verdict
             }
@@ -211,6 +224,13 @@ where
         }
         if let Some(line) = progress.record(checked.is_ok(), coordinator.worker_count()) {
             println!("{line}");
+        }
+        if linger && progress.done() == total {
+            rounds += 1;
+            earlier_done += progress.done();
+            earlier_failed += progress.failed();
+            println!("round {rounds} done; starting again (--linger: Ctrl-C to stop)");
+            progress = Progress::new(total);
         }
     }
     producer.abort();
@@ -234,8 +254,16 @@ where
         stats.redelivered,
         stats.duplicates,
     );
-    if verify {
+    if args.verify {
         println!("verify: {checked} results checked, {rejected} mismatches");
+    }
+    if linger {
+        // Ctrl-C is how a lingering demo ends: what was computed counts.
+        println!(
+            "linger: {rounds} full rounds, {} jobs answered in all",
+            earlier_done + progress.done()
+        );
+        return Ok(earlier_failed + progress.failed() == 0 && rejected == 0);
     }
     if interrupted || progress.done() < total {
         println!(

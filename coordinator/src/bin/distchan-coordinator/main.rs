@@ -35,7 +35,7 @@ use tracing::Level;
 #[command(
     version,
     about,
-    after_help = "Without a subcommand, runs `demo` (whose options may be given directly).",
+    after_help = AFTER_HELP,
     args_conflicts_with_subcommands = true
 )]
 struct Cli {
@@ -56,6 +56,18 @@ enum Mode {
     /// Read jobs as JSON lines, write results as JSON lines.
     Pipe(pipe::PipeArgs),
 }
+
+/// What `--help` ends with: the default mode and the exit codes.
+const AFTER_HELP: &str = "\
+Without a subcommand, runs `demo` (whose options may be given directly).
+
+Exit status:
+  0    every job answered without error (a lingering demo: stopped with Ctrl-C, no job failed)
+  1    could not run: a bad option, the address in use, an unreadable input, module or journal
+  2    the run ended, but some jobs failed or were wrong, or input lines were not JSON
+  130  interrupted by Ctrl-C: the first stops reading input (pipe) or sending jobs (demo),
+       finishes what was sent, writes every result in, and says how many were unfinished;
+       a second Ctrl-C quits at once";
 
 /// Settings shared by every mode.
 #[derive(Debug, Clone, Args)]
@@ -346,8 +358,10 @@ impl LocalWorkers {
         let mut children = Vec::new();
         for i in 0..server.local_workers {
             let mut cmd = Command::new(&exe);
+            // They live and end with this coordinator: no reconnecting to a later one.
             cmd.arg("--url")
                 .arg(url)
+                .arg("--once")
                 .arg("--agent")
                 .arg(format!("local worker {}", i + 1));
             cmd.stdout(std::process::Stdio::null());
@@ -378,9 +392,20 @@ impl LocalWorkers {
 
 impl Drop for LocalWorkers {
     fn drop(&mut self) {
-        // They leave by themselves at end-of-work or when the coordinator goes away.
-        for child in &mut self.0 {
-            let _ = child.wait();
+        // They leave by themselves at end-of-work or when the coordinator goes away; any
+        // other end is said.
+        for (i, child) in self.0.iter_mut().enumerate() {
+            match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) => notice(
+                    Level::WARN,
+                    format_args!("local worker {} ended with {status}", i + 1),
+                ),
+                Err(e) => notice(
+                    Level::WARN,
+                    format_args!("local worker {}: could not wait for it: {e}", i + 1),
+                ),
+            }
         }
     }
 }
