@@ -13,7 +13,7 @@ use std::{path::Path, sync::Arc};
 use distchan_protocol::{Error, Result};
 use rustls::{
     pki_types::{pem::PemObject, ServerName},
-    ClientConfig, RootCertStore,
+    CertificateError, ClientConfig, RootCertStore,
 };
 use tokio::net::TcpStream;
 use tokio_rustls::{client::TlsStream, TlsConnector};
@@ -116,6 +116,15 @@ fn handshake_error(addr: &str, host: &str, e: std::io::Error) -> Error {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
+        Some(rustls::Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => Error::config_from(
+            format!(
+                "the TLS certificate of {addr} is not valid for the name {host:?} (connect with \
+                 a host name the certificate names)"
+            ),
+            e,
+        ),
         Some(rustls::Error::InvalidCertificate(_)) => Error::config_from(
             format!(
                 "the TLS certificate of {host} is not trusted (if the coordinator uses a \

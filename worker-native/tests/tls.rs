@@ -143,6 +143,27 @@ async fn without_the_ca_the_certificate_is_refused_with_a_hint() {
 }
 
 #[tokio::test]
+async fn a_certificate_for_another_name_is_refused_naming_the_name() {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = made.cert.pem();
+    let key = made.signing_key.serialize_pem();
+    let tls = TlsConfig::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+    let (coordinator, _jobs, _results) = coordinator(Some(tls)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert).unwrap();
+    let options = Options::default().ca_cert_file(&ca).unwrap();
+    // Trusted, but made for `localhost` only.
+    let err = failure(&coordinator.ws_url(), options).await;
+    assert_config_error(&err);
+    let message = err.to_string();
+    assert!(
+        message.contains("is not valid for the name \"127.0.0.1\""),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn wss_against_a_plain_port_asks_whether_it_serves_tls() {
     let (coordinator, _jobs, _results) = coordinator(None).await;
     let addr = coordinator.local_addr();
