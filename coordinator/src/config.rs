@@ -4,6 +4,8 @@ use std::{path::PathBuf, time::Duration};
 
 use distchan_protocol::{module::Limits, wire::DEFAULT_MAX_FRAME};
 
+use crate::TlsConfig;
+
 /// Every setting of a coordinator. Start from [`Config::default`] and change what you need.
 ///
 /// ```
@@ -17,7 +19,9 @@ use distchan_protocol::{module::Limits, wire::DEFAULT_MAX_FRAME};
 /// };
 /// assert_eq!(config.ws_path, "/ws");
 /// ```
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output never shows the access token or the TLS key.
+#[derive(Clone)]
 pub struct Config {
     /// Access token every worker must present in its hello; `None` accepts any worker.
     pub token: Option<String>,
@@ -68,6 +72,76 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Folder served over HTTP at `/` (the volunteer page); `None` serves no files.
     pub static_dir: Option<PathBuf>,
+    /// Serve HTTPS and `wss://` with this certificate and key; `None` serves plain HTTP.
+    pub tls: Option<TlsConfig>,
+    /// How long a new connection may take to send its whole first HTTP request head (and,
+    /// with [`tls`](Self::tls), to complete the TLS handshake before that); a connection
+    /// slower than that is closed.
+    pub header_read_timeout: Duration,
+    /// Most connections that are not (yet) workers at once: from their accept until their
+    /// WebSocket hello is accepted, or for a plain HTTP connection (page, metrics,
+    /// dashboard) until it closes. Beyond it new connections are closed at once (counted
+    /// in the `distchan_connections_refused` metric); connected workers are not affected.
+    pub max_pending_connections: usize,
+    /// Take a worker's address (as the dashboard and the logs show it) from the first
+    /// address of its `X-Forwarded-For` header: only behind a reverse proxy that sets it,
+    /// since any client can send one.
+    pub trust_forwarded_for: bool,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Config {
+            token,
+            heartbeat,
+            lease,
+            max_retries,
+            handler_retries,
+            ordered,
+            max_frame,
+            read_buffer_size,
+            handshake_timeout,
+            max_workers,
+            max_capacity,
+            allowed_origins,
+            task,
+            module_limits,
+            queue_capacity,
+            result_capacity,
+            ws_path,
+            shutdown_grace,
+            static_dir,
+            tls,
+            header_read_timeout,
+            max_pending_connections,
+            trust_forwarded_for,
+        } = self;
+        f.debug_struct("Config")
+            .field("token", &token.as_ref().map(|_| "<redacted>"))
+            .field("heartbeat", heartbeat)
+            .field("lease", lease)
+            .field("max_retries", max_retries)
+            .field("handler_retries", handler_retries)
+            .field("ordered", ordered)
+            .field("max_frame", max_frame)
+            .field("read_buffer_size", read_buffer_size)
+            .field("handshake_timeout", handshake_timeout)
+            .field("max_workers", max_workers)
+            .field("max_capacity", max_capacity)
+            .field("allowed_origins", allowed_origins)
+            .field("task", task)
+            .field("module_limits", module_limits)
+            .field("queue_capacity", queue_capacity)
+            .field("result_capacity", result_capacity)
+            .field("ws_path", ws_path)
+            .field("shutdown_grace", shutdown_grace)
+            .field("static_dir", static_dir)
+            .field("tls", tls)
+            .field("header_read_timeout", header_read_timeout)
+            .field("max_pending_connections", max_pending_connections)
+            .field("trust_forwarded_for", trust_forwarded_for)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -92,6 +166,26 @@ impl Default for Config {
             ws_path: "/ws".into(),
             shutdown_grace: Duration::from_secs(5),
             static_dir: None,
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
+            max_pending_connections: 512,
+            trust_forwarded_for: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let config = Config {
+            token: Some("s3cr3t-value".into()),
+            ..Config::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(shown.contains("token: Some(\"<redacted>\")"), "{shown}");
     }
 }

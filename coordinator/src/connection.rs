@@ -58,7 +58,7 @@ use tokio_tungstenite::tungstenite::{
 
 use crate::{
     scheduler::{Hub, WorkerId},
-    websocket, Shared,
+    server, websocket, Shared,
 };
 
 /// A worker's WebSocket, over the upgraded HTTP connection.
@@ -120,8 +120,14 @@ pub(crate) struct Joining {
 /// Most messages read before they are settled with the scheduler.
 const BATCH: usize = 256;
 
-/// Serves one upgraded WebSocket until it ends.
-pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo) {
+/// Serves one upgraded WebSocket until it ends. `pending`, the connection's place among
+/// the connections that are not workers yet, is given up once the hello is accepted.
+pub(crate) async fn serve(
+    socket: WebSocket,
+    shared: Arc<Shared>,
+    peer: PeerInfo,
+    pending: Option<server::Pending>,
+) {
     let mut ws = socket;
     let hello = match handshake(&mut ws, &shared, &peer).await {
         Ok(hello) => hello,
@@ -131,6 +137,7 @@ pub(crate) async fn serve(socket: WebSocket, shared: Arc<Shared>, peer: PeerInfo
             return;
         }
     };
+    drop(pending);
     let Ok(_slot) = shared.slots.clone().try_acquire_owned() else {
         let refusal = Refusal::new(
             RefusalCode::TooManyWorkers,

@@ -20,7 +20,8 @@
 //!   in send order); `job_error` (private): [`JobError`], why a job has no result (its
 //!   handler failed, it was lost with its workers, its result does not decode).
 //!
-//! Around it: [`config`] (every setting, with defaults), [`journal`] (outcomes kept on disk,
+//! Around it: [`config`] (every setting, with defaults), [`tls`] (HTTPS and `wss://`
+//! served directly), [`journal`] (outcomes kept on disk,
 //! so that a run survives the coordinator's death), `keyed` (jobs sent with a key:
 //! answered from the journal, or journaled once answered; [`KeyedSend`]), [`module`] (the user's task module,
 //! served to workers), `server` (HTTP, WebSocket upgrade, static files, the module's URL),
@@ -72,6 +73,7 @@ mod scheduler;
 mod server;
 mod socket;
 pub mod stats;
+pub mod tls;
 mod websocket;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -85,6 +87,7 @@ pub use module::TaskModule;
 pub use result::{JobOutcome, ResultReceiver};
 pub use scheduler::{ShutdownReport, WorkerSnapshot};
 pub use stats::Stats;
+pub use tls::TlsConfig;
 
 use distchan_protocol::{
     module::ModuleSpec,
@@ -379,6 +382,7 @@ impl Builder {
             listener,
             tap,
             server::router(shared.clone()),
+            shared.clone(),
             cancel.clone(),
         );
         tracing::info!(%local_addr, "coordinator listening");
@@ -436,9 +440,29 @@ impl Coordinator {
         self.local_addr
     }
 
-    /// The URL workers connect to, e.g. `ws://127.0.0.1:5678/ws`.
+    /// The URL workers connect to, e.g. `ws://127.0.0.1:5678/ws` (`wss://` with
+    /// [`Config::tls`]).
     pub fn ws_url(&self) -> String {
-        format!("ws://{}{}", self.local_addr, self.shared.config.ws_path)
+        let scheme = if self.shared.config.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!(
+            "{scheme}://{}{}",
+            self.local_addr, self.shared.config.ws_path
+        )
+    }
+
+    /// The URL of the HTTP side (volunteer page, dashboard, metrics), e.g.
+    /// `http://127.0.0.1:5678` (`https://` with [`Config::tls`]), without a trailing slash.
+    pub fn http_url(&self) -> String {
+        let scheme = if self.shared.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.local_addr)
     }
 
     /// The configuration in force.

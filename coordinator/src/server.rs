@@ -1,13 +1,22 @@
 //! HTTP on one port: the WebSocket endpoint for workers, `/healthz`, `/metrics`, the
 //! dashboard's event stream, and the volunteer page's static files at `/`.
 //!
+//! Connections are accepted by a loop of our own ([`spawn`]) and served by hyper's HTTP/1.1
+//! connection builder, for its header-read timeout; each connection runs on a task of its
+//! own (with its TLS handshake, if any), and those that are not workers yet are capped.
+//!
 //! The WebSocket upgrade is answered here (RFC 6455's opening handshake, with hyper's
 //! upgrade and tokio-tungstenite), so that each worker's WebSocket runs over a `Socket`
 //! (see `socket`) that keeps idle workers small.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use axum::serve::{Listener, ListenerExt};
+use axum::serve::Listener;
 use axum::{
     extract::{ConnectInfo, Path, Query, Request, State},
     http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode},
@@ -16,10 +25,22 @@ use axum::{
     Router,
 };
 use distchan_protocol::{accept, wire};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::{timeout, Instant},
+};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::WebSocketConfig};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
 use tower_http::services::{ServeDir, ServeFile};
 
 use crate::{connection, dashboard, socket::Socket, websocket::WebSocket, Shared};
@@ -40,11 +61,22 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     router.with_state(shared)
 }
 
+/// Most often a WARN about refused connections is logged.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
 /// Serves `router` on `listener` until `cancel` fires; `tap` sees every accepted connection.
+///
+/// Each connection is served on a task of its own (the TLS handshake too, when
+/// [`Config::tls`](crate::Config::tls) is set), so that no client holds up the accepting of
+/// others, and counts as pending (see [`Pending`]) until it becomes a worker; beyond
+/// [`Config::max_pending_connections`](crate::Config::max_pending_connections) a new
+/// connection is closed at once. Its TLS handshake and its request head must each come
+/// within [`Config::header_read_timeout`](crate::Config::header_read_timeout).
 pub(crate) fn spawn<L, F>(
-    listener: L,
-    tap: F,
+    mut listener: L,
+    mut tap: F,
     router: Router,
+    shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()>
 where
@@ -52,15 +84,142 @@ where
     F: FnMut(&mut L::Io) + Send + 'static,
 {
     tokio::spawn(async move {
-        let service = router.into_make_service_with_connect_info::<SocketAddr>();
-        let listener = listener.tap_io(tap);
-        if let Err(e) = axum::serve(listener, service)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %e, "HTTP server failed");
+        let config = &shared.config;
+        let max_pending = config.max_pending_connections.max(1);
+        let pending = Arc::new(Semaphore::new(max_pending));
+        let tls = config.tls.as_ref().map(|tls| tls.acceptor());
+        let counters = shared.counters.clone();
+        let connections = TaskTracker::new();
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            // Errors (such as running out of file descriptors) are retried by `accept`.
+            let (mut io, addr) = tokio::select! {
+                _ = cancel.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let Ok(permit) = pending.clone().try_acquire_owned() else {
+                drop(io);
+                counters.connections_refused.inc();
+                if last_warning.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    last_warning = Some(Instant::now());
+                    tracing::warn!(
+                        max_pending,
+                        refused = counters.connections_refused.get(),
+                        "too many connections that are not workers: closing new ones at once"
+                    );
+                }
+                continue;
+            };
+            tap(&mut io);
+            counters.connections_pending.inc();
+            let pending = PendingSlot::new(Pending {
+                _permit: permit,
+                gauge: counters.connections_pending.clone(),
+            });
+            connections.spawn(serve_connection(
+                io,
+                addr,
+                tls.clone(),
+                router.clone(),
+                pending,
+                config.header_read_timeout,
+                cancel.clone(),
+            ));
         }
+        drop(listener);
+        connections.close();
+        connections.wait().await;
     })
+}
+
+/// One accepted connection: the TLS handshake if any, then HTTP/1.1 until it closes or is
+/// upgraded.
+async fn serve_connection<I>(
+    io: I,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    pending: PendingSlot,
+    header_read_timeout: Duration,
+    cancel: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(acceptor) = tls else {
+        return serve_http(io, addr, router, pending, header_read_timeout, cancel).await;
+    };
+    match timeout(header_read_timeout, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => {
+            serve_http(stream, addr, router, pending, header_read_timeout, cancel).await
+        }
+        Ok(Err(e)) => tracing::debug!(peer = %addr, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(peer = %addr, "no TLS handshake in time; closing"),
+    }
+}
+
+/// HTTP/1.1 on one connection, with upgrades; every request carries the peer's address
+/// (`ConnectInfo`) and the connection's [`PendingSlot`].
+async fn serve_http<I>(
+    io: I,
+    addr: SocketAddr,
+    router: Router,
+    pending: PendingSlot,
+    header_read_timeout: Duration,
+    cancel: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = router.map_request(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(addr));
+        request.extensions_mut().insert(pending.clone());
+        request
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = cancel.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %addr, error = %e, "HTTP connection ended");
+    }
+}
+
+/// A connection counted in the `connections_pending` gauge, holding one of the
+/// [`Config::max_pending_connections`](crate::Config::max_pending_connections) places,
+/// until it is dropped.
+pub(crate) struct Pending {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Where a connection's [`Pending`] waits: dropped with the connection, unless the
+/// WebSocket upgrade takes it along to drop once the hello is accepted.
+#[derive(Clone)]
+pub(crate) struct PendingSlot(Arc<Mutex<Option<Pending>>>);
+
+impl PendingSlot {
+    fn new(pending: Pending) -> Self {
+        PendingSlot(Arc::new(Mutex::new(Some(pending))))
+    }
+
+    /// Takes the connection's place out of the slot.
+    fn take(&self) -> Option<Pending> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
 }
 
 /// Turns off Nagle's algorithm: frames are batched by the writer already.
@@ -174,6 +333,14 @@ async fn upgrade(
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .collect();
+    let addr = match forwarded_for(headers) {
+        Some(ip) if shared.config.trust_forwarded_for => SocketAddr::new(ip, 0),
+        _ => addr,
+    };
+    let pending = request
+        .extensions()
+        .get::<PendingSlot>()
+        .and_then(PendingSlot::take);
     let peer = connection::PeerInfo {
         addr,
         origin: headers
@@ -198,7 +365,7 @@ async fn upgrade(
             Ok(upgraded) => {
                 let io = Socket::new(TokioIo::new(upgraded), shared.read_pool.clone());
                 let ws = WebSocket::server(io, config).await;
-                connection::serve(ws, shared, peer).await;
+                connection::serve(ws, shared, peer, pending).await;
             }
             Err(e) => tracing::warn!(peer = %addr, error = %e, "WebSocket upgrade failed"),
         }
@@ -225,4 +392,51 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The first address of the `X-Forwarded-For` header (the client, as the first proxy saw
+/// it), if it is one.
+fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
+    let first = headers
+        .get("x-forwarded-for")?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()?
+        .trim();
+    // An IPv6 address may come in brackets, and either kind with a port.
+    first
+        .parse()
+        .ok()
+        .or_else(|| first.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| first.trim_matches(['[', ']']).parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_takes_the_first_address() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(forwarded_for(&headers), None);
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7, 10.0.0.1"),
+        );
+        assert_eq!(
+            forwarded_for(&headers),
+            Some("203.0.113.7".parse().unwrap())
+        );
+        headers.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("[2001:db8::1]:4711"),
+        );
+        assert_eq!(
+            forwarded_for(&headers),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        headers.insert("x-forwarded-for", HeaderValue::from_static("unknown"));
+        assert_eq!(forwarded_for(&headers), None);
+    }
 }

@@ -185,6 +185,11 @@ pub(crate) struct Counters {
     pub bytes_out: Counter,
     /// Times a worker downloaded the task module.
     pub module_downloads: Counter,
+    /// Connections that are not (yet) workers: waiting for their request head or TLS
+    /// handshake, plain HTTP, or WebSockets before their hello is accepted.
+    pub connections_pending: Gauge,
+    /// Connections closed at once because too many were pending.
+    pub connections_refused: Counter,
     /// Seconds a job waited in the scheduler's line before it was sent to a worker.
     pub dispatch_wait: Histogram,
     /// Seconds between sending a job to a worker and receiving its result.
@@ -213,6 +218,8 @@ impl Default for Counters {
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
             module_downloads: Counter::default(),
+            connections_pending: Gauge::default(),
+            connections_refused: Counter::default(),
             dispatch_wait: Histogram::default(),
             round_trip: Histogram::default(),
             registry: Registry::default(),
@@ -277,6 +284,16 @@ impl Default for Counters {
             "Times a worker downloaded the task module",
             c.module_downloads.clone(),
         );
+        r.register(
+            "connections_pending",
+            "Connections that are not workers (yet): before their request head, plain HTTP, or before their WebSocket hello is accepted",
+            c.connections_pending.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at once because too many connections were pending",
+            c.connections_refused.clone(),
+        );
         r.register_with_unit(
             "dispatch_wait",
             "Time a job waited for a worker",
@@ -319,6 +336,13 @@ pub struct Stats {
     /// Times a worker downloaded the task module (once per worker; a native worker that
     /// has it cached downloads nothing).
     pub module_downloads: u64,
+    /// Connections that are not (yet) workers, now: waiting for their request head or TLS
+    /// handshake, plain HTTP ones, and WebSockets before their hello is accepted.
+    pub connections_pending: u64,
+    /// Connections closed at once because
+    /// [`Config::max_pending_connections`](crate::Config::max_pending_connections) were
+    /// pending.
+    pub connections_refused: u64,
 }
 
 impl Counters {
@@ -358,6 +382,8 @@ impl Counters {
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
             module_downloads: self.module_downloads.get(),
+            connections_pending: self.connections_pending.get().max(0) as u64,
+            connections_refused: self.connections_refused.get(),
         }
     }
 

@@ -24,13 +24,12 @@ use distchan_protocol::{
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
     sync::mpsc,
     task::JoinHandle,
     time::{timeout, Instant},
 };
 use tokio_tungstenite::{
-    client_async_with_config, connect_async_with_config,
+    client_async_with_config,
     tungstenite::{
         self,
         client::IntoClientRequest,
@@ -39,7 +38,7 @@ use tokio_tungstenite::{
         protocol::{frame::coding::CloseCode, CloseFrame, WebSocketConfig},
         Message,
     },
-    MaybeTlsStream, WebSocketStream,
+    WebSocketStream,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -47,7 +46,7 @@ use crate::{
     job::{RawJob, Reply},
     module::{Done, ModulePool, Source},
     runner::Runner,
-    Options,
+    tls, Options,
 };
 
 /// The connection's lifetime: what the coordinator said, and how the connection ended.
@@ -114,16 +113,18 @@ where
     Ok(handshake(url, ws, options).await?.stream(options))
 }
 
-/// Connects to `url` and completes the handshake, without starting the connection task.
-pub(crate) async fn open(
-    url: &str,
-    options: &Options,
-) -> Result<Welcomed<MaybeTlsStream<TcpStream>>> {
+/// Connects to `url` (over TLS for `wss://`, see [`tls`](crate::tls)) and completes the
+/// handshake, without starting the connection task.
+pub(crate) async fn open(url: &str, options: &Options) -> Result<Welcomed<tls::Stream>> {
     let (request, subprotocol) = request(url, options)?;
-    let connecting = connect_async_with_config(request, Some(ws_config(options)), true);
+    let connecting = async {
+        let io = tls::connect(request.uri(), &options.ca_certs).await?;
+        let upgraded = client_async_with_config(request, io, Some(ws_config(options))).await;
+        upgrade_result(url, &subprotocol, upgraded)
+    };
     let ws = match timeout(options.handshake_timeout, connecting).await {
         Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
-        Ok(result) => upgrade_result(url, &subprotocol, result)?,
+        Ok(result) => result?,
     };
     handshake(url, ws, options).await
 }

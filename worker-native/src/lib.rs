@@ -13,6 +13,8 @@
 //! - [`serve`](mod@serve): run a handler on every job with bounded concurrency, or the task
 //!   the coordinator names ([`serve_task`]): a built-in demo task or a task module; builds
 //!   on [`connection`] and the runner.
+//! - [`tls`]: the transport under the WebSocket, TCP or TLS (rustls) for `wss://`, and the
+//!   certificates trusted besides the public roots.
 //! - `module` (private): task modules (WebAssembly) fetched, checked, cached on disk,
 //!   compiled once and run sandboxed by wasmtime on a pool of threads.
 //!
@@ -39,6 +41,7 @@ pub mod job;
 mod module;
 mod runner;
 pub mod serve;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -60,7 +63,9 @@ use distchan_protocol::{
 use serde::{de::DeserializeOwned, Serialize};
 
 /// How a worker connects and what it announces.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output never shows the access token (nor the AES key of a transform).
+#[derive(Clone)]
 pub struct Options {
     /// Most unanswered jobs the coordinator may send at once (the credit window).
     pub capacity: u32,
@@ -88,6 +93,10 @@ pub struct Options {
     /// Folder where task modules are kept between runs ([`default_cache_dir`] by default);
     /// `None` keeps them in memory only.
     pub module_cache: Option<std::path::PathBuf>,
+    /// Certificates trusted for `wss://` and the module download over `https://`, besides
+    /// the webpki roots: a private CA's, or a self-signed coordinator's. See
+    /// [`Options::ca_cert_file`].
+    pub ca_certs: Vec<tls::CertificateDer<'static>>,
     /// Whether [`serve`](fn@serve) and friends connect again when the connection is lost
     /// (the coordinator restarted or went silent, the network failed), after a delay from
     /// [`Options::backoff`]; on by default. A refusal for the token, the protocol version
@@ -114,9 +123,31 @@ impl Default for Options {
             drain: CancellationToken::new(),
             protocol_version: PROTOCOL_VERSION,
             module_cache: default_cache_dir(),
+            ca_certs: Vec::new(),
             reconnect: true,
             backoff: Backoff::default(),
         }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("capacity", &self.capacity)
+            .field("concurrency", &self.concurrency)
+            .field("inline_handlers", &self.inline_handlers)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("transforms", &self.transforms)
+            .field("agent", &self.agent)
+            .field("max_frame", &self.max_frame)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("drain", &self.drain)
+            .field("protocol_version", &self.protocol_version)
+            .field("module_cache", &self.module_cache)
+            .field("reconnect", &self.reconnect)
+            .field("backoff", &self.backoff)
+            .field("ca_certs", &self.ca_certs.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,6 +168,14 @@ impl Options {
     pub fn capacity(mut self, capacity: u32) -> Self {
         self.capacity = capacity;
         self
+    }
+
+    /// Also trusts every certificate of the PEM file at `path` (builder style): a private
+    /// CA's, or a self-signed coordinator's. Fails with [`Error::Config`] when the file
+    /// cannot be read or holds no certificate.
+    pub fn ca_cert_file(mut self, path: impl AsRef<std::path::Path>) -> Result<Self> {
+        self.ca_certs.extend(tls::read_pem_certs(path)?);
+        Ok(self)
     }
 
     /// Turns reconnecting on or off (builder style; see [`Options::reconnect`]).

@@ -29,7 +29,7 @@ struct Args {
     #[arg(long, env = "DISTCHAN_CAPACITY")]
     capacity: Option<u32>,
     /// Access token the coordinator requires.
-    #[arg(long, env = "DISTCHAN_TOKEN")]
+    #[arg(long, env = "DISTCHAN_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// AES-256-GCM key (64 hex digits) if the coordinator encrypts payloads.
     #[arg(long, env = "DISTCHAN_AES_KEY", hide_env_values = true)]
@@ -44,6 +44,10 @@ struct Args {
     /// Connect once: end at the first lost connection instead of connecting again.
     #[arg(long)]
     once: bool,
+    /// PEM file of certificates to trust for wss:// and https:// besides the usual roots
+    /// (a private CA, or the coordinator's self-signed certificate); may hold several.
+    #[arg(long, env = "DISTCHAN_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
     #[command(flatten)]
     log: LogArgs,
 }
@@ -86,6 +90,9 @@ async fn run(args: Args) -> Result<(), Error> {
     options.agent = args.agent;
     if args.module_cache.is_some() {
         options.module_cache = args.module_cache;
+    }
+    if let Some(path) = &args.ca_cert {
+        options = options.ca_cert_file(path)?;
     }
     if let Some(key) = &args.aes_key {
         options = options.transform(Aes256GcmTransform::from_hex(key)?);

@@ -94,7 +94,7 @@ async fn serve_task_once(url: &str, options: &Options) -> Attempt {
 /// Runs the task the welcome of `conn` names until the connection ends.
 async fn serve_task_on(
     url: &str,
-    conn: Welcomed<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    conn: Welcomed<crate::tls::Stream>,
     options: &Options,
 ) -> Result<()> {
     if let Some(spec) = conn.welcome().module.clone() {
@@ -103,6 +103,7 @@ async fn serve_task_on(
             spec,
             token: options.token.clone(),
             cache: options.module_cache.clone(),
+            ca_certs: options.ca_certs.clone(),
         };
         let threads = options.concurrency.max(1);
         return conn.run_module(source, threads, options).done().await;

@@ -12,6 +12,8 @@ use distchan_protocol::{
     Error, Result,
 };
 
+use crate::tls::{self, CertificateDer};
+
 /// Longest wait for the module's download.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -22,12 +24,14 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 
 /// The bytes of the module `spec` names, checked against its hash. `ws_url` is the
 /// coordinator's WebSocket URL (the module is fetched from the same host), `token` the
-/// access token, `cache` the folder of cached modules (`None`: no cache).
+/// access token, `cache` the folder of cached modules (`None`: no cache), `ca_certs` the
+/// certificates trusted for `https://` besides the webpki roots.
 pub async fn fetch(
     ws_url: &str,
     spec: &ModuleSpec,
     token: Option<&str>,
     cache: Option<&Path>,
+    ca_certs: &[CertificateDer<'static>],
 ) -> Result<Vec<u8>> {
     if spec.sha256.len() != 64 || !spec.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ModuleError::Invalid(format!(
@@ -47,7 +51,7 @@ pub async fn fetch(
             let _ = std::fs::remove_file(path);
         }
     }
-    let bytes = download(ws_url, spec, token).await?;
+    let bytes = download(ws_url, spec, token, ca_certs).await?;
     module::check_hash(&spec.sha256, &bytes)?;
     if let Some(path) = &cached {
         if let Err(e) = store(path, &bytes) {
@@ -57,11 +61,17 @@ pub async fn fetch(
     Ok(bytes)
 }
 
-async fn download(ws_url: &str, spec: &ModuleSpec, token: Option<&str>) -> Result<Vec<u8>> {
+async fn download(
+    ws_url: &str,
+    spec: &ModuleSpec,
+    token: Option<&str>,
+    ca_certs: &[CertificateDer<'static>],
+) -> Result<Vec<u8>> {
     let url = module::module_url(ws_url, &spec.path)?;
     tracing::info!(%url, size = spec.size, "fetching the task module");
     let failed = |e: reqwest::Error| Error::connection_from(format!("fetching {url}"), e);
     let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls::client_config(ca_certs)?)
         .timeout(FETCH_TIMEOUT)
         .build()
         .map_err(failed)?;

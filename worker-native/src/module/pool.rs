@@ -51,6 +51,8 @@ pub(crate) struct Source {
     pub token: Option<String>,
     /// Folder of cached modules.
     pub cache: Option<PathBuf>,
+    /// Certificates trusted for an `https://` download, besides the webpki roots.
+    pub ca_certs: Vec<crate::tls::CertificateDer<'static>>,
 }
 
 /// Threads running one module's jobs; see the [module docs](self).
@@ -192,6 +194,7 @@ async fn load(source: &Source, threads: usize) -> Result<Arc<Loaded>, Error> {
         spec,
         source.token.as_deref(),
         source.cache.as_deref(),
+        &source.ca_certs,
     )
     .await?;
     let spec = spec.clone();

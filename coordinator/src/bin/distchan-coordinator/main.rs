@@ -21,7 +21,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use distchan_coordinator::{
-    transform::Aes256GcmTransform, Builder, Config, Coordinator, Error, TaskModule,
+    transform::Aes256GcmTransform, Builder, Config, Coordinator, Error, TaskModule, TlsConfig,
 };
 use distchan_protocol::{
     logging::{self, notice, LogArgs},
@@ -133,6 +133,34 @@ struct ServerArgs {
         value_delimiter = ','
     )]
     allowed_origin: Vec<String>,
+    /// Serve HTTPS and wss:// with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTCHAN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "DISTCHAN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Milliseconds a new connection may take to send its request head (and, with TLS, to
+    /// complete the TLS handshake).
+    #[arg(long, global = true, env = "DISTCHAN_HEADER_READ_TIMEOUT_MS", default_value_t = Config::default().header_read_timeout.as_millis() as u64)]
+    header_read_timeout_ms: u64,
+    /// Most connections that are not workers (yet) at once; more are closed at once.
+    #[arg(long, global = true, env = "DISTCHAN_MAX_PENDING_CONNECTIONS", default_value_t = Config::default().max_pending_connections)]
+    max_pending_connections: usize,
+    /// Show a worker's address from its X-Forwarded-For header (only behind a proxy that sets it).
+    #[arg(long, global = true, env = "DISTCHAN_TRUST_FORWARDED_FOR")]
+    trust_forwarded_for: bool,
     /// Folder with the volunteer page and dashboard, served at `/` [default: ./www if present]
     #[arg(long, global = true, env = "DISTCHAN_STATIC_DIR")]
     static_dir: Option<PathBuf>,
@@ -191,6 +219,9 @@ impl ServerArgs {
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             allowed_origins: self.allowed_origin.clone(),
             static_dir: self.static_dir.clone().or_else(default_static_dir),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_pending_connections: self.max_pending_connections,
+            trust_forwarded_for: self.trust_forwarded_for,
             task: task.map(str::to_owned),
             module_limits: Limits {
                 memory_bytes: self.module_memory_mb << 20,
@@ -229,7 +260,11 @@ impl ServerArgs {
     fn builder(&self, task: &str) -> Result<Builder, Error> {
         let module = self.task_module()?;
         let task = module.is_none().then_some(task);
-        let mut builder = Coordinator::builder().config(self.config(task));
+        let mut config = self.config(task);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsConfig::from_pem_files(cert, key)?);
+        }
+        let mut builder = Coordinator::builder().config(config);
         if let Some(module) = module {
             builder = builder.module(module);
         }
@@ -258,6 +293,7 @@ fn main() -> ExitCode {
 async fn run() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log.log_format);
+    raise_open_file_limit();
     let demo_end = |ok: bool| {
         if ok {
             RunEnd::Success
@@ -301,14 +337,15 @@ fn announce(coordinator: &Coordinator, server: &ServerArgs, to_stderr: bool) -> 
             println!("{line}")
         }
     };
+    let http = coordinator.http_url();
     say(format!("distchan coordinator listening on {addr}"));
     if coordinator.config().static_dir.is_some() {
         say(format!(
-            "volunteer: open http://{addr}/ in a browser and press Start"
+            "volunteer: open {http}/ in a browser and press Start"
         ));
-        say(format!("dashboard: http://{addr}/dashboard"));
+        say(format!("dashboard: {http}/dashboard"));
     }
-    say(format!("metrics: http://{addr}/metrics"));
+    say(format!("metrics: {http}/metrics"));
     say(format!(
         "more workers: distchan-worker --url {}",
         coordinator.ws_url()
@@ -351,6 +388,10 @@ impl LocalWorkers {
             if let Some(k) = &server.aes_key {
                 cmd.env("DISTCHAN_AES_KEY", k);
             }
+            // A self-signed certificate is its own CA.
+            if let Some(cert) = &server.tls_cert {
+                cmd.env("DISTCHAN_CA_CERT", cert);
+            }
             match cmd.spawn() {
                 Ok(child) => children.push(child),
                 Err(e) => notice(
@@ -382,3 +423,34 @@ impl Drop for LocalWorkers {
         }
     }
 }
+
+/// Raises the soft limit on open files to the hard limit, so that many workers (each one
+/// socket) fit, and logs the figure.
+#[cfg(target_os = "linux")]
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write the one struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not read the open-file limit");
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "could not raise the open-file limit");
+        }
+    }
+    tracing::info!(open_files = limit.rlim_cur, "open-file limit");
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_open_file_limit() {}
