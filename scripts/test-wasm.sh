@@ -12,7 +12,9 @@
 #   5. tests/e2e/run.sh: the volunteer page in headless Chromium against the coordinator.
 #
 # Assumes scripts/setup.sh has run (sources scripts/env.sh itself) and builds the
-# coordinator's release binary if it is missing or stale.
+# coordinator's and the native worker's binaries if they are missing or stale: release ones,
+# or debug ones with DISTCHAN_BIN_DIR=target/debug (what scripts/test.sh does, after
+# `cargo test` built them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/env.sh
@@ -43,8 +45,19 @@ RUSTUP_TOOLCHAIN="$WASM_TOOLCHAIN" wasm-pack test --node worker-wasm
 done_step
 
 step "coordinators for the browser tests"
-# The same command as scripts/test.sh: nothing to do when it ran first.
-cargo build --release --bins
+export DISTCHAN_BIN_DIR=${DISTCHAN_BIN_DIR:-target/release}
+if [ "$DISTCHAN_BIN_DIR" = target/debug ]; then
+    # Built by `cargo test --workspace` (scripts/test.sh). A `cargo build` here would build
+    # the dependencies again: without the tests' dev-dependencies, their features differ.
+    for bin in distchan-coordinator distchan-worker; do
+        [ -x "target/debug/$bin" ] || {
+            echo "test-wasm: target/debug/$bin is missing: run cargo test --workspace first" >&2
+            exit 1
+        }
+    done
+else
+    cargo build --release --bins
+fi
 TEST_TOKEN=wasm-test-$RANDOM$RANDOM
 start_coordinator plain --demo capitalize --jobs 20 --local-workers 0 --verify
 start_coordinator guarded --demo capitalize --jobs 20 --local-workers 0 --verify --token "$TEST_TOKEN"

@@ -2,7 +2,8 @@
 # Runs every test of the project: installs what is missing (wasm target, wasm-bindgen-cli,
 # wasm-pack, Chromium), then the workspace's cargo tests (unit, integration, doc tests),
 # formatting and lint checks, the wasm worker's tests under Node and in headless Chromium,
-# the browser end-to-end test, and the benchmark in quick mode.
+# the browser end-to-end test. The browser tests run the debug binaries `cargo test` built
+# (no release build here); the benchmark is separate: `cargo run --release -p distchan-bench`.
 #
 # Usage: scripts/test.sh            (from anywhere)
 set -euo pipefail
@@ -31,14 +32,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --quiet --no-deps --workspace --exclude dis
 step "cargo test (workspace: unit, integration and doc tests)"
 cargo test --workspace --exclude distchan-worker-wasm
 
-step "release binaries (for the browser tests)"
-cargo build --release --bins
 
 step "wasm worker: Node, headless Chromium, end to end"
-bash scripts/test-wasm.sh
-
-step "benchmark, quick mode (figures are printed, not judged)"
-cargo run --release -q -p distchan-bench -- --quick
+DISTCHAN_BIN_DIR=target/debug bash scripts/test-wasm.sh
 
 echo
 echo "all tests passed"

@@ -12,7 +12,8 @@
 #   stop_coordinator NAME            interrupts it (as Ctrl-C would) and reaps it
 #   stop_all_coordinators            kills every coordinator still running
 
-COORDINATOR_BIN=${COORDINATOR_BIN:-target/release/distchan-coordinator}
+BIN_DIR=${DISTCHAN_BIN_DIR:-target/release}
+COORDINATOR_BIN=${COORDINATOR_BIN:-$BIN_DIR/distchan-coordinator}
 LOG_DIR=${LOG_DIR:-target/e2e}
 _COORDINATOR_PIDS=()
 
@@ -29,7 +30,7 @@ start_coordinator() {
     local name=$1 addr="" pid i
     shift
     [ -x "$COORDINATOR_BIN" ] || {
-        echo "error: $COORDINATOR_BIN is missing: build it with cargo build --release --bins" >&2
+        echo "error: $COORDINATOR_BIN is missing: build it with cargo build --bins (--release for target/release)" >&2
         return 1
     }
     mkdir -p "$LOG_DIR"

@@ -27,7 +27,8 @@
 #      intervals and a native worker started afterwards finishes every job.
 #
 # Assumes scripts/setup.sh has run (Chromium, playwright-core in .tools) and builds nothing
-# but the wasm package if www/pkg is missing; needs target/release/distchan-coordinator.
+# but the wasm package if www/pkg is missing; needs the binaries in $DISTCHAN_BIN_DIR
+# (target/release by default; scripts/test.sh uses the debug ones).
 # Everything it starts is killed when it exits, however it exits.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -142,7 +143,7 @@ JOBS=4000
 start_coordinator closed --demo capitalize --jobs "$JOBS" --local-workers 0 --verify --static-dir www
 browse --url "http://$closed_ADDR/?autostart=1" --expect closed --stop-after-jobs 300 \
     --screenshot "$LOG_DIR/closed.png" --timeout 60
-target/release/distchan-worker --url "ws://$closed_ADDR/ws" >"$LOG_DIR/closed-worker.log" 2>&1
+"$BIN_DIR"/distchan-worker --url "ws://$closed_ADDR/ws" >"$LOG_DIR/closed-worker.log" 2>&1
 expect_verified closed "$JOBS"
 grep -q "summary: $JOBS of $JOBS jobs" "$LOG_DIR/closed.out" || {
     echo "e2e: not every job arrived after the tab was closed:" >&2
@@ -172,7 +173,7 @@ for module in wordfreq wordfreq_reactor; do
         tail -n 20 "$LOG_DIR/tab_$module.err" >&2
         exit 1
     }
-    env -u DISTCHAN_TOKEN -u DISTCHAN_AES_KEY RUST_LOG=warn target/release/distchan-coordinator \
+    env -u DISTCHAN_TOKEN -u DISTCHAN_AES_KEY RUST_LOG=warn "$BIN_DIR"/distchan-coordinator \
         pipe --listen 127.0.0.1:0 --module "$MODULES/$module.wasm" --input "$TEXTS" --ordered \
         --local-workers 1 >"$LOG_DIR/native-$module.out" 2>"$LOG_DIR/native-$module.err" || {
         echo "e2e: the native run of $module failed:" >&2
@@ -267,7 +268,7 @@ for ((i = 0; i < 1200; i++)); do
     sleep 0.1
 done
 [ -f "$LOG_DIR/frozen.ready" ] || { echo "e2e: the tab never got to work" >&2; exit 1; }
-target/release/distchan-worker --url "ws://$frozen_ADDR/ws" --once >"$LOG_DIR/frozen-worker.log" 2>&1 &
+"$BIN_DIR"/distchan-worker --url "ws://$frozen_ADDR/ws" --once >"$LOG_DIR/frozen-worker.log" 2>&1 &
 # The default heartbeat is 5 s: two intervals, plus time for the native worker's share.
 expect_verified frozen "$JOBS"
 touch "$LOG_DIR/frozen.release"
