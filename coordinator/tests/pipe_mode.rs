@@ -1,22 +1,15 @@
 //! Pipe mode end to end through the real binaries: `distchan-coordinator pipe` with a local
 //! `distchan-worker` process, JSON lines in (one of them malformed), JSON lines out.
 
+mod common;
+
 use std::{
     io::{Read, Write},
     path::PathBuf,
     process::{Command, Stdio},
 };
 
-fn coordinator_bin() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_distchan-coordinator"));
-    let worker = exe.with_file_name("distchan-worker");
-    assert!(
-        worker.is_file(),
-        "{} is missing: run the tests for the whole workspace (`cargo test --workspace`)",
-        worker.display()
-    );
-    exe
-}
+use common::{coordinator_bin, run_pipe_process};
 
 /// Runs pipe mode on the capitalize task with one local worker.
 fn run_pipe(input: &str, extra: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
@@ -26,33 +19,13 @@ fn run_pipe(input: &str, extra: &[&str]) -> (i32, Vec<serde_json::Value>, String
 /// Runs pipe mode with `args` (which name the task) and one local worker; returns the exit
 /// code, the output lines and stderr.
 fn run_pipe_with(input: &str, args: &[&str]) -> (i32, Vec<serde_json::Value>, String) {
-    let mut child = Command::new(coordinator_bin())
-        .args(["pipe", "--listen", "127.0.0.1:0", "--local-workers", "1"])
-        .args(["--local-concurrency", "2"])
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the coordinator starts");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let lines = String::from_utf8(out.stdout)
-        .unwrap()
+    let one_worker = ["--local-workers", "1", "--local-concurrency", "2"];
+    let (code, stdout, stderr) = run_pipe_process(input, &[&one_worker[..], args].concat());
+    let lines = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("every output line is JSON"))
         .collect();
-    (
-        out.status.code().unwrap_or(-1),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (code, lines, stderr)
 }
 
 #[test]

@@ -3,6 +3,8 @@
 //! journal are torn on purpose, and the same command started again finishes the run with
 //! exactly one right result line per input line.
 
+mod common;
+
 use std::{
     collections::HashMap,
     io::Write,
@@ -11,17 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use common::coordinator_bin;
+
 const LINES: usize = 60_000;
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn coordinator_bin() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_distchan-coordinator"));
-    assert!(
-        exe.with_file_name("distchan-worker").is_file(),
-        "distchan-worker is missing next to the coordinator: run `cargo test --workspace`"
-    );
-    exe
-}
 
 /// The pipe command of this run (capitalize, one local worker), with extra arguments.
 fn pipe(dir: &Path, input: &Path, extra: &[&str]) -> Command {

@@ -248,3 +248,46 @@ pub async fn mem_capitalizer(
             .expect("worker connects");
     capitalize_until_end_of_work(connection).await
 }
+
+/// The `distchan-coordinator` binary, with the `distchan-worker` binary it starts as local
+/// workers checked to be next to it.
+pub fn coordinator_bin() -> std::path::PathBuf {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_distchan-coordinator"));
+    let worker = exe.with_file_name("distchan-worker");
+    assert!(
+        worker.is_file(),
+        "{} is missing: run the tests for the whole workspace (`cargo test --workspace`)",
+        worker.display()
+    );
+    exe
+}
+
+/// Runs `distchan-coordinator pipe --listen 127.0.0.1:0 ARGS` with `input` on its standard
+/// input (RUST_LOG=warn) until it exits; returns the exit code, stdout and stderr.
+pub fn run_pipe_process(input: &str, args: &[&str]) -> (i32, String, String) {
+    use std::{
+        io::Write,
+        process::{Command, Stdio},
+    };
+    let mut child = Command::new(coordinator_bin())
+        .args(["pipe", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the coordinator starts");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).expect("the output is UTF-8"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
