@@ -79,16 +79,7 @@ where
 /// # }
 /// ```
 pub async fn serve_task(url: &str, options: Options) -> Result<()> {
-    reconnecting(&options, || serve_task_once(url, &options)).await
-}
-
-/// One connection of [`serve_task`].
-async fn serve_task_once(url: &str, options: &Options) -> Attempt {
-    let conn = match connection::open(url, options).await {
-        Ok(conn) => conn,
-        Err(e) => return Attempt::NotWelcomed(e),
-    };
-    Attempt::Welcomed(serve_task_on(url, conn, options).await)
+    reconnecting(url, &options, |conn| serve_task_on(url, conn, &options)).await
 }
 
 /// Runs the task the welcome of `conn` names until the connection ends.
@@ -145,41 +136,34 @@ where
     Fut: Future<Output = std::result::Result<Bytes, String>> + Send + 'static,
 {
     let handler = boxed(handler);
-    reconnecting(&options, || async {
-        match connection::open(url, &options).await {
-            Ok(conn) => Attempt::Welcomed(run(conn, handler.clone(), &options).done().await),
-            Err(e) => Attempt::NotWelcomed(e),
-        }
+    reconnecting(url, &options, |conn| {
+        run(conn, handler.clone(), &options).done()
     })
     .await
 }
 
-/// How one connection went.
-enum Attempt {
-    /// The coordinator never welcomed this worker.
-    NotWelcomed(Error),
-    /// It did; then the connection ended with this.
-    Welcomed(Result<()>),
-}
-
-/// Runs `connect` until a connection ends well, or ends with an error that connecting
-/// again cannot change ([`should_reconnect`](distchan_protocol::session::should_reconnect)),
-/// or [`Options::reconnect`] is off; waits [`Options::backoff`]'s delays in between, and
-/// returns `Ok` when a drain is asked for during a wait (no job is held then).
-async fn reconnecting<F, Fut>(options: &Options, mut connect: F) -> Result<()>
+/// Connects to `url` and hands each welcomed connection to `work`, until a connection ends
+/// well, or ends with an error that connecting again cannot change
+/// ([`should_reconnect`](distchan_protocol::session::should_reconnect)), or
+/// [`Options::reconnect`] is off; waits [`Options::backoff`]'s delays in between (a welcome
+/// starts them over), and returns `Ok` when a drain is asked for during a wait (no job is
+/// held then).
+async fn reconnecting<F, Fut>(url: &str, options: &Options, mut work: F) -> Result<()>
 where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Attempt>,
+    F: FnMut(Welcomed<crate::tls::Stream>) -> Fut,
+    Fut: Future<Output = Result<()>>,
 {
     let mut backoff = options.backoff.clone();
     loop {
-        let err = match connect().await {
-            Attempt::Welcomed(Ok(())) => return Ok(()),
-            Attempt::Welcomed(Err(e)) => {
-                backoff.reset();
-                e
-            }
-            Attempt::NotWelcomed(e) => e,
+        let err = match connection::open(url, options).await {
+            Err(e) => e,
+            Ok(conn) => match work(conn).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    backoff.reset();
+                    e
+                }
+            },
         };
         if !options.reconnect || options.drain.is_cancelled() || !should_reconnect(&err) {
             return Err(err);
