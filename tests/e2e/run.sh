@@ -69,6 +69,17 @@ browse() {
     return "$code"
 }
 
+# wait_ready FILE: waits (at most 120 s) for the page's driver in the background ($NODE_PID)
+# to create FILE, saying the tab works; fails if the driver ends or time runs out first.
+wait_ready() {
+    local i
+    for ((i = 0; i < 1200; i++)); do
+        [ -f "$1" ] || ! kill -0 "$NODE_PID" 2>/dev/null && break
+        sleep 0.1
+    done
+    [ -f "$1" ] || { echo "e2e: the tab never got to work" >&2; exit 1; }
+}
+
 passed=0
 SECONDS=0
 
@@ -232,11 +243,7 @@ timeout 240 node tests/e2e/volunteer.mjs --url "http://$restart1_ADDR/?autostart
     --expect restarted --stop-after-jobs 300 --ready-file "$LOG_DIR/restart.ready" \
     --screenshot "$LOG_DIR/restarted.png" --timeout 120 &
 NODE_PID=$!
-for ((i = 0; i < 1200; i++)); do
-    [ -f "$LOG_DIR/restart.ready" ] || ! kill -0 "$NODE_PID" 2>/dev/null && break
-    sleep 0.1
-done
-[ -f "$LOG_DIR/restart.ready" ] || { echo "e2e: the tab never got to work" >&2; exit 1; }
+wait_ready "$LOG_DIR/restart.ready"
 # A crash, not a shutdown: the tab sees its connection drop.
 kill -KILL "$restart1_PID"
 wait "$restart1_PID" 2>/dev/null || true
@@ -263,11 +270,7 @@ timeout 240 node tests/e2e/volunteer.mjs --url "http://$frozen_ADDR/?autostart=1
     --expect frozen --stop-after-jobs 300 --ready-file "$LOG_DIR/frozen.ready" \
     --release-file "$LOG_DIR/frozen.release" --timeout 120 &
 NODE_PID=$!
-for ((i = 0; i < 1200; i++)); do
-    [ -f "$LOG_DIR/frozen.ready" ] || ! kill -0 "$NODE_PID" 2>/dev/null && break
-    sleep 0.1
-done
-[ -f "$LOG_DIR/frozen.ready" ] || { echo "e2e: the tab never got to work" >&2; exit 1; }
+wait_ready "$LOG_DIR/frozen.ready"
 "$BIN_DIR"/distchan-worker --url "ws://$frozen_ADDR/ws" --once >"$LOG_DIR/frozen-worker.log" 2>&1 &
 # The default heartbeat is 5 s: two intervals, plus time for the native worker's share.
 expect_verified frozen "$JOBS"
