@@ -21,7 +21,8 @@
 //!   handler failed, it was lost with its workers, its result does not decode).
 //!
 //! Around it: [`config`] (every setting, with defaults), [`tls`] (HTTPS and `wss://`
-//! served directly), [`journal`] (outcomes kept on disk,
+//! served directly), `jetstream` (feature `jetstream`: several coordinators sharing one
+//! durable queue on NATS JetStream), [`journal`] (outcomes kept on disk,
 //! so that a run survives the coordinator's death), `keyed` (jobs sent with a key:
 //! answered from the journal, or journaled once answered; [`KeyedSend`]), [`module`] (the user's task module,
 //! served to workers), `server` (HTTP, WebSocket upgrade, static files, the module's URL),
@@ -60,6 +61,8 @@
 pub mod config;
 mod connection;
 mod dashboard;
+#[cfg(feature = "jetstream")]
+pub mod jetstream;
 pub mod job;
 mod job_error;
 pub mod journal;

@@ -3,14 +3,18 @@
 //! - `distchan-coordinator [demo]`: the Mandelbrot (or capitalize) demo, see [`demo`]
 //!   (what its workloads are made of: [`workload`]).
 //! - `distchan-coordinator pipe --task NAME` (or `--module FILE`): JSON lines in, JSON
-//!   lines out, see [`pipe`].
+//!   lines out, see [`pipe`] (and [`json`] for jobs as JSON text).
+//! - `distchan-coordinator serve --queue nats://HOST:PORT --task NAME`: one of several
+//!   coordinators sharing a queue on NATS JetStream, see [`serve`].
 //!
 //! Every setting is a flag with an environment-variable twin; logs go to stderr through
 //! `tracing` (`RUST_LOG=debug` for more), as text or, with `--log-format json`, as JSON
 //! lines (then every line on stderr is one; see `distchan_protocol::logging`).
 
 mod demo;
+mod json;
 mod pipe;
+mod serve;
 mod workload;
 
 use std::{
@@ -55,6 +59,8 @@ enum Mode {
     Demo(demo::DemoArgs),
     /// Read jobs as JSON lines, write results as JSON lines.
     Pipe(pipe::PipeArgs),
+    /// Serve jobs from a queue shared with other coordinators (NATS JetStream), until stopped.
+    Serve(serve::ServeArgs),
 }
 
 /// What `--help` ends with: the default mode and the exit codes.
@@ -67,7 +73,8 @@ Exit status:
   2    the run ended, but some jobs failed or were wrong, or input lines were not JSON
   130  interrupted by Ctrl-C: the first stops reading input (pipe) or sending jobs (demo),
        finishes what was sent, writes every result in, and says how many were unfinished;
-       a second Ctrl-C quits at once";
+       a second Ctrl-C quits at once
+`serve` runs until Ctrl-C or SIGTERM, then finishes the jobs it holds and exits 0.";
 
 /// Settings shared by every mode.
 #[derive(Debug, Clone, Args)]
@@ -305,6 +312,7 @@ async fn run() -> ExitCode {
         None => demo::run(&cli.server, &cli.demo).await.map(demo_end),
         Some(Mode::Demo(args)) => demo::run(&cli.server, &args).await.map(demo_end),
         Some(Mode::Pipe(args)) => pipe::run(&cli.server, &args).await,
+        Some(Mode::Serve(args)) => serve::run(&cli.server, &args).await,
     };
     match outcome {
         Ok(RunEnd::Success) => ExitCode::SUCCESS,

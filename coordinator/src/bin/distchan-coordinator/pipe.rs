@@ -47,7 +47,7 @@ use distchan_protocol::{
     module, tasks,
 };
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{de::IgnoredAny, Deserialize, Serialize};
+use serde::{de::IgnoredAny, Deserialize};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     sync::mpsc,
@@ -55,7 +55,11 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
-use crate::{announce, ServerArgs};
+use crate::{
+    announce,
+    json::{task_of, JsonText, ResultJson},
+    ServerArgs,
+};
 
 /// Results written (and journaled) per group.
 const GROUP: usize = 4096;
@@ -91,32 +95,6 @@ pub enum OnBadLine {
     Skip,
     /// Report it and stop reading (jobs already sent still finish).
     Fail,
-}
-
-/// A job: one input line's JSON text, streamed into the job's MessagePack as it is encoded
-/// (no JSON tree is built).
-struct JsonText(String);
-
-impl Serialize for JsonText {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut de = serde_json::Deserializer::from_str(&self.0);
-        serde_transcode::Transcoder::new(&mut de).serialize(serializer)
-    }
-}
-
-/// A result: its MessagePack streamed into JSON text as it is decoded.
-struct ResultJson(String);
-
-impl<'de> Deserialize<'de> for ResultJson {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut out = Vec::with_capacity(64);
-        serde_transcode::transcode(deserializer, &mut serde_json::Serializer::new(&mut out))
-            .map_err(serde::de::Error::custom)?;
-        // serde_json writes valid UTF-8.
-        Ok(ResultJson(
-            String::from_utf8(out).map_err(serde::de::Error::custom)?,
-        ))
-    }
 }
 
 /// What became of one input line, in input order.
@@ -175,7 +153,7 @@ pub enum RunEnd {
 
 /// Runs pipe mode.
 pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> {
-    let task = task_of(server, args)?;
+    let task = task_of(server, args.task.as_deref())?;
     if args.journal.is_some() && (args.output.is_none() || args.input.as_os_str() == "-") {
         return Err(Error::config(
             "--journal needs --input FILE and --output FILE: a resumed run reads the same input \
@@ -302,21 +280,6 @@ impl InputSummary {
             );
         }
         s
-    }
-}
-
-/// The built-in task named, or "" when a task module runs.
-fn task_of<'a>(server: &ServerArgs, args: &'a PipeArgs) -> Result<&'a str, Error> {
-    match (&args.task, &server.module) {
-        (Some(task), None) => Ok(task.as_str()),
-        (None, Some(_)) => Ok(""),
-        (Some(_), Some(_)) => Err(Error::config(
-            "--task and --module are exclusive: a run uses a built-in task or a task module",
-        )),
-        (None, None) => Err(Error::config(format!(
-            "name what the workers run: --task ({}) or --module FILE.wasm",
-            tasks::ALL.join(", ")
-        ))),
     }
 }
 
@@ -895,14 +858,5 @@ mod tests {
         assert_eq!((out.tally.done, out.tally.failed), (2, 1));
         let after = std::fs::read_to_string(&path).unwrap();
         assert!(after.ends_with("\"line\":3}\n"), "{after}");
-    }
-
-    #[test]
-    fn results_of_lines_are_json_text_both_ways() {
-        let job = rmp_serde::to_vec_named(&JsonText(r#"{"a": [1, "é", null]}"#.into())).unwrap();
-        let back: serde_json::Value = rmp_serde::from_slice(&job).unwrap();
-        assert_eq!(back, serde_json::json!({"a": [1, "é", null]}));
-        let result: ResultJson = rmp_serde::from_slice(&job).unwrap();
-        assert_eq!(result.0, r#"{"a":[1,"é",null]}"#);
     }
 }
