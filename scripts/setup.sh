@@ -19,7 +19,9 @@
 #   4. `wasm-bindgen-cli` at exactly the version of `wasm-bindgen` in Cargo.lock;
 #   5. `wasm-pack` 0.15.1;
 #   6. the `wasm32-wasip1` target on the base toolchain, to build the example task modules
-#      (`cargo build --profile task-module --target wasm32-wasip1 -p wordfreq`).
+#      (`cargo build --profile task-module --target wasm32-wasip1 -p wordfreq`);
+#   7. Debian's `nats-server` (JetStream), which the tests of several coordinators sharing one
+#      queue start on free loopback ports (not with --build-only).
 #
 # Usage (from any directory):
 #   bash scripts/setup.sh && source scripts/env.sh \
@@ -250,6 +252,21 @@ setup_chromium() {
     fi
 }
 
+# --- 2b. NATS server with JetStream, for the tests of several coordinators on one queue ----------
+setup_nats() {
+    if command -v nats-server >/dev/null 2>&1; then
+        say "nats-server: present ($(nats-server --version 2>&1))"
+        return
+    fi
+    apt_update_once nats-server
+    apt_get_install nats-server
+    command -v nats-server >/dev/null 2>&1 || die "nats-server missing after apt-get install"
+    # Debian starts a system service; the tests start their own servers on free ports.
+    if command -v systemctl >/dev/null 2>&1; then
+        systemctl disable --now nats-server >/dev/null 2>&1 || true
+    fi
+}
+
 # --- 3. npm tools in .tools: wasm-opt (binaryen@132) and playwright-core -------------------------
 npm_pkg_version() {
     local f=$TOOLS_DIR/node_modules/$1/package.json
@@ -395,6 +412,7 @@ if [ "${1:-}" = --build-only ]; then
     say "chromium: not needed to build (--build-only)"
 else
     setup_chromium
+    setup_nats
 fi
 setup_npm_tools
 setup_wasm_bindgen
