@@ -5,8 +5,8 @@
 //! publish retried after a broker hiccup is stored once). Results are read back from the
 //! run's own result subject and kept first-come: a job computed twice (its coordinator died
 //! after storing the result but before acknowledging the job) is written once. A job the
-//! broker gave up on (delivered `--max-retries + 1` times, every coordinator holding it
-//! lost) gets an error line. When every job has its line, the run's results are removed
+//! broker gave up on (delivered as often as the coordinators' `--max-retries` allows, every
+//! coordinator holding it lost) gets an error line. When every job has its line, the run's results are removed
 //! from the results stream (unless `--keep-results`).
 //!
 //! Output lines are `{"line":L,"value":V}` or `{"line":L,"error":"..."}`, `L` being the input
@@ -63,9 +63,6 @@ struct Cli {
     /// [default: made from the time and the process id]
     #[arg(long)]
     run: Option<String>,
-    /// The coordinators' --max-retries: a job is delivered at most this + 1 times.
-    #[arg(long, env = "DISTCHAN_MAX_RETRIES", default_value_t = 3)]
-    max_retries: u32,
     /// Leave the run's results in the results stream when done.
     #[arg(long)]
     keep_results: bool,
@@ -117,7 +114,8 @@ struct MaxDeliveries {
 }
 
 async fn run(cli: &Cli) -> Result<bool, Error> {
-    let settings = cli.queue.settings(cli.max_retries);
+    // How often a job may be delivered is the coordinators' business (their consumer).
+    let settings = cli.queue.settings(0);
     let run = match &cli.run {
         Some(run) if valid_run(run) => run.clone(),
         Some(run) => {
