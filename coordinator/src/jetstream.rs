@@ -32,11 +32,15 @@
 //!
 //! # async fn demo() -> Result<(), distchan_coordinator::Error> {
 //! let settings = QueueSettings::new("nats://127.0.0.1:4222");
-//! let js = jetstream::connect(&settings).await?;
-//! let streams = jetstream::ensure_streams(&js, &settings).await?;
+//! let (link, _streams) = jetstream::Link::open(&settings).await?;
 //! let job = jetstream::job_message("run-1", 1, "\"hello\"".into(), &settings);
-//! js.send_publish(settings.jobs_subject.clone(), job).await.map_err(jetstream::error)?;
-//! # let _ = streams; Ok(()) }
+//! let stored = link
+//!     .context()
+//!     .send_publish(settings.jobs_subject.clone(), job)
+//!     .await
+//!     .map_err(jetstream::error)?;
+//! stored.await.map_err(jetstream::error)?; // the broker has it
+//! # Ok(()) }
 //! ```
 
 use std::time::Duration;
@@ -136,6 +140,73 @@ pub async fn connect(settings: &QueueSettings) -> Result<Context, Error> {
     Ok(js::new(client))
 }
 
+/// A connection to the queue that is replaced by a fresh one when it stops working.
+///
+/// The NATS client reconnects by itself after a broker restart, but a connection that came
+/// back while the broker was still recovering its streams may go on without answers (every
+/// publish waiting for a confirmation that never comes, pulls that bring nothing). A side
+/// that sees that calls [`Link::renew`]: a new connection is made (retried until it works),
+/// the streams checked, and everyone holding a [`Link::watch`] is told to move to it.
+#[derive(Debug)]
+pub struct Link {
+    settings: QueueSettings,
+    current: tokio::sync::watch::Sender<Context>,
+    renewed: tokio::sync::Mutex<std::time::Instant>,
+}
+
+impl Link {
+    /// Connects (once: an unreachable queue at start is an error) and checks the streams.
+    pub async fn open(settings: &QueueSettings) -> Result<(Link, Streams), Error> {
+        let js = connect(settings).await?;
+        let streams = ensure_streams(&js, settings).await?;
+        let link = Link {
+            settings: settings.clone(),
+            current: tokio::sync::watch::channel(js).0,
+            renewed: tokio::sync::Mutex::new(std::time::Instant::now()),
+        };
+        Ok((link, streams))
+    }
+
+    /// The current connection.
+    pub fn context(&self) -> Context {
+        self.current.borrow().clone()
+    }
+
+    /// Tells when the connection is replaced.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Context> {
+        self.current.subscribe()
+    }
+
+    /// Replaces the connection with a fresh one, unless it was replaced in the last five
+    /// seconds (many failures of one outage make one renewal); tries until it works.
+    pub async fn renew(&self) -> Context {
+        let mut renewed = self.renewed.lock().await;
+        if renewed.elapsed() < Duration::from_secs(5) {
+            return self.context();
+        }
+        let mut pause = Duration::from_millis(250);
+        loop {
+            let fresh = match connect(&self.settings).await {
+                Ok(js) => ensure_streams(&js, &self.settings).await.map(|_| js),
+                Err(e) => Err(e),
+            };
+            match fresh {
+                Ok(js) => {
+                    tracing::info!(url = %self.settings.url, "a fresh connection to the queue");
+                    self.current.send_replace(js.clone());
+                    *renewed = std::time::Instant::now();
+                    return js;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the queue is not reachable yet; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
 /// The jobs and results streams, made if they do not exist yet.
 #[derive(Debug)]
 pub struct Streams {
@@ -173,13 +244,14 @@ pub async fn ensure_streams(js: &Context, settings: &QueueSettings) -> Result<St
     Ok(Streams { jobs, results })
 }
 
-/// The durable pull consumer every coordinator takes jobs from.
+/// The durable pull consumer every coordinator takes jobs from (made if missing).
 pub async fn coordinator_consumer(
-    streams: &Streams,
+    js: &Context,
     settings: &QueueSettings,
 ) -> Result<js::consumer::Consumer<pull::Config>, Error> {
-    streams
-        .jobs
+    js.get_stream(&settings.jobs_stream)
+        .await
+        .map_err(error)?
         .get_or_create_consumer(
             &settings.consumer,
             pull::Config {

@@ -12,7 +12,11 @@
 //! stores their results and exits 0. A second signal quits at once (the jobs held here
 //! are delivered again elsewhere).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_nats::jetstream::{
     context::PublishAckFuture,
@@ -20,7 +24,7 @@ use async_nats::jetstream::{
 };
 use clap::Args;
 use distchan_coordinator::{
-    jetstream::{self, JetStream, QueueArgs, QueueSettings, JOB_HEADER, REPLY_HEADER},
+    jetstream::{self, Link, QueueArgs, QueueSettings, JOB_HEADER, REPLY_HEADER},
     Error, JobSender,
 };
 use distchan_protocol::{logging::notice, tasks};
@@ -77,9 +81,9 @@ enum Pulled {
 pub async fn run(server: &ServerArgs, args: &ServeArgs) -> Result<RunEnd, Error> {
     let task = task_of(server, args.task.as_deref())?;
     let settings = args.queue.settings(server.max_retries);
-    let js = jetstream::connect(&settings).await?;
-    let streams = jetstream::ensure_streams(&js, &settings).await?;
-    let consumer = jetstream::coordinator_consumer(&streams, &settings).await?;
+    let (link, _streams) = Link::open(&settings).await?;
+    let link = Arc::new(link);
+    let consumer = jetstream::coordinator_consumer(&link.context(), &settings).await?;
 
     let listener = tokio::net::TcpListener::bind(&server.listen).await?;
     let (coordinator, jobs, mut results) = server
@@ -104,15 +108,16 @@ pub async fn run(server: &ServerArgs, args: &ServeArgs) -> Result<RunEnd, Error>
     let (pulled_tx, mut pulled) = mpsc::unbounded_channel();
     let puller = tokio::spawn(pull(
         consumer,
+        link.clone(),
         jobs,
         pulled_tx,
         stop.clone(),
         settings.clone(),
     ));
     let (confirm_tx, confirm_rx) = mpsc::channel(UNCONFIRMED);
-    let confirmer = tokio::spawn(confirm(confirm_rx));
+    let confirmer = tokio::spawn(confirm(confirm_rx, link.clone()));
     let publisher = Publisher {
-        js,
+        link,
         me,
         confirm: confirm_tx,
     };
@@ -218,7 +223,7 @@ impl Ledger {
 /// Publishes results; their confirmations are awaited (and their jobs acknowledged) by
 /// [`confirm`].
 struct Publisher {
-    js: JetStream,
+    link: Arc<Link>,
     me: String,
     confirm: mpsc::Sender<(PublishAckFuture, Acker, String)>,
 }
@@ -227,7 +232,7 @@ impl Publisher {
     async fn publish(&self, held: Held, answer: Result<String, String>) {
         let payload = jetstream::result_payload(answer.as_deref().map_err(String::as_str));
         let message = jetstream::result_message(&held.job, payload, &self.me);
-        match self.js.send_publish(held.reply, message).await {
+        match self.link.context().send_publish(held.reply, message).await {
             Ok(stored) => {
                 let _ = self.confirm.send((stored, held.acker, held.job)).await;
             }
@@ -244,37 +249,76 @@ impl Publisher {
 }
 
 /// Acknowledges each job once the broker confirms its result is stored, in publish order.
-/// Returns how many results were not confirmed.
-async fn confirm(mut stored: mpsc::Receiver<(PublishAckFuture, Acker, String)>) -> u64 {
+/// A result not confirmed leaves its job to be delivered again, and the connection is
+/// renewed. Returns how many results were not confirmed.
+async fn confirm(
+    mut stored: mpsc::Receiver<(PublishAckFuture, Acker, String)>,
+    link: Arc<Link>,
+) -> u64 {
     let mut unconfirmed = 0;
+    let mut said = Said::default();
     while let Some((confirmation, acker, job)) = stored.recv().await {
         match confirmation.await {
+            // Not acknowledged: delivered again, its second result dropped as a duplicate.
             Ok(_) => {
                 if let Err(e) = acker.ack().await {
-                    notice(
-                        Level::WARN,
-                        format_args!("serve: could not acknowledge {job} ({e}); it will be delivered again and its second result dropped"),
-                    );
+                    said.warn(format_args!(
+                        "could not acknowledge {job} ({e}): it will be delivered again"
+                    ));
                 }
             }
+            // The broker is away or the connection broken: the results published after
+            // this one are not awaited in turn (each wait would start only then), their jobs
+            // are left to be delivered again too, and the connection is renewed.
             Err(e) => {
-                unconfirmed += 1;
-                notice(
-                    Level::WARN,
-                    format_args!("serve: the result of {job} was not confirmed stored ({e}); the job will be delivered again"),
-                );
+                let mut dropped = 1;
+                while stored.try_recv().is_ok() {
+                    dropped += 1;
+                }
+                unconfirmed += dropped;
+                said.warn(format_args!(
+                    "the result of {job} and {} after it were not confirmed stored ({e}): their jobs will be delivered again",
+                    dropped - 1
+                ));
+                link.renew().await;
             }
         }
     }
     unconfirmed
 }
 
+/// Warnings of one kind, said at most once a second with how many there were.
+#[derive(Default)]
+struct Said {
+    last: Option<Instant>,
+    quiet: u64,
+}
+
+impl Said {
+    fn warn(&mut self, what: std::fmt::Arguments<'_>) {
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
+            self.quiet += 1;
+            return;
+        }
+        let more = match std::mem::take(&mut self.quiet) {
+            0 => String::new(),
+            n => format!(" (and {n} more like it)"),
+        };
+        notice(Level::WARN, format_args!("serve: {what}{more}"));
+        self.last = Some(Instant::now());
+    }
+}
+
 /// Pulls jobs from the shared consumer and sends them to the workers until `stop`; a
 /// broken pull (the broker restarting, say) is started again. Returns how many jobs it took.
 async fn pull(
-    consumer: async_nats::jetstream::consumer::Consumer<
+    mut consumer: async_nats::jetstream::consumer::Consumer<
         async_nats::jetstream::consumer::pull::Config,
     >,
+    link: Arc<Link>,
     jobs: JobSender<JsonText>,
     pulled: mpsc::UnboundedSender<Pulled>,
     stop: CancellationToken,
@@ -283,7 +327,24 @@ async fn pull(
     let mut taken = 0u64;
     let reply_prefix = format!("{}.", settings.results_prefix);
     let pause = Duration::from_millis(250);
+    let mut renewed = link.watch();
+    let mut failures = 0u32;
     'pulls: loop {
+        if renewed.has_changed().unwrap_or(false) {
+            let js = renewed.borrow_and_update().clone();
+            match jetstream::coordinator_consumer(&js, &settings).await {
+                Ok(fresh) => consumer = fresh,
+                Err(e) => tracing::warn!(error = %e, "the shared consumer on the fresh connection"),
+            }
+        }
+        // Pulls that keep failing get a fresh connection.
+        if failures >= 3 {
+            failures = 0;
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = link.renew() => continue,
+            }
+        }
         let messages = consumer
             .stream()
             .max_messages_per_batch(BATCH)
@@ -293,10 +354,8 @@ async fn pull(
         let mut messages = match messages {
             Ok(messages) => messages,
             Err(e) => {
-                notice(
-                    Level::WARN,
-                    format_args!("serve: cannot pull jobs ({e}); trying again"),
-                );
+                failures += 1;
+                tracing::warn!(error = %e, "cannot pull jobs; trying again");
                 tokio::select! {
                     () = stop.cancelled() => break,
                     () = tokio::time::sleep(pause) => continue,
@@ -307,15 +366,21 @@ async fn pull(
             let next = tokio::select! {
                 biased;
                 () = stop.cancelled() => break 'pulls,
+                _ = renewed.changed() => continue 'pulls,
                 next = messages.next() => next,
             };
             let message = match next {
-                Some(Ok(message)) => message,
+                Some(Ok(message)) => {
+                    failures = 0;
+                    message
+                }
+                // A broken pull (the broker restarting, say) is started again.
                 Some(Err(e)) => {
+                    failures += 1;
                     tracing::debug!(error = %e, "pulling jobs");
                     tokio::select! {
                         () = stop.cancelled() => break 'pulls,
-                        () = tokio::time::sleep(pause) => continue,
+                        () = tokio::time::sleep(pause) => continue 'pulls,
                     }
                 }
                 None => continue 'pulls,

@@ -18,6 +18,7 @@ use std::{
     io::{BufWriter, Write},
     path::PathBuf,
     process::ExitCode,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -28,7 +29,7 @@ use async_nats::jetstream::{
 use bytes::Bytes;
 use clap::Parser;
 use distchan_coordinator::{
-    jetstream::{self, JetStream, QueueArgs, QueueSettings, JOB_HEADER},
+    jetstream::{self, Link, QueueArgs, QueueSettings, JOB_HEADER},
     Error,
 };
 use distchan_protocol::logging::{self, notice, LogArgs};
@@ -125,27 +126,18 @@ async fn run(cli: &Cli) -> Result<bool, Error> {
         }
         None => default_run(),
     };
-    let js = jetstream::connect(&settings).await?;
-    let streams = jetstream::ensure_streams(&js, &settings).await?;
+    let (link, streams) = Link::open(&settings).await?;
+    let link = Arc::new(link);
     let subject = settings.results_subject(&run);
     // Listen before publishing: nothing said about this run is missed.
-    let mut given_up = js
+    let mut given_up = link
+        .context()
         .client()
         .subscribe(settings.max_deliveries_subject())
         .await
         .map_err(jetstream::error)?;
-    let mut results = streams
-        .results
-        .create_consumer(OrderedConfig {
-            filter_subject: subject.clone(),
-            deliver_policy: DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(jetstream::error)?
-        .messages()
-        .await
-        .map_err(jetstream::error)?;
+    let mut results = read_results(&streams.results, &subject).await?;
+    let mut renewed = link.watch();
     notice(
         Level::INFO,
         format_args!(
@@ -157,7 +149,7 @@ async fn run(cli: &Cli) -> Result<bool, Error> {
     let (lines_tx, mut lines) = mpsc::unbounded_channel();
     let reader = tokio::spawn(publish_input(
         cli.input.clone(),
-        js.clone(),
+        link.clone(),
         settings.clone(),
         run.clone(),
         lines_tx,
@@ -202,6 +194,18 @@ async fn run(cli: &Cli) -> Result<bool, Error> {
                 Some(Err(e)) => tracing::debug!(error = %e, "reading results"),
                 None => return Err(Error::connection("the results stream ended")),
             },
+            // A fresh connection: read the run's results again from the start (those
+            // already written are dropped as duplicates), and listen to the broker there.
+            Ok(()) = renewed.changed() => {
+                let js = renewed.borrow_and_update().clone();
+                let stream = js.get_stream(&settings.results_stream).await.map_err(jetstream::error)?;
+                results = read_results(&stream, &subject).await?;
+                given_up = js
+                    .client()
+                    .subscribe(settings.max_deliveries_subject())
+                    .await
+                    .map_err(jetstream::error)?;
+            },
             Some(advisory) = given_up.next() => {
                 if let Ok(a) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) {
                     if let Some(&line) = by_seq.get(&a.stream_seq) {
@@ -238,12 +242,31 @@ async fn run(cli: &Cli) -> Result<bool, Error> {
     Ok(out.failed == 0 && bad_lines == 0)
 }
 
+/// The results of the run whose result subject is `subject`, from the first.
+async fn read_results(
+    stream: &async_nats::jetstream::stream::Stream,
+    subject: &str,
+) -> Result<async_nats::jetstream::consumer::pull::Ordered, Error> {
+    stream
+        .create_consumer(OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(jetstream::error)?
+        .messages()
+        .await
+        .map_err(jetstream::error)
+}
+
 /// Reads the input and publishes a job for each JSON line, telling the main loop, in input
 /// order, what became of each line once the broker has stored it. A publish that fails (the
-/// broker away) is tried again with the same message id. Returns the number of bad lines.
+/// broker away) is tried again with the same message id, on a fresh connection if the
+/// broker does not confirm it. Returns the number of bad lines.
 async fn publish_input(
     input: PathBuf,
-    js: JetStream,
+    link: Arc<Link>,
     settings: QueueSettings,
     run: String,
     lines: mpsc::UnboundedSender<Line>,
@@ -275,21 +298,21 @@ async fn publish_input(
             continue;
         }
         let payload = Bytes::from(text);
-        let stored = publish(&js, &settings, &run, number, payload.clone()).await;
+        let stored = publish(&link, &settings, &run, number, payload.clone()).await;
         window.push_back((number, payload, stored));
         if window.len() >= WINDOW {
-            settle_oldest(&mut window, &js, &settings, &run, &lines).await;
+            settle_oldest(&mut window, &link, &settings, &run, &lines).await;
         }
     }
     while !window.is_empty() {
-        settle_oldest(&mut window, &js, &settings, &run, &lines).await;
+        settle_oldest(&mut window, &link, &settings, &run, &lines).await;
     }
     Ok(bad)
 }
 
 /// Publishes job `line` until the broker takes it (it may be reconnecting).
 async fn publish(
-    js: &JetStream,
+    link: &Link,
     settings: &QueueSettings,
     run: &str,
     line: u64,
@@ -298,16 +321,14 @@ async fn publish(
     let mut pause = Duration::from_millis(50);
     loop {
         let message = jetstream::job_message(run, line, payload.clone(), settings);
-        match js
+        match link
+            .context()
             .send_publish(settings.jobs_subject.clone(), message)
             .await
         {
             Ok(stored) => return stored,
             Err(e) => {
-                notice(
-                    Level::WARN,
-                    format_args!("submit: publishing line {line} failed ({e}); trying again"),
-                );
+                tracing::warn!(line, error = %e, "publishing a job failed; trying again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
@@ -319,7 +340,7 @@ async fn publish(
 /// broker does not confirm it), and reports its line.
 async fn settle_oldest(
     window: &mut VecDeque<(u64, Bytes, PublishAckFuture)>,
-    js: &JetStream,
+    link: &Link,
     settings: &QueueSettings,
     run: &str,
     lines: &mpsc::UnboundedSender<Line>,
@@ -336,14 +357,15 @@ async fn settle_oldest(
                 });
                 return;
             }
+            // Each confirmation's wait starts when it is awaited: publish every job of the
+            // window again on the fresh connection rather than wait for each in turn.
             Err(e) => {
-                notice(
-                    Level::WARN,
-                    format_args!(
-                        "submit: line {line} not confirmed stored ({e}); publishing it again"
-                    ),
-                );
-                stored = publish(js, settings, run, line, payload.clone()).await;
+                tracing::warn!(line, error = %e, "a job not confirmed stored: publishing it and the {} after it again", window.len());
+                link.renew().await;
+                stored = publish(link, settings, run, line, payload.clone()).await;
+                for (later, payload, stored) in window.iter_mut() {
+                    *stored = publish(link, settings, run, *later, payload.clone()).await;
+                }
             }
         }
     }
