@@ -58,6 +58,10 @@ use crate::Error;
 
 pub use async_nats::jetstream::Context as JetStream;
 
+/// Bytes kept for a message's headers when its payload is checked against the broker's
+/// largest message (`max_payload`).
+pub const HEADROOM: usize = 1024;
+
 /// Header naming the job a message is about: `RUN.LINE` (the run's id and the job's number
 /// in it).
 pub const JOB_HEADER: &str = "Distchan-Job";

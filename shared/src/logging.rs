@@ -51,14 +51,16 @@ pub struct LogArgs {
 /// True once [`init`] chose JSON lines.
 static JSON: AtomicBool = AtomicBool::new(false);
 
-/// Installs the global subscriber: events at `RUST_LOG`'s levels (default `info`) to
-/// standard error, in `format`. Call it once, first thing in `main`.
+/// Installs the global subscriber: events at `RUST_LOG`'s levels (default `info`, but
+/// `warn` for the NATS client, whose connection chatter is not news) to standard error, in
+/// `format`. Call it once, first thing in `main`.
 ///
 /// # Panics
 ///
 /// If a global subscriber is already installed.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

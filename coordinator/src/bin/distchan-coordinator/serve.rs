@@ -230,7 +230,15 @@ struct Publisher {
 
 impl Publisher {
     async fn publish(&self, held: Held, answer: Result<String, String>) {
-        let payload = jetstream::result_payload(answer.as_deref().map_err(String::as_str));
+        let mut payload = jetstream::result_payload(answer.as_deref().map_err(String::as_str));
+        let largest = self.link.context().client().server_info().max_payload;
+        if payload.len() + jetstream::HEADROOM > largest {
+            // Its job would come back again and again: it is answered with the reason.
+            payload = jetstream::result_payload(Err(&format!(
+                "the result is {} bytes, more than the queue takes in one message ({largest} bytes: the broker's max_payload)",
+                payload.len()
+            )));
+        }
         let message = jetstream::result_message(&held.job, payload, &self.me);
         match self.link.context().send_publish(held.reply, message).await {
             Ok(stored) => {

@@ -10,7 +10,9 @@
 //! from the results stream (unless `--keep-results`).
 //!
 //! Output lines are `{"line":L,"value":V}` or `{"line":L,"error":"..."}`, `L` being the input
-//! line the job came from; as they arrive, or in input order with `--ordered`.
+//! line the job came from; as they arrive, or in input order with `--ordered`. A line that is
+//! not JSON, or larger than the broker takes in one message, is reported on stderr with its
+//! number and skipped (exit status 2).
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
@@ -293,6 +295,16 @@ async fn publish_input(
             notice(
                 Level::WARN,
                 format_args!("line {number}: not valid JSON ({e}); skipped"),
+            );
+            let _ = lines.send(Line::Nothing);
+            continue;
+        }
+        let largest = link.context().client().server_info().max_payload;
+        if text.len() + jetstream::HEADROOM > largest {
+            bad += 1;
+            notice(
+                Level::WARN,
+                format_args!("line {number}: {} bytes, more than the queue takes in one message ({largest} bytes: the broker's max_payload); skipped", text.len()),
             );
             let _ = lines.send(Line::Nothing);
             continue;
