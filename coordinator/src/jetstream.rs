@@ -133,9 +133,35 @@ pub fn error(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
 
 /// Connects to the server in `settings` (the client reconnects by itself afterwards).
 pub async fn connect(settings: &QueueSettings) -> Result<Context, Error> {
+    connect_counting(settings, tokio::sync::watch::channel(0).0).await
+}
+
+/// [`connect`], counting in `connections` each time the connection is made (again): a
+/// consumer the broker kept only in memory is gone after the broker restarted, and whoever
+/// reads one must make it anew then.
+async fn connect_counting(
+    settings: &QueueSettings,
+    connections: tokio::sync::watch::Sender<u64>,
+) -> Result<Context, Error> {
+    let url = settings.url.clone();
     let client = async_nats::ConnectOptions::new()
         .name("distchan")
         .connection_timeout(Duration::from_secs(5))
+        .event_callback(move |event| {
+            let (connections, url) = (connections.clone(), url.clone());
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!(%url, "connected to the queue");
+                        connections.send_modify(|n| *n += 1);
+                    }
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!(%url, "disconnected from the queue; reconnecting")
+                    }
+                    other => tracing::info!(%url, "queue connection: {other}"),
+                }
+            }
+        })
         .connect(settings.url.as_str())
         .await
         .map_err(|e| {
@@ -155,17 +181,20 @@ pub async fn connect(settings: &QueueSettings) -> Result<Context, Error> {
 pub struct Link {
     settings: QueueSettings,
     current: tokio::sync::watch::Sender<Context>,
+    connections: tokio::sync::watch::Sender<u64>,
     renewed: tokio::sync::Mutex<std::time::Instant>,
 }
 
 impl Link {
     /// Connects (once: an unreachable queue at start is an error) and checks the streams.
     pub async fn open(settings: &QueueSettings) -> Result<(Link, Streams), Error> {
-        let js = connect(settings).await?;
+        let connections = tokio::sync::watch::channel(0).0;
+        let js = connect_counting(settings, connections.clone()).await?;
         let streams = ensure_streams(&js, settings).await?;
         let link = Link {
             settings: settings.clone(),
             current: tokio::sync::watch::channel(js).0,
+            connections,
             renewed: tokio::sync::Mutex::new(std::time::Instant::now()),
         };
         Ok((link, streams))
@@ -181,6 +210,11 @@ impl Link {
         self.current.subscribe()
     }
 
+    /// Tells when a connection is made again (the client reconnected, or [`Link::renew`]).
+    pub fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.connections.subscribe()
+    }
+
     /// Replaces the connection with a fresh one, unless it was replaced in the last five
     /// seconds (many failures of one outage make one renewal); tries until it works.
     pub async fn renew(&self) -> Context {
@@ -190,7 +224,7 @@ impl Link {
         }
         let mut pause = Duration::from_millis(250);
         loop {
-            let fresh = match connect(&self.settings).await {
+            let fresh = match connect_counting(&self.settings, self.connections.clone()).await {
                 Ok(js) => ensure_streams(&js, &self.settings).await.map(|_| js),
                 Err(e) => Err(e),
             };

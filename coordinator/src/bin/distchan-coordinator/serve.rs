@@ -336,6 +336,7 @@ async fn pull(
     let reply_prefix = format!("{}.", settings.results_prefix);
     let pause = Duration::from_millis(250);
     let mut renewed = link.watch();
+    let mut reconnected = link.reconnects();
     let mut failures = 0u32;
     'pulls: loop {
         if renewed.has_changed().unwrap_or(false) {
@@ -375,6 +376,11 @@ async fn pull(
                 biased;
                 () = stop.cancelled() => break 'pulls,
                 _ = renewed.changed() => continue 'pulls,
+                // The broker restarted: pull anew rather than wait for heartbeats to be missed.
+                _ = reconnected.changed() => {
+                    reconnected.borrow_and_update();
+                    continue 'pulls;
+                }
                 next = messages.next() => next,
             };
             let message = match next {

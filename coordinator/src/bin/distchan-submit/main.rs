@@ -140,6 +140,8 @@ async fn run(cli: &Cli) -> Result<bool, Error> {
         .map_err(jetstream::error)?;
     let mut results = read_results(&streams.results, &subject).await?;
     let mut renewed = link.watch();
+    let mut reconnected = link.reconnects();
+    let mut stale = false;
     notice(
         Level::INFO,
         format_args!(
@@ -196,17 +198,15 @@ async fn run(cli: &Cli) -> Result<bool, Error> {
                 Some(Err(e)) => tracing::debug!(error = %e, "reading results"),
                 None => return Err(Error::connection("the results stream ended")),
             },
-            // A fresh connection: read the run's results again from the start (those
-            // already written are dropped as duplicates), and listen to the broker there.
+            // A fresh connection, or the broker back after a restart (which lost the
+            // consumer reading the results: it lived in the broker's memory): read again.
             Ok(()) = renewed.changed() => {
-                let js = renewed.borrow_and_update().clone();
-                let stream = js.get_stream(&settings.results_stream).await.map_err(jetstream::error)?;
-                results = read_results(&stream, &subject).await?;
-                given_up = js
-                    .client()
-                    .subscribe(settings.max_deliveries_subject())
-                    .await
-                    .map_err(jetstream::error)?;
+                renewed.borrow_and_update();
+                stale = true;
+            },
+            Ok(()) = reconnected.changed() => {
+                reconnected.borrow_and_update();
+                stale = true;
             },
             Some(advisory) = given_up.next() => {
                 if let Ok(a) = serde_json::from_slice::<MaxDeliveries>(&advisory.payload) {
@@ -216,7 +216,19 @@ async fn run(cli: &Cli) -> Result<bool, Error> {
                     }
                 }
             },
-            _ = flush.tick() => out.flush()?,
+            _ = flush.tick() => {
+                out.flush()?;
+                if stale {
+                    // Tried again at each tick until the broker has its streams back.
+                    match reopen(&link, &settings, &subject).await {
+                        Ok((r, g)) => {
+                            (results, given_up) = (r, g);
+                            stale = false;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "reading the results again"),
+                    }
+                }
+            },
         }
     }
     let bad_lines = match reader.await {
@@ -242,6 +254,33 @@ async fn run(cli: &Cli) -> Result<bool, Error> {
         ),
     );
     Ok(out.failed == 0 && bad_lines == 0)
+}
+
+/// On the current connection: the run's results from the first (those already written
+/// are dropped as duplicates), and the broker's word on jobs it gave up on.
+async fn reopen(
+    link: &Link,
+    settings: &QueueSettings,
+    subject: &str,
+) -> Result<
+    (
+        async_nats::jetstream::consumer::pull::Ordered,
+        async_nats::Subscriber,
+    ),
+    Error,
+> {
+    let js = link.context();
+    let stream = js
+        .get_stream(&settings.results_stream)
+        .await
+        .map_err(jetstream::error)?;
+    let results = read_results(&stream, subject).await?;
+    let given_up = js
+        .client()
+        .subscribe(settings.max_deliveries_subject())
+        .await
+        .map_err(jetstream::error)?;
+    Ok((results, given_up))
 }
 
 /// The results of the run whose result subject is `subject`, from the first.
