@@ -48,6 +48,16 @@
 //!   the journal. Needs both binaries next to the bench binary (`cargo build --release
 //!   --bins`); skipped, with the reason, when either is missing (unless asked for with
 //!   `--only pipe`).
+//! - **Shared queue** ([`queue::throughput`]): the same kind of JSON lines, 200,000 (50,000
+//!   with `--quick`), through coordinators sharing one durable queue on NATS JetStream: a
+//!   fresh `nats-server -js` per run, then one `distchan-coordinator serve` with two local
+//!   workers, or two with one each; `distchan-submit` publishes the lines and collects the
+//!   results, timed from spawn to exit. Beside them, pipe mode (the in-process queue) on the
+//!   same input. Jobs per second, median of three runs each (one each with `--quick`), the
+//!   ratio to in-process, and the CPU per job of the broker, of the coordinators with their
+//!   workers, and of `distchan-submit`. Needs the binaries next to the bench binary and
+//!   `nats-server`; skipped, with the reason, when one is missing (unless asked for with
+//!   `--only queue`).
 //! - **Scale** ([`ours::swarm`]): a `--swarm` child opens 10,000 worker connections (1,000
 //!   with `--quick`), each completing the hello handshake. While they sit idle (through a
 //!   heartbeat period), this process's resident memory (`VmRSS`) is sampled; the increase
@@ -64,7 +74,7 @@
 //! a worker that fails, or a job left unfinished fails the run (exit status 1). There are
 //! no pass/fail thresholds on the figures: the comparison with the targets the README states
 //! is printed (met / missed) for people to read. `--only tiny,latency` measures only those
-//! parts (`scale`, `tiny`, `tasks`, `tab`, `pipe`, `large`, `latency`).
+//! parts (`scale`, `tiny`, `tasks`, `tab`, `pipe`, `queue`, `large`, `latency`).
 //!
 //! `--quick` runs the same measurements with small counts (well under a minute) for CI.
 
@@ -73,6 +83,7 @@ mod echo;
 mod modes;
 mod ours;
 mod pipe;
+mod queue;
 mod report;
 mod tab;
 mod tasks;
@@ -93,7 +104,8 @@ use crate::{
     modes::Flavor,
     ours::Api,
     report::{
-        per_s, Cpu, LargeRow, LatencyRow, PipeRow, Report, ScaleRow, TabRow, TaskRow, TinyRow,
+        per_s, Cpu, LargeRow, LatencyRow, PipeRow, QueueRow, Report, ScaleRow, TabRow, TaskRow,
+        TinyRow,
     },
     tasks::Work,
 };
@@ -207,6 +219,11 @@ struct Plan {
     pipe_lines: u64,
     /// Pipe-mode runs with and without the journal, each (the median is kept).
     pipe_runs: usize,
+    /// Input lines (jobs) per run through the shared queue, and per in-process run beside it.
+    queue_jobs: u64,
+    /// Runs through the shared queue with one and with two coordinators, and in-process,
+    /// each (the median is kept).
+    queue_runs: usize,
     /// Large payloads: (raw payload bytes, credit window, jobs).
     large: Vec<(usize, u32, u64)>,
     /// One-at-a-time round trips not recorded, then recorded.
@@ -232,6 +249,8 @@ impl Plan {
                 tab_jobs: 10_000,
                 pipe_lines: 100_000,
                 pipe_runs: 1,
+                queue_jobs: 50_000,
+                queue_runs: 1,
                 large: vec![(64 << 10, 16, 2_000), (1 << 20, 4, 200)],
                 latency: (100, 1_000),
                 idle_workers: 1_000,
@@ -247,6 +266,8 @@ impl Plan {
                 tab_jobs: 100_000,
                 pipe_lines: 1_000_000,
                 pipe_runs: 3,
+                queue_jobs: 200_000,
+                queue_runs: 3,
                 large: vec![(64 << 10, 16, 20_000), (1 << 20, 4, 2_000)],
                 latency: (300, 5_000),
                 idle_workers: 10_000,
@@ -353,6 +374,8 @@ enum Section {
     Tab,
     /// The coordinator binary's pipe mode on JSON lines, without and with the journal.
     Pipe,
+    /// One and two coordinators sharing a NATS JetStream queue, against the in-process one.
+    Queue,
 }
 
 /// The whole benchmark, or the `sections` asked for.
@@ -398,6 +421,17 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         true => Some(pipe_mode(&plan).await?),
         false => None,
     };
+    let queue = match wants(Section::Queue) {
+        // Not asked for by name: skipped (with the reason) without nats-server or the
+        // release binaries.
+        true if sections.is_empty() && queue::prerequisites().is_err() => {
+            let why = queue::prerequisites().err().unwrap_or_default();
+            eprintln!("distchan-bench: queue: skipped ({why})");
+            Vec::new()
+        }
+        true => shared_queue(&plan).await?,
+        false => Vec::new(),
+    };
     let large = match wants(Section::Large) {
         true => large(&plan).await?,
         false => Vec::new(),
@@ -415,6 +449,7 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         tasks: task_rows,
         tab: tab_rows,
         pipe,
+        queue,
         large,
         latency,
         scale,
@@ -639,6 +674,64 @@ async fn pipe_mode(plan: &Plan) -> BenchResult<PipeRow> {
         cpu_us: us_per_line(&plain),
         journal_cpu_us: us_per_line(&journaled),
     })
+}
+
+/// The same JSON lines through the in-process queue (pipe mode), then through one and two
+/// coordinators sharing a JetStream queue.
+async fn shared_queue(plan: &Plan) -> BenchResult<Vec<QueueRow>> {
+    queue::prerequisites().map_err(|why| format!("queue: {why}"))?;
+    let input = pipe::Input::new(plan.queue_jobs)?;
+    let local = measure(
+        plan,
+        &format!(
+            "queue: in-process (pipe mode), {} local workers, {} lines",
+            pipe::WORKERS,
+            plan.queue_jobs
+        ),
+        median_of(plan.queue_runs, || pipe::throughput(&input, false)),
+    )
+    .await?;
+    let us = |secs: f64| secs * 1e6 / plan.queue_jobs.max(1) as f64;
+    let mut rows = vec![QueueRow {
+        queue: "in-process",
+        coordinators: 1,
+        workers_each: pipe::WORKERS,
+        jobs: plan.queue_jobs,
+        runs: plan.queue_runs,
+        per_s: per_s(&local),
+        vs_in_process: None,
+        broker_cpu_us: None,
+        coordinators_cpu_us: us(local.cpu_children),
+        submit_cpu_us: None,
+        taken: Vec::new(),
+    }];
+    for coordinators in [1, 2] {
+        let each = queue::WORKERS / coordinators;
+        let run = measure(
+            plan,
+            &format!(
+                "queue: JetStream, {coordinators} coordinator(s) with {each} local worker(s) each, \
+                 {} lines",
+                plan.queue_jobs
+            ),
+            queue::median(plan.queue_runs, &input, coordinators),
+        )
+        .await?;
+        rows.push(QueueRow {
+            queue: "jetstream",
+            coordinators,
+            workers_each: each,
+            jobs: plan.queue_jobs,
+            runs: plan.queue_runs,
+            per_s: per_s(&run.rate),
+            vs_in_process: Some(per_s(&run.rate) / per_s(&local)),
+            broker_cpu_us: Some(us(run.broker_cpu)),
+            coordinators_cpu_us: us(run.rate.cpu_children),
+            submit_cpu_us: Some(us(run.submit_cpu)),
+            taken: run.taken,
+        });
+    }
+    Ok(rows)
 }
 
 /// 64 KiB and 1 MiB payloads through two workers, beside the echo of the same frames.

@@ -66,6 +66,21 @@ pub struct Input {
 }
 
 impl Input {
+    /// The temporary folder (runs may keep their files in it; it goes with the input).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The input file.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Lines in the input file.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
     /// Writes `n` lines, `"word 0"` to `"word {n-1}"`, to a fresh temporary folder.
     pub fn new(n: u64) -> BenchResult<Self> {
         let dir = std::env::temp_dir().join(format!("distchan-bench-pipe-{}", std::process::id()));
@@ -91,8 +106,8 @@ impl Drop for Input {
     }
 }
 
-/// Kills and reaps the coordinator if a run ends early (an error, the deadline).
-struct Guard(Child);
+/// Kills and reaps a child (the coordinator) if a run ends early (an error, the deadline).
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -105,7 +120,7 @@ impl Drop for Guard {
 
 /// CPU seconds (user + system) of this process's children that have exited and been
 /// waited for, with everything they waited for in turn.
-fn children_cpu_secs() -> f64 {
+pub(crate) fn children_cpu_secs() -> f64 {
     // SAFETY: getrusage only writes the struct passed in.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -119,7 +134,7 @@ fn children_cpu_secs() -> f64 {
 }
 
 /// Lines in `path`.
-fn count_lines(path: &Path) -> BenchResult<u64> {
+pub(crate) fn count_lines(path: &Path) -> BenchResult<u64> {
     let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut lines = 0u64;
     loop {
@@ -134,8 +149,8 @@ fn count_lines(path: &Path) -> BenchResult<u64> {
     Ok(lines)
 }
 
-/// The last `n` lines of the file at `path` (the coordinator's standard error), indented.
-fn tail(path: &Path, n: usize) -> String {
+/// The last `n` lines of the file at `path` (a child's standard error), indented.
+pub(crate) fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(n);
@@ -143,6 +158,31 @@ fn tail(path: &Path, n: usize) -> String {
         [] => " (nothing on its standard error)".into(),
         last => format!("; its standard error ends with:\n  {}", last.join("\n  ")),
     }
+}
+
+/// Prepares `command` the way every program the benchmark measures is started: without any
+/// inherited `DISTCHAN_*` variable, with `RUST_LOG=warn`, nothing on standard input, standard
+/// output discarded, standard error to the file `stderr` (created afresh), and killed by the
+/// kernel if the bench process dies (`PR_SET_PDEATHSIG`).
+pub(crate) fn quiet(command: &mut Command, stderr: &Path) -> BenchResult<()> {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("DISTCHAN_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(stderr)?);
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// One pipe-mode run over `input`, with a journal if `journal` is set.
@@ -180,23 +220,7 @@ async fn timed_run(
     if journal {
         command.arg("--journal").arg(&journal_file);
     }
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("DISTCHAN_") {
-            command.env_remove(key);
-        }
-    }
-    command
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(File::create(&stderr)?);
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
+    quiet(&mut command, &stderr)?;
     let cpu_here = cpu_secs(None);
     let cpu_children = children_cpu_secs();
     let started = Instant::now();

@@ -118,6 +118,35 @@ pub struct PipeRow {
     pub journal_cpu_us: f64,
 }
 
+/// JSON lines through coordinators sharing one NATS JetStream queue, or through the
+/// in-process queue of pipe mode (the row the others are compared with).
+#[derive(Debug, Serialize)]
+pub struct QueueRow {
+    /// `in-process` (the coordinator binary's pipe mode) or `jetstream`.
+    pub queue: &'static str,
+    /// Coordinators taking jobs (1 in-process).
+    pub coordinators: usize,
+    /// Local worker processes of each coordinator.
+    pub workers_each: usize,
+    /// Jobs (input lines) per run.
+    pub jobs: u64,
+    /// Runs; the median is kept.
+    pub runs: usize,
+    /// Jobs per second: `distchan-submit` from spawn to exit (in-process: the coordinator).
+    pub per_s: f64,
+    /// `per_s` over the in-process row's (absent on that row).
+    pub vs_in_process: Option<f64>,
+    /// CPU microseconds per job of the broker, its whole life (absent in-process).
+    pub broker_cpu_us: Option<f64>,
+    /// CPU microseconds per job of the coordinators and the workers they started.
+    pub coordinators_cpu_us: f64,
+    /// CPU microseconds per job of `distchan-submit` (absent in-process).
+    pub submit_cpu_us: Option<f64>,
+    /// Jobs each coordinator took from the queue, as it said when stopped (empty
+    /// in-process; `None` where a coordinator did not say).
+    pub taken: Vec<Option<u64>>,
+}
+
 /// Large payloads through the coordinator next to the echo of the same frames.
 #[derive(Debug, Serialize)]
 pub struct LargeRow {
@@ -213,6 +242,9 @@ pub struct Report {
     pub tab: Vec<TabRow>,
     /// The coordinator binary's pipe mode (absent when not measured).
     pub pipe: Option<PipeRow>,
+    /// Coordinators on a shared JetStream queue beside the in-process queue (empty when not
+    /// measured).
+    pub queue: Vec<QueueRow>,
     /// Large payloads.
     pub large: Vec<LargeRow>,
     /// One at a time (absent when not measured).
@@ -558,6 +590,82 @@ impl Report {
                 p.cpu_us,
                 p.journal_cpu_us,
             );
+        }
+        if let Some(first) = self.queue.first() {
+            let _ = writeln!(
+                out,
+                "\nShared queue: {} JSON lines through capitalize, 2 local workers in all, {}; a \
+                 fresh nats-server -js (file store) per run, distchan-submit timed from spawn to \
+                 exit (in-process: the pipe-mode coordinator).\n{:<46} {:>14} {:>14}   CPU \
+                 us/job broker | coordinators+workers | submit",
+                first.jobs,
+                match first.runs {
+                    1 => "one run each".to_string(),
+                    n => format!("median of {n} runs each"),
+                },
+                "measurement",
+                "jobs/s",
+                "vs in-process",
+            );
+            for r in &self.queue {
+                let us = |v: Option<f64>| v.map_or_else(|| "-".into(), |v| format!("{v:.1}"));
+                let what = match r.queue {
+                    "in-process" => format!(
+                        "in-process queue (pipe), 1 coord. x {} workers",
+                        r.workers_each
+                    ),
+                    _ => format!(
+                        "JetStream, {} coord. x {} worker{}",
+                        r.coordinators,
+                        r.workers_each,
+                        if r.workers_each == 1 { "" } else { "s" }
+                    ),
+                };
+                let split = match r.taken.as_slice() {
+                    [] | [_] => String::new(),
+                    taken => format!(
+                        " (jobs taken: {})",
+                        taken
+                            .iter()
+                            .map(|t| t.map_or_else(|| "?".into(), |t| t.to_string()))
+                            .collect::<Vec<_>>()
+                            .join(" + ")
+                    ),
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<46} {:>14} {:>14}   {} | {:.1} | {}{split}",
+                    what,
+                    rate(r.per_s),
+                    r.vs_in_process.map(pct).unwrap_or_else(|| "-".into()),
+                    us(r.broker_cpu_us),
+                    r.coordinators_cpu_us,
+                    us(r.submit_cpu_us),
+                );
+            }
+            if let Some(one) = self
+                .queue
+                .iter()
+                .find(|r| r.queue != "in-process" && r.coordinators == 1)
+            {
+                let ratio = one.vs_in_process.unwrap_or(0.0);
+                let broker = one.broker_cpu_us.unwrap_or(0.0);
+                let submit = one.submit_cpu_us.unwrap_or(0.0);
+                let total = broker + one.coordinators_cpu_us + submit;
+                let _ = writeln!(
+                    out,
+                    "The broker's cost, 1 coordinator: {} of the in-process rate ({:.1}x slower); \
+                     the broker used {broker:.1} us CPU per job, {:.1}x the coordinator's and \
+                     workers' {:.1} us. All together {total:.0} us CPU per job: at most {} on \
+                     {} cores, were they all busy with it.",
+                    pct(ratio),
+                    1.0 / ratio.max(1e-9),
+                    broker / one.coordinators_cpu_us.max(1e-9),
+                    one.coordinators_cpu_us,
+                    rate(self.cores as f64 * 1e6 / total.max(1e-9)),
+                    self.cores,
+                );
+            }
         }
         let _ = writeln!(out, "\nTargets:");
         for t in &self.targets {
