@@ -93,6 +93,10 @@ pub struct QueueSettings {
     pub max_deliver: i64,
     /// How long results stay in the results stream when no submitter removes them.
     pub results_max_age: Duration,
+    /// What the coordinators run on every job (e.g. `task capitalize`, `module <sha256>`),
+    /// written on the shared consumer by the first coordinator: one that runs something
+    /// else is refused. Empty: not checked.
+    pub work: String,
 }
 
 impl QueueSettings {
@@ -108,6 +112,7 @@ impl QueueSettings {
             ack_wait: Duration::from_secs(30),
             max_deliver: 4,
             results_max_age: Duration::from_secs(24 * 3600),
+            work: String::new(),
         }
     }
 
@@ -282,18 +287,24 @@ pub async fn ensure_streams(js: &Context, settings: &QueueSettings) -> Result<St
     Ok(Streams { jobs, results })
 }
 
-/// The durable pull consumer every coordinator takes jobs from (made if missing).
+/// The durable pull consumer every coordinator takes jobs from (made if missing). It
+/// names what its coordinators run ([`QueueSettings::work`]); a coordinator that runs
+/// something else is refused with both names, since it would answer the others' jobs with
+/// its own task.
 pub async fn coordinator_consumer(
     js: &Context,
     settings: &QueueSettings,
 ) -> Result<js::consumer::Consumer<pull::Config>, Error> {
-    js.get_stream(&settings.jobs_stream)
+    let description = format!("distchan coordinators running {}", settings.work);
+    let consumer = js
+        .get_stream(&settings.jobs_stream)
         .await
         .map_err(error)?
         .get_or_create_consumer(
             &settings.consumer,
             pull::Config {
                 durable_name: Some(settings.consumer.clone()),
+                description: Some(description.clone()),
                 ack_policy: AckPolicy::Explicit,
                 ack_wait: settings.ack_wait,
                 max_deliver: settings.max_deliver,
@@ -302,7 +313,19 @@ pub async fn coordinator_consumer(
             },
         )
         .await
-        .map_err(error)
+        .map_err(error)?;
+    let theirs = consumer.cached_info().config.description.as_deref();
+    match theirs.and_then(|d| d.strip_prefix("distchan coordinators running ")) {
+        Some(work) if !settings.work.is_empty() && !work.is_empty() && work != settings.work => {
+            Err(Error::config(format!(
+                "the coordinators of the queue's consumer {} run {work}, and this one runs {}: \
+                 every coordinator of one queue must run the same (or give this one its own \
+                 --jobs-stream, --jobs-subject and --consumer)",
+                settings.consumer, settings.work
+            )))
+        }
+        _ => Ok(consumer),
+    }
 }
 
 /// Job `line` of run `run` (its payload is the job as JSON text), with the headers the

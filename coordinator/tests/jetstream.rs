@@ -943,6 +943,36 @@ fn serve_without_a_broker_exits_1_saying_so() {
     );
 }
 
+/// A coordinator that runs another task than the queue's coordinators is refused (exit 1,
+/// naming both), instead of answering their jobs with its own task; the one running is
+/// not disturbed and a second one running the same task is welcome.
+#[test]
+fn a_coordinator_running_another_task_is_refused() {
+    let mut scene = Scene::new(1, 0, &[]);
+    let queue = scene.nats.url();
+    let (code, stderr) = run_briefly(
+        &common::coordinator_bin(),
+        &[
+            "serve",
+            "--queue",
+            &queue,
+            "--task",
+            "add",
+            "--listen",
+            "127.0.0.1:0",
+            "--local-workers",
+            "0",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("run task capitalize, and this one runs task add"),
+        "{stderr}"
+    );
+    let same = scene.add_coordinator(0, &[]);
+    assert_eq!(scene.coordinators.len(), 2, "coordinator {same} joined");
+}
+
 /// The output check itself catches what it is for: a missing job, a job answered twice, a
 /// wrong value, an error line, a line number out of range.
 #[test]

@@ -25,7 +25,7 @@ use async_nats::jetstream::{
 use clap::Args;
 use distchan_coordinator::{
     jetstream::{self, Link, QueueArgs, QueueSettings, JOB_HEADER, REPLY_HEADER},
-    Error, JobSender,
+    Error, JobSender, TaskModule,
 };
 use distchan_protocol::{logging::notice, tasks};
 use futures_util::StreamExt;
@@ -80,7 +80,11 @@ enum Pulled {
 /// Runs serve mode.
 pub async fn run(server: &ServerArgs, args: &ServeArgs) -> Result<RunEnd, Error> {
     let task = task_of(server, args.task.as_deref())?;
-    let settings = args.queue.settings(server.max_retries);
+    let mut settings = args.queue.settings(server.max_retries);
+    settings.work = match &server.module {
+        Some(path) => format!("module {}", TaskModule::from_file(path)?.sha256()),
+        None => format!("task {task}"),
+    };
     let (link, _streams) = Link::open(&settings).await?;
     let link = Arc::new(link);
     let consumer = jetstream::coordinator_consumer(&link.context(), &settings).await?;
