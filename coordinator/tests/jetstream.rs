@@ -532,6 +532,18 @@ impl Scene {
     }
 
     /// The submitter started by [`Scene::submit`].
+    /// Waits for the submitter to exit (by `deadline`, else the test fails) and notes it:
+    /// its exit code and output lines.
+    fn finish_submit(&mut self, deadline: Instant) -> (i32, Vec<String>) {
+        let result = self.submitter().finish(deadline);
+        let (code, lines) = self.check(result);
+        self.note(format_args!(
+            "submit exited {code} with {} lines",
+            lines.len()
+        ));
+        (code, lines)
+    }
+
     fn submitter(&mut self) -> &mut Submit {
         self.submit.as_mut().expect("submit was started")
     }
@@ -667,14 +679,7 @@ fn three_coordinators_six_workers_survive_killed_coordinator_and_workers() {
         scene.submit.as_ref().unwrap().out.len()
     ));
 
-    let (code, lines) = {
-        let result = scene.submitter().finish(deadline);
-        scene.check(result)
-    };
-    scene.note(format_args!(
-        "submit exited {code} with {} lines",
-        lines.len()
-    ));
+    let (code, lines) = scene.finish_submit(deadline);
     let (deliveries, last) = scene.check(scene.nats.deliveries());
     scene.note(format_args!(
         "{deliveries} deliveries of jobs up to {last}: {} again",
@@ -751,14 +756,7 @@ fn nats_restarted_mid_run_loses_nothing() {
         scene.submit.as_ref().unwrap().out.len()
     ));
 
-    let (code, lines) = {
-        let result = scene.submitter().finish(deadline);
-        scene.check(result)
-    };
-    scene.note(format_args!(
-        "submit exited {code} with {} lines",
-        lines.len()
-    ));
+    let (code, lines) = scene.finish_submit(deadline);
     scene.check(exactly_once(&lines, JOBS, "n"));
     if code != 0 {
         scene.fail(format!("distchan-submit exited {code}, not 0"));
@@ -790,14 +788,7 @@ fn a_coordinator_joining_late_takes_a_share() {
         scene.submit.as_ref().unwrap().out.len()
     ));
 
-    let (code, lines) = {
-        let result = scene.submitter().finish(deadline);
-        scene.check(result)
-    };
-    scene.note(format_args!(
-        "submit exited {code} with {} lines",
-        lines.len()
-    ));
+    let (code, lines) = scene.finish_submit(deadline);
     scene.check(exactly_once(&lines, JOBS, "late"));
     let numbers: Vec<u64> = lines
         .iter()
