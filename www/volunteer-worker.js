@@ -64,8 +64,16 @@ async function start({ url, token, capacity, index, threads }) {
     self.postMessage({ type: "end", ok: false, refused: false, reason: String(err.message || err) });
     return;
   }
-  worker.onStatus((status) => self.postMessage({ type: "status", status }));
-  worker.onResult((result, job) => {
+  // Only Mandelbrot tiles are drawn: other results are not handed to the page at all (each
+  // one would cost a conversion to a JavaScript value).
+  let drawing = false;
+  worker.onStatus((status) => {
+    const tiles = status.task === "mandelbrot";
+    if (tiles !== drawing) worker.onResult(tiles ? drawTile : null);
+    drawing = tiles;
+    self.postMessage({ type: "status", status });
+  });
+  const drawTile = (result, job) => {
     // Mandelbrot tiles are drawn on the page; other results are only counted.
     if (result && result.rgba instanceof Uint8Array && job && typeof job.image_width === "number") {
       const rgba = result.rgba.byteOffset === 0 && result.rgba.byteLength === result.rgba.buffer.byteLength
@@ -77,7 +85,7 @@ async function start({ url, token, capacity, index, threads }) {
       };
       self.postMessage({ type: "tile", tile }, [rgba]);
     }
-  });
+  };
   if (stopRequested) worker.stop();
   try {
     const status = await worker.run();

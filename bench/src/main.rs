@@ -627,7 +627,12 @@ async fn tab_jobs(plan: &Plan) -> BenchResult<Vec<TabRow>> {
     for work in [Work::Builtin, Work::Command, Work::Reactor] {
         let t = measure(
             plan,
-            &format!("one tab, {} threads, {}", tab::THREADS, work.describe()),
+            &format!(
+                "one tab, {} threads of capacity {}, {}",
+                tab::THREADS,
+                tab::CAPACITY,
+                work.describe()
+            ),
             median_of_three(|| tab::throughput(work, plan.tab_jobs)),
         )
         .await?;

@@ -355,6 +355,17 @@ impl Report {
         if let Some(r) = self
             .tab
             .iter()
+            .find(|r| r.work == crate::tasks::Work::Builtin)
+        {
+            targets.push(TargetRow {
+                target: "one tab, 2 threads, built-in task: >= 50k tiny jobs/s".into(),
+                figure: rate(r.per_s),
+                status: verdict(r.per_s >= 50e3),
+            });
+        }
+        if let Some(r) = self
+            .tab
+            .iter()
             .find(|r| r.work == crate::tasks::Work::Reactor)
         {
             let ratio = r.vs_builtin.unwrap_or(0.0);
@@ -547,9 +558,9 @@ impl Report {
         if !self.tab.is_empty() {
             let _ = writeln!(
                 out,
-                "\nOne headless-Chromium tab, the volunteer page with {} threads: the same jobs.\n\
+                "\nOne headless-Chromium tab, the volunteer page with {} threads of capacity {}: the same jobs.\n\
                  {:<46} {:>14} {:>14}   CPU us/item coordinator+browser",
-                self.tab[0].threads, "work", "jobs/s", "vs built-in"
+                self.tab[0].threads, crate::tab::CAPACITY, "work", "jobs/s", "vs built-in"
             );
             for r in &self.tab {
                 let _ = writeln!(

@@ -5,12 +5,15 @@
 //!   the hello or the offered subprotocol), a wrong token, a disallowed origin or a full
 //!   house is answered with a [`Refusal`] frame and a close frame carrying the reason.
 //! - **Writing**: when woken, the connection takes everything the scheduler put in this
-//!   worker's outbox and queues the frames on its [`WebSocket`], each job's frame sent from
-//!   the memory it was encoded in; the WebSocket writes queued frames many at a time before
-//!   each read, so reading never waits for writing. It also sends heartbeat pings; a worker
+//!   worker's outbox and queues the frames on its [`WebSocket`]; consecutive small jobs go
+//!   in one batch message ([`ToWorker::Jobs`], built from their frames without re-encoding
+//!   them), a large job in a message of its own, sent from the memory it was encoded in.
+//!   The WebSocket writes queued frames many at a time before each read, so reading never
+//!   waits for writing. It also sends heartbeat pings; a worker
 //!   silent for two heartbeat intervals is dead.
-//! - **Reading**: takes every frame already received, decodes them, and settles them with
-//!   the scheduler in one step (results, emitted values, a drain request). A malformed or
+//! - **Reading**: takes every frame already received, decodes them (a batch of results into
+//!   its results), and settles them with the scheduler in one step (results, emitted values,
+//!   a drain request). A malformed or
 //!   unexpected frame closes this connection with a reason and a log line; other workers
 //!   never notice, and the frames before it still count.
 //!
@@ -119,6 +122,12 @@ pub(crate) struct Joining {
 
 /// Most messages read before they are settled with the scheduler.
 const BATCH: usize = 256;
+
+/// Jobs whose frame is at most this large travel in batches; a larger one goes alone.
+const BATCHED_JOB_MAX: usize = 16 * 1024;
+
+/// Most bytes of job frames in one batch message.
+const JOBS_BATCH_BYTES: usize = 256 * 1024;
 
 /// Serves one upgraded WebSocket until it ends. `pending`, the connection's place among
 /// the connections that are not workers yet, is given up once the hello is accepted.
@@ -290,6 +299,7 @@ async fn run(
     let hub: &Hub = &shared.hub;
     let mut batch = Vec::new(); // grow on first use: idle workers stay small
     let mut out = Vec::new();
+    let mut jobs = JobBatch::default();
     let enabled = !heartbeat.is_zero();
     let period = if enabled {
         heartbeat
@@ -316,13 +326,9 @@ async fn run(
                 let mut end = None;
                 // Every message already there (up to BATCH), then settle them in one step.
                 for taken in 1.. {
-                    match read_one(next, worker, &mut bytes) {
-                        Ok(Some(item)) => batch.push(item),
-                        Ok(None) => {}
-                        Err(e) => {
-                            end = Some(e);
-                            break;
-                        }
+                    if let Err(e) = read_one(next, worker, &mut bytes, &mut batch) {
+                        end = Some(e);
+                        break;
                     }
                     if taken == BATCH {
                         break; // the rest waits for the next round
@@ -350,6 +356,13 @@ async fn run(
                 let mut bytes = 0;
                 for item in out.drain(..) {
                     let frame = match item {
+                        Outgoing::Job(_, frame) if frame.len() <= BATCHED_JOB_MAX => {
+                            if jobs.bytes + frame.len() > JOBS_BATCH_BYTES {
+                                bytes += jobs.queue(ws);
+                            }
+                            jobs.push(frame);
+                            continue;
+                        }
                         Outgoing::Job(_, frame) => frame,
                         Outgoing::EndOfWork => match wire::encode_to_worker(&ToWorker::EndOfWork) {
                             Ok(frame) => frame,
@@ -357,9 +370,12 @@ async fn run(
                         },
                         Outgoing::Close { code, reason } => return (code, reason),
                     };
+                    // In order: the jobs gathered so far go first.
+                    bytes += jobs.queue(ws);
                     bytes += frame.len() as u64;
                     ws.queue_binary(frame);
                 }
+                bytes += jobs.queue(ws);
                 shared.counters.bytes_out.inc_by(bytes);
             }
             _ = ping.tick(), if enabled => {
@@ -380,17 +396,55 @@ async fn run(
     }
 }
 
-/// What one message from the worker means: something for the scheduler, nothing (pings and
-/// pongs), or the end of the connection with its close code and reason.
+/// Job frames waiting to go out together as one batch message.
+#[derive(Default)]
+struct JobBatch {
+    frames: Vec<Bytes>,
+    /// Bytes of `frames`.
+    bytes: usize,
+}
+
+impl JobBatch {
+    fn push(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push(frame);
+    }
+
+    /// Queues the jobs gathered on `ws`: one alone as its own frame, several as one
+    /// [`ToWorker::Jobs`] message. Returns the bytes queued.
+    fn queue(&mut self, ws: &mut WebSocket) -> u64 {
+        let queued = match self.frames.len() {
+            0 => 0,
+            1 => {
+                let frame = self.frames.pop().expect("one frame");
+                let len = frame.len();
+                ws.queue_binary(frame);
+                len
+            }
+            _ => {
+                let (head, parts) = wire::jobs_frame_parts(&self.frames);
+                ws.queue_binary_parts(head.as_bytes(), parts, head.frame_len());
+                head.frame_len()
+            }
+        };
+        self.frames.clear();
+        self.bytes = 0;
+        queued as u64
+    }
+}
+
+/// What one message from the worker means: something for the scheduler (added to `batch`),
+/// nothing (pings and pongs), or the end of the connection with its close code and reason.
 fn read_one(
     msg: websocket::Read,
     worker: WorkerId,
     bytes: &mut u64,
-) -> Result<Option<Incoming>, (u16, String)> {
+    batch: &mut Vec<Incoming>,
+) -> Result<(), (u16, String)> {
     let frame = match msg {
         None => return Err((CLOSE_GOING_AWAY, "connection lost".to_owned())),
         Some(Ok(Message::Binary(frame))) => frame,
-        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(None),
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(()),
         Some(Ok(Message::Close(_))) => {
             return Err((wire::CLOSE_NORMAL, "closed by the worker".to_owned()))
         }
@@ -403,20 +457,26 @@ fn read_one(
         Some(Err(e)) => return Err(close_frame_for(&read_error(e))),
     };
     *bytes += frame.len() as u64;
-    match wire::decode_to_coordinator_shared(&frame) {
-        Ok(ToCoordinator::Result(r)) => Ok(Some(Incoming::Result(r))),
-        Ok(ToCoordinator::Emit { payload }) => Ok(Some(Incoming::Emit(payload))),
-        Ok(ToCoordinator::Drain) => Ok(Some(Incoming::Drain)),
+    let item = match wire::decode_to_coordinator_shared(&frame) {
+        Ok(ToCoordinator::Result(r)) => Incoming::Result(r),
+        Ok(ToCoordinator::Results(results)) => {
+            batch.extend(results.into_iter().map(Incoming::Result));
+            return Ok(());
+        }
+        Ok(ToCoordinator::Emit { payload }) => Incoming::Emit(payload),
+        Ok(ToCoordinator::Drain) => Incoming::Drain,
         // Its arrival is what counts (see `run`).
-        Ok(ToCoordinator::Pong(_)) => Ok(None),
+        Ok(ToCoordinator::Pong(_)) => return Ok(()),
         Ok(ToCoordinator::Hello(_)) => {
-            Err(close_frame_for(&Error::Unexpected("a second hello".into())))
+            return Err(close_frame_for(&Error::Unexpected("a second hello".into())))
         }
         Err(e) => {
             tracing::debug!(worker, error = %e, "unreadable frame");
-            Err(close_frame_for(&e))
+            return Err(close_frame_for(&e));
         }
-    }
+    };
+    batch.push(item);
+    Ok(())
 }
 
 /// Sends a refusal frame, then a close frame with the same reason.

@@ -64,8 +64,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.queue_frame(OpCode::Data(Data::Binary), payload);
     }
 
+    /// Queues one binary message of `len` bytes made of `head` (copied) and then `parts`
+    /// (each gathered or shared as [`Socket::queue`] decides), without joining them first.
+    pub fn queue_binary_parts(
+        &mut self,
+        head: &[u8],
+        parts: impl Iterator<Item = Bytes>,
+        len: usize,
+    ) {
+        let socket = self.queue_header(OpCode::Data(Data::Binary), len);
+        socket.gather(head);
+        let mut written = head.len();
+        for part in parts {
+            written += part.len();
+            socket.queue(part);
+        }
+        debug_assert_eq!(written, len, "the parts add up to the announced length");
+    }
+
     /// Queues one whole, final, unmasked frame (what a server sends) carrying `payload`.
     fn queue_frame(&mut self, opcode: OpCode, payload: Bytes) {
+        self.queue_header(opcode, payload.len()).queue(payload);
+    }
+
+    /// Queues the header of a whole, final, unmasked frame of `len` bytes; its payload must
+    /// follow on the socket returned.
+    fn queue_header(&mut self, opcode: OpCode, len: usize) -> &mut Socket<S> {
         let header = FrameHeader {
             opcode,
             ..FrameHeader::default()
@@ -74,12 +98,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let mut head = [0u8; 10];
         let mut cursor = io::Cursor::new(&mut head[..]);
         header
-            .format(payload.len() as u64, &mut cursor)
+            .format(len as u64, &mut cursor)
             .expect("a frame header fits in 10 bytes");
-        let len = cursor.position() as usize;
+        let used = cursor.position() as usize;
         let socket = self.ws.get_mut();
-        socket.gather(&head[..len]);
-        socket.queue(payload);
+        socket.gather(&head[..used]);
+        socket
     }
 
     /// Writes what is queued, then reads the next message; fails only when writing does.
@@ -117,9 +141,12 @@ mod tests {
         server.queue_binary(small.clone());
         server.queue_binary(Bytes::new());
         server.queue_binary(large.clone());
+        let parts = [small.clone(), large.clone(), small.clone()];
+        let len = 4 + parts.iter().map(Bytes::len).sum::<usize>();
+        server.queue_binary_parts(b"head", parts.iter().cloned(), len);
         server.send(Message::Binary("after".into())).await.unwrap();
         let mut got = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..5 {
             got.push(client.next().await.unwrap().unwrap());
         }
         assert_eq!(
@@ -128,6 +155,7 @@ mod tests {
                 Message::Binary(small),
                 Message::Binary(Bytes::new()),
                 Message::Binary(large),
+                Message::Binary([&b"head"[..], &parts.concat()].concat().into()),
                 Message::Binary("after".into()),
             ]
         );

@@ -233,10 +233,11 @@ async fn a_foreign_subprotocol_is_refused_with_both_versions_named() {
     request
         .headers_mut()
         .insert("sec-websocket-protocol", "distchan.v7".parse().unwrap());
-    let (mut ws, response) = tokio_tungstenite::connect_async(request)
+    let (ws, response) = tokio_tungstenite::connect_async(request)
         .await
         .expect("handshake completes");
     assert_eq!(response.headers()["sec-websocket-protocol"], "distchan.v7");
+    let mut ws = common::Raw::new(ws);
     send_hello(&mut ws, hello()).await;
     let reason = expect_refusal(next_msg(&mut ws).await, RefusalCode::VersionMismatch);
     let ours = wire::subprotocol(wire::PROTOCOL_VERSION);

@@ -62,6 +62,17 @@ fn seeds() -> Vec<Bytes> {
             outcome: Err("e".into()),
         }))
         .unwrap(),
+        wire::encode_to_coordinator(&ToCoordinator::Results(vec![
+            JobResult {
+                id: JobId(1),
+                outcome: Ok(Bytes::from_static(b"\xa1y")),
+            },
+            JobResult {
+                id: JobId(2),
+                outcome: Err("f".into()),
+            },
+        ]))
+        .unwrap(),
         wire::encode_to_coordinator(&ToCoordinator::Drain).unwrap(),
         wire::encode_to_coordinator(&ToCoordinator::Emit {
             payload: Bytes::from_static(b"\x01"),

@@ -145,27 +145,30 @@ async fn ten_workers_share_a_hundred_ints_round_robin() {
 async fn a_worker_of_another_version_is_refused_and_receives_nothing() {
     let (coordinator, jobs, mut results) = start::<String, String>(Config::default()).await;
     send_words(jobs).await;
-    let options = Options {
-        protocol_version: PROTOCOL_VERSION + 1,
-        ..Options::default()
-    };
-    let refused = timeout(
-        LIMIT,
-        distchan_worker::connect::<String, String>(&coordinator.ws_url(), options),
-    )
-    .await
-    .expect("a refusal, not a hang");
-    match refused {
-        Err(Error::Refused(r)) => {
-            assert_eq!(r.code, RefusalCode::VersionMismatch);
-            assert!(
-                r.reason.contains(&wire::subprotocol(PROTOCOL_VERSION))
-                    && r.reason.contains(&wire::subprotocol(PROTOCOL_VERSION + 1)),
-                "{}",
-                r.reason
-            );
+    // The previous version (which knows no batches of jobs) and a future one.
+    for version in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
+        let options = Options {
+            protocol_version: version,
+            ..Options::default()
+        };
+        let refused = timeout(
+            LIMIT,
+            distchan_worker::connect::<String, String>(&coordinator.ws_url(), options),
+        )
+        .await
+        .expect("a refusal, not a hang");
+        match refused {
+            Err(Error::Refused(r)) => {
+                assert_eq!(r.code, RefusalCode::VersionMismatch);
+                assert!(
+                    r.reason.contains(&wire::subprotocol(PROTOCOL_VERSION))
+                        && r.reason.contains(&wire::subprotocol(version)),
+                    "{}",
+                    r.reason
+                );
+            }
+            other => panic!("expected a version refusal for {version}, got {other:?}"),
         }
-        other => panic!("expected a version refusal, got {other:?}"),
     }
     assert_eq!(coordinator.stats().dispatched, 0);
     let good = tokio::spawn(capitalizer(coordinator.ws_url(), Options::default()));

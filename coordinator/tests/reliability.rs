@@ -38,9 +38,12 @@ async fn send_drain(ws: &mut common::MemWs) {
         &distchan_protocol::wire::ToCoordinator::Drain,
     )
     .unwrap();
-    futures_util::SinkExt::send(ws, tokio_tungstenite::tungstenite::Message::Binary(drain))
-        .await
-        .unwrap();
+    futures_util::SinkExt::send(
+        &mut **ws,
+        tokio_tungstenite::tungstenite::Message::Binary(drain),
+    )
+    .await
+    .unwrap();
 }
 
 fn capacity(n: u32) -> Hello {
@@ -145,6 +148,91 @@ async fn a_worker_that_vanishes_mid_job_loses_nothing() {
     assert!(by_id.iter().all(|(id, v)| *v == format!("JOB {id}")));
     assert_eq!(coordinator.stats().redelivered, 3);
     assert_eq!(b.await.unwrap().len(), 10);
+}
+
+/// A worker holding batches of jobs answers part of them (in one batch of results) and
+/// vanishes: the answered jobs count once, every other job of its batches goes to the next
+/// worker, and each job is reported exactly once.
+#[tokio::test]
+async fn a_worker_lost_mid_batch_loses_nothing_and_doubles_nothing() {
+    use distchan_protocol::wire::{self, JobResult, ToCoordinator, ToWorker};
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (coordinator, net, jobs, mut results) = start_mem::<u64, u64>(Config::default()).await;
+    jobs.send_many(0..200u64).await.unwrap();
+    drop(jobs);
+    let (mut a, _) = raw_mem_worker(&net, capacity(64)).await;
+    // Read the frames themselves: the 64 jobs a holds come in fewer frames than jobs.
+    let (mut held, mut frames) = (Vec::new(), 0);
+    while held.len() < 64 {
+        let Some(Ok(Message::Binary(frame))) = a.next().await else {
+            panic!("a frame of jobs expected")
+        };
+        frames += 1;
+        match wire::decode_to_worker(&frame).unwrap() {
+            ToWorker::Jobs(batch) => held.extend(batch),
+            ToWorker::Job(job) => held.push(job),
+            other => panic!("a job expected, got {other:?}"),
+        }
+    }
+    assert!(frames < 64, "the jobs came in batches ({frames} frames)");
+    // Half answered in one batch of results, then gone without a word.
+    let answered: Vec<JobResult> = held[..32]
+        .iter()
+        .map(|job| {
+            let v: u64 = distchan_protocol::payload::from_msgpack(&job.payload).unwrap();
+            JobResult {
+                id: job.id,
+                outcome: Ok(distchan_protocol::payload::to_msgpack(&(v + 1000)).unwrap()),
+            }
+        })
+        .collect();
+    let frame = wire::encode_to_coordinator(&ToCoordinator::Results(answered)).unwrap();
+    a.send(Message::Binary(frame)).await.unwrap();
+    let mut outcomes = Vec::new();
+    while outcomes.len() < 32 {
+        outcomes.push(timeout(LIMIT, results.recv()).await.unwrap().unwrap());
+    }
+    drop(a);
+    let b = tokio::spawn(mem_capitalizer_u64(net.clone()));
+    outcomes.extend(timeout(LIMIT, results.collect_all()).await.unwrap());
+    let by_id: BTreeMap<u64, u64> = outcomes
+        .iter()
+        .map(|o| (o.id.0, *o.result.as_ref().unwrap()))
+        .collect();
+    assert_eq!(outcomes.len(), 200, "no job reported twice");
+    assert_eq!(by_id.len(), 200, "every job reported");
+    let by_a: std::collections::BTreeSet<u64> = held[..32].iter().map(|j| j.id.0).collect();
+    for (id, v) in &by_id {
+        let want = if by_a.contains(id) { id + 1000 } else { id * 2 };
+        assert_eq!(*v, want, "job {id}");
+    }
+    // The 32 unanswered, and whatever a's freed credit took meanwhile (up to 32 more).
+    let redelivered = coordinator.stats().redelivered;
+    assert!(
+        (32..=64).contains(&redelivered),
+        "the unanswered jobs moved on: {redelivered}"
+    );
+    assert_eq!(b.await.unwrap(), 168);
+}
+
+/// A library worker over the in-memory transport that doubles numbers until end-of-work;
+/// returns how many it did.
+async fn mem_capitalizer_u64(net: distchan_coordinator::memory::MemoryConnector) -> usize {
+    let io = net.connect().unwrap();
+    let (mut jobs, results, client) =
+        distchan_worker::connect_io::<u64, u64, _>("ws://memory/ws", io, Options::default())
+            .await
+            .expect("worker connects");
+    let mut done = 0;
+    while let Some(job) = jobs.recv().await {
+        results.send(job.id, Ok(job.value * 2)).await.unwrap();
+        done += 1;
+    }
+    drop(results);
+    client.done().await.expect("worker ends cleanly");
+    done
 }
 
 #[tokio::test]

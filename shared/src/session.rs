@@ -21,9 +21,13 @@
 //!     id: JobId(0),
 //!     payload: payload::to_msgpack("hi")?,
 //! }))?;
-//! let Event::Job { id, payload: p } = session.handle_frame(&job)? else { unreachable!() };
-//! let answer: String = payload::from_msgpack(&p)?;
-//! let _result = session.result_frame(id, Ok(payload::to_msgpack(&answer.to_uppercase())?))?;
+//! let Event::Jobs(jobs) = session.handle_frame(&job)? else { unreachable!() };
+//! for job in jobs {
+//!     let answer: String = payload::from_msgpack(&job.payload)?;
+//!     session.push_result(job.id, Ok(payload::to_msgpack(&answer.to_uppercase())?))?;
+//! }
+//! // Every result pushed since the last call goes out in one frame.
+//! let _results = session.next_result_frame().expect("one result");
 //! assert_eq!(session.outstanding(), 0);
 //! # Ok::<(), distchan_protocol::Error>(())
 //! ```
@@ -38,9 +42,9 @@ use crate::{
     module::ModuleSpec,
     transform::TransformChain,
     wire::{
-        self, Hello, JobResult, Refusal, RefusalCode, ToCoordinator, ToWorker, Welcome, WorkerKind,
-        CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG,
-        DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+        self, Hello, Job, JobResult, Refusal, RefusalCode, ResultsWriter, ToCoordinator, ToWorker,
+        Welcome, WorkerKind, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
+        CLOSE_TOO_BIG, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
     },
     Error, JobId, Result,
 };
@@ -95,13 +99,10 @@ impl SessionConfig {
 pub enum Event {
     /// The coordinator accepted the hello.
     Welcomed(Welcome),
-    /// A job to run, its payload already through the transform chain (plain MessagePack).
-    Job {
-        /// The job's id, to pass to [`WorkerSession::result_frame`].
-        id: JobId,
-        /// The decoded payload.
-        payload: Bytes,
-    },
+    /// Jobs to run (one, or a batch the coordinator sent at once), each payload already
+    /// through the transform chain (plain MessagePack). Answer each with
+    /// [`WorkerSession::push_result`].
+    Jobs(Vec<Job>),
     /// No more work will come (after a drain: nothing more is on its way). Finish the
     /// outstanding jobs, then close.
     EndOfWork,
@@ -132,7 +133,13 @@ pub struct WorkerSession {
     welcome: Option<Welcome>,
     outstanding: HashMap<JobId, u32>,
     outstanding_total: usize,
+    /// Results pushed and not yet taken, in frames: full ones, then the one being written.
+    ready: std::collections::VecDeque<Bytes>,
+    results: ResultsWriter,
 }
+
+/// Most bytes of results gathered into one frame (a larger result goes alone).
+pub const RESULTS_BATCH_BYTES: usize = 256 * 1024;
 
 impl WorkerSession {
     /// A new session that has not said hello yet.
@@ -144,6 +151,8 @@ impl WorkerSession {
             welcome: None,
             outstanding: HashMap::default(),
             outstanding_total: 0,
+            ready: Default::default(),
+            results: ResultsWriter::new(),
         }
     }
 
@@ -225,23 +234,8 @@ impl WorkerSession {
                 "expected a welcome, got {}",
                 to_worker_name(&other)
             ))),
-            (Phase::Running | Phase::Draining, ToWorker::Job(_))
-                if self.outstanding_total >= self.config.capacity as usize =>
-            {
-                Err(Error::Unexpected(format!(
-                    "the coordinator sent more than the {} unanswered jobs this worker accepts",
-                    self.config.capacity
-                )))
-            }
-            (Phase::Running | Phase::Draining, ToWorker::Job(job)) => {
-                let payload = self.chain.decode(job.payload)?;
-                *self.outstanding.entry(job.id).or_insert(0) += 1;
-                self.outstanding_total += 1;
-                Ok(Event::Job {
-                    id: job.id,
-                    payload,
-                })
-            }
+            (Phase::Running | Phase::Draining, ToWorker::Job(job)) => self.take_jobs(vec![job]),
+            (Phase::Running | Phase::Draining, ToWorker::Jobs(jobs)) => self.take_jobs(jobs),
             (Phase::Running | Phase::Draining, ToWorker::EndOfWork) => {
                 self.phase = Phase::EndOfWork {
                     left: self.phase == Phase::Draining,
@@ -258,13 +252,72 @@ impl WorkerSession {
         }
     }
 
-    /// Encodes the result of a job received from [`WorkerSession::handle_frame`].
+    /// Counts `jobs` as held (within the capacity) and decodes their payloads.
+    fn take_jobs(&mut self, mut jobs: Vec<Job>) -> Result<Event> {
+        if self.outstanding_total + jobs.len() > self.config.capacity as usize {
+            return Err(Error::Unexpected(format!(
+                "the coordinator sent more than the {} unanswered jobs this worker accepts",
+                self.config.capacity
+            )));
+        }
+        for job in &mut jobs {
+            job.payload = self.chain.decode(std::mem::take(&mut job.payload))?;
+        }
+        for job in &jobs {
+            *self.outstanding.entry(job.id).or_insert(0) += 1;
+        }
+        self.outstanding_total += jobs.len();
+        Ok(Event::Jobs(jobs))
+    }
+
+    /// Encodes the result of a job received from [`WorkerSession::handle_frame`] as a frame
+    /// of its own (see [`WorkerSession::push_result`] to send several in one frame).
     ///
     /// `outcome` is the plain MessagePack result or the handler's error message. If the
     /// transform chain fails on the result, the coordinator gets an error outcome for the
     /// job instead, so the job is never silently lost. Fails only for an id this session
     /// does not hold.
     pub fn result_frame(&mut self, id: JobId, outcome: Result<Bytes, String>) -> Result<Bytes> {
+        let outcome = self.answered(id, outcome)?;
+        wire::encode_to_coordinator(&ToCoordinator::Result(JobResult { id, outcome }))
+    }
+
+    /// Adds the result of a job to the results waiting to be sent; take them with
+    /// [`WorkerSession::next_result_frame`] (once per turn of the worker's event loop, so
+    /// that the results finished together travel in one frame). Otherwise as
+    /// [`WorkerSession::result_frame`].
+    pub fn push_result(&mut self, id: JobId, outcome: Result<Bytes, String>) -> Result<()> {
+        let outcome = self.answered(id, outcome)?;
+        let size = match &outcome {
+            Ok(payload) => payload.len(),
+            Err(message) => message.len(),
+        };
+        let limit = match self.welcome.as_ref().map(|w| w.max_frame as usize) {
+            Some(max) if max > 0 => (max / 2).min(RESULTS_BATCH_BYTES),
+            _ => RESULTS_BATCH_BYTES,
+        };
+        if !self.results.is_empty() && self.results.frame_len() + size > limit {
+            let full = std::mem::take(&mut self.results);
+            self.ready.push_back(full.finish());
+        }
+        self.results.push(id, &outcome);
+        Ok(())
+    }
+
+    /// The next frame of results pushed with [`WorkerSession::push_result`], oldest first;
+    /// `None` once every one was taken.
+    pub fn next_result_frame(&mut self) -> Option<Bytes> {
+        if let Some(frame) = self.ready.pop_front() {
+            return Some(frame);
+        }
+        if self.results.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.results).finish())
+    }
+
+    /// Counts job `id` as answered and runs `outcome` through the transform chain.
+    fn answered(&mut self, id: JobId, outcome: Result<Bytes, String>) -> Result<wire::Outcome> {
         match self.outstanding.get_mut(&id) {
             Some(1) => {
                 self.outstanding.remove(&id);
@@ -277,12 +330,11 @@ impl WorkerSession {
             }
         }
         self.outstanding_total -= 1;
-        let outcome = outcome.and_then(|plain| {
+        Ok(outcome.and_then(|plain| {
             self.chain
                 .encode(plain)
                 .map_err(|e| format!("result could not be encoded: {e}"))
-        });
-        wire::encode_to_coordinator(&ToCoordinator::Result(JobResult { id, outcome }))
+        }))
     }
 
     /// The answer to [`Event::Ping`] number `n`.
@@ -449,6 +501,7 @@ fn to_worker_name(msg: &ToWorker) -> &'static str {
         ToWorker::Welcome(_) => "a welcome",
         ToWorker::Refused(_) => "a refusal",
         ToWorker::Job(_) => "a job",
+        ToWorker::Jobs(_) => "jobs",
         ToWorker::EndOfWork => "end-of-work",
         ToWorker::Ping(_) => "a ping",
     }
@@ -575,10 +628,10 @@ mod tests {
         let p = payload::to_msgpack("a").unwrap();
         assert_eq!(
             s.handle_frame(&job(5, p.clone())).unwrap(),
-            Event::Job {
+            Event::Jobs(vec![Job {
                 id: JobId(5),
                 payload: p
-            }
+            }])
         );
         assert_eq!(
             s.handle_frame(&wire::encode_to_worker(&ToWorker::EndOfWork).unwrap())
@@ -599,6 +652,74 @@ mod tests {
             s.result_frame(JobId(5), Ok(Bytes::new())).is_err(),
             "no double answers"
         );
+    }
+
+    fn batch(ids: &[u64]) -> Bytes {
+        let jobs = ids
+            .iter()
+            .map(|&id| Job {
+                id: JobId(id),
+                payload: payload::to_msgpack(&id).unwrap(),
+            })
+            .collect();
+        wire::encode_to_worker(&ToWorker::Jobs(jobs)).unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_held_job_by_job_and_answered_in_one_frame() {
+        let mut s = WorkerSession::new(SessionConfig::native(4), TransformChain::new());
+        s.handle_frame(&welcome()).unwrap();
+        let Event::Jobs(jobs) = s.handle_frame(&batch(&[7, 8, 9])).unwrap() else {
+            panic!("jobs expected")
+        };
+        assert_eq!(jobs.iter().map(|j| j.id.0).collect::<Vec<_>>(), [7, 8, 9]);
+        assert_eq!(s.outstanding(), 3);
+        assert_eq!(s.next_result_frame(), None, "nothing pushed yet");
+        s.push_result(JobId(9), Ok(payload::to_msgpack(&90).unwrap()))
+            .unwrap();
+        s.push_result(JobId(7), Err("no".into())).unwrap();
+        assert!(
+            s.push_result(JobId(1), Ok(Bytes::new())).is_err(),
+            "not held"
+        );
+        assert_eq!(s.outstanding(), 1);
+        let frame = s.next_result_frame().expect("a frame");
+        assert_eq!(s.next_result_frame(), None, "both went in one frame");
+        let ToCoordinator::Results(results) = wire::decode_to_coordinator(&frame).unwrap() else {
+            panic!("a batch of results expected")
+        };
+        assert_eq!(
+            results.iter().map(|r| r.id.0).collect::<Vec<_>>(),
+            [9, 7],
+            "in the order they finished"
+        );
+        assert_eq!(results[1].outcome, Err("no".into()));
+        // Four more would exceed the capacity of 4 with one still held.
+        let err = s.handle_frame(&batch(&[10, 11, 12, 13])).unwrap_err();
+        assert!(err.to_string().contains("more than the 4"), "{err}");
+    }
+
+    #[test]
+    fn results_beyond_the_batch_size_go_in_further_frames() {
+        let mut s = WorkerSession::new(SessionConfig::native(8), TransformChain::new());
+        s.handle_frame(&welcome()).unwrap();
+        s.handle_frame(&batch(&[1, 2, 3])).unwrap();
+        let big = Bytes::from(vec![0u8; RESULTS_BATCH_BYTES - 100]);
+        for id in 1..=3 {
+            s.push_result(JobId(id), Ok(big.clone())).unwrap();
+        }
+        let frames: Vec<Bytes> = std::iter::from_fn(|| s.next_result_frame()).collect();
+        assert_eq!(
+            frames.len(),
+            3,
+            "each near-limit result in a frame of its own"
+        );
+        for (frame, id) in frames.iter().zip(1..) {
+            let ToCoordinator::Result(r) = wire::decode_to_coordinator(frame).unwrap() else {
+                panic!("one result per frame")
+            };
+            assert_eq!(r.id, JobId(id));
+        }
     }
 
     #[test]
@@ -686,7 +807,7 @@ mod tests {
         // It was: the coordinator had sent it before it read the drain.
         assert!(matches!(
             s.handle_frame(&job(2, payload::to_msgpack("b").unwrap())),
-            Ok(Event::Job { .. })
+            Ok(Event::Jobs(_))
         ));
         let end = wire::encode_to_worker(&ToWorker::EndOfWork).unwrap();
         assert_eq!(s.handle_frame(&end).unwrap(), Event::EndOfWork);

@@ -6,11 +6,19 @@
 //! read the version and the refusal reason; the hot-path messages ([`Job`],
 //! [`JobResult`]) are encoded compactly.
 //!
-//! Serde defines every message's layout. The two frames on the hot path (a job, a result)
-//! are also written and read by hand, byte for byte the same as serde's, so that a job
-//! frame can be completed around its payload without copying it ([`JobFrameBuilder`]) and
-//! the common frames skip serde's generic machinery. Anything the hand-written readers do
-//! not recognise is handed to serde, which decides.
+//! Serde defines every message's layout. The frames on the hot path (a job, a batch of
+//! jobs, a batch of results) are also written and read by hand, with the bytes serde writes
+//! or reads, so that a job frame can be completed around its payload without copying it
+//! ([`JobFrameBuilder`]), a batch of jobs is put together from job frames already encoded
+//! ([`jobs_frame_parts`]), and the common frames skip serde's generic machinery. Anything
+//! the hand-written readers do not recognise is handed to serde, which decides.
+//!
+//! **Batches** (version 3): when a connection has several jobs to send at once, they travel
+//! in one [`ToWorker::Jobs`] message, and a worker answers the jobs it finished in one turn
+//! with one [`ToCoordinator::Results`] message ([`ResultsWriter`]). A WebSocket message costs
+//! a frame header, a wake-up, a system call and, in a browser, an event and an
+//! `ArrayBuffer`: per batch instead of per job. Every guarantee stays per job: each job of a
+//! batch is leased, answered, redelivered and deduplicated on its own.
 //!
 //! ```
 //! use distchan_protocol::wire::{self, Job, ToWorker};
@@ -33,11 +41,15 @@ use crate::{module::ModuleSpec, Error, Result};
 
 /// The protocol version this crate speaks.
 ///
+/// Version 3: jobs may come in batches ([`ToWorker::Jobs`]) and results may go in batches
+/// ([`ToCoordinator::Results`]); a peer of version 2 would not understand them, so it is
+/// refused with a version mismatch at the handshake.
+///
 /// Version 2: the coordinator checks that a worker's own event loop is alive with
 /// [`ToWorker::Ping`] (answered by [`ToCoordinator::Pong`]), and answers a worker's
 /// [`ToCoordinator::Drain`] with [`ToWorker::EndOfWork`] once every job it gave that worker
 /// has been sent.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Prefix of the WebSocket subprotocol name; the version number follows it.
 pub const SUBPROTOCOL_PREFIX: &str = "distchan.v";
@@ -233,6 +245,8 @@ pub enum ToWorker {
     Refused(Refusal),
     /// A job to run.
     Job(Job),
+    /// Several jobs to run, each answered on its own (version 3).
+    Jobs(Vec<Job>),
     /// No more work will come: finish, send the outstanding results, close. Also the answer
     /// to a [`ToCoordinator::Drain`]: every job for this worker was sent before it.
     EndOfWork,
@@ -249,6 +263,8 @@ pub enum ToCoordinator {
     Hello(Hello),
     /// The answer to a job.
     Result(JobResult),
+    /// The answers to several jobs (version 3).
+    Results(Vec<JobResult>),
     /// The worker is leaving: send it no more jobs; it answers the ones it holds and, once
     /// the coordinator's [`ToWorker::EndOfWork`] says nothing more is on its way, closes.
     Drain,
@@ -278,6 +294,13 @@ fn encode_with<T: Serialize>(msg: &T, named: bool, payload_len: usize) -> Result
 pub fn encode_to_worker(msg: &ToWorker) -> Result<Bytes> {
     match msg {
         ToWorker::Job(job) => Ok(job_frame(job.id, &job.payload)),
+        ToWorker::Jobs(jobs) => {
+            let frames: Vec<Bytes> = jobs.iter().map(|j| job_frame(j.id, &j.payload)).collect();
+            let (head, parts) = jobs_frame_parts(&frames);
+            let mut out = head.as_bytes().to_vec();
+            parts.for_each(|part| out.extend_from_slice(&part));
+            Ok(out.into())
+        }
         _ => encode_with(msg, true, 0),
     }
 }
@@ -287,6 +310,11 @@ pub fn encode_to_coordinator(msg: &ToCoordinator) -> Result<Bytes> {
     match msg {
         ToCoordinator::Hello(_) => encode_with(msg, true, 0),
         ToCoordinator::Result(r) => Ok(result_frame(r.id, &r.outcome)),
+        ToCoordinator::Results(results) => {
+            let mut writer = ResultsWriter::new();
+            results.iter().for_each(|r| writer.push(r.id, &r.outcome));
+            Ok(writer.finish())
+        }
         ToCoordinator::Emit { payload } => encode_with(msg, false, payload.len()),
         ToCoordinator::Drain | ToCoordinator::Pong(_) => encode_with(msg, false, 0),
     }
@@ -298,11 +326,20 @@ pub fn encode_to_coordinator(msg: &ToCoordinator) -> Result<Bytes> {
 // the shortest MessagePack unsigned integer, the payload as `bin`. A result frame is
 // `{"Result": [id, {"Ok": bin}]}` or `{"Result": [id, {"Err": str}]}`. These are exactly
 // the bytes rmp-serde writes for [`ToWorker::Job`] and [`ToCoordinator::Result`].
+//
+// A batch is `{"Jobs": [[id, payload], ...]}` or `{"Results": [[id, outcome], ...]}`: the
+// same elements behind an array header. The jobs' array header is the shortest, as serde
+// writes it; the results' is always `array32`, whose count is written once the batch is
+// complete (serde reads either).
 
 /// `{"Job": [` : fixmap(1), fixstr(3) "Job", fixarray(2).
 const JOB_TAG: &[u8] = &[0x81, 0xa3, b'J', b'o', b'b', 0x92];
 /// `{"Result": [` : fixmap(1), fixstr(6) "Result", fixarray(2).
 const RESULT_TAG: &[u8] = &[0x81, 0xa6, b'R', b'e', b's', b'u', b'l', b't', 0x92];
+/// `{"Jobs": ` : fixmap(1), fixstr(4) "Jobs".
+const JOBS_TAG: &[u8] = &[0x81, 0xa4, b'J', b'o', b'b', b's'];
+/// `{"Results": ` : fixmap(1), fixstr(7) "Results".
+const RESULTS_TAG: &[u8] = &[0x81, 0xa7, b'R', b'e', b's', b'u', b'l', b't', b's'];
 /// `{"Ok": ` : fixmap(1), fixstr(2) "Ok".
 const OK_TAG: &[u8] = &[0x81, 0xa2, b'O', b'k'];
 /// `{"Err": ` : fixmap(1), fixstr(3) "Err".
@@ -464,6 +501,27 @@ impl std::io::Write for JobFrameBuilder {
 
 /// The frame of the result of job `id`: the result payload, or the handler's error.
 pub fn result_frame(id: JobId, outcome: &Outcome) -> Bytes {
+    let mut out = Vec::with_capacity(RESULT_TAG.len() + 20 + outcome_len(outcome));
+    out.extend_from_slice(without_pair(RESULT_TAG));
+    put_result_element(&mut out, id, outcome);
+    out.into()
+}
+
+/// The tag of a frame without the fixarray(2) that opens its `[id, body]` element.
+fn without_pair(tag: &[u8]) -> &[u8] {
+    &tag[..tag.len() - 1]
+}
+
+/// Bytes of an outcome's body.
+fn outcome_len(outcome: &Outcome) -> usize {
+    match outcome {
+        Ok(payload) => payload.len(),
+        Err(message) => message.len(),
+    }
+}
+
+/// Appends `[id, {"Ok": bin}]` or `[id, {"Err": str}]` to `out`.
+fn put_result_element(out: &mut Vec<u8>, id: JobId, outcome: &Outcome) {
     let (tag, body, text) = match outcome {
         Ok(payload) => (OK_TAG, &payload[..], false),
         Err(message) => (ERR_TAG, message.as_bytes(), true),
@@ -472,13 +530,169 @@ pub fn result_frame(id: JobId, outcome: &Outcome) -> Bytes {
     let id_len = put_uint(&mut int, id.0);
     let mut len = [0u8; 5];
     let len_len = put_len(&mut len, body.len(), text);
-    let mut out = Vec::with_capacity(RESULT_TAG.len() + id_len + tag.len() + len_len + body.len());
-    out.extend_from_slice(RESULT_TAG);
+    out.push(PAIR);
     out.extend_from_slice(&int[..id_len]);
     out.extend_from_slice(tag);
     out.extend_from_slice(&len[..len_len]);
     out.extend_from_slice(body);
-    out.into()
+}
+
+/// The fixarray(2) that opens a job's or a result's `[id, body]`.
+const PAIR: u8 = 0x92;
+
+/// Writes the shortest MessagePack array header for `n` items into `out`; returns its
+/// length.
+fn put_array_len(out: &mut [u8; 5], n: usize) -> usize {
+    match n {
+        0..=15 => {
+            out[0] = 0x90 | n as u8;
+            1
+        }
+        16..=0xffff => {
+            out[0] = 0xdc;
+            out[1..3].copy_from_slice(&(n as u16).to_be_bytes());
+            3
+        }
+        _ => {
+            out[0] = 0xdd;
+            out[1..5].copy_from_slice(&(n as u32).to_be_bytes());
+            5
+        }
+    }
+}
+
+/// The first bytes of a [`ToWorker::Jobs`] frame: its tag and the array header for `count`
+/// jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchHead {
+    bytes: [u8; 11],
+    len: usize,
+    frame_len: usize,
+}
+
+impl BatchHead {
+    /// The bytes to write before the jobs.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// The length of the whole batch frame: the head and every part.
+    pub fn frame_len(&self) -> usize {
+        self.frame_len
+    }
+}
+
+/// The parts of one [`ToWorker::Jobs`] frame carrying the jobs of `frames`, each a job
+/// frame as [`job_frame`] and [`JobFrameBuilder`] write them: the head, then one part per
+/// frame, which shares the frame's memory. Written one after the other they are the batch;
+/// its length is the head's plus the parts'.
+///
+/// ```
+/// use distchan_protocol::{wire::{self, ToWorker}, JobId};
+///
+/// let frames = [wire::job_frame(JobId(1), b"a"), wire::job_frame(JobId(2), b"bc")];
+/// let (head, parts) = wire::jobs_frame_parts(&frames);
+/// let mut batch = head.as_bytes().to_vec();
+/// parts.for_each(|part| batch.extend_from_slice(&part));
+/// let ToWorker::Jobs(jobs) = wire::decode_to_worker(&batch)? else { unreachable!() };
+/// assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [JobId(1), JobId(2)]);
+/// # Ok::<(), distchan_protocol::Error>(())
+/// ```
+pub fn jobs_frame_parts(frames: &[Bytes]) -> (BatchHead, impl Iterator<Item = Bytes> + '_) {
+    let mut bytes = [0u8; 11];
+    bytes[..JOBS_TAG.len()].copy_from_slice(JOBS_TAG);
+    let mut array = [0u8; 5];
+    let k = put_array_len(&mut array, frames.len());
+    bytes[JOBS_TAG.len()..JOBS_TAG.len() + k].copy_from_slice(&array[..k]);
+    let skip = without_pair(JOB_TAG).len();
+    let len = JOBS_TAG.len() + k;
+    let head = BatchHead {
+        bytes,
+        len,
+        frame_len: len + frames.iter().map(|f| f.len() - skip).sum::<usize>(),
+    };
+    let parts = frames.iter().map(move |frame| {
+        debug_assert!(frame.starts_with(JOB_TAG), "not a job frame");
+        frame.slice(skip..)
+    });
+    (head, parts)
+}
+
+/// Writes one [`ToCoordinator::Results`] frame, result by result, into one buffer; a
+/// single result becomes a [`ToCoordinator::Result`] frame (without a copy).
+///
+/// ```
+/// use distchan_protocol::{wire::{self, ResultsWriter, ToCoordinator}, JobId};
+/// use bytes::Bytes;
+///
+/// let mut writer = ResultsWriter::new();
+/// writer.push(JobId(1), &Ok(Bytes::from_static(b"\xa1A")));
+/// writer.push(JobId(2), &Err("no".into()));
+/// assert_eq!(writer.len(), 2);
+/// let ToCoordinator::Results(results) = wire::decode_to_coordinator(&writer.finish())? else {
+///     unreachable!()
+/// };
+/// assert_eq!(results[1].outcome, Err("no".to_string()));
+/// # Ok::<(), distchan_protocol::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ResultsWriter {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl Default for ResultsWriter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ResultsWriter {
+    /// Bytes before the first result: the tag and an `array32` header.
+    const HEAD: usize = 9 + 5;
+
+    /// An empty batch.
+    pub fn new() -> Self {
+        let mut buf = Vec::with_capacity(256);
+        buf.extend_from_slice(RESULTS_TAG);
+        buf.extend_from_slice(&[0xdd, 0, 0, 0, 0]);
+        ResultsWriter { buf, count: 0 }
+    }
+
+    /// Appends the result of job `id`.
+    pub fn push(&mut self, id: JobId, outcome: &Outcome) {
+        put_result_element(&mut self.buf, id, outcome);
+        self.count += 1;
+    }
+
+    /// Results pushed so far.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// True before the first result.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes the frame would have now.
+    pub fn frame_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The frame: a batch, or the one result's own frame.
+    pub fn finish(mut self) -> Bytes {
+        if self.count == 1 {
+            let tag = without_pair(RESULT_TAG);
+            let start = Self::HEAD - tag.len();
+            self.buf[start..Self::HEAD].copy_from_slice(tag);
+            let mut frame = Bytes::from(self.buf);
+            bytes::Buf::advance(&mut frame, start);
+            return frame;
+        }
+        self.buf[Self::HEAD - 4..Self::HEAD].copy_from_slice(&self.count.to_be_bytes());
+        self.buf.into()
+    }
 }
 
 /// Reads a MessagePack unsigned integer at the start of `b`: its value and length.
@@ -519,19 +733,100 @@ fn get_len(b: &[u8], text: bool) -> Option<(usize, usize)> {
     })
 }
 
-/// The id and body of a frame `tag id body-header body` that the body ends exactly.
+/// Reads a MessagePack array header at the start of `b`: the count it announces and its
+/// own length.
+fn get_array_len(b: &[u8]) -> Option<(usize, usize)> {
+    let (&first, rest) = b.split_first()?;
+    Some(match first {
+        0x90..=0x9f => (usize::from(first & 0x0f), 1),
+        0xdc => (
+            usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
+            3,
+        ),
+        0xdd => (
+            u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize,
+            5,
+        ),
+        _ => return None,
+    })
+}
+
+/// The id and body of an element `[id, body-tag body]` at the start of `b`; the body's
+/// range, in `b`, ends where the element does.
+fn split_element(b: &[u8], body_tag: &[u8], text: bool) -> Option<(u64, std::ops::Range<usize>)> {
+    let rest = b.strip_prefix(&[PAIR])?;
+    let (id, n) = get_uint(rest)?;
+    let rest = rest[n..].strip_prefix(body_tag)?;
+    let (len, k) = get_len(rest, text)?;
+    let start = b.len() - rest.len() + k;
+    let end = start.checked_add(len)?;
+    (end <= b.len()).then_some((id, start..end))
+}
+
+/// The id and body of a frame `tag [id, body-tag body]` that the body ends exactly.
 fn split_tagged(
     frame: &[u8],
     tag: &[u8],
     body_tag: &[u8],
     text: bool,
 ) -> Option<(u64, std::ops::Range<usize>)> {
+    let at = without_pair(tag).len();
+    let rest = frame.strip_prefix(without_pair(tag))?;
+    let (id, body) = split_element(rest, body_tag, text)?;
+    (body.end == rest.len()).then_some((id, at + body.start..frame.len()))
+}
+
+/// The elements of a batch frame `tag [element, ...]` read by `element`, which returns an
+/// item and where it ends; `None` unless they end the frame exactly.
+fn split_batch<T>(
+    frame: &Bytes,
+    tag: &[u8],
+    mut element: impl FnMut(&Bytes, usize) -> Option<(T, usize)>,
+) -> Option<Vec<T>> {
     let rest = frame.strip_prefix(tag)?;
-    let (id, n) = get_uint(rest)?;
-    let rest = rest[n..].strip_prefix(body_tag)?;
-    let (len, k) = get_len(rest, text)?;
-    let start = frame.len() - rest.len() + k;
-    (frame.len().checked_sub(start)? == len).then_some((id, start..frame.len()))
+    let (n, k) = get_array_len(rest)?;
+    let mut at = frame.len() - rest.len() + k;
+    // An element takes at least three bytes: a claimed count cannot make a large allocation.
+    let mut items = Vec::with_capacity(n.min((frame.len() - at) / 3));
+    for _ in 0..n {
+        let (item, end) = element(frame, at)?;
+        items.push(item);
+        at = end;
+    }
+    (at == frame.len()).then_some(items)
+}
+
+/// A job batch read by hand, or `None` for serde to decide.
+fn fast_jobs(frame: &Bytes) -> Option<Vec<Job>> {
+    split_batch(frame, JOBS_TAG, |frame, at| {
+        let (id, body) = split_element(&frame[at..], &[], false)?;
+        let job = Job {
+            id: JobId(id),
+            payload: frame.slice(at + body.start..at + body.end),
+        };
+        Some((job, at + body.end))
+    })
+}
+
+/// A result batch read by hand, or `None` for serde to decide.
+fn fast_results(frame: &Bytes) -> Option<Vec<JobResult>> {
+    split_batch(frame, RESULTS_TAG, |frame, at| {
+        let b = &frame[at..];
+        if let Some((id, body)) = split_element(b, OK_TAG, false) {
+            let result = JobResult {
+                id: JobId(id),
+                outcome: Ok(frame.slice(at + body.start..at + body.end)),
+            };
+            return Some((result, at + body.end));
+        }
+        let (id, body) = split_element(b, ERR_TAG, true)?;
+        let message = std::str::from_utf8(&b[body.clone()]).ok()?;
+        let result = JobResult {
+            id: JobId(id),
+            outcome: Err(message.to_owned()),
+        };
+        Some((result, at + body.end))
+    })
 }
 
 /// A job frame read by hand, or `None` for serde to decide.
@@ -579,6 +874,8 @@ mod borrowed {
         Refused(Refusal),
         #[serde(borrow)]
         Job(Job<'a>),
+        #[serde(borrow)]
+        Jobs(Vec<Job<'a>>),
         EndOfWork,
         Ping(u64),
     }
@@ -595,6 +892,8 @@ mod borrowed {
         Hello(super::Hello),
         #[serde(borrow)]
         Result(JobResult<'a>),
+        #[serde(borrow)]
+        Results(Vec<JobResult<'a>>),
         Drain,
         Emit {
             #[serde(borrow, with = "serde_bytes")]
@@ -614,6 +913,9 @@ pub fn decode_to_worker_shared(frame: &Bytes) -> Result<ToWorker> {
     if let Some(job) = fast_job(frame) {
         return Ok(ToWorker::Job(job));
     }
+    if let Some(jobs) = fast_jobs(frame) {
+        return Ok(ToWorker::Jobs(jobs));
+    }
     serde_to_worker(frame)
 }
 
@@ -627,6 +929,14 @@ fn serde_to_worker(frame: &Bytes) -> Result<ToWorker> {
             id: job.id,
             payload: share(frame, job.payload),
         }),
+        borrowed::ToWorker::Jobs(jobs) => ToWorker::Jobs(
+            jobs.into_iter()
+                .map(|job| Job {
+                    id: job.id,
+                    payload: share(frame, job.payload),
+                })
+                .collect(),
+        ),
         borrowed::ToWorker::EndOfWork => ToWorker::EndOfWork,
         borrowed::ToWorker::Ping(n) => ToWorker::Ping(n),
     })
@@ -642,6 +952,9 @@ pub fn decode_to_coordinator_shared(frame: &Bytes) -> Result<ToCoordinator> {
     if let Some(result) = fast_result(frame) {
         return Ok(ToCoordinator::Result(result));
     }
+    if let Some(results) = fast_results(frame) {
+        return Ok(ToCoordinator::Results(results));
+    }
     serde_to_coordinator(frame)
 }
 
@@ -655,6 +968,15 @@ fn serde_to_coordinator(frame: &Bytes) -> Result<ToCoordinator> {
             id: r.id,
             outcome: r.outcome.map(|b| share(frame, b)),
         }),
+        borrowed::ToCoordinator::Results(results) => ToCoordinator::Results(
+            results
+                .into_iter()
+                .map(|r| JobResult {
+                    id: r.id,
+                    outcome: r.outcome.map(|b| share(frame, b)),
+                })
+                .collect(),
+        ),
         borrowed::ToCoordinator::Drain => ToCoordinator::Drain,
         borrowed::ToCoordinator::Pong(n) => ToCoordinator::Pong(n),
         borrowed::ToCoordinator::Emit { payload } => ToCoordinator::Emit {
@@ -721,6 +1043,16 @@ mod tests {
                 id: JobId(u64::MAX),
                 payload: Bytes::from_static(&[0, 1, 2, 255]),
             }),
+            ToWorker::Jobs(vec![
+                Job {
+                    id: JobId(1),
+                    payload: Bytes::from_static(b"a"),
+                },
+                Job {
+                    id: JobId(2),
+                    payload: Bytes::new(),
+                },
+            ]),
             ToWorker::EndOfWork,
             ToWorker::Ping(u64::MAX),
         ];
@@ -740,6 +1072,16 @@ mod tests {
                 id: JobId(2),
                 outcome: Err("boom".into()),
             }),
+            ToCoordinator::Results(vec![
+                JobResult {
+                    id: JobId(3),
+                    outcome: Ok(Bytes::from_static(b"y")),
+                },
+                JobResult {
+                    id: JobId(4),
+                    outcome: Err("no".into()),
+                },
+            ]),
             ToCoordinator::Drain,
             ToCoordinator::Pong(7),
             ToCoordinator::Emit {
@@ -922,6 +1264,118 @@ mod tests {
                 prop_assert_eq!(serde_to_coordinator(&frame).unwrap(), ToCoordinator::Result(result));
             }
         }
+    }
+
+    fn jobs_of(ids: &[u64], len: usize) -> Vec<Job> {
+        ids.iter()
+            .map(|&id| Job {
+                id: JobId(id),
+                payload: Bytes::from(vec![id as u8; len]),
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A batch put together from job frames is what serde writes for the same jobs, and
+        /// both readers give the jobs back, each payload inside the frame.
+        #[test]
+        fn job_batches_are_serdes_bytes(ids in prop::collection::vec(ids(), 0..40), len in lengths()) {
+            let len = len.min(3000);
+            let jobs = jobs_of(&ids, len);
+            let frames: Vec<Bytes> = jobs.iter().map(|j| job_frame(j.id, &j.payload)).collect();
+            let (head, parts) = jobs_frame_parts(&frames);
+            let mut batch = head.as_bytes().to_vec();
+            parts.for_each(|part| batch.extend_from_slice(&part));
+            prop_assert_eq!(batch.len(), head.frame_len());
+            let msg = ToWorker::Jobs(jobs.clone());
+            prop_assert_eq!(&batch[..], &rmp_serde::to_vec(&msg).unwrap()[..]);
+            let batch = Bytes::from(batch);
+            prop_assert_eq!(fast_jobs(&batch), Some(jobs));
+            let decoded = decode_to_worker_shared(&batch).unwrap();
+            prop_assert_eq!(&decoded, &serde_to_worker(&batch).unwrap());
+            if let ToWorker::Jobs(decoded) = decoded {
+                for job in decoded.iter().filter(|j| !j.payload.is_empty()) {
+                    prop_assert!(batch.as_ptr_range().contains(&job.payload.as_ptr()));
+                }
+            }
+        }
+
+        /// A batch of results reads back the same through the hand-written reader and serde;
+        /// one result alone is an ordinary result frame.
+        #[test]
+        fn result_batches_read_back(
+            items in prop::collection::vec((ids(), any::<bool>(), 0usize..300), 1..40),
+        ) {
+            let results: Vec<JobResult> = items
+                .iter()
+                .map(|&(id, ok, len)| JobResult {
+                    id: JobId(id),
+                    outcome: if ok { Ok(Bytes::from(vec![1u8; len])) } else { Err("é".repeat(len / 2)) },
+                })
+                .collect();
+            let mut writer = ResultsWriter::new();
+            for r in &results {
+                writer.push(r.id, &r.outcome);
+            }
+            let frame = writer.finish();
+            let want = if results.len() == 1 {
+                prop_assert_eq!(&frame[..], &result_frame(results[0].id, &results[0].outcome)[..]);
+                ToCoordinator::Result(results[0].clone())
+            } else {
+                prop_assert_eq!(fast_results(&frame), Some(results.clone()));
+                ToCoordinator::Results(results)
+            };
+            prop_assert_eq!(serde_to_coordinator(&frame).unwrap(), want.clone());
+            prop_assert_eq!(decode_to_coordinator_shared(&frame).unwrap(), want);
+        }
+
+        /// Whatever the hand-written batch readers accept, serde reads the same way; a cut or
+        /// damaged batch is an error, never a panic.
+        #[test]
+        fn hand_written_batch_readers_agree_with_serde(
+            ids in prop::collection::vec(0u64..300, 2..6),
+            cut in 0usize..64,
+            flip in any::<(usize, u8)>(),
+        ) {
+            let jobs = jobs_of(&ids, 3);
+            let mut jobs_frame = encode_to_worker(&ToWorker::Jobs(jobs)).unwrap().to_vec();
+            let mut writer = ResultsWriter::new();
+            for &id in &ids {
+                writer.push(JobId(id), &Ok(Bytes::from_static(b"ok")));
+            }
+            let mut results_frame = writer.finish().to_vec();
+            for frame in [&mut jobs_frame, &mut results_frame] {
+                let at = flip.0 % frame.len();
+                frame[at] ^= flip.1;
+                frame.truncate(frame.len().saturating_sub(cut % 8));
+            }
+            let jobs_frame = Bytes::from(jobs_frame);
+            let results_frame = Bytes::from(results_frame);
+            if let Some(jobs) = fast_jobs(&jobs_frame) {
+                prop_assert_eq!(serde_to_worker(&jobs_frame).unwrap(), ToWorker::Jobs(jobs));
+            }
+            if let Some(results) = fast_results(&results_frame) {
+                prop_assert_eq!(serde_to_coordinator(&results_frame).unwrap(), ToCoordinator::Results(results));
+            }
+            let _ = decode_to_worker_shared(&jobs_frame);
+            let _ = decode_to_coordinator_shared(&results_frame);
+        }
+    }
+
+    #[test]
+    fn a_batch_claiming_more_jobs_than_it_holds_is_malformed() {
+        let mut frame = JOBS_TAG.to_vec();
+        frame.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        frame.extend_from_slice(&job_frame(JobId(1), b"x")[5..]);
+        assert!(matches!(decode_to_worker(&frame), Err(Error::Malformed(_))));
+        let mut frame = RESULTS_TAG.to_vec();
+        frame.extend_from_slice(&[0xdd, 0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            decode_to_coordinator(&frame),
+            Err(Error::Malformed(_))
+        ));
     }
 
     #[test]

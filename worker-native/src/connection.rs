@@ -6,7 +6,8 @@
 //! runner of a handler that the connection task drives itself ([`serve`](fn@crate::serve)
 //! and friends): then a job whose handler finishes without waiting is answered in the same
 //! flush as the frames read with it, without crossing a task. Frames are read in batches
-//! (every frame already there) and written in batches (one flush per batch).
+//! (every frame already there; a frame may itself carry a batch of jobs) and written in
+//! batches: the results finished in one round go out in one frame, with one flush.
 
 use std::{
     future::poll_fn,
@@ -504,7 +505,12 @@ where
             Err(e) => return Break(Err(e)),
         };
         match self.session.handle_frame_shared(&frame) {
-            Ok(Event::Job { id, payload }) => self.take_job(id, payload).await,
+            Ok(Event::Jobs(jobs)) => {
+                for job in jobs {
+                    self.take_job(job.id, job.payload).await?;
+                }
+                Continue(())
+            }
             Ok(Event::EndOfWork) => {
                 if let Some(Jobs::Stream(_)) = self.jobs {
                     self.jobs = None; // the job stream ends
@@ -601,15 +607,13 @@ where
         Continue(())
     }
 
-    /// Encodes the outcome of job `id` and feeds it (flushed with the batch).
+    /// Adds the outcome of job `id` to the results sent with the next flush.
     async fn answer(&mut self, id: JobId, outcome: Outcome) -> Step {
-        match self.session.result_frame(id, outcome) {
-            Ok(frame) => self.feed(frame).await,
-            Err(e) => {
-                tracing::warn!(error = %e, "reply not sent");
-                Continue(())
-            }
+        match self.session.push_result(id, outcome) {
+            Ok(()) => self.unflushed = true,
+            Err(e) => tracing::warn!(error = %e, "reply not sent"),
         }
+        Continue(())
     }
 
     async fn feed(&mut self, frame: Bytes) -> Step {
@@ -620,9 +624,13 @@ where
         }
     }
 
+    /// Sends the results gathered since the last flush, and everything fed.
     async fn flush(&mut self) -> Step {
         if !std::mem::take(&mut self.unflushed) {
             return Continue(());
+        }
+        while let Some(frame) = self.session.next_result_frame() {
+            self.feed(frame).await?;
         }
         match self.ws.flush().await {
             Ok(()) => Continue(()),

@@ -61,6 +61,16 @@ impl JobHandler {
         }
     }
 
+    /// Answers one job at once when this handler does not wait (a built-in task, a task
+    /// module); `None` for a page's function, which [`JobHandler::handle`] awaits.
+    pub fn handle_now(&self, payload: &[u8]) -> Option<Outcome> {
+        match self {
+            JobHandler::Builtin(task) => Some(tasks::run(task, payload)),
+            JobHandler::Module(module) => Some(module.run(payload)),
+            JobHandler::Js { .. } => None,
+        }
+    }
+
     /// Answers one job whose plain MessagePack payload is `payload`.
     pub async fn handle(&self, id: JobId, payload: &[u8]) -> Outcome {
         match self {

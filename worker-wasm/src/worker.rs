@@ -7,7 +7,8 @@
 //! is the session's; this file only moves frames and reports what happened.
 //!
 //! What the loop does, in order:
-//! 1. opens the WebSocket offering `distchan.v2` and, once open, sends the hello
+//! 1. opens the WebSocket offering the protocol's subprotocol (`distchan.v3`) and, once
+//!    open, sends the hello
 //!    ([`WorkerKind::Browser`](distchan_protocol::wire::WorkerKind::Browser), the
 //!    capacity, the token, the agent);
 //! 2. waits for the welcome, at most the handshake timeout; a refusal (the `Refused` frame,
@@ -15,7 +16,10 @@
 //!    coordinator's reason;
 //! 3. answers each job with the [`JobHandler`] (the page's function, or the built-in task
 //!    the welcome names), at most `capacity` at once because the coordinator never sends
-//!    more;
+//!    more; a built-in task or a task module answers at once, a page's function when its
+//!    promise settles. Every input already waiting is handled before anything is sent, so
+//!    the results of one turn of the loop go out in one frame (and the status is reported
+//!    at most once a turn);
 //! 4. after end-of-work (or after [`BrowserWorker::stop`], which drains), once every job
 //!    held is answered, closes with 1000 and resolves;
 //! 5. when the connection is lost instead (the coordinator restarted or went silent, the
@@ -689,6 +693,14 @@ async fn connect_once(inner: &Rc<Inner>) -> (Ending, bool) {
                     Some(input) => run.on_input(input),
                     None => run.on_timeout(),
                 }
+                // Every input already waiting, then what they produced goes out at once.
+                while run.ended.is_none() {
+                    match rx.try_recv() {
+                        Ok(input) => run.on_input(input),
+                        Err(_) => break,
+                    }
+                }
+                run.end_of_turn();
                 if let Some(ending) = run.ended.take() {
                     break ending;
                 }
@@ -746,7 +758,7 @@ impl Run {
     fn on_socket(&mut self, event: SocketEvent) {
         match event {
             SocketEvent::Open => self.on_open(),
-            SocketEvent::Binary(frame) => self.on_frame(&frame),
+            SocketEvent::Binary(frame) => self.on_frame(&frame.into()),
             SocketEvent::Text => {
                 if self.phase != Phase::Closing {
                     self.fail(Error::Unexpected(
@@ -780,11 +792,11 @@ impl Run {
         }
     }
 
-    fn on_frame(&mut self, frame: &[u8]) {
+    fn on_frame(&mut self, frame: &Bytes) {
         if !matches!(self.phase, Phase::AwaitingWelcome | Phase::Running) {
             return; // after our close frame, or before the hello: nothing counts
         }
-        match self.session.handle_frame(frame) {
+        match self.session.handle_frame_shared(frame) {
             Ok(Event::Welcomed(welcome)) => {
                 self.phase = Phase::Running;
                 self.deadline = None;
@@ -821,7 +833,11 @@ impl Run {
                     self.stop();
                 }
             }
-            Ok(Event::Job { id, payload }) => self.start_job(id, payload),
+            Ok(Event::Jobs(jobs)) => {
+                for job in jobs {
+                    self.start_job(job.id, job.payload);
+                }
+            }
             Ok(Event::EndOfWork) => self.finish_if_done(),
             // Answered from this event loop, so a frozen page is seen as silent.
             Ok(Event::Ping(n)) => match self.session.pong_frame(n) {
@@ -927,10 +943,12 @@ impl Run {
             self.held.push((id, payload));
             return;
         };
-        self.inner
-            .update(|s| s.outstanding = self.session.outstanding() as u32);
-        let tx = self.tx.clone();
         let keep_job = self.inner.on_result.borrow().is_some();
+        if let Some(outcome) = handler.handle_now(&payload) {
+            self.on_done(id, outcome, keep_job.then_some(payload));
+            return;
+        }
+        let tx = self.tx.clone();
         spawn_local(async move {
             let outcome = handler.handle(id, &payload).await;
             let job = keep_job.then_some(payload);
@@ -942,29 +960,43 @@ impl Run {
         if self.phase != Phase::Running {
             return; // the connection is going away; the coordinator re-dispatches the job
         }
-        let ok = outcome.as_ref().ok().cloned();
-        match self.session.result_frame(id, outcome) {
-            Ok(frame) => {
-                if let Err(e) = self.socket.send(&frame) {
-                    self.fail(Error::connection(e));
-                    return;
-                }
-            }
-            Err(e) => {
-                web_sys::console::warn_1(&format!("distchan: result not sent: {e}").into());
-            }
+        let ok = job
+            .is_some()
+            .then(|| outcome.as_ref().ok().cloned())
+            .flatten();
+        let failed = outcome.is_err();
+        if let Err(e) = self.session.push_result(id, outcome) {
+            web_sys::console::warn_1(&format!("distchan: result not sent: {e}").into());
         }
-        let outstanding = self.session.outstanding() as u32;
         self.inner.update(|s| {
             s.jobs_done += 1;
-            s.jobs_failed += u64::from(ok.is_none());
-            s.outstanding = outstanding;
+            s.jobs_failed += u64::from(failed);
         });
         if let (Some(result), Some(job)) = (ok, job) {
             self.show_result(id, &result, &job);
         }
-        self.inner.report_progress();
-        self.finish_if_done();
+    }
+
+    /// Sends the results of this turn in one frame, reports progress, and closes if that
+    /// was the last job.
+    fn end_of_turn(&mut self) {
+        if self.phase != Phase::Running {
+            return;
+        }
+        let mut answered = false;
+        while let Some(frame) = self.session.next_result_frame() {
+            answered = true;
+            if let Err(e) = self.socket.send(&frame) {
+                self.fail(Error::connection(e));
+                return;
+            }
+        }
+        let outstanding = self.session.outstanding() as u32;
+        self.inner.update(|s| s.outstanding = outstanding);
+        if answered {
+            self.inner.report_progress();
+            self.finish_if_done();
+        }
     }
 
     fn show_result(&self, id: JobId, result: &Bytes, job: &Bytes) {

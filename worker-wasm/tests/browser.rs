@@ -199,7 +199,10 @@ async fn an_unreachable_coordinator_is_a_clear_error() {
         reason.starts_with("could not connect to ws://127.0.0.1:9/ws"),
         "{reason}"
     );
-    assert!(reason.contains("distchan.v2"), "{reason}");
+    assert!(
+        reason.contains(&distchan_worker_wasm::protocol_name()),
+        "{reason}"
+    );
 
     // Relative and http(s) URLs are accepted by browsers nowadays; other schemes are not.
     let worker = BrowserWorker::new("ftp://127.0.0.1/ws", JsValue::UNDEFINED).unwrap();

@@ -2,7 +2,11 @@
 //! and a raw WebSocket client that speaks the protocol by hand (to misbehave on purpose).
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::{
+    collections::VecDeque,
+    ops::{Deref, DerefMut},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use distchan_coordinator::{Config, Coordinator, JobSender, ResultReceiver};
@@ -18,7 +22,49 @@ use tokio_tungstenite::{
     MaybeTlsStream, WebSocketStream,
 };
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A raw client's WebSocket, with the jobs of a batch not handed out yet: the helpers below
+/// read a batch of jobs ([`ToWorker::Jobs`]) as that many [`ToWorker::Job`] messages, so a
+/// test sees each job as the coordinator dispatched it, however it was framed.
+pub struct Raw<S> {
+    ws: WebSocketStream<S>,
+    pending: VecDeque<ToWorker>,
+}
+
+impl<S> Raw<S> {
+    /// Wraps a client WebSocket whose opening handshake is done.
+    pub fn new(ws: WebSocketStream<S>) -> Self {
+        Raw {
+            ws,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// The next message of `frame`, splitting a batch of jobs; later ones wait here.
+    fn take(&mut self, frame: &[u8]) -> ToWorker {
+        match wire::decode_to_worker(frame).unwrap() {
+            ToWorker::Jobs(jobs) => {
+                self.pending.extend(jobs.into_iter().map(ToWorker::Job));
+                self.pending.pop_front().expect("a batch holds jobs")
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S> Deref for Raw<S> {
+    type Target = WebSocketStream<S>;
+    fn deref(&self) -> &Self::Target {
+        &self.ws
+    }
+}
+
+impl<S> DerefMut for Raw<S> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.ws
+    }
+}
+
+pub type Ws = Raw<MaybeTlsStream<TcpStream>>;
 
 /// Upper bound for anything a test waits on, so that a bug fails the test instead of hanging it.
 pub const LIMIT: Duration = Duration::from_secs(20);
@@ -60,7 +106,7 @@ pub async fn open(url: &str, headers: &[(&str, &str)]) -> Ws {
     let (ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .expect("websocket opens");
-    ws
+    Raw::new(ws)
 }
 
 pub async fn send_hello(ws: &mut Ws, hello: Hello) {
@@ -80,12 +126,15 @@ pub async fn raw_worker(url: &str, hello: Hello) -> (Ws, u64) {
 
 /// The next protocol message, or `None` once the connection is closed.
 pub async fn next_msg(ws: &mut Ws) -> Option<ToWorker> {
+    if let Some(msg) = ws.pending.pop_front() {
+        return Some(msg);
+    }
     loop {
         match tokio::time::timeout(LIMIT, ws.next())
             .await
             .expect("no hang")
         {
-            Some(Ok(Message::Binary(b))) => return Some(wire::decode_to_worker(&b).unwrap()),
+            Some(Ok(Message::Binary(b))) => return Some(ws.take(&b)),
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
             Some(Ok(_)) => continue,
         }
@@ -165,7 +214,7 @@ pub async fn start_mem<J: Serialize, R: DeserializeOwned>(
     (coordinator, connector, jobs, results)
 }
 
-pub type MemWs = WebSocketStream<tokio::io::DuplexStream>;
+pub type MemWs = Raw<tokio::io::DuplexStream>;
 
 /// Opens a WebSocket over the in-memory transport, offering the current subprotocol.
 pub async fn open_mem(connector: &distchan_coordinator::memory::MemoryConnector) -> MemWs {
@@ -177,7 +226,7 @@ pub async fn open_mem(connector: &distchan_coordinator::memory::MemoryConnector)
     let (ws, _) = tokio_tungstenite::client_async(request, connector.connect().unwrap())
         .await
         .expect("websocket opens");
-    ws
+    Raw::new(ws)
 }
 
 /// A raw client over the in-memory transport that has completed its handshake.
@@ -196,9 +245,12 @@ pub async fn raw_mem_worker(
 
 /// The next protocol message on an in-memory client, or `None` once closed.
 pub async fn next_mem(ws: &mut MemWs) -> Option<ToWorker> {
+    if let Some(msg) = ws.pending.pop_front() {
+        return Some(msg);
+    }
     loop {
         match ws.next().await {
-            Some(Ok(Message::Binary(b))) => return Some(wire::decode_to_worker(&b).unwrap()),
+            Some(Ok(Message::Binary(b))) => return Some(ws.take(&b)),
             Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
             Some(Ok(_)) => continue,
         }

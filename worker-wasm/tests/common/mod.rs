@@ -18,15 +18,21 @@ use distchan_protocol::{
     JobId,
 };
 
-/// `Hello { version: 1, token: "t0k", capacity: 2, agent: "distchan-test", kind: Browser }`,
+/// `Hello { version: 3, token: "t0k", capacity: 2, agent: "distchan-test", kind: Browser }`,
 /// with field names.
-pub const HELLO_FRAME: &str = "81a548656c6c6f85a776657273696f6e02a5746f6b656ea374306ba863617061\
+pub const HELLO_FRAME: &str = "81a548656c6c6f85a776657273696f6e03a5746f6b656ea374306ba863617061\
 6369747902a56167656e74ad646973746368616e2d74657374a46b696e64a742726f77736572";
 /// `Welcome { worker_id: 7, task: "capitalize", heartbeat_ms: 5000, max_frame: 1024 }`.
 pub const WELCOME_FRAME: &str = "81a757656c636f6d6584a9776f726b65725f696407a47461736baa63617069\
 74616c697a65ac6865617274626561745f6d73cd1388a96d61785f6672616d65cd0400";
 /// `Job { id: 42, payload: "why hello" }`, compact.
 pub const JOB_FRAME: &str = "81a34a6f62922ac40aa97768792068656c6c6f";
+/// `Jobs [{ id: 1, payload: "a" }, { id: 2, payload: "b" }]`, compact.
+pub const JOBS_FRAME: &str = "81a44a6f6273929201c402a1619202c402a162";
+/// `Results [{ id: 2, outcome: Ok("B") }, { id: 1, outcome: Ok("A") }]`, as a worker writes
+/// it (the count as a 32-bit integer).
+pub const RESULTS_FRAME: &str = "81a7526573756c7473dd00000002920281a24f6bc402a142920181a2\
+4f6bc402a141";
 /// `Result { id: 42, outcome: Ok("WHY HELLO") }`.
 pub const RESULT_FRAME: &str = "81a6526573756c74922a81a24f6bc40aa95748592048454c4c4f";
 /// `Result { id: 3, outcome: Err("boom") }`.
@@ -114,12 +120,15 @@ pub fn check_frames() {
         JOB_FRAME,
         "job"
     );
-    let Event::Job { id, payload: plain } = session.handle_frame(&unhex(JOB_FRAME)).unwrap() else {
+    let Event::Jobs(jobs) = session.handle_frame(&unhex(JOB_FRAME)).unwrap() else {
         panic!("a job frame must yield a job");
     };
-    assert_eq!(id, JobId(42));
-    let answer = tasks::run(tasks::CAPITALIZE, &plain).unwrap();
-    let result = session.result_frame(id, Ok(answer)).unwrap();
+    let [Job { id, payload: plain }] = &jobs[..] else {
+        panic!("one job expected, got {jobs:?}");
+    };
+    assert_eq!(*id, JobId(42));
+    let answer = tasks::run(tasks::CAPITALIZE, plain).unwrap();
+    let result = session.result_frame(*id, Ok(answer)).unwrap();
     assert_eq!(hex(&result), RESULT_FRAME, "result");
     assert_eq!(
         wire::decode_to_coordinator(&result).unwrap(),
@@ -138,6 +147,7 @@ pub fn check_frames() {
         ERROR_RESULT_FRAME,
         "error result"
     );
+    check_batches(&mut session);
     assert_eq!(hex(&session.drain_frame().unwrap()), DRAIN_FRAME, "drain");
     assert_eq!(
         hex(&wire::encode_to_worker(&ToWorker::EndOfWork).unwrap()),
@@ -154,6 +164,33 @@ pub fn check_frames() {
         wire::decode_to_worker(&unhex(REFUSED_FRAME)).unwrap(),
         refused
     );
+}
+
+/// A batch of jobs is read into its jobs, and their results, pushed in the order they
+/// finished, go out as one batch frame of known bytes.
+fn check_batches(session: &mut WorkerSession) {
+    let jobs: Vec<Job> = [(1, "a"), (2, "b")]
+        .map(|(id, text)| Job {
+            id: JobId(id),
+            payload: payload::to_msgpack(text).unwrap(),
+        })
+        .into();
+    assert_eq!(
+        hex(&wire::encode_to_worker(&ToWorker::Jobs(jobs.clone())).unwrap()),
+        JOBS_FRAME,
+        "jobs"
+    );
+    let Event::Jobs(received) = session.handle_frame(&unhex(JOBS_FRAME)).unwrap() else {
+        panic!("a batch of jobs expected");
+    };
+    assert_eq!(received, jobs);
+    for job in received.iter().rev() {
+        let answer = tasks::run(tasks::CAPITALIZE, &job.payload).unwrap();
+        session.push_result(job.id, Ok(answer)).unwrap();
+    }
+    let frame = session.next_result_frame().expect("one frame for both");
+    assert_eq!(hex(&frame), RESULTS_FRAME, "results");
+    assert_eq!(session.next_result_frame(), None);
 }
 
 /// The built-in tasks give the known results: the Mandelbrot tile's pixels hash to the
