@@ -46,7 +46,8 @@ function showStatus(s) {
     if (prev && now > prev.at) r = 0.7 * r + 0.3 * ((w.done - prev.done) / ((now - prev.at) / 1000));
     perWorker.set(w.id, { done: w.done, at: now, rate: r });
     const tr = document.createElement("tr");
-    const cells = [w.id, w.agent, w.kind, w.capacity, w.in_flight, w.done, r.toFixed(1), ago(w.last_seen_ms)];
+    const window = w.capacity === w.declared ? `${w.capacity}` : `${w.capacity} of ${w.declared}`;
+    const cells = [w.id, w.agent, w.kind, window, w.in_flight, w.done, r.toFixed(1), ago(w.last_seen_ms)];
     cells.forEach((v, i) => {
       const td = document.createElement("td");
       if (i === 0) {

@@ -1,13 +1,14 @@
 // The volunteer page: Start makes this tab a distchan worker with one Web Worker thread per
 // core (volunteer-worker.js), each running its own connection to the coordinator that
 // served the page. Query parameters: ?autostart=1, ?token=ACCESS_TOKEN, ?threads=N,
-// ?capacity=N (jobs each thread may hold at once, default 2).
+// ?capacity=N (most jobs each thread may hold at once, default 64; the coordinator gives a
+// thread fewer while more would not make it faster, e.g. two heavy tiles at a time).
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
 const threadCount = clamp(Number(params.get("threads")) || navigator.hardwareConcurrency || 2, 1, 64);
-const capacity = clamp(Number(params.get("capacity")) || 2, 1, 1024);
+const capacity = clamp(Number(params.get("capacity")) || 64, 1, 1024);
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
 /** Grace beyond a task module's time limit before a silent thread counts as stuck. */

@@ -26,9 +26,9 @@ use crate::{
 const WARM_UP: u64 = 500;
 /// Web Worker threads of the page.
 pub const THREADS: usize = 2;
-/// Jobs each thread may hold at once (the page's `?capacity=`): enough to cover the time a
-/// batch of results takes to travel through the browser and back. The page's default (2)
-/// suits its demo's heavy tiles.
+/// Most jobs each thread may hold at once (the page's `?capacity=`, here its default):
+/// enough to cover the time a batch of results takes to travel through the browser and
+/// back. The coordinator's window for the thread grows to it while that makes it faster.
 pub const CAPACITY: usize = 64;
 
 /// The volunteer page's folder.

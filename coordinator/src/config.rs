@@ -52,6 +52,11 @@ pub struct Config {
     pub max_workers: usize,
     /// Largest credit window granted to one worker, whatever it declares.
     pub max_capacity: u32,
+    /// Size each worker's credit window from its measured speed: it starts at two jobs
+    /// and doubles while that makes the worker faster, up to the capacity it declared, so a
+    /// fast worker gets a deep window and a slow one (a tab computing heavy jobs) does not
+    /// hoard jobs others could run. Off, every worker gets the capacity it declared at once.
+    pub adaptive_windows: bool,
     /// Origins (e.g. `http://localhost:8080`) from which browser workers may connect.
     /// Empty accepts every origin. Connections without an `Origin` header (native
     /// workers) are not affected.
@@ -103,6 +108,7 @@ impl std::fmt::Debug for Config {
             handshake_timeout,
             max_workers,
             max_capacity,
+            adaptive_windows,
             allowed_origins,
             task,
             module_limits,
@@ -128,6 +134,7 @@ impl std::fmt::Debug for Config {
             .field("handshake_timeout", handshake_timeout)
             .field("max_workers", max_workers)
             .field("max_capacity", max_capacity)
+            .field("adaptive_windows", adaptive_windows)
             .field("allowed_origins", allowed_origins)
             .field("task", task)
             .field("module_limits", module_limits)
@@ -158,6 +165,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             max_workers: 100_000,
             max_capacity: 4096,
+            adaptive_windows: true,
             allowed_origins: Vec::new(),
             task: None,
             module_limits: Limits::default(),

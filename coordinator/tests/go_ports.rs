@@ -24,7 +24,7 @@ async fn send_words(jobs: distchan_coordinator::JobSender<String>) {
 
 #[tokio::test]
 async fn one_worker_receives_every_value_in_order() {
-    let (coordinator, jobs, mut results) = start::<String, String>(Config::default()).await;
+    let (coordinator, jobs, mut results) = start::<String, String>(go()).await;
     let worker = tokio::spawn(capitalizer(coordinator.ws_url(), Options::default()));
     coordinator.wait_until_ready().await;
     send_words(jobs).await;
@@ -101,7 +101,7 @@ async fn a_key_differing_in_its_last_byte_delivers_nothing_and_others_carry_on()
 
 #[tokio::test]
 async fn ten_workers_share_a_hundred_ints_round_robin() {
-    let (coordinator, jobs, mut results) = start::<u64, u64>(Config::default()).await;
+    let (coordinator, jobs, mut results) = start::<u64, u64>(go()).await;
     let mut workers = Vec::new();
     for _ in 0..10 {
         // `connect` returns after the welcome, so workers register in this order.
@@ -143,7 +143,7 @@ async fn ten_workers_share_a_hundred_ints_round_robin() {
 
 #[tokio::test]
 async fn a_worker_of_another_version_is_refused_and_receives_nothing() {
-    let (coordinator, jobs, mut results) = start::<String, String>(Config::default()).await;
+    let (coordinator, jobs, mut results) = start::<String, String>(go()).await;
     send_words(jobs).await;
     // The previous version (which knows no batches of jobs) and a future one.
     for version in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1] {
@@ -181,7 +181,7 @@ async fn a_worker_of_another_version_is_refused_and_receives_nothing() {
 
 #[tokio::test]
 async fn jobs_sent_before_any_worker_wait_and_are_all_delivered() {
-    let (coordinator, jobs, mut results) = start::<String, String>(Config::default()).await;
+    let (coordinator, jobs, mut results) = start::<String, String>(go()).await;
     assert!(!coordinator.ready());
     for i in 0..50 {
         jobs.send(format!("early {i}")).await.unwrap();
@@ -195,7 +195,7 @@ async fn jobs_sent_before_any_worker_wait_and_are_all_delivered() {
 
 #[tokio::test]
 async fn wait_until_ready_is_notified_when_a_worker_joins() {
-    let (coordinator, _jobs, _results) = start::<String, String>(Config::default()).await;
+    let (coordinator, _jobs, _results) = start::<String, String>(go()).await;
     let url = coordinator.ws_url();
     let (_j, _r, _client) = {
         let connect = distchan_worker::connect::<String, String>(&url, Options::default());
@@ -250,7 +250,7 @@ async fn results_only_use_with_user_channels() {
 
 #[tokio::test]
 async fn end_of_work_ends_every_stream_and_done_completes() {
-    let (coordinator, jobs, mut results) = start::<String, String>(Config::default()).await;
+    let (coordinator, jobs, mut results) = start::<String, String>(go()).await;
     let a = tokio::spawn(capitalizer(coordinator.ws_url(), Options::default()));
     let b = tokio::spawn(capitalizer(coordinator.ws_url(), Options::default()));
     coordinator.wait_for_workers(2).await;
@@ -277,7 +277,7 @@ async fn end_of_work_ends_every_stream_and_done_completes() {
 async fn ordered_mode_delivers_in_send_order() {
     let config = Config {
         ordered: true,
-        ..Config::default()
+        ..go()
     };
     let (coordinator, jobs, mut results) = start::<u32, u32>(config).await;
     let (mut wjobs, out, client) = distchan_worker::connect::<u32, u32>(
@@ -316,7 +316,7 @@ async fn send_many_queues_in_order_waits_for_room_and_loses_nothing() {
     // A queue of 8 and no worker yet: the batch of 100 must wait for room.
     let config = Config {
         queue_capacity: 8,
-        ..Config::default()
+        ..go()
     };
     let (coordinator, jobs, mut results) = start::<String, String>(config).await;
     let words: Vec<String> = (0..100).map(|i| format!("word {i}")).collect();
@@ -373,7 +373,7 @@ async fn a_batch_with_a_job_that_cannot_be_encoded_queues_nothing() {
     fn broken<S: serde::Serializer>(_: &(), s: S) -> Result<S::Ok, S::Error> {
         serde::Serialize::serialize(&Unencodable, s)
     }
-    let (coordinator, jobs, _results) = start::<Job, String>(Config::default()).await;
+    let (coordinator, jobs, _results) = start::<Job, String>(go()).await;
     let batch = vec![
         Job::Fine("a".into()),
         Job::Broken(()),
@@ -384,4 +384,13 @@ async fn a_batch_with_a_job_that_cannot_be_encoded_queues_nothing() {
     assert_eq!(coordinator.stats().queued, 0, "nothing queued");
     let id = jobs.send(Job::Fine("c".into())).await.unwrap();
     assert_eq!(id.0, 0, "no id was used up");
+}
+
+/// The Go package's semantics: every worker takes what it declared at once (it had no
+/// adaptive windows), so round-robin gives worker i exactly the values v % 10 == i.
+fn go() -> Config {
+    Config {
+        adaptive_windows: false,
+        ..Config::default()
+    }
 }

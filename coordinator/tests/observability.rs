@@ -202,9 +202,11 @@ async fn the_worker_list_and_the_dashboard_stream_show_connected_workers() {
         (
             workers[0].agent.as_str(),
             workers[0].capacity,
+            workers[0].declared,
             workers[0].kind.as_str()
         ),
-        ("observer test", 7, "native")
+        ("observer test", 2, 7, "native"),
+        "a new worker's window is two jobs, of the seven it declared"
     );
 
     coordinator

@@ -46,6 +46,15 @@ async fn send_drain(ws: &mut common::MemWs) {
     .unwrap();
 }
 
+/// Fixed windows: a raw worker gets every job it declared room for at once (these tests
+/// hold jobs without answering them).
+fn fixed() -> Config {
+    Config {
+        adaptive_windows: false,
+        ..Config::default()
+    }
+}
+
 fn capacity(n: u32) -> Hello {
     Hello {
         capacity: n,
@@ -127,8 +136,7 @@ async fn an_overrun_lease_redispatches_and_the_late_result_is_dropped() {
 
 #[tokio::test]
 async fn a_worker_that_vanishes_mid_job_loses_nothing() {
-    let (coordinator, net, jobs, mut results) =
-        start_mem::<String, String>(Config::default()).await;
+    let (coordinator, net, jobs, mut results) = start_mem::<String, String>(fixed()).await;
     let (mut a, _) = raw_mem_worker(&net, capacity(3)).await;
     for i in 0..10 {
         jobs.send(format!("job {i}")).await.unwrap();
@@ -159,7 +167,7 @@ async fn a_worker_lost_mid_batch_loses_nothing_and_doubles_nothing() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
 
-    let (coordinator, net, jobs, mut results) = start_mem::<u64, u64>(Config::default()).await;
+    let (coordinator, net, jobs, mut results) = start_mem::<u64, u64>(fixed()).await;
     jobs.send_many(0..200u64).await.unwrap();
     drop(jobs);
     let (mut a, _) = raw_mem_worker(&net, capacity(64)).await;
@@ -342,7 +350,7 @@ async fn a_slow_worker_never_delays_jobs_others_could_take() {
 
 #[tokio::test]
 async fn credit_caps_the_jobs_a_worker_holds() {
-    let (coordinator, net, jobs, _results) = start_mem::<String, String>(Config::default()).await;
+    let (coordinator, net, jobs, _results) = start_mem::<String, String>(fixed()).await;
     let (mut a, _) = raw_mem_worker(&net, capacity(3)).await;
     for i in 0..10 {
         jobs.send(format!("{i}")).await.unwrap();
@@ -525,7 +533,7 @@ async fn an_answer_for_a_job_waiting_again_counts_and_the_work_still_ends() {
 async fn a_burst_of_results_larger_than_a_read_batch_loses_none() {
     use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    let (_coordinator, jobs, mut results) = start::<u64, u64>(Config::default()).await;
+    let (_coordinator, jobs, mut results) = start::<u64, u64>(fixed()).await;
     let url = _coordinator.ws_url();
     let (mut ws, _) = common::raw_worker(&url, capacity(1000)).await;
     jobs.send_many(0..1000u64).await.unwrap();

@@ -150,7 +150,8 @@ echo "ok: the dashboard listed the browser worker and painted its tiles; $TILES 
 passed=$((passed + 1))
 
 echo "== e2e 5: closing the volunteer tab mid-run loses nothing"
-JOBS=4000
+# Enough that the tab (tens of thousands of tiny jobs a second) is still at work when closed.
+JOBS=100000
 start_coordinator closed --demo capitalize --jobs "$JOBS" --local-workers 0 --verify --static-dir www
 browse --url "http://$closed_ADDR/?autostart=1" --expect closed --stop-after-jobs 300 \
     --screenshot "$LOG_DIR/closed.png" --timeout 60
@@ -263,7 +264,8 @@ echo "ok: the tab connected again to the restarted coordinator and did its 2000 
 passed=$((passed + 1))
 
 echo "== e2e 9: a frozen tab's jobs move on within two heartbeats (default settings)"
-JOBS=20000
+# Enough that the tab is still at work when its renderers are frozen.
+JOBS=200000
 start_coordinator frozen --demo capitalize --jobs "$JOBS" --local-workers 0 --verify --static-dir www
 rm -f "$LOG_DIR/frozen.ready" "$LOG_DIR/frozen.release"
 timeout 240 node tests/e2e/volunteer.mjs --url "http://$frozen_ADDR/?autostart=1" \

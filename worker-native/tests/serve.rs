@@ -90,7 +90,12 @@ async fn handlers_reach_the_concurrency_and_never_exceed_it() {
     // Three handlers must be running at once for any of them to pass the barrier.
     let barrier = Arc::new(tokio::sync::Barrier::new(3));
     let g = gauge.clone();
-    let (outcomes, _) = run(Config::default(), options(3, 12), 30, move |x| {
+    // Fixed windows: the worker's 12 credits from the start, so three jobs can meet.
+    let config = Config {
+        adaptive_windows: false,
+        ..Config::default()
+    };
+    let (outcomes, _) = run(config, options(3, 12), 30, move |x| {
         let (g, barrier) = (g.clone(), barrier.clone());
         async move {
             g.enter();

@@ -61,6 +61,11 @@ impl JobHandler {
         }
     }
 
+    /// True when every job creates an instance of its own (a command-ABI task module).
+    pub fn instance_per_job(&self) -> bool {
+        matches!(self, JobHandler::Module(m) if m.abi() == distchan_protocol::module::Abi::Command)
+    }
+
     /// Answers one job at once when this handler does not wait (a built-in task, a task
     /// module); `None` for a page's function, which [`JobHandler::handle`] awaits.
     pub fn handle_now(&self, payload: &[u8]) -> Option<Outcome> {

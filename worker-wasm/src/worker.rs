@@ -73,6 +73,9 @@ pub const DEFAULT_CAPACITY: u32 = 2;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u32 = 10_000;
 /// Longest wait for the coordinator's answer to our close frame.
 const CLOSE_WAIT_MS: u32 = 2_000;
+/// Most jobs that create a WebAssembly instance of their own (a command-ABI task module)
+/// started in one turn of the event loop.
+const INSTANCES_PER_TURN: usize = 8;
 /// Least time between two progress reports to `onStatus`.
 const PROGRESS_INTERVAL_MS: f64 = 250.0;
 
@@ -310,6 +313,8 @@ enum Input {
     },
     /// The page asked the worker to leave.
     Stop,
+    /// The event loop had a turn: jobs put off for it may start.
+    Resume,
     /// The task module is compiled (or could not be had).
     ModuleLoaded(Result<Rc<LoadedModule>, Error>),
 }
@@ -586,6 +591,10 @@ struct Run {
     handler: Option<JobHandler>,
     /// Jobs received while the task module is being fetched and compiled.
     held: Vec<(JobId, Bytes)>,
+    /// Jobs put off to a later turn of the event loop, and the jobs that created an
+    /// instance in this turn (see [`INSTANCES_PER_TURN`]).
+    put_off: std::collections::VecDeque<(JobId, Bytes)>,
+    instances_this_turn: usize,
     draining: bool,
     deadline: Option<f64>,
     closing: Option<Ending>,
@@ -683,6 +692,8 @@ async fn connect_once(inner: &Rc<Inner>) -> (Ending, bool) {
                 phase: Phase::Connecting,
                 handler: None,
                 held: Vec::new(),
+                put_off: Default::default(),
+                instances_this_turn: 0,
                 draining: false,
                 closing: None,
                 ended: None,
@@ -735,6 +746,7 @@ impl Run {
             Input::Socket(event) => self.on_socket(event),
             Input::Done { id, outcome, job } => self.on_done(id, outcome, job),
             Input::Stop => self.stop(),
+            Input::Resume => self.resume(),
             Input::ModuleLoaded(loaded) => self.on_module(loaded),
         }
     }
@@ -943,6 +955,23 @@ impl Run {
             self.held.push((id, payload));
             return;
         };
+        if handler.instance_per_job() {
+            // A fresh WebAssembly instance per job: the browser frees the memory of those
+            // that ran only once its event loop turns, so a batch of them in one turn could
+            // run out of it. The rest wait for the next turn.
+            if self.instances_this_turn >= INSTANCES_PER_TURN || !self.put_off.is_empty() {
+                if self.put_off.is_empty() {
+                    let tx = self.tx.clone();
+                    spawn_local(async move {
+                        TimeoutFuture::new(0).await;
+                        let _ = tx.unbounded_send(Input::Resume);
+                    });
+                }
+                self.put_off.push_back((id, payload));
+                return;
+            }
+            self.instances_this_turn += 1;
+        }
         let keep_job = self.inner.on_result.borrow().is_some();
         if let Some(outcome) = handler.handle_now(&payload) {
             self.on_done(id, outcome, keep_job.then_some(payload));
@@ -977,9 +1006,19 @@ impl Run {
         }
     }
 
+    /// A new turn of the event loop: the jobs put off start (as many as one turn takes).
+    fn resume(&mut self) {
+        self.instances_this_turn = 0;
+        let waiting = std::mem::take(&mut self.put_off);
+        for (id, payload) in waiting {
+            self.start_job(id, payload);
+        }
+    }
+
     /// Sends the results of this turn in one frame, reports progress, and closes if that
     /// was the last job.
     fn end_of_turn(&mut self) {
+        self.instances_this_turn = 0;
         if self.phase != Phase::Running {
             return;
         }

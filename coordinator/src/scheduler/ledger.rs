@@ -228,7 +228,7 @@ impl Scheduler {
             }
             Some(held) => held,
         };
-        self.workers.return_credit(worker);
+        self.workers.return_credit(worker, now);
         let Some(mut job) = job else {
             self.tallies.duplicates += 1;
             return; // already answered by another worker

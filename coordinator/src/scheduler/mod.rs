@@ -9,7 +9,9 @@
 //! it and gives the freed credit its next job; the result receiver takes outcomes in
 //! batches. Tasks are woken only after the lock is released, and only when they wait.
 //!
-//! - **Credit**: a worker never holds more unanswered jobs than the capacity it declared.
+//! - **Credit**: a worker never holds more unanswered jobs than the capacity it declared;
+//!   with adaptive windows (the default), than the window it has earned by answering
+//!   faster with more in hand (see `window`).
 //! - **Round-robin**: workers with free credit wait in a ring; each dispatch takes the
 //!   first, gives it one job and puts it back at the end if it still has credit (O(1)).
 //! - **Nothing lost**: every job stays in the in-flight table with its frame until its
@@ -28,6 +30,7 @@
 //!   with it, the tasks woken once the lock is released, and the metrics it counts.
 //! - `dispatch`: admitting new jobs, and handing waiting jobs to workers with credit.
 //! - `workers`: the connected workers, their credit, and the round-robin ring.
+//! - `window`: each worker's credit window, grown while a larger one makes it faster.
 //! - `ledger`: the in-flight table (first outcome wins, handler failures retried, lost
 //!   jobs requeued) and the leases.
 //! - `outcomes`: outcomes waiting for the result receiver, and the end of work.
@@ -41,6 +44,7 @@ mod outcomes;
 mod report;
 #[cfg(test)]
 mod tests;
+mod window;
 mod workers;
 
 use std::collections::VecDeque;

@@ -16,8 +16,12 @@ pub struct WorkerSnapshot {
     pub kind: String,
     /// Its address.
     pub addr: SocketAddr,
-    /// The credit window granted.
+    /// The credit window granted now (see
+    /// [`Config::adaptive_windows`](crate::Config::adaptive_windows)).
     pub capacity: usize,
+    /// The capacity the worker declared (within the coordinator's limit): the largest its
+    /// window gets.
+    pub declared: usize,
     /// Jobs it holds now.
     pub in_flight: usize,
     /// Jobs it answered.

@@ -23,8 +23,17 @@ use crate::{
     JobError,
 };
 
-/// A hub with a job side and a result side.
+/// A hub with a job side and a result side, and fixed windows (every worker holds what it
+/// declared at once; the adaptive window has its own tests).
 fn hub(config: Config) -> Hub {
+    adaptive_hub(Config {
+        adaptive_windows: false,
+        ..config
+    })
+}
+
+/// A hub with a job side and a result side, as configured.
+fn adaptive_hub(config: Config) -> Hub {
     Hub::new(
         config,
         true,
@@ -250,6 +259,43 @@ fn a_handler_failure_is_retried_then_reported() {
     let got = one_outcome(&hub);
     assert!(matches!(&got.result, Err(JobError::Failed(m)) if m == "boom again"));
     assert_eq!(hub.stats().failed, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_starts_at_two_and_grows_to_the_capacity_when_the_worker_is_fast() {
+    let hub = adaptive_hub(Config {
+        queue_capacity: 100_000,
+        ..Config::default()
+    });
+    let w = join(&hub, 64);
+    submit(&hub, 20_000);
+    let mut held = sent(&hub, w);
+    assert_eq!(held.len(), 2, "a new worker starts with two jobs");
+    let mut sizes = vec![2];
+    // Each millisecond the worker answers everything it holds, in one batch of results: at
+    // two jobs a millisecond, 250 ms of work is more than its capacity.
+    for _ in 0..300 {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        let mut batch = std::mem::take(&mut held)
+            .into_iter()
+            .map(|id| {
+                Incoming::Result(JobResult {
+                    id,
+                    outcome: Ok(Bytes::from_static(b"done")),
+                })
+            })
+            .collect();
+        hub.settle(w, &mut batch);
+        outcomes(&hub);
+        held = sent(&hub, w);
+        if sizes.last() != Some(&held.len()) {
+            sizes.push(held.len());
+        }
+        assert!(held.len() <= 64);
+    }
+    assert_eq!(sizes, [2, 64], "its capacity at the first measurement");
+    assert_eq!(hub.snapshot()[0].capacity, 64);
+    assert_eq!(hub.snapshot()[0].declared, 64);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! The connected workers: each one's credit, outbox and superseded jobs, and the
-//! round-robin ring of those with credit to spare.
+//! The connected workers: each one's credit (within its [`Window`]), outbox and superseded
+//! jobs, and the round-robin ring of those with credit to spare.
 
 use std::{
     collections::VecDeque,
@@ -11,7 +11,7 @@ use distchan_protocol::{wire::WorkerKind, JobId};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tokio::{sync::Notify, time::Instant};
 
-use super::{hub::Wakes, Scheduler, WorkerId};
+use super::{hub::Wakes, window::Window, Scheduler, WorkerId};
 use crate::{
     connection::{Joining, Outgoing},
     stats,
@@ -33,7 +33,7 @@ pub(super) struct Worker {
     /// Jobs it answered.
     pub(super) done: u64,
     /// The credit window granted: most jobs it holds at once.
-    pub(super) capacity: usize,
+    pub(super) window: Window,
     /// Jobs it holds: those running on it, and those in `superseded`.
     pub(super) held: usize,
     /// Jobs it still holds that run elsewhere now, or were answered by another worker or
@@ -55,7 +55,7 @@ impl Worker {
         if self.draining {
             0
         } else {
-            self.capacity.saturating_sub(self.held)
+            self.window.size().saturating_sub(self.held)
         }
     }
 
@@ -143,12 +143,12 @@ impl Workers {
         self.ring.is_empty()
     }
 
-    /// Adds a worker with credit for `capacity` jobs, at the end of the ring; `end_sent`
-    /// tells it end-of-work at once.
+    /// Adds a worker with `window`, at the end of the ring; `end_sent` tells it end-of-work
+    /// at once.
     fn add(
         &mut self,
         j: Joining,
-        capacity: usize,
+        window: Window,
         end_sent: bool,
         wakes: &mut Wakes,
     ) -> (WorkerId, Arc<Notify>) {
@@ -163,7 +163,7 @@ impl Workers {
             joined: Instant::now(),
             last_seen: j.last_seen,
             done: 0,
-            capacity,
+            window,
             held: 0,
             superseded: HashSet::default(),
             draining: false,
@@ -177,7 +177,7 @@ impl Workers {
         self.by_kind[stats::kind_index(worker.kind)] += 1;
         self.map.insert(id, worker);
         self.ring.push_back(id);
-        self.free_credit += capacity;
+        self.free_credit += worker_free(&self.map, id);
         (id, wake)
     }
 
@@ -254,19 +254,21 @@ impl Workers {
         })
     }
 
-    /// Worker `wid` answered one of the jobs it held: the credit comes back (unless it is
-    /// draining), and it takes its turn in the ring again if it had left it.
-    pub fn return_credit(&mut self, wid: WorkerId) {
+    /// Worker `wid` answered one of the jobs it held at `now`: the credit comes back (unless
+    /// it is draining; its window may have changed size meanwhile), and it takes its turn in
+    /// the ring again if it had left it.
+    pub fn return_credit(&mut self, wid: WorkerId, now: Instant) {
         let Some(w) = self.map.get_mut(&wid) else {
             return;
         };
+        let before = w.free();
+        w.window.on_result(now);
         w.held -= 1;
-        if !w.draining {
-            self.free_credit += 1;
-            if !w.in_ring {
-                w.in_ring = true;
-                self.ring.push_back(wid);
-            }
+        let after = w.free();
+        self.free_credit = self.free_credit + after - before;
+        if after > 0 && !w.in_ring {
+            w.in_ring = true;
+            self.ring.push_back(wid);
         }
     }
 
@@ -277,6 +279,11 @@ impl Workers {
             w.superseded.insert(id);
         }
     }
+}
+
+/// The credit worker `id` has free.
+fn worker_free(map: &HashMap<WorkerId, Worker>, id: WorkerId) -> usize {
+    map.get(&id).map_or(0, Worker::free)
 }
 
 impl Scheduler {
@@ -290,7 +297,8 @@ impl Scheduler {
             return None;
         }
         let capacity = j.capacity.clamp(1, self.config.max_capacity.max(1)) as usize;
-        let joined = self.workers.add(j, capacity, self.end_sent, wakes);
+        let window = Window::new(capacity, self.config.adaptive_windows);
+        let joined = self.workers.add(j, window, self.end_sent, wakes);
         wakes.workers = Some(self.workers.len());
         self.dispatch(Instant::now(), wakes);
         Some(joined)

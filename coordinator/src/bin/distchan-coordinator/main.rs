@@ -168,6 +168,10 @@ struct ServerArgs {
     /// Show a worker's address from its X-Forwarded-For header (only behind a proxy that sets it).
     #[arg(long, global = true, env = "DISTCHAN_TRUST_FORWARDED_FOR")]
     trust_forwarded_for: bool,
+    /// Give every worker the capacity it declares at once, instead of a window that starts
+    /// at two jobs and grows while that makes the worker faster.
+    #[arg(long, global = true, env = "DISTCHAN_FIXED_WINDOWS")]
+    fixed_windows: bool,
     /// Folder with the volunteer page and dashboard, served at `/` [default: ./www if present]
     #[arg(long, global = true, env = "DISTCHAN_STATIC_DIR")]
     static_dir: Option<PathBuf>,
@@ -229,6 +233,7 @@ impl ServerArgs {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             max_pending_connections: self.max_pending_connections,
             trust_forwarded_for: self.trust_forwarded_for,
+            adaptive_windows: !self.fixed_windows,
             task: task.map(str::to_owned),
             module_limits: Limits {
                 memory_bytes: self.module_memory_mb << 20,
