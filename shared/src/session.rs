@@ -301,7 +301,18 @@ impl WorkerSession {
             self.ready.push_back(full.finish());
         }
         self.results.push(id, &outcome);
+        if self.results.frame_len() >= limit {
+            // Full: it may go at once (see `next_full_result_frame`).
+            let full = std::mem::take(&mut self.results);
+            self.ready.push_back(full.finish());
+        }
         Ok(())
+    }
+
+    /// The next frame of results that is full already (a large result fills one alone),
+    /// oldest first: a worker may send it at once instead of at the end of its turn.
+    pub fn next_full_result_frame(&mut self) -> Option<Bytes> {
+        self.ready.pop_front()
     }
 
     /// The next frame of results pushed with [`WorkerSession::push_result`], oldest first;
@@ -705,7 +716,32 @@ mod tests {
         s.handle_frame(&welcome()).unwrap();
         s.handle_frame(&batch(&[1, 2, 3])).unwrap();
         let big = Bytes::from(vec![0u8; RESULTS_BATCH_BYTES - 100]);
-        for id in 1..=3 {
+        s.push_result(JobId(1), Ok(Bytes::from_static(b"\xa1a")))
+            .unwrap();
+        assert_eq!(
+            s.next_full_result_frame(),
+            None,
+            "a small result waits for the turn"
+        );
+        // A result as large as a batch: what waited goes first, then it, alone, at once.
+        let huge = Bytes::from(vec![0u8; RESULTS_BATCH_BYTES]);
+        s.push_result(JobId(2), Ok(huge.clone())).unwrap();
+        for id in [1, 2] {
+            let full = s
+                .next_full_result_frame()
+                .expect("full frames may go at once");
+            assert!(matches!(
+                wire::decode_to_coordinator(&full).unwrap(),
+                ToCoordinator::Result(r) if r.id == JobId(id)
+            ));
+        }
+        s.push_result(JobId(3), Ok(huge.clone())).unwrap();
+        assert!(
+            s.next_full_result_frame().is_some(),
+            "a large result fills a frame alone"
+        );
+        s.handle_frame(&batch(&[4, 5, 6])).unwrap();
+        for id in 4..=6 {
             s.push_result(JobId(id), Ok(big.clone())).unwrap();
         }
         let frames: Vec<Bytes> = std::iter::from_fn(|| s.next_result_frame()).collect();
@@ -714,7 +750,7 @@ mod tests {
             3,
             "each near-limit result in a frame of its own"
         );
-        for (frame, id) in frames.iter().zip(1..) {
+        for (frame, id) in frames.iter().zip(4..) {
             let ToCoordinator::Result(r) = wire::decode_to_coordinator(frame).unwrap() else {
                 panic!("one result per frame")
             };

@@ -661,6 +661,8 @@ impl ResultsWriter {
 
     /// Appends the result of job `id`.
     pub fn push(&mut self, id: JobId, outcome: &Outcome) {
+        // One growth, so a large result is copied once.
+        self.buf.reserve(outcome_len(outcome) + 24);
         put_result_element(&mut self.buf, id, outcome);
         self.count += 1;
     }

@@ -607,11 +607,15 @@ where
         Continue(())
     }
 
-    /// Adds the outcome of job `id` to the results sent with the next flush.
+    /// Adds the outcome of job `id` to the results sent with the next flush; a frame of
+    /// results that is full already (a large result) is fed at once.
     async fn answer(&mut self, id: JobId, outcome: Outcome) -> Step {
         match self.session.push_result(id, outcome) {
             Ok(()) => self.unflushed = true,
             Err(e) => tracing::warn!(error = %e, "reply not sent"),
+        }
+        while let Some(frame) = self.session.next_full_result_frame() {
+            self.feed(frame).await?;
         }
         Continue(())
     }
