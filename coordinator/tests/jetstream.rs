@@ -913,25 +913,31 @@ fn submit_without_a_broker_exits_1_saying_so() {
 /// cannot reach the queue.
 #[test]
 fn serve_without_a_broker_exits_1_saying_so() {
-    let (code, stderr) = run_briefly(
-        &common::coordinator_bin(),
-        &[
-            "serve",
-            "--queue",
-            "nats://127.0.0.1:1",
-            "--task",
-            "capitalize",
-            "--listen",
-            "127.0.0.1:0",
-            "--local-workers",
-            "0",
-        ],
-    );
+    let (code, stderr) = serve_briefly("nats://127.0.0.1:1", "capitalize");
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("cannot reach the queue at nats://127.0.0.1:1"),
         "{stderr}"
     );
+}
+
+/// `distchan-coordinator serve` on `queue` running `task`, with no local workers, expected
+/// to exit by itself: its exit code and standard error.
+fn serve_briefly(queue: &str, task: &str) -> (i32, String) {
+    run_briefly(
+        &common::coordinator_bin(),
+        &[
+            "serve",
+            "--queue",
+            queue,
+            "--task",
+            task,
+            "--listen",
+            "127.0.0.1:0",
+            "--local-workers",
+            "0",
+        ],
+    )
 }
 
 /// A coordinator that runs another task than the queue's coordinators is refused (exit 1,
@@ -940,21 +946,7 @@ fn serve_without_a_broker_exits_1_saying_so() {
 #[test]
 fn a_coordinator_running_another_task_is_refused() {
     let mut scene = Scene::new(1, 0, &[]);
-    let queue = scene.nats.url();
-    let (code, stderr) = run_briefly(
-        &common::coordinator_bin(),
-        &[
-            "serve",
-            "--queue",
-            &queue,
-            "--task",
-            "add",
-            "--listen",
-            "127.0.0.1:0",
-            "--local-workers",
-            "0",
-        ],
-    );
+    let (code, stderr) = serve_briefly(&scene.nats.url(), "add");
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("run task capitalize, and this one runs task add"),

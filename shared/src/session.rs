@@ -288,25 +288,27 @@ impl WorkerSession {
     /// [`WorkerSession::result_frame`].
     pub fn push_result(&mut self, id: JobId, outcome: Result<Bytes, String>) -> Result<()> {
         let outcome = self.answered(id, outcome)?;
-        let size = match &outcome {
-            Ok(payload) => payload.len(),
-            Err(message) => message.len(),
-        };
+        let size = wire::outcome_len(&outcome);
         let limit = match self.welcome.as_ref().map(|w| w.max_frame as usize) {
             Some(max) if max > 0 => (max / 2).min(RESULTS_BATCH_BYTES),
             _ => RESULTS_BATCH_BYTES,
         };
         if !self.results.is_empty() && self.results.frame_len() + size > limit {
-            let full = std::mem::take(&mut self.results);
-            self.ready.push_back(full.finish());
+            let full = self.seal_results();
+            self.ready.push_back(full);
         }
         self.results.push(id, &outcome);
         if self.results.frame_len() >= limit {
             // Full: it may go at once (see `next_full_result_frame`).
-            let full = std::mem::take(&mut self.results);
-            self.ready.push_back(full.finish());
+            let full = self.seal_results();
+            self.ready.push_back(full);
         }
         Ok(())
+    }
+
+    /// The frame of the results being written; a new one begins.
+    fn seal_results(&mut self) -> Bytes {
+        std::mem::take(&mut self.results).finish()
     }
 
     /// The next frame of results that is full already (a large result fills one alone),
@@ -324,7 +326,7 @@ impl WorkerSession {
         if self.results.is_empty() {
             return None;
         }
-        Some(std::mem::take(&mut self.results).finish())
+        Some(self.seal_results())
     }
 
     /// Counts job `id` as answered and runs `outcome` through the transform chain.

@@ -513,7 +513,7 @@ fn without_pair(tag: &[u8]) -> &[u8] {
 }
 
 /// Bytes of an outcome's body.
-fn outcome_len(outcome: &Outcome) -> usize {
+pub(crate) fn outcome_len(outcome: &Outcome) -> usize {
     match outcome {
         Ok(payload) => payload.len(),
         Err(message) => message.len(),

@@ -175,9 +175,9 @@ impl Workers {
             worker.send(Outgoing::EndOfWork, wakes);
         }
         self.by_kind[stats::kind_index(worker.kind)] += 1;
+        self.free_credit += worker.free();
         self.map.insert(id, worker);
         self.ring.push_back(id);
-        self.free_credit += worker_free(&self.map, id);
         (id, wake)
     }
 
@@ -279,11 +279,6 @@ impl Workers {
             w.superseded.insert(id);
         }
     }
-}
-
-/// The credit worker `id` has free.
-fn worker_free(map: &HashMap<WorkerId, Worker>, id: WorkerId) -> usize {
-    map.get(&id).map_or(0, Worker::free)
 }
 
 impl Scheduler {
