@@ -67,7 +67,10 @@ use serde::{de::DeserializeOwned, Serialize};
 /// Its `Debug` output never shows the access token (nor the AES key of a transform).
 #[derive(Clone)]
 pub struct Options {
-    /// Most unanswered jobs the coordinator may send at once (the credit window).
+    /// Most unanswered jobs the coordinator may send at once: the ceiling of the credit
+    /// window, which the coordinator sizes from the worker's measured speed (256 by
+    /// default: tiny jobs need that many in flight to keep a worker busy; for jobs of a
+    /// megabyte or more, a lower ceiling bounds the memory they hold on both sides).
     pub capacity: u32,
     /// Jobs run at the same time by [`serve`](fn@serve) and friends.
     pub concurrency: usize,
@@ -112,7 +115,7 @@ impl Default for Options {
     fn default() -> Self {
         let concurrency = std::thread::available_parallelism().map_or(1, |n| n.get());
         Options {
-            capacity: 32,
+            capacity: 256,
             concurrency,
             inline_handlers: true,
             token: None,

@@ -25,7 +25,8 @@ struct Args {
     /// Jobs run at the same time (default: number of cores).
     #[arg(long, env = "DISTCHAN_CONCURRENCY")]
     concurrency: Option<usize>,
-    /// Unanswered jobs the coordinator may send at once (default: 4 x concurrency).
+    /// Most unanswered jobs the coordinator may send at once; it sizes the window below
+    /// that from this worker's measured speed [default: 256].
     #[arg(long, env = "DISTCHAN_CAPACITY")]
     capacity: Option<u32>,
     /// Access token the coordinator requires.
@@ -81,10 +82,9 @@ async fn run(args: Args) -> Result<(), Error> {
     if let Some(c) = args.concurrency {
         options.concurrency = c.max(1);
     }
-    options.capacity = args
-        .capacity
-        .unwrap_or((options.concurrency * 4) as u32)
-        .max(1);
+    if let Some(capacity) = args.capacity {
+        options.capacity = capacity.max(1);
+    }
     options.token = args.token;
     options.reconnect = !args.once;
     options.agent = args.agent;

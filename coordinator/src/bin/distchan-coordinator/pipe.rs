@@ -28,7 +28,7 @@
 //! run resumes).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     fmt,
     fs::{File, OpenOptions},
     io::{BufRead, IsTerminal, Read, Write},
@@ -38,6 +38,8 @@ use std::{
 };
 
 use clap::{Args, ValueEnum};
+// Keys are job ids and line numbers, not chosen by anyone outside: a fast hash is enough.
+use rustc_hash::FxHashMap as HashMap;
 use distchan_coordinator::{
     journal::{Journal, Record},
     Error, JobSender,
@@ -175,10 +177,10 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> 
 
     let stop = CancellationToken::new();
     let interrupts = watch_interrupts(stop.clone());
-    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<Line>();
+    let (lines_tx, mut lines_rx) = mpsc::unbounded_channel::<Vec<Line>>();
     let (journal, skip, prior) = match resume {
         Some(r) => (Some(r.journal), r.skip, r.prior),
-        None => (None, HashMap::new(), Tally::default()),
+        None => (None, HashMap::default(), Tally::default()),
     };
     let reader = tokio::spawn(read_input(
         args.input.clone(),
@@ -199,8 +201,8 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> 
     loop {
         tokio::select! {
             biased;
-            line = lines_rx.recv(), if lines_open => match line {
-                Some(line) => order.line(line, &sink, &mut group)?,
+            lines = lines_rx.recv(), if lines_open => match lines {
+                Some(lines) => order.lines(lines, &sink, &mut group)?,
                 None => lines_open = false,
             },
             n = results.recv_many(&mut batch, GROUP) => {
@@ -208,8 +210,8 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> 
                     break;
                 }
                 // Take what the reader reported meanwhile first, so results find their line.
-                while let Ok(line) = lines_rx.try_recv() {
-                    order.line(line, &sink, &mut group)?;
+                while let Ok(lines) = lines_rx.try_recv() {
+                    order.lines(lines, &sink, &mut group)?;
                 }
                 for outcome in batch.drain(..) {
                     let answer = match outcome.result {
@@ -228,8 +230,8 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> 
     }
     // Every job is answered: what the reader still reported (lines replayed from the
     // journal, or in ordered mode the lines after the last job) goes out too.
-    while let Some(line) = lines_rx.recv().await {
-        order.line(line, &sink, &mut group)?;
+    while let Some(lines) = lines_rx.recv().await {
+        order.lines(lines, &sink, &mut group)?;
     }
     order.finish(&mut group)?;
     tally.add(&group);
@@ -292,13 +294,14 @@ fn open_output(path: &Path) -> Result<File, Error> {
         .map_err(|e| Error::config(format!("cannot open the output {}: {e}", path.display())))
 }
 
-/// Reads the input line by line: sends a job for every line that needs one, and tells the
-/// writer what became of each line, in order.
+/// Reads the input a buffer at a time: the lines complete in it go to the workers in one
+/// [`JobSender::send_many`] (one step through the scheduler, not one per line), and the
+/// writer learns what became of each line, in order, in one message per buffer.
 async fn read_input(
     input: PathBuf,
     on_bad_line: OnBadLine,
     jobs: JobSender<JsonText>,
-    lines: mpsc::UnboundedSender<Line>,
+    lines: mpsc::UnboundedSender<Vec<Line>>,
     skip: HashMap<u64, Skip>,
     stop: CancellationToken,
 ) -> Result<InputSummary, Error> {
@@ -309,71 +312,160 @@ async fn read_input(
             Error::config(format!("cannot read the input {}: {e}", input.display()))
         })?)
     };
-    let mut reader = BufReader::with_capacity(1 << 16, source).lines();
-    let mut summary = InputSummary::default();
-    let mut number = 0u64;
-    loop {
+    let mut reader = BufReader::with_capacity(1 << 16, source);
+    let mut lines_in = LineSplitter::default();
+    let mut read = Reading {
+        summary: InputSummary::default(),
+        on_bad_line,
+        skip,
+        events: Vec::new(),
+        texts: Vec::new(),
+        slots: Vec::new(),
+    };
+    let mut eof = false;
+    while !eof && !read.summary.stopped_early {
         // An interruption stops the reading even while it waits for input (a terminal, or
         // a producer that is still writing).
-        let text = tokio::select! {
+        let chunk = tokio::select! {
             biased;
             () = stop.cancelled() => {
-                summary.interrupted = true;
+                read.summary.interrupted = true;
                 break;
             }
-            text = reader.next_line() => match text? {
-                Some(text) => text,
-                None => break,
-            },
+            chunk = reader.fill_buf() => chunk?,
         };
-        number += 1;
-        summary.lines = number;
-        let event = match skip.get(&number) {
+        eof = chunk.is_empty();
+        let used = lines_in.split(chunk, eof, |text| read.line(text));
+        reader.consume(used);
+        if !read.texts.is_empty() {
+            let ids = jobs.send_many(read.texts.drain(..)).await?;
+            for (slot, id) in read.slots.drain(..).zip(ids) {
+                if let Line::Job { id: job, .. } = &mut read.events[slot] {
+                    *job = id.0;
+                }
+            }
+        }
+        if !read.events.is_empty() {
+            let _ = lines.send(std::mem::take(&mut read.events));
+        }
+    }
+    Ok(read.summary) // dropping `jobs` here means "no more work"
+}
+
+/// Cuts a byte stream into lines (without their `\n` or `\r\n`), holding a line that spans
+/// buffers until its end arrives.
+#[derive(Default)]
+struct LineSplitter {
+    /// The start of a line whose end is not read yet.
+    partial: Vec<u8>,
+}
+
+impl LineSplitter {
+    /// Hands every line completed by `chunk` to `line` (the last one, without a newline,
+    /// at the end of the input: `eof`) until it returns `false`; returns the bytes of
+    /// `chunk` used up.
+    fn split(&mut self, chunk: &[u8], eof: bool, mut line: impl FnMut(&[u8]) -> bool) -> usize {
+        let mut used = 0;
+        for end in memchr::memchr_iter(b'\n', chunk) {
+            let piece = &chunk[used..end];
+            used = end + 1;
+            let go_on = if self.partial.is_empty() {
+                line(trim_cr(piece))
+            } else {
+                self.partial.extend_from_slice(piece);
+                let whole = std::mem::take(&mut self.partial);
+                line(trim_cr(&whole))
+            };
+            if !go_on {
+                return used;
+            }
+        }
+        self.partial.extend_from_slice(&chunk[used..]);
+        if eof && !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            line(trim_cr(&last));
+        }
+        chunk.len()
+    }
+}
+
+/// `line` without the `\r` of a `\r\n` ending.
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The reader's state while it goes through one buffer of lines.
+struct Reading {
+    summary: InputSummary,
+    on_bad_line: OnBadLine,
+    /// Lines whose result is already durable.
+    skip: HashMap<u64, Skip>,
+    /// What became of each line of the buffer, in order.
+    events: Vec<Line>,
+    /// The jobs of the buffer's lines, in order.
+    texts: Vec<JsonText>,
+    /// Where each job's event is in `events` (its id is filled in once sent).
+    slots: Vec<usize>,
+}
+
+impl Reading {
+    /// Takes the next input line; `false` once the reading must stop (a bad line with
+    /// `--on-bad-line fail`).
+    fn line(&mut self, bytes: &[u8]) -> bool {
+        self.summary.lines += 1;
+        let number = self.summary.lines;
+        let event = match self.skip.get(&number) {
             Some(Skip::Written) => {
-                summary.already_written += 1;
+                self.summary.already_written += 1;
                 Line::Nothing { line: number }
             }
             Some(Skip::Journaled(offset)) => {
-                summary.replayed += 1;
+                self.summary.replayed += 1;
                 Line::Replay {
                     line: number,
                     offset: *offset,
                 }
             }
-            None if text.trim().is_empty() => Line::Nothing { line: number },
-            None => match serde_json::from_str::<IgnoredAny>(&text) {
-                Ok(_) => {
-                    let id = jobs.send(JsonText(text)).await?;
-                    summary.jobs += 1;
+            None if bytes.trim_ascii().is_empty() => Line::Nothing { line: number },
+            None => match json_text(bytes) {
+                Ok(text) => {
+                    self.summary.jobs += 1;
+                    self.slots.push(self.events.len());
+                    self.texts.push(text);
                     Line::Job {
                         line: number,
-                        id: id.0,
+                        id: 0,
                     }
                 }
                 Err(e) => {
-                    summary.bad_lines += 1;
+                    self.summary.bad_lines += 1;
                     notice(
                         Level::WARN,
                         format_args!(
-                            "line {number}: not valid JSON ({e}); {}",
-                            match on_bad_line {
+                            "line {number}: {e}; {}",
+                            match self.on_bad_line {
                                 OnBadLine::Skip => "skipped",
                                 OnBadLine::Fail => "stopping",
                             }
                         ),
                     );
-                    if on_bad_line == OnBadLine::Fail {
-                        summary.stopped_early = true;
-                        let _ = lines.send(Line::Nothing { line: number });
-                        break;
+                    if self.on_bad_line == OnBadLine::Fail {
+                        self.summary.stopped_early = true;
                     }
                     Line::Nothing { line: number }
                 }
             },
         };
-        let _ = lines.send(event);
+        self.events.push(event);
+        !self.summary.stopped_early
     }
-    Ok(summary) // dropping `jobs` here means "no more work"
+}
+
+/// The job of an input line, or why the line is not one JSON value.
+fn json_text(bytes: &[u8]) -> Result<JsonText, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("not valid UTF-8 ({e})"))?;
+    serde_json::from_str::<IgnoredAny>(text).map_err(|e| format!("not valid JSON ({e})"))?;
+    Ok(JsonText(text.to_owned()))
 }
 
 /// A job's result before its input line is known: the value as JSON text, or the error.
@@ -397,11 +489,18 @@ impl Order {
     fn new(ordered: bool) -> Self {
         Order {
             ordered,
-            line_of: HashMap::new(),
-            early: HashMap::new(),
+            line_of: HashMap::default(),
+            early: HashMap::default(),
             pending: VecDeque::new(),
             front: 1,
         }
+    }
+
+    /// The reader's account of some lines, in order.
+    fn lines(&mut self, lines: Vec<Line>, sink: &Sink, out: &mut Vec<Written>) -> Result<(), Error> {
+        lines
+            .into_iter()
+            .try_for_each(|line| self.line(line, sink, out))
     }
 
     /// The reader's account of one line.
@@ -478,21 +577,31 @@ impl Order {
 
 /// The result line of input line `line`, answered by job `id`.
 fn render(line: u64, id: u64, answer: Answer) -> Written {
-    match answer {
-        Ok(value) => Written {
-            line,
-            text: format!(r#"{{"id":{id},"line":{line},"value":{value}}}"#),
-            failed: false,
-        },
-        Err(message) => Written {
-            line,
-            text: format!(
-                r#"{{"error":{},"id":{id},"line":{line}}}"#,
-                serde_json::Value::String(message)
-            ),
-            failed: true,
-        },
+    let (failed, value) = match answer {
+        Ok(value) => (false, value),
+        Err(message) => (true, serde_json::Value::String(message).to_string()),
+    };
+    let (mut ids, mut lines) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let (id, number) = (ids.format(id), lines.format(line));
+    let mut text = String::with_capacity(value.len() + id.len() + number.len() + 32);
+    // {"id":N,"line":L,"value":V} or {"error":E,"id":N,"line":L}
+    if failed {
+        text.push_str(r#"{"error":"#);
+        text.push_str(&value);
+        text.push(',');
+    } else {
+        text.push('{');
     }
+    text.push_str(r#""id":"#);
+    text.push_str(id);
+    text.push_str(r#","line":"#);
+    text.push_str(number);
+    if !failed {
+        text.push_str(r#","value":"#);
+        text.push_str(&value);
+    }
+    text.push('}');
+    Written { line, text, failed }
 }
 
 /// Writes result lines: into the journal first (made durable), then into the output, in
@@ -631,7 +740,7 @@ impl Resume {
         }
         let output = args.output.as_deref().expect("checked by run");
         let written = repair_output(output)?;
-        let mut journaled: HashMap<u64, u64> = HashMap::with_capacity(found.len());
+        let mut journaled: HashMap<u64, u64> = HashMap::with_capacity_and_hasher(found.len(), Default::default());
         for f in found {
             if let Ok(bytes) = <[u8; 8]>::try_from(f.key.as_slice()) {
                 journaled.insert(u64::from_le_bytes(bytes), f.offset);
@@ -720,7 +829,7 @@ fn repair_output(path: &Path) -> Result<Output, Error> {
         error: Option<IgnoredAny>,
     }
     let mut out = Output {
-        lines: HashMap::new(),
+        lines: HashMap::default(),
         tally: Tally::default(),
     };
     for text in BufRead::lines(&bytes[..whole]) {
@@ -842,6 +951,50 @@ impl Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lines `chunks` make, fed one after the other (the last one at the end of input).
+    fn split_all(chunks: &[&[u8]]) -> Vec<String> {
+        let mut splitter = LineSplitter::default();
+        let mut lines = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let used = splitter.split(chunk, i + 1 == chunks.len(), |line| {
+                lines.push(String::from_utf8(line.to_vec()).unwrap());
+                true
+            });
+            assert_eq!(used, chunk.len());
+        }
+        lines
+    }
+
+    #[test]
+    fn lines_are_cut_across_buffers_without_their_endings() {
+        assert_eq!(
+            split_all(&[b"\"a\"\r\n\"b", b"c\"\n\n", b"\"long", b"er\"\r", b"\n\"last\"", b""]),
+            ["\"a\"", "\"bc\"", "", "\"longer\"", "\"last\""]
+        );
+        assert_eq!(split_all(&[b"1\n2\n", b""]), ["1", "2"]);
+    }
+
+    #[test]
+    fn the_splitter_stops_where_it_is_told_and_says_how_far_it_read() {
+        let mut splitter = LineSplitter::default();
+        let mut seen = Vec::new();
+        let used = splitter.split(b"1\n2\n3\n", false, |line| {
+            seen.push(line.to_vec());
+            line != b"2"
+        });
+        assert_eq!(used, 4, "up to and with the end of line 2");
+        assert_eq!(seen, [b"1".to_vec(), b"2".to_vec()]);
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_or_not_json_is_refused_with_the_reason() {
+        assert_eq!(json_text(br#"{"a": [1, "\u00e9"]}"#).unwrap().0, r#"{"a": [1, "\u00e9"]}"#);
+        let bad = json_text(b"\"caf\xe9\"").err().unwrap();
+        assert!(bad.starts_with("not valid UTF-8"), "{bad}");
+        let bad = json_text(b"{not json").err().unwrap();
+        assert!(bad.starts_with("not valid JSON"), "{bad}");
+    }
 
     #[test]
     fn a_torn_last_line_is_cut_and_whole_lines_are_read() {
