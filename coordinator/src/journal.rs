@@ -78,17 +78,23 @@ impl Record {
         }
     }
 
-    fn body(&self) -> Vec<u8> {
+    /// Appends this record, framed (body length, CRC-32 of the body, body), to `buf`.
+    fn write_framed(&self, buf: &mut Vec<u8>) {
         let (tag, data) = match &self.outcome {
             Ok(bytes) => (OK, bytes.as_slice()),
             Err(message) => (ERR, message.as_bytes()),
         };
-        let mut body = Vec::with_capacity(5 + self.key.len() + data.len());
-        body.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
-        body.extend_from_slice(&self.key);
-        body.push(tag);
-        body.extend_from_slice(data);
-        body
+        let body_len = 4 + self.key.len() + 1 + data.len();
+        buf.reserve(8 + body_len);
+        buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+        let crc_at = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&(self.key.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&self.key);
+        buf.push(tag);
+        buf.extend_from_slice(data);
+        let crc = crc32fast::hash(&buf[crc_at + 4..]);
+        buf[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
     }
 
     fn from_body(body: &[u8]) -> Option<Record> {
@@ -302,11 +308,8 @@ impl Journal {
         let mut buf = Vec::with_capacity(records.len() * 64);
         let mut offsets = Vec::with_capacity(records.len());
         for record in records {
-            let body = record.body();
             offsets.push(*end + buf.len() as u64);
-            buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-            buf.extend_from_slice(&body);
+            record.write_framed(&mut buf);
         }
         let io_error = |source: io::Error| JournalError::Io {
             path: self.path.clone(),

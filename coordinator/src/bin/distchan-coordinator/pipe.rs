@@ -39,7 +39,6 @@ use std::{
 
 use clap::{Args, ValueEnum};
 // Keys are job ids and line numbers, not chosen by anyone outside: a fast hash is enough.
-use rustc_hash::FxHashMap as HashMap;
 use distchan_coordinator::{
     journal::{Journal, Record},
     Error, JobSender,
@@ -49,6 +48,7 @@ use distchan_protocol::{
     module, tasks,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+use rustc_hash::FxHashMap as HashMap;
 use serde::{de::IgnoredAny, Deserialize};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -65,6 +65,10 @@ use crate::{
 
 /// Results written (and journaled) per group.
 const GROUP: usize = 4096;
+
+/// Groups that may wait for the writer; those waiting when it is free are written (and
+/// synced) together.
+const WAITING_GROUPS: usize = 8;
 
 /// Options of pipe mode.
 #[derive(Debug, Clone, Args)]
@@ -497,7 +501,12 @@ impl Order {
     }
 
     /// The reader's account of some lines, in order.
-    fn lines(&mut self, lines: Vec<Line>, sink: &Sink, out: &mut Vec<Written>) -> Result<(), Error> {
+    fn lines(
+        &mut self,
+        lines: Vec<Line>,
+        sink: &Sink,
+        out: &mut Vec<Written>,
+    ) -> Result<(), Error> {
         lines
             .into_iter()
             .try_for_each(|line| self.line(line, sink, out))
@@ -615,22 +624,39 @@ struct Sink {
 
 impl Sink {
     fn start(journal: Option<Journal>, mut output: Box<dyn Write + Send>) -> Sink {
-        let (groups, rx) = std::sync::mpsc::sync_channel::<Vec<Written>>(2);
+        let (groups, rx) = std::sync::mpsc::sync_channel::<Vec<Written>>(WAITING_GROUPS);
         let journal = journal.map(Arc::new);
         let writer_journal = journal.clone();
         let thread = std::thread::spawn(move || {
             let mut text = Vec::with_capacity(GROUP * 64);
-            for group in rx {
-                if let Some(journal) = &writer_journal {
-                    let records: Vec<Record> = group.iter().map(Written::record).collect();
-                    journal
-                        .append(&records)
-                        .map_err(|e| Error::config(e.to_string()))?;
+            let mut records = Vec::with_capacity(GROUP);
+            while let Ok(mut group) = rx.recv() {
+                // Groups that came while the last one was written go together: one disk
+                // sync for all of them.
+                while let Ok(more) = rx.try_recv() {
+                    group.extend(more);
                 }
                 text.clear();
-                for w in &group {
-                    text.extend_from_slice(w.text.as_bytes());
-                    text.push(b'\n');
+                match &writer_journal {
+                    Some(journal) => {
+                        records.clear();
+                        records.extend(group.into_iter().map(Written::into_record));
+                        journal
+                            .append(&records)
+                            .map_err(|e| Error::config(e.to_string()))?;
+                        for record in &records {
+                            if let Ok(line) = &record.outcome {
+                                text.extend_from_slice(line);
+                                text.push(b'\n');
+                            }
+                        }
+                    }
+                    None => {
+                        for w in &group {
+                            text.extend_from_slice(w.text.as_bytes());
+                            text.push(b'\n');
+                        }
+                    }
                 }
                 output.write_all(&text)?;
                 output.flush()?;
@@ -644,7 +670,7 @@ impl Sink {
         }
     }
 
-    /// Hands a group over (waits while two are being written).
+    /// Hands a group over (waits while [`WAITING_GROUPS`] wait for the writer).
     fn write(&mut self, group: Vec<Written>) -> Result<(), Error> {
         if group.is_empty() {
             return Ok(());
@@ -691,11 +717,8 @@ impl Sink {
 
 impl Written {
     /// This line's journal record: keyed by its input line, the result line as it is.
-    fn record(&self) -> Record {
-        Record::ok(
-            self.line.to_le_bytes().to_vec(),
-            self.text.clone().into_bytes(),
-        )
+    fn into_record(self) -> Record {
+        Record::ok(self.line.to_le_bytes().to_vec(), self.text.into_bytes())
     }
 }
 
@@ -740,7 +763,8 @@ impl Resume {
         }
         let output = args.output.as_deref().expect("checked by run");
         let written = repair_output(output)?;
-        let mut journaled: HashMap<u64, u64> = HashMap::with_capacity_and_hasher(found.len(), Default::default());
+        let mut journaled: HashMap<u64, u64> =
+            HashMap::with_capacity_and_hasher(found.len(), Default::default());
         for f in found {
             if let Ok(bytes) = <[u8; 8]>::try_from(f.key.as_slice()) {
                 journaled.insert(u64::from_le_bytes(bytes), f.offset);
@@ -969,7 +993,14 @@ mod tests {
     #[test]
     fn lines_are_cut_across_buffers_without_their_endings() {
         assert_eq!(
-            split_all(&[b"\"a\"\r\n\"b", b"c\"\n\n", b"\"long", b"er\"\r", b"\n\"last\"", b""]),
+            split_all(&[
+                b"\"a\"\r\n\"b",
+                b"c\"\n\n",
+                b"\"long",
+                b"er\"\r",
+                b"\n\"last\"",
+                b""
+            ]),
             ["\"a\"", "\"bc\"", "", "\"longer\"", "\"last\""]
         );
         assert_eq!(split_all(&[b"1\n2\n", b""]), ["1", "2"]);
@@ -989,7 +1020,10 @@ mod tests {
 
     #[test]
     fn a_line_that_is_not_utf8_or_not_json_is_refused_with_the_reason() {
-        assert_eq!(json_text(br#"{"a": [1, "\u00e9"]}"#).unwrap().0, r#"{"a": [1, "\u00e9"]}"#);
+        assert_eq!(
+            json_text(br#"{"a": [1, "\u00e9"]}"#).unwrap().0,
+            r#"{"a": [1, "\u00e9"]}"#
+        );
         let bad = json_text(b"\"caf\xe9\"").err().unwrap();
         assert!(bad.starts_with("not valid UTF-8"), "{bad}");
         let bad = json_text(b"{not json").err().unwrap();
