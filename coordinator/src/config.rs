@@ -57,6 +57,14 @@ pub struct Config {
     /// fast worker gets a deep window and a slow one (a tab computing heavy jobs) does not
     /// hoard jobs others could run. Off, every worker gets the capacity it declared at once.
     pub adaptive_windows: bool,
+    /// Give each worker one job per turn of the round-robin, as the Go package did: with
+    /// `N` workers that take every job they are offered, job `v` goes to worker `v mod N`.
+    /// Off (the default), a worker's turn goes on while the jobs already given to it have
+    /// not left yet (its connection is still busy sending), up to 16 jobs and its free
+    /// credit: when jobs come faster than connections send them, consecutive jobs travel
+    /// in one message to one worker instead of one message to each of many workers. When
+    /// they come slower, every turn is one job either way.
+    pub strict_turns: bool,
     /// Origins (e.g. `http://localhost:8080`) from which browser workers may connect.
     /// Empty accepts every origin. Connections without an `Origin` header (native
     /// workers) are not affected.
@@ -109,6 +117,7 @@ impl std::fmt::Debug for Config {
             max_workers,
             max_capacity,
             adaptive_windows,
+            strict_turns,
             allowed_origins,
             task,
             module_limits,
@@ -135,6 +144,7 @@ impl std::fmt::Debug for Config {
             .field("max_workers", max_workers)
             .field("max_capacity", max_capacity)
             .field("adaptive_windows", adaptive_windows)
+            .field("strict_turns", strict_turns)
             .field("allowed_origins", allowed_origins)
             .field("task", task)
             .field("module_limits", module_limits)
@@ -166,6 +176,7 @@ impl Default for Config {
             max_workers: 100_000,
             max_capacity: 4096,
             adaptive_windows: true,
+            strict_turns: false,
             allowed_origins: Vec::new(),
             task: None,
             module_limits: Limits::default(),

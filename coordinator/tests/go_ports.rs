@@ -387,10 +387,12 @@ async fn a_batch_with_a_job_that_cannot_be_encoded_queues_nothing() {
 }
 
 /// The Go package's semantics: every worker takes what it declared at once (it had no
-/// adaptive windows), so round-robin gives worker i exactly the values v % 10 == i.
+/// adaptive windows) and one job per turn, so round-robin gives worker i exactly the values
+/// v % 10 == i.
 fn go() -> Config {
     Config {
         adaptive_windows: false,
+        strict_turns: true,
         ..Config::default()
     }
 }

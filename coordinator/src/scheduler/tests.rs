@@ -347,9 +347,17 @@ fn the_line_takes_queue_capacity_jobs_beyond_the_free_credit() {
     assert_eq!(sent(&hub, w), ids(1..2));
 }
 
+/// Fixed windows and strict turns: one job per worker per turn, as in the Go package.
+fn strict() -> Config {
+    Config {
+        strict_turns: true,
+        ..Config::default()
+    }
+}
+
 #[test]
 fn jobs_go_round_robin_over_workers_with_credit() {
-    let hub = hub(Config::default());
+    let hub = hub(strict());
     let workers = [join(&hub, 2), join(&hub, 2), join(&hub, 2)];
     submit(&hub, 6);
     let got: Vec<Vec<JobId>> = workers.iter().map(|&w| sent(&hub, w)).collect();
@@ -367,6 +375,35 @@ fn jobs_go_round_robin_over_workers_with_credit() {
     submit(&hub, 2);
     assert_eq!(sent(&hub, workers[1]), ids(6..7));
     assert_eq!(sent(&hub, workers[0]), ids(7..8));
+}
+
+#[test]
+fn a_turn_carries_consecutive_jobs_while_they_wait_to_leave() {
+    let hub = hub(Config::default());
+    let workers = [join(&hub, 4), join(&hub, 4), join(&hub, 4)];
+    submit(&hub, 6);
+    assert_eq!(
+        sent(&hub, workers[0]),
+        ids(0..4),
+        "nothing left yet: the turn goes on, up to the worker's free credit"
+    );
+    assert_eq!(sent(&hub, workers[1]), ids(4..6));
+    // Its connection took them: the turn is over, and the next worker's starts.
+    submit(&hub, 1);
+    assert_eq!(sent(&hub, workers[2]), ids(6..7));
+    submit(&hub, 1);
+    assert_eq!(
+        sent(&hub, workers[1]),
+        ids(7..8),
+        "back in the ring after its turn, with two credits left"
+    );
+
+    // A turn carries at most TURN_MAX jobs, however much credit is free.
+    let deep = self::hub(Config::default());
+    let workers = [join(&deep, 64), join(&deep, 64)];
+    submit(&deep, super::TURN_MAX + 3);
+    assert_eq!(sent(&deep, workers[0]).len(), super::TURN_MAX);
+    assert_eq!(sent(&deep, workers[1]).len(), 3);
 }
 
 #[tokio::test(start_paused = true)]

@@ -41,7 +41,7 @@ pub(super) struct Worker {
     pub(super) superseded: HashSet<JobId>,
     /// True once it asked to leave: it gets no more jobs.
     pub(super) draining: bool,
-    /// True while its id is in the ring.
+    /// True while its id is in the ring, or it has its turn.
     in_ring: bool,
     /// What the connection's writer sends next.
     pub(super) outbox: Vec<Outgoing>,
@@ -93,6 +93,11 @@ pub(super) struct Workers {
     by_kind: [usize; stats::KINDS.len()],
     /// The id the next worker gets.
     next_id: WorkerId,
+    /// The worker whose turn it is (out of the ring meanwhile), and how many more jobs its
+    /// turn may carry.
+    turn: Option<(WorkerId, usize)>,
+    /// Most jobs one turn carries (1: strict round-robin).
+    turn_max: usize,
 }
 
 impl Default for Workers {
@@ -103,6 +108,8 @@ impl Default for Workers {
             free_credit: 0,
             by_kind: [0; stats::KINDS.len()],
             next_id: 1,
+            turn: None,
+            turn_max: 1,
         }
     }
 }
@@ -138,9 +145,14 @@ impl Workers {
         self.free_credit
     }
 
-    /// True when no worker waits in the ring.
+    /// True when no worker waits in the ring and none has its turn.
     pub fn ring_is_empty(&self) -> bool {
-        self.ring.is_empty()
+        self.ring.is_empty() && self.turn.is_none()
+    }
+
+    /// Lets one turn carry up to `jobs` jobs (1: strict round-robin).
+    pub fn set_turn_max(&mut self, jobs: usize) {
+        self.turn_max = jobs.max(1);
     }
 
     /// Adds a worker with `window`, at the end of the ring; `end_sent` tells it end-of-work
@@ -184,6 +196,9 @@ impl Workers {
     /// Removes worker `id` and its free credit.
     fn remove(&mut self, id: WorkerId) -> Option<Worker> {
         let w = self.map.remove(&id)?;
+        if self.turn.is_some_and(|(wid, _)| wid == id) {
+            self.turn = None;
+        }
         self.free_credit -= w.free();
         self.by_kind[stats::kind_index(w.kind)] -= 1;
         // Workers that left stay in the ring until picked; do not let them pile up.
@@ -203,9 +218,18 @@ impl Workers {
         Some(w)
     }
 
-    /// Takes the first worker of the ring that has credit and does not already hold `job`
-    /// (it may, when the job's lease ran out while that worker still works on it).
+    /// The worker for the next job: the one whose turn it is while its turn goes on (see
+    /// [`Workers::turn_goes_on`]), else the first of the ring that has credit and does not
+    /// already hold `job` (it may, when the job's lease ran out while that worker still
+    /// works on it), whose turn starts.
     pub fn pick(&mut self, job: Option<JobId>) -> Option<WorkerId> {
+        if let Some((wid, left)) = self.turn {
+            if self.turn_goes_on(wid, left, job) {
+                self.turn = Some((wid, left - 1));
+                return Some(wid);
+            }
+            self.end_turn();
+        }
         let mut passed = 0;
         while passed < self.ring.len() {
             let id = self.ring.pop_front()?;
@@ -218,23 +242,47 @@ impl Workers {
                 self.ring.push_back(id);
                 passed += 1;
             } else {
+                self.turn = Some((id, self.turn_max - 1));
                 return Some(id);
             }
         }
         None
     }
 
-    /// Hands job `id`'s frame to worker `wid`, picked for it: the worker uses one credit,
-    /// and goes back to the end of the ring if it has more.
+    /// True when worker `wid`, whose turn may carry `left` more jobs, takes `job` too: it
+    /// has credit, does not hold `job` already, and the jobs of its turn are still in its
+    /// outbox (they leave together; once its connection took them, the turn is over).
+    fn turn_goes_on(&self, wid: WorkerId, left: usize, job: Option<JobId>) -> bool {
+        left > 0
+            && self.map.get(&wid).is_some_and(|w| {
+                w.free() > 0
+                    && !w.outbox.is_empty()
+                    && !job.is_some_and(|job| w.superseded.contains(&job))
+            })
+    }
+
+    /// Ends the current turn: its worker goes back to the end of the ring if it has credit.
+    fn end_turn(&mut self) {
+        let Some((wid, _)) = self.turn.take() else {
+            return;
+        };
+        if let Some(w) = self.map.get_mut(&wid) {
+            if w.free() > 0 {
+                self.ring.push_back(wid);
+            } else {
+                w.in_ring = false;
+            }
+        }
+    }
+
+    /// Hands job `id`'s frame to worker `wid`, picked for it: the worker uses one credit.
     pub fn hand_over(&mut self, id: JobId, frame: bytes::Bytes, wid: WorkerId, wakes: &mut Wakes) {
         let w = self.map.get_mut(&wid).expect("picked workers exist");
         w.held += 1;
         self.free_credit -= 1;
         w.send(Outgoing::Job(id, frame), wakes);
-        if w.free() > 0 {
-            self.ring.push_back(wid);
-        } else {
-            w.in_ring = false;
+        if w.free() == 0 || self.turn_max == 1 {
+            self.end_turn();
         }
     }
 

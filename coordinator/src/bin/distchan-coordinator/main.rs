@@ -172,6 +172,10 @@ struct ServerArgs {
     /// at two jobs and grows while that makes the worker faster.
     #[arg(long, global = true, env = "DISTCHAN_FIXED_WINDOWS")]
     fixed_windows: bool,
+    /// Give each worker one job per turn of the round-robin (job v to worker v mod N, as the
+    /// Go package did), instead of consecutive jobs while its connection is still sending.
+    #[arg(long, global = true, env = "DISTCHAN_STRICT_TURNS")]
+    strict_turns: bool,
     /// Folder with the volunteer page and dashboard, served at `/` [default: ./www if present]
     #[arg(long, global = true, env = "DISTCHAN_STATIC_DIR")]
     static_dir: Option<PathBuf>,
@@ -234,6 +238,7 @@ impl ServerArgs {
             max_pending_connections: self.max_pending_connections,
             trust_forwarded_for: self.trust_forwarded_for,
             adaptive_windows: !self.fixed_windows,
+            strict_turns: self.strict_turns,
             task: task.map(str::to_owned),
             module_limits: Limits {
                 memory_bytes: self.module_memory_mb << 20,
