@@ -88,7 +88,7 @@ pub use job_error::JobError;
 pub use keyed::KeyedSend;
 pub use module::TaskModule;
 pub use result::{JobOutcome, ResultReceiver};
-pub use scheduler::{ShutdownReport, WorkerSnapshot};
+pub use scheduler::{ShutdownReport, WorkerShare, WorkerSnapshot, MAX_SHARES};
 pub use stats::Stats;
 pub use tls::TlsConfig;
 

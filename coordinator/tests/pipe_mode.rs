@@ -90,6 +90,11 @@ fn pipe_mode_succeeds_on_clean_input() {
     let (code, lines, stderr) = run_pipe("\"x\"\n\"y\"\n", &[]);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(lines.len(), 2);
+    // Who did what: the one local worker, all of it.
+    assert!(
+        stderr.contains("(local worker 1, native): 2 jobs (100.0%)"),
+        "{stderr}"
+    );
 }
 
 fn example(name: &str) -> String {

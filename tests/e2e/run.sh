@@ -134,6 +134,12 @@ grep -Eq "^summary: .*, 0 failed, .*, 0 re-dispatched" "$LOG_DIR/guarded.out" ||
     grep -E "^summary|failed" "$LOG_DIR/guarded.out" "$LOG_DIR/guarded.err" | head -n 20 >&2
     exit 1
 }
+# Who did what: the summary lists the tab's threads (gone by then) with their shares.
+grep -Eq "^  worker [0-9]+ \(.*, browser\): [0-9]+ jobs \([0-9.]+%\)" "$LOG_DIR/guarded.out" || {
+    echo "e2e: the summary does not list the tab's workers and their shares:" >&2
+    grep -A 12 "^summary" "$LOG_DIR/guarded.out" >&2
+    exit 1
+}
 echo "ok: the tab drained and left twenty times; no job failed or was dispatched again"
 passed=$((passed + 1))
 

@@ -419,9 +419,15 @@ impl Hub {
             }
             wakes.results = true;
             wakes.workers = Some(0);
+            let mut shares = std::mem::take(&mut s.departed);
+            let connected = s.workers.iter().filter(|(_, w)| w.done > 0);
+            shares.extend(connected.map(|(&id, w)| w.share(id)));
+            shares.sort_unstable_by_key(|share| share.id);
+            shares.truncate(super::MAX_SHARES);
             ShutdownReport {
                 unfinished,
                 workers: s.workers.len(),
+                shares,
             }
         })
     }

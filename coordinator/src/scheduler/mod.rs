@@ -53,7 +53,7 @@ use crate::{config::Config, queue::JobQueue, stats::Tallies};
 
 pub(crate) use hub::{Batch, Hub, Submit, Take};
 pub(crate) use outcomes::RawOutcome;
-pub use report::{ShutdownReport, WorkerSnapshot};
+pub use report::{ShutdownReport, WorkerShare, WorkerSnapshot, MAX_SHARES};
 
 use ledger::Ledger;
 use workers::Workers;
@@ -88,6 +88,8 @@ struct Scheduler {
     receiver: bool,
     /// The id the next value a worker emits on its own gets.
     next_emitted: u64,
+    /// The workers that left after answering jobs (up to [`MAX_SHARES`]).
+    departed: Vec<WorkerShare>,
     /// True once every worker was told end-of-work.
     end_sent: bool,
     /// True once the coordinator has shut down.
@@ -111,6 +113,7 @@ impl Scheduler {
             outcomes: VecDeque::new(),
             receiver: results,
             next_emitted: EMITTED_ID_BASE,
+            departed: Vec::new(),
             end_sent: false,
             shut_down: false,
             tallies: Tallies::default(),

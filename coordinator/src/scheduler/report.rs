@@ -1,7 +1,7 @@
 //! What the coordinator reports about the scheduler's state: its workers, and what was
 //! left unfinished at shutdown.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use distchan_protocol::JobId;
 
@@ -41,4 +41,47 @@ pub struct ShutdownReport {
     pub unfinished: Vec<JobId>,
     /// Workers connected when the coordinator shut down.
     pub workers: usize,
+    /// Every worker that answered at least one job, connected or gone, by id (the first
+    /// [`MAX_SHARES`] of them): who did what.
+    pub shares: Vec<WorkerShare>,
+}
+
+/// Most workers a [`ShutdownReport`] lists in its shares (a long run with volunteers
+/// coming and going may see more).
+pub const MAX_SHARES: usize = 100_000;
+
+/// One worker's part of the work, as a [`ShutdownReport`] lists it.
+///
+/// ```
+/// use std::time::Duration;
+/// use distchan_coordinator::WorkerShare;
+///
+/// let share = WorkerShare {
+///     id: 3,
+///     agent: "local worker 1".into(),
+///     kind: "native".into(),
+///     done: 5_000,
+///     connected: Duration::from_secs(2),
+/// };
+/// assert_eq!(share.rate(), 2_500.0);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerShare {
+    /// The worker's id (as the dashboard and the logs show it).
+    pub id: u64,
+    /// What the worker called itself.
+    pub agent: String,
+    /// Native, browser or other.
+    pub kind: String,
+    /// Jobs it answered.
+    pub done: u64,
+    /// How long it was connected.
+    pub connected: Duration,
+}
+
+impl WorkerShare {
+    /// Jobs it answered per second of its connection.
+    pub fn rate(&self) -> f64 {
+        self.done as f64 / self.connected.as_secs_f64().max(1e-3)
+    }
 }

@@ -406,6 +406,27 @@ fn a_turn_carries_consecutive_jobs_while_they_wait_to_leave() {
     assert_eq!(sent(&deep, workers[1]).len(), 3);
 }
 
+#[test]
+fn the_shutdown_report_says_who_did_what_including_workers_gone() {
+    let hub = hub(strict());
+    let (a, b, c) = (join(&hub, 4), join(&hub, 4), join(&hub, 4));
+    submit(&hub, 5);
+    for (worker, ids) in [(a, [0, 3]), (b, [1, 4])] {
+        for id in ids {
+            answer(&hub, worker, JobId(id), Ok("done"));
+        }
+    }
+    hub.leave(a, "closed by the worker");
+    answer(&hub, c, JobId(2), Ok("done"));
+    let report = hub.shut_down();
+    let shares: Vec<(WorkerId, u64)> = report.shares.iter().map(|s| (s.id, s.done)).collect();
+    assert_eq!(shares, [(a, 2), (b, 2), (c, 1)]);
+    assert!(report
+        .shares
+        .iter()
+        .all(|s| s.agent == "test" && s.kind == "native"));
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_overrun_lease_hands_the_job_to_another_worker() {
     let hub = hub(leased());

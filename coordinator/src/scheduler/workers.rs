@@ -11,7 +11,7 @@ use distchan_protocol::{wire::WorkerKind, JobId};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tokio::{sync::Notify, time::Instant};
 
-use super::{hub::Wakes, window::Window, Scheduler, WorkerId};
+use super::{hub::Wakes, window::Window, Scheduler, WorkerId, WorkerShare, MAX_SHARES};
 use crate::{
     connection::{Joining, Outgoing},
     stats,
@@ -56,6 +56,17 @@ impl Worker {
             0
         } else {
             self.window.size().saturating_sub(self.held)
+        }
+    }
+
+    /// Its part of the work so far; `id` is its id.
+    pub(super) fn share(&self, id: WorkerId) -> WorkerShare {
+        WorkerShare {
+            id,
+            agent: self.agent.clone(),
+            kind: stats::kind_label(self.kind).to_owned(),
+            done: self.done,
+            connected: self.joined.elapsed(),
         }
     }
 
@@ -367,6 +378,9 @@ impl Scheduler {
         let Some(w) = self.workers.remove(worker) else {
             return;
         };
+        if w.done > 0 && self.departed.len() < MAX_SHARES {
+            self.departed.push(w.share(worker));
+        }
         let running = if w.held > w.superseded.len() {
             self.ledger.running_on(worker)
         } else {

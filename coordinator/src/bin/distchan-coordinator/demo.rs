@@ -13,7 +13,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tracing::Level;
 
 use crate::{
-    announce,
+    announce, shares,
     workload::{words, Picture, PictureSpec, Progress},
     ServerArgs,
 };
@@ -254,6 +254,9 @@ where
         stats.redelivered,
         stats.duplicates,
     );
+    for line in shares::describe(&report.shares) {
+        println!("{line}");
+    }
     if args.verify {
         println!("verify: {checked} results checked, {rejected} mismatches");
     }

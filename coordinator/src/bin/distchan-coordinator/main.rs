@@ -7,6 +7,8 @@
 //! - `distchan-coordinator serve --queue nats://HOST:PORT --task NAME`: one of several
 //!   coordinators sharing a queue on NATS JetStream, see [`serve`].
 //!
+//! - [`shares`]: who did what, at the end of a demo or pipe run.
+//!
 //! Every setting is a flag with an environment-variable twin; logs go to stderr through
 //! `tracing` (`RUST_LOG=debug` for more), as text or, with `--log-format json`, as JSON
 //! lines (then every line on stderr is one; see `distchan_protocol::logging`).
@@ -15,6 +17,7 @@ mod demo;
 mod json;
 mod pipe;
 mod serve;
+mod shares;
 mod workload;
 
 use std::{

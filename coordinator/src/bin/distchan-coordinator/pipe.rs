@@ -60,7 +60,7 @@ use tracing::Level;
 use crate::{
     announce,
     json::{task_of, JsonText, ResultJson},
-    ServerArgs,
+    shares, ServerArgs,
 };
 
 /// Results written (and journaled) per group.
@@ -249,8 +249,11 @@ pub async fn run(server: &ServerArgs, args: &PipeArgs) -> Result<RunEnd, Error> 
     let lines = summary.jobs + summary.replayed + summary.already_written;
     progress.update(tally, Some(lines));
     progress.finish();
+    let report = coordinator.shutdown().await;
     notice(Level::INFO, summary.describe(tally));
-    coordinator.shutdown().await;
+    for line in shares::describe(&report.shares) {
+        notice(Level::INFO, line);
+    }
     Ok(if summary.interrupted {
         RunEnd::Interrupted
     } else if tally.failed == 0 && summary.bad_lines == 0 && tally.done == lines {
