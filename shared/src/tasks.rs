@@ -169,8 +169,19 @@ fn colour(n: u32, max_iter: u32) -> [u8; 4] {
     if n >= max_iter {
         return [0, 0, 0, 255];
     }
-    // A cyclic palette; integer arithmetic only, so every platform agrees.
-    let k = n % 64;
+    // A cyclic palette along a logarithmic scale of the escape count, eight steps per
+    // doubling: neighbouring pixels get neighbouring colours whether they escape after 10
+    // or after 50,000 iterations, so the bands follow the set's outline at any depth (the
+    // count itself, cycled, is noise near the set). Integer arithmetic only, so every
+    // platform agrees.
+    let m = n + 1;
+    let octave = 31 - m.leading_zeros();
+    let eighths = if octave >= 3 {
+        (m >> (octave - 3)) & 7
+    } else {
+        (m << (3 - octave)) & 7
+    };
+    let k = ((octave * 8 + eighths) * 2) % 64;
     let ramp = |phase: u32| -> u8 {
         let v = (k + phase) % 64;
         let tri = if v < 32 { v } else { 63 - v };
