@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 const history = []; // [time ms, total done] over the last five minutes
 const perWorker = new Map(); // id -> {done, at, rate}
 const colours = new Map();
+let seenWorkers = false; // whether any worker was connected since the page opened
 const palette = ["#4cc2ff", "#ff7a59", "#5fd38d", "#f5c542", "#c17bff", "#ff5fa2", "#4de0c9", "#a3a3ff"];
 
 function colour(worker) {
@@ -34,7 +35,8 @@ function showStatus(s) {
   history.push([now, st.completed + st.failed]);
   while (history.length && now - history[0][0] > 300_000) history.shift();
   const recent = history.filter(([t]) => now - t <= 5000);
-  const rate = recent.length > 1
+  // With no worker connected nothing is computed, whatever the last seconds saw.
+  const rate = st.workers > 0 && recent.length > 1
     ? (recent.at(-1)[1] - recent[0][1]) / ((recent.at(-1)[0] - recent[0][0]) / 1000)
     : 0;
   $("f-rate").textContent = rate.toFixed(rate < 10 ? 1 : 0);
@@ -63,7 +65,9 @@ function showStatus(s) {
     return tr;
   });
   $("workers").replaceChildren(...rows);
+  if (s.workers.length > 0) seenWorkers = true;
   $("empty").hidden = s.workers.length > 0;
+  $("empty-what").textContent = seenWorkers ? "No worker connected now." : "No worker connected yet.";
 }
 
 function drawChart() {
@@ -76,12 +80,14 @@ function drawChart() {
     rates.push([t1, (d1 - d0) / Math.max((t1 - t0) / 1000, 1e-3)]);
   }
   const max = Math.max(1, ...rates.map(([, r]) => r));
-  const t0 = performance.now() - 300_000;
+  // The chart spans what it has seen, up to five minutes (not a sliver early in a run).
+  const t0 = Math.max(performance.now() - 300_000, history[0][0]);
+  const span = Math.max(performance.now() - t0, 1);
   g.strokeStyle = "#4cc2ff";
   g.lineWidth = 2;
   g.beginPath();
   rates.forEach(([t, r], i) => {
-    const x = ((t - t0) / 300_000) * c.width, y = c.height - 4 - (r / max) * (c.height - 20);
+    const x = ((t - t0) / span) * c.width, y = c.height - 4 - (r / max) * (c.height - 20);
     i ? g.lineTo(x, y) : g.moveTo(x, y);
   });
   g.stroke();

@@ -41,7 +41,7 @@ self.onmessage = (event) => {
   }
 };
 
-async function start({ url, token, capacity, index, threads }) {
+async function start({ url, token, capacity, index, threads, tab }) {
   let module;
   try {
     module = await wasm;
@@ -57,7 +57,7 @@ async function start({ url, token, capacity, index, threads }) {
     worker = new module.BrowserWorker(url, {
       capacity,
       token: token || undefined,
-      agent: `volunteer tab, thread ${index + 1}/${threads} (${navigator.userAgent})`,
+      agent: `volunteer tab ${tab}, thread ${index + 1}/${threads} (${navigator.userAgent})`,
       moduleRuntime,
     });
   } catch (err) {

@@ -7,6 +7,10 @@
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const token = params.get("token") || "";
+// A short name for this tab, so that the dashboard tells two tabs apart; kept while the tab
+// lives (a reload keeps it).
+const tabName = sessionStorage.getItem("distchan-tab") || Math.random().toString(16).slice(2, 6);
+sessionStorage.setItem("distchan-tab", tabName);
 const threadCount = clamp(Number(params.get("threads")) || navigator.hardwareConcurrency || 2, 1, 64);
 const capacity = clamp(Number(params.get("capacity")) || 64, 1, 1024);
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
@@ -68,7 +72,7 @@ function launch(index) {
     event.preventDefault();
     onThreadMessage(thread, { type: "end", ok: false, refused: false, reason: `the worker thread failed: ${event.message || "could not load volunteer-worker.js"}` });
   };
-  worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount });
+  worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount, tab: tabName });
   return thread;
 }
 
