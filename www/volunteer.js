@@ -6,7 +6,7 @@
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-const token = params.get("token") || "";
+$("token").value = params.get("token") || "";
 // A short name for this tab, so that the dashboard tells two tabs apart; kept while the tab
 // lives (a reload keeps it).
 const tabName = sessionStorage.getItem("distchan-tab") || Math.random().toString(16).slice(2, 6);
@@ -39,6 +39,11 @@ $("coordinator-url").textContent = wsUrl;
 $("thread-count").textContent = `${threadCount} background thread${threadCount === 1 ? "" : "s"}`;
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
+// Enter in the token field starts, as the Start button does.
+$("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  start();
+});
 
 function start() {
   if (threads.some((t) => !t.ended)) return;
@@ -72,6 +77,7 @@ function launch(index) {
     event.preventDefault();
     onThreadMessage(thread, { type: "end", ok: false, refused: false, reason: `the worker thread failed: ${event.message || "could not load volunteer-worker.js"}` });
   };
+  const token = $("token").value.trim();
   worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount, tab: tabName });
   return thread;
 }
