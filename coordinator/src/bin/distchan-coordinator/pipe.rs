@@ -38,7 +38,6 @@ use std::{
 };
 
 use clap::{Args, ValueEnum};
-// Keys are job ids and line numbers, not chosen by anyone outside: a fast hash is enough.
 use distchan_coordinator::{
     journal::{Journal, Record},
     Error, JobSender,
@@ -48,6 +47,7 @@ use distchan_protocol::{
     module, tasks,
 };
 use indicatif::{ProgressBar, ProgressStyle};
+// Keys are job ids and line numbers, not chosen by anyone outside: a fast hash is enough.
 use rustc_hash::FxHashMap as HashMap;
 use serde::{de::IgnoredAny, Deserialize};
 use tokio::{
