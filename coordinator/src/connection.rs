@@ -85,6 +85,8 @@ pub(crate) enum Outgoing {
     Job(JobId, Bytes),
     /// End-of-work: no more jobs will come.
     EndOfWork,
+    /// The job with this id, sent before, was cancelled.
+    Cancel(JobId),
     /// Close the connection with this code and reason.
     Close {
         /// The WebSocket close code.
@@ -365,6 +367,10 @@ async fn run(
                         }
                         Outgoing::Job(_, frame) => frame,
                         Outgoing::EndOfWork => match wire::encode_to_worker(&ToWorker::EndOfWork) {
+                            Ok(frame) => frame,
+                            Err(e) => return (CLOSE_POLICY, e.to_string()),
+                        },
+                        Outgoing::Cancel(id) => match wire::encode_to_worker(&ToWorker::Cancel(id)) {
                             Ok(frame) => frame,
                             Err(e) => return (CLOSE_POLICY, e.to_string()),
                         },

@@ -215,6 +215,33 @@ impl<J: Serialize> JobSender<J> {
         }
     }
 
+    /// Cancels job `id` (an id [`JobSender::send`] and its kin returned): returns `true`
+    /// when the job had no outcome yet, and `false` when it had one already (or no job has
+    /// that id).
+    ///
+    /// A cancelled job's outcome is [`JobError::Cancelled`](crate::JobError::Cancelled),
+    /// delivered once, like any other outcome: a result the job's worker sends afterwards
+    /// is dropped. A job still waiting in the line leaves it without being run. The worker
+    /// that holds one is told to stop it: a native worker drops the handler's future (an
+    /// async handler stops at its next `.await`; one that computes on a blocking thread
+    /// runs to its end); a task module's run and a browser tab's job run to their end, and
+    /// their answer is dropped. Until the worker answers, the job counts against its
+    /// credit. Keyed jobs' cancelled outcomes are not journaled: sending the key again runs
+    /// the job again.
+    ///
+    /// ```no_run
+    /// # async fn demo(jobs: distchan_coordinator::JobSender<String>) -> distchan_protocol::Result<()> {
+    /// let id = jobs.send("a long job".to_string()).await?;
+    /// // ... the caller no longer needs its result:
+    /// if jobs.cancel(id) {
+    ///     println!("job {id} cancelled; its outcome says so");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel(&self, id: JobId) -> bool {
+        self.inner.hub.cancel(id)
+    }
+
     /// True once the coordinator has stopped taking jobs.
     pub fn is_closed(&self) -> bool {
         self.inner.hub.is_shut_down()

@@ -26,4 +26,8 @@ pub enum JobError {
     /// ([`Error::Decode`]).
     #[error("the result could not be decoded: {0}")]
     Undecodable(#[source] Error),
+    /// The job was cancelled ([`JobSender::cancel`](crate::JobSender::cancel)) before it
+    /// had an outcome. (The metrics count it with the failed jobs.)
+    #[error("the job was cancelled")]
+    Cancelled,
 }

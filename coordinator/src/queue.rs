@@ -95,6 +95,19 @@ impl JobQueue {
         }
     }
 
+    /// Takes new job `id` out of the line (it was cancelled before any dispatch); `None`
+    /// when it is not there as a new job.
+    pub fn remove_new(&mut self, id: JobId) -> Option<NewJob> {
+        let at = self
+            .waiting
+            .iter()
+            .position(|w| matches!(w, Waiting::New(job) if job.id == id))?;
+        match self.waiting.remove(at) {
+            Some(Waiting::New(job)) => Some(job),
+            _ => None,
+        }
+    }
+
     /// The next job to dispatch.
     pub fn pop_front(&mut self) -> Option<Waiting> {
         let job = self.waiting.pop_front()?;

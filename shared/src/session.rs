@@ -109,6 +109,10 @@ pub enum Event {
     /// The coordinator checks that this worker's event loop is alive: send
     /// [`WorkerSession::pong_frame`] with this number.
     Ping(u64),
+    /// The coordinator cancelled this job: its answer will be dropped, so stop it if it
+    /// still runs, and answer it anyway (an error will do) to give the credit back. It may
+    /// name a job already answered: then there is nothing to do.
+    Cancel(JobId),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +248,9 @@ impl WorkerSession {
             }
             (Phase::Running | Phase::Draining | Phase::EndOfWork { .. }, ToWorker::Ping(n)) => {
                 Ok(Event::Ping(n))
+            }
+            (Phase::Running | Phase::Draining | Phase::EndOfWork { .. }, ToWorker::Cancel(id)) => {
+                Ok(Event::Cancel(id))
             }
             (_, other) => Err(Error::Unexpected(format!(
                 "{} is not expected now",
@@ -517,6 +524,7 @@ fn to_worker_name(msg: &ToWorker) -> &'static str {
         ToWorker::Jobs(_) => "jobs",
         ToWorker::EndOfWork => "end-of-work",
         ToWorker::Ping(_) => "a ping",
+        ToWorker::Cancel(_) => "a cancellation",
     }
 }
 
@@ -870,6 +878,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_cancellation_reaches_the_worker_and_the_job_is_still_answered() {
+        let mut s = WorkerSession::new(SessionConfig::native(2), TransformChain::new());
+        let cancel = wire::encode_to_worker(&ToWorker::Cancel(JobId(7))).unwrap();
+        assert!(
+            s.handle_frame(&cancel).is_err(),
+            "no cancellation before the welcome"
+        );
+        let mut s = WorkerSession::new(SessionConfig::native(2), TransformChain::new());
+        s.handle_frame(&welcome()).unwrap();
+        s.handle_frame(&job(7, payload::to_msgpack("a").unwrap()))
+            .unwrap();
+        assert_eq!(s.handle_frame(&cancel).unwrap(), Event::Cancel(JobId(7)));
+        assert_eq!(
+            s.outstanding(),
+            1,
+            "a cancelled job is answered all the same"
+        );
+        s.push_result(JobId(7), Err("cancelled".into())).unwrap();
+        assert_eq!(s.outstanding(), 0);
+    }
     #[test]
     fn a_close_after_the_end_of_the_work_is_a_clean_end() {
         let mut s = WorkerSession::new(SessionConfig::native(2), TransformChain::new());

@@ -41,6 +41,9 @@ use crate::{module::ModuleSpec, Error, Result};
 
 /// The protocol version this crate speaks.
 ///
+/// Version 4: the coordinator may tell a worker that a job it holds was cancelled
+/// ([`ToWorker::Cancel`]); a peer of version 3 would not understand it.
+///
 /// Version 3: jobs may come in batches ([`ToWorker::Jobs`]) and results may go in batches
 /// ([`ToCoordinator::Results`]); a peer of version 2 would not understand them, so it is
 /// refused with a version mismatch at the handshake.
@@ -49,7 +52,7 @@ use crate::{module::ModuleSpec, Error, Result};
 /// [`ToWorker::Ping`] (answered by [`ToCoordinator::Pong`]), and answers a worker's
 /// [`ToCoordinator::Drain`] with [`ToWorker::EndOfWork`] once every job it gave that worker
 /// has been sent.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Prefix of the WebSocket subprotocol name; the version number follows it.
 pub const SUBPROTOCOL_PREFIX: &str = "distchan.v";
@@ -254,6 +257,11 @@ pub enum ToWorker {
     /// same number. (WebSocket pings cannot tell: a browser answers them even when the
     /// page is frozen.)
     Ping(u64),
+    /// The job with this id, sent to this worker, was cancelled (version 4): its outcome is
+    /// settled and its answer will be dropped, so stop it if it still runs. The worker
+    /// answers it all the same (an error result will do): the answer gives the credit back.
+    /// It may name a job already answered; then there is nothing to do.
+    Cancel(JobId),
 }
 
 /// Messages from a worker to the coordinator.
@@ -880,6 +888,7 @@ mod borrowed {
         Jobs(Vec<Job<'a>>),
         EndOfWork,
         Ping(u64),
+        Cancel(JobId),
     }
 
     #[derive(Deserialize)]
@@ -941,6 +950,7 @@ fn serde_to_worker(frame: &Bytes) -> Result<ToWorker> {
         ),
         borrowed::ToWorker::EndOfWork => ToWorker::EndOfWork,
         borrowed::ToWorker::Ping(n) => ToWorker::Ping(n),
+        borrowed::ToWorker::Cancel(id) => ToWorker::Cancel(id),
     })
 }
 

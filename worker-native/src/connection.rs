@@ -521,6 +521,7 @@ where
                 Ok(frame) => self.feed(frame).await,
                 Err(e) => Break(Err(fail(&mut self.ws, e).await)),
             },
+            Ok(Event::Cancel(id)) => self.cancel(id).await,
             Ok(Event::Welcomed(_)) => unreachable!("the session rejects a second welcome"),
             Err(e) => {
                 tracing::warn!(error = %e, "closing the connection");
@@ -575,7 +576,9 @@ where
             match reply {
                 Reply::Result(id, outcome) => {
                     if let Some(Jobs::Run(runner)) = &mut self.jobs {
-                        runner.finished();
+                        if !runner.finished(id) {
+                            continue; // cancelled, and answered then
+                        }
                     }
                     self.answer(id, outcome).await?;
                     self.pump().await?;
@@ -587,6 +590,21 @@ where
             }
         }
         self.flush().await
+    }
+
+    /// The coordinator cancelled job `id`: the runner stops it and it is answered now, and
+    /// a job that waited for its place starts. Task modules' runs and the jobs of a job
+    /// stream go on to their end (their answers give the credit back).
+    async fn cancel(&mut self, id: JobId) -> Step {
+        let Some(Jobs::Run(runner)) = &mut self.jobs else {
+            return Continue(());
+        };
+        let Some((id, outcome)) = runner.cancel(id) else {
+            return Continue(());
+        };
+        tracing::debug!(%id, "job cancelled by the coordinator");
+        self.answer(id, outcome).await?;
+        self.pump().await
     }
 
     /// Tells the runner that a new round of jobs begins.

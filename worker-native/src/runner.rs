@@ -5,9 +5,11 @@
 //!
 //! The connection hands a [`Runner`] each job it reads and answers the outcomes the runner
 //! returns at once; jobs on tasks of their own report as [`Reply`]s on the runner's channel.
+//! A job the coordinator cancels is answered at once, and its handler's future is dropped
+//! (a waiting job's never starts).
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     future::{poll_fn, Future},
     panic::AssertUnwindSafe,
     sync::{
@@ -21,7 +23,7 @@ use std::{
 use bytes::Bytes;
 use distchan_protocol::{wire::Outcome, JobId};
 use futures_util::{future::BoxFuture, FutureExt};
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::AbortHandle};
 
 use crate::job::Reply;
 
@@ -32,6 +34,9 @@ pub const LONG_HANDLER: Duration = Duration::from_micros(50);
 /// Quick jobs in a row, on tasks of their own, before the connection task runs the handler
 /// itself.
 pub const CALIBRATION: u32 = 64;
+
+/// The answer to a job cancelled here (the coordinator drops it; it gives the credit back).
+pub(crate) const CANCELLED: &str = "cancelled";
 
 /// A job handler as the connection task runs it: plain MessagePack in, the outcome out.
 pub(crate) type Handler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Outcome> + Send + Sync>;
@@ -56,8 +61,8 @@ where
 pub(crate) struct Runner {
     handler: Handler,
     concurrency: usize,
-    /// Jobs running on tasks of their own.
-    running: usize,
+    /// Jobs running on tasks of their own, to stop one the coordinator cancels.
+    running: HashMap<JobId, AbortHandle>,
     /// Jobs received while `concurrency` jobs were running.
     backlog: VecDeque<(JobId, Bytes)>,
     /// True while the connection task runs the handler itself.
@@ -84,7 +89,7 @@ impl Runner {
         Runner {
             handler,
             concurrency,
-            running: 0,
+            running: HashMap::new(),
             backlog: VecDeque::new(),
             inline: false,
             may_inline,
@@ -103,7 +108,7 @@ impl Runner {
     /// the connection task ran the handler to the end; otherwise the outcome comes as a
     /// [`Reply`].
     pub async fn start(&mut self, id: JobId, payload: Bytes) -> Option<(JobId, Outcome)> {
-        if self.running >= self.concurrency {
+        if self.running.len() >= self.concurrency {
             self.backlog.push_back((id, payload));
             return None;
         }
@@ -134,10 +139,9 @@ impl Runner {
 
     /// Runs `job` on a task of its own, timing its start when `timed`.
     fn spawn(&mut self, id: JobId, mut job: BoxFuture<'static, Outcome>, timed: bool) {
-        self.running += 1;
         let replies = self.replies.clone();
         let quick = self.quick.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let outcome = if timed {
                 let started = Instant::now();
                 let polled = poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
@@ -155,17 +159,35 @@ impl Runner {
             };
             let _ = replies.send(Reply::Result(id, outcome)).await;
         });
+        self.running.insert(id, task.abort_handle());
     }
 
-    /// A job running on its own task finished.
-    pub fn finished(&mut self) {
-        self.running = self.running.saturating_sub(1);
+    /// Job `id`, which ran on its own task, finished: `false` when it was cancelled
+    /// meanwhile (it is answered already; this outcome is to be dropped).
+    pub fn finished(&mut self, id: JobId) -> bool {
+        self.running.remove(&id).is_some()
+    }
+
+    /// The coordinator cancelled job `id`: a waiting job is dropped, and a running one's
+    /// task is aborted (its handler's future dropped). Returns the answer to send for it,
+    /// or `None` when it is not here (answered already, or run on the connection task).
+    pub fn cancel(&mut self, id: JobId) -> Option<(JobId, Outcome)> {
+        if let Some(task) = self.running.remove(&id) {
+            task.abort();
+        } else {
+            let at = self
+                .backlog
+                .iter()
+                .position(|(waiting, _)| *waiting == id)?;
+            self.backlog.remove(at);
+        }
+        Some((id, Err(CANCELLED.to_owned())))
     }
 
     /// Starts waiting jobs while there is room; returns the first outcome of one that
     /// finished at once (call again until `None`).
     pub async fn pump(&mut self) -> Option<(JobId, Outcome)> {
-        while self.running < self.concurrency {
+        while self.running.len() < self.concurrency {
             let (id, payload) = self.backlog.pop_front()?;
             if let Some(done) = self.start(id, payload).await {
                 return Some(done);

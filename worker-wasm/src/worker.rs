@@ -7,7 +7,7 @@
 //! is the session's; this file only moves frames and reports what happened.
 //!
 //! What the loop does, in order:
-//! 1. opens the WebSocket offering the protocol's subprotocol (`distchan.v3`) and, once
+//! 1. opens the WebSocket offering the protocol's subprotocol (`distchan.v4`) and, once
 //!    open, sends the hello
 //!    ([`WorkerKind::Browser`](distchan_protocol::wire::WorkerKind::Browser), the
 //!    capacity, the token, the agent);
@@ -860,6 +860,10 @@ impl Run {
                 }
                 Err(e) => self.fail(e),
             },
+            // A job in a tab runs to its end (a module's or a handler's run cannot be
+            // interrupted from here); its answer, dropped by the coordinator, gives the
+            // credit back.
+            Ok(Event::Cancel(_)) => {}
             Err(e) => self.fail(e),
         }
     }

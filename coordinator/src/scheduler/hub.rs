@@ -256,6 +256,11 @@ impl Hub {
         self.room.take().await
     }
 
+    /// Cancels job `id`; see [`JobSender::cancel`](crate::JobSender::cancel).
+    pub fn cancel(&self, id: JobId) -> bool {
+        self.with(|s, wakes| s.cancel(id, wakes))
+    }
+
     /// Every sender is gone: no more jobs will come.
     pub fn close_jobs(&self) {
         self.with(|s, wakes| {

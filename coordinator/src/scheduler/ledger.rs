@@ -117,6 +117,19 @@ impl Ledger {
             .collect()
     }
 
+    /// Takes job `id` out of the table (it was cancelled): `None` when it is not there,
+    /// otherwise the worker running it, if one does (`None` while it waits again).
+    pub fn remove(&mut self, id: JobId) -> Option<Option<WorkerId>> {
+        let entry = self.table.remove(&id)?;
+        Some(match entry.state {
+            State::Running { worker, .. } => Some(worker),
+            State::Waiting => {
+                self.waiting_again -= 1;
+                None
+            }
+        })
+    }
+
     /// Enters job `id`, dispatched for the first time to `worker` at `now`.
     pub fn start(&mut self, id: JobId, frame: Bytes, worker: WorkerId, now: Instant) {
         self.table.insert(

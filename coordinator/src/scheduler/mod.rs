@@ -34,9 +34,11 @@
 //! - `ledger`: the in-flight table (first outcome wins, handler failures retried, lost
 //!   jobs requeued) and the leases.
 //! - `outcomes`: outcomes waiting for the result receiver, and the end of work.
+//! - `cancel`: a job cancelled by its sender, wherever it is.
 //! - `report`: what the coordinator reports about its workers and at shutdown.
 //! - `tests`: the scheduler driven directly, without sockets.
 
+mod cancel;
 mod dispatch;
 mod hub;
 mod ledger;

@@ -534,3 +534,77 @@ async fn a_superseded_run_failing_leaves_the_job_to_its_current_runner() {
     let got = one_outcome(&hub);
     assert_eq!(got.worker, Some(w2));
 }
+
+#[test]
+fn a_cancelled_job_in_the_line_leaves_it_and_its_place_is_free_again() {
+    let hub = hub(Config {
+        queue_capacity: 2,
+        ..Config::default()
+    });
+    assert_eq!(
+        submit(&hub, 2),
+        ids(0..2),
+        "no worker: both wait in the line"
+    );
+    assert!(hub.cancel(JobId(0)));
+    let got = one_outcome(&hub);
+    assert_eq!((got.id, got.worker), (JobId(0), None));
+    assert!(matches!(got.result, Err(JobError::Cancelled)));
+    assert!(!hub.cancel(JobId(0)), "a job is cancelled once");
+    assert!(outcomes(&hub).is_empty(), "and reported once");
+    assert_eq!(submit(&hub, 1), ids(2..3), "its place in the line is free");
+    assert!(matches!(
+        hub.try_submit(JobFrameBuilder::from_payload(b"job"), false),
+        Submit::NoRoom(_)
+    ));
+    let w = join(&hub, 4);
+    assert_eq!(sent(&hub, w), [JobId(1), JobId(2)], "job 0 is never run");
+}
+
+#[test]
+fn a_cancelled_running_job_is_reported_at_once_and_its_late_answer_gives_the_credit_back() {
+    let hub = hub(Config::default());
+    let w = join(&hub, 1);
+    submit(&hub, 2);
+    assert_eq!(sent(&hub, w), ids(0..1));
+    assert!(hub.cancel(JobId(0)));
+    let got = one_outcome(&hub);
+    assert!(matches!(got.result, Err(JobError::Cancelled)));
+    assert!(
+        matches!(outbox(&hub, w)[..], [Outgoing::Cancel(JobId(0))]),
+        "the worker is told to stop the job"
+    );
+    assert_eq!(
+        in_flight(&hub),
+        [(w, 1)],
+        "the job holds its credit until answered"
+    );
+    answer(&hub, w, JobId(0), Err("cancelled"));
+    assert!(outcomes(&hub).is_empty(), "the late answer is dropped");
+    assert_eq!(sent(&hub, w), ids(1..2), "its credit took the next job");
+    assert!(!hub.cancel(JobId(0)));
+    answer(&hub, w, JobId(1), Ok("done"));
+    assert!(
+        !hub.cancel(JobId(1)),
+        "a job with its outcome is not cancelled"
+    );
+    assert!(one_outcome(&hub).result.is_ok());
+}
+
+#[test]
+fn cancelling_the_last_job_waiting_again_ends_the_work() {
+    let hub = hub(Config::default());
+    let w1 = join(&hub, 1);
+    submit(&hub, 1);
+    sent(&hub, w1);
+    hub.leave(w1, "test"); // job 0 waits again
+    hub.close_jobs();
+    assert!(hub.cancel(JobId(0)));
+    assert!(matches!(one_outcome(&hub).result, Err(JobError::Cancelled)));
+    assert!(matches!(hub.take_outcomes(&mut VecDeque::new()), Take::End));
+    let w2 = join(&hub, 1);
+    assert!(
+        matches!(outbox(&hub, w2)[..], [Outgoing::EndOfWork]),
+        "a worker joining now gets no job, only the end of work"
+    );
+}

@@ -18,9 +18,9 @@ use distchan_protocol::{
     JobId,
 };
 
-/// `Hello { version: 3, token: "t0k", capacity: 2, agent: "distchan-test", kind: Browser }`,
+/// `Hello { version: 4, token: "t0k", capacity: 2, agent: "distchan-test", kind: Browser }`,
 /// with field names.
-pub const HELLO_FRAME: &str = "81a548656c6c6f85a776657273696f6e03a5746f6b656ea374306ba863617061\
+pub const HELLO_FRAME: &str = "81a548656c6c6f85a776657273696f6e04a5746f6b656ea374306ba863617061\
 6369747902a56167656e74ad646973746368616e2d74657374a46b696e64a742726f77736572";
 /// `Welcome { worker_id: 7, task: "capitalize", heartbeat_ms: 5000, max_frame: 1024 }`.
 pub const WELCOME_FRAME: &str = "81a757656c636f6d6584a9776f726b65725f696407a47461736baa63617069\
@@ -39,6 +39,8 @@ pub const RESULT_FRAME: &str = "81a6526573756c74922a81a24f6bc40aa95748592048454c
 pub const ERROR_RESULT_FRAME: &str = "81a6526573756c74920381a3457272a4626f6f6d";
 /// `Drain`.
 pub const DRAIN_FRAME: &str = "a5447261696e";
+/// `Cancel(42)`.
+pub const CANCEL_FRAME: &str = "81a643616e63656c2a";
 /// `EndOfWork`.
 pub const END_OF_WORK_FRAME: &str = "a9456e644f66576f726b";
 /// `Refused { code: BadToken, reason: "wrong access token" }`.
@@ -146,6 +148,16 @@ pub fn check_frames() {
         hex(&wire::encode_to_coordinator(&failed).unwrap()),
         ERROR_RESULT_FRAME,
         "error result"
+    );
+    let cancel = ToWorker::Cancel(JobId(42));
+    assert_eq!(
+        hex(&wire::encode_to_worker(&cancel).unwrap()),
+        CANCEL_FRAME,
+        "cancel"
+    );
+    assert_eq!(
+        session.handle_frame(&unhex(CANCEL_FRAME)).unwrap(),
+        Event::Cancel(JobId(42))
     );
     check_batches(&mut session);
     assert_eq!(hex(&session.drain_frame().unwrap()), DRAIN_FRAME, "drain");
