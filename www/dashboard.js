@@ -44,12 +44,17 @@ function showStatus(s) {
 
   const rows = s.workers.map((w) => {
     const prev = perWorker.get(w.id);
-    let r = prev ? prev.rate : 0;
-    if (prev && now > prev.at) r = 0.7 * r + 0.3 * ((w.done - prev.done) / ((now - prev.at) / 1000));
+    // No rate until two reports measure one; the first measured rate is taken as it is,
+    // later ones smoothed (a new worker does not show 0 while its average catches up).
+    let r = prev ? prev.rate : null;
+    if (prev && now > prev.at) {
+      const measured = (w.done - prev.done) / ((now - prev.at) / 1000);
+      r = r === null ? measured : 0.7 * r + 0.3 * measured;
+    }
     perWorker.set(w.id, { done: w.done, at: now, rate: r });
     const tr = document.createElement("tr");
     const window = w.capacity === w.declared ? `${w.capacity}` : `${w.capacity} of ${w.declared}`;
-    const cells = [w.id, w.agent, w.kind, window, w.in_flight, w.done, r.toFixed(1), ago(w.last_seen_ms)];
+    const cells = [w.id, w.agent, w.kind, window, w.in_flight, w.done, r === null ? "…" : r.toFixed(1), ago(w.last_seen_ms)];
     cells.forEach((v, i) => {
       const td = document.createElement("td");
       if (i === 0) {

@@ -156,7 +156,9 @@ function overall() {
   if (threads.length === 0) return { cls: "idle", text: "Not started", detail: "Press Start to volunteer." };
   const refused = threads.find((t) => t.refused || (t.status && t.status.state === "refused"));
   if (refused) {
-    const reason = refused.reason || (refused.status && refused.status.reason) || "no reason given";
+    let reason = refused.reason || (refused.status && refused.status.reason) || "no reason given";
+    // A missing or wrong token is the volunteer's to fix, in the field under the buttons.
+    if (/access token/.test(reason)) reason += " (enter it in the access-token field, then press Start)";
     return { cls: "refused", text: "Refused by the coordinator", detail: reason, banner: `Refused by the coordinator: ${reason}` };
   }
   const live = threads.filter((t) => !t.ended);

@@ -115,7 +115,7 @@ TOKEN=e2e-$RANDOM$RANDOM
 start_coordinator guarded --demo capitalize --jobs 1000000 --token "$TOKEN" --local-workers 0 \
     --max-retries 0 --static-dir www
 browse --url "http://$guarded_ADDR/?autostart=1" --expect refused \
-    --text "an access token is required" --screenshot "$LOG_DIR/refused.png" --timeout 60
+    --text "an access token is required (enter it in the access-token field" --screenshot "$LOG_DIR/refused.png" --timeout 60
 echo "ok: the refusal reason reached the page"
 passed=$((passed + 1))
 
