@@ -67,6 +67,14 @@
 //!   child process; the ratio of the two dispatch rates. Both processes raise their
 //!   open-file limit to the hard limit. This runs first, so the memory figure is not
 //!   blurred by memory that earlier measurements freed but the allocator kept.
+//! - **Fleet** ([`fleet::run`]): 1,000 tiny jobs (300 with `--quick`) through one worker
+//!   that takes 1 ms per job and one that takes 10 ms, one job at a time each, both
+//!   declaring 256: the run's length and its last tenth with adaptive windows and with
+//!   fixed ones.
+//!
+//! `--strict-turns` and `--fixed-windows` change those settings of every coordinator the
+//! bench starts in-process (not the fleet's, which compares windows itself, nor pipe
+//! mode's binary).
 //!
 //! Every measurement has a deadline and fails the run when it passes; children are killed
 //! when their guard ([`children::Children`]) drops, whatever the reason, and die with the
@@ -74,12 +82,13 @@
 //! a worker that fails, or a job left unfinished fails the run (exit status 1). There are
 //! no pass/fail thresholds on the figures: the comparison with the targets the README states
 //! is printed (met / missed) for people to read. `--only tiny,latency` measures only those
-//! parts (`scale`, `tiny`, `tasks`, `tab`, `pipe`, `queue`, `large`, `latency`).
+//! parts (`scale`, `tiny`, `tasks`, `tab`, `pipe`, `queue`, `fleet`, `large`, `latency`).
 //!
 //! `--quick` runs the same measurements with small counts (well under a minute) for CI.
 
 mod children;
 mod echo;
+mod fleet;
 mod modes;
 mod ours;
 mod pipe;
@@ -104,8 +113,8 @@ use crate::{
     modes::Flavor,
     ours::Api,
     report::{
-        per_s, Cpu, LargeRow, LatencyRow, PipeRow, QueueRow, Report, ScaleRow, TabRow, TaskRow,
-        TinyRow,
+        per_s, Cpu, FleetRow, LargeRow, LatencyRow, PipeRow, QueueRow, Report, ScaleRow, TabRow,
+        TaskRow, TinyRow,
     },
     tasks::Work,
 };
@@ -128,6 +137,14 @@ struct Args {
     /// Where to write the JSON results (default: target/bench/results.json).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Our in-process coordinators keep one job per turn of the round-robin
+    /// (`Config::strict_turns`).
+    #[arg(long)]
+    strict_turns: bool,
+    /// Our in-process coordinators give every worker its declared capacity at once
+    /// (`Config::adaptive_windows` off).
+    #[arg(long)]
+    fixed_windows: bool,
     /// Helper mode: be one worker of the coordinator at this URL.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -143,6 +160,9 @@ struct Args {
     /// Helper mode `--swarm`: how many connections.
     #[arg(long, hide = true, default_value_t = 1)]
     connections: usize,
+    /// Helper mode `--worker --flavor paced`: milliseconds each job takes.
+    #[arg(long, hide = true, default_value_t = 1)]
+    job_ms: u64,
     /// Helper mode `--worker`: how the worker answers.
     #[arg(long, hide = true, value_enum, default_value_t = Flavor::Serve)]
     flavor: Flavor,
@@ -217,6 +237,8 @@ struct Plan {
     tab_jobs: u64,
     /// Input lines per pipe-mode run of the coordinator binary.
     pipe_lines: u64,
+    /// Jobs per run of one fast and one slow worker.
+    fleet_jobs: u64,
     /// Pipe-mode runs with and without the journal, each (the median is kept).
     pipe_runs: usize,
     /// Input lines (jobs) per run through the shared queue, and per in-process run beside it.
@@ -248,6 +270,7 @@ impl Plan {
                 task_jobs: 50_000,
                 tab_jobs: 10_000,
                 pipe_lines: 100_000,
+                fleet_jobs: 300,
                 pipe_runs: 1,
                 queue_jobs: 50_000,
                 queue_runs: 1,
@@ -265,6 +288,7 @@ impl Plan {
                 task_jobs: 500_000,
                 tab_jobs: 100_000,
                 pipe_lines: 1_000_000,
+                fleet_jobs: 1_000,
                 pipe_runs: 3,
                 queue_jobs: 200_000,
                 queue_runs: 3,
@@ -376,6 +400,8 @@ enum Section {
     Pipe,
     /// One and two coordinators sharing a NATS JetStream queue, against the in-process one.
     Queue,
+    /// One fast and one slow worker, with adaptive windows against equal fixed ones.
+    Fleet,
 }
 
 /// The whole benchmark, or the `sections` asked for.
@@ -432,6 +458,10 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         true => shared_queue(&plan).await?,
         false => Vec::new(),
     };
+    let fleet = match wants(Section::Fleet) {
+        true => Some(fleet_run(&plan).await?),
+        false => None,
+    };
     let large = match wants(Section::Large) {
         true => large(&plan).await?,
         false => Vec::new(),
@@ -442,6 +472,7 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
     };
     let mut report = Report {
         mode: plan.mode,
+        settings: ours::tuning().describe(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         tiny_payload_bytes: tiny_payload,
         tiny_frame_bytes: tiny_frame,
@@ -450,6 +481,7 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         tab: tab_rows,
         pipe,
         queue,
+        fleet,
         large,
         latency,
         scale,
@@ -649,6 +681,29 @@ async fn tab_jobs(plan: &Plan) -> BenchResult<Vec<TabRow>> {
     Ok(rows)
 }
 
+/// One fast and one slow worker, with adaptive windows and with equal fixed windows.
+async fn fleet_run(plan: &Plan) -> BenchResult<FleetRow> {
+    let mut runs = Vec::new();
+    for (adaptive, what) in [(true, "adaptive"), (false, "fixed")] {
+        let what = format!(
+            "one fast ({} ms) and one slow ({} ms) worker, {} jobs, {what} windows",
+            fleet::FAST_MS,
+            fleet::SLOW_MS,
+            plan.fleet_jobs
+        );
+        runs.push(measure(plan, &what, fleet::run(adaptive, plan.fleet_jobs)).await?);
+    }
+    Ok(FleetRow {
+        jobs: plan.fleet_jobs,
+        fast_ms: fleet::FAST_MS,
+        slow_ms: fleet::SLOW_MS,
+        capacity: fleet::CAPACITY,
+        adaptive: runs[0],
+        fixed: runs[1],
+        sooner: 1.0 - runs[0].secs / runs[1].secs,
+    })
+}
+
 /// The coordinator binary in pipe mode, without and with the journal.
 async fn pipe_mode(plan: &Plan) -> BenchResult<PipeRow> {
     pipe::prerequisites().map_err(|why| format!("pipe: {why}"))?;
@@ -809,7 +864,7 @@ fn default_json() -> PathBuf {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let outcome = if let Some(url) = &args.worker {
-        modes::worker(url, args.capacity, args.flavor).await
+        modes::worker(url, args.capacity, args.flavor, args.job_ms).await
     } else if let Some(url) = &args.echo_client {
         modes::echo_client(url).await
     } else if let Some(url) = &args.swarm {
@@ -818,6 +873,10 @@ async fn main() -> ExitCode {
     } else if std::env::var_os(children::CHILD_ENV).is_some() {
         Err("a child of the benchmark never runs the benchmark itself".into())
     } else {
+        ours::set_tuning(ours::Tuning {
+            strict_turns: args.strict_turns,
+            fixed_windows: args.fixed_windows,
+        });
         let json = args.json.clone().unwrap_or_else(default_json);
         match bench(Plan::new(args.quick), &args.only, json.clone()).await {
             Ok(report) => {

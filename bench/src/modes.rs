@@ -31,6 +31,9 @@ pub enum Flavor {
     /// task per job: the cheapest worker the library allows, to tell worker-side overhead
     /// from coordinator-side overhead.
     Inline,
+    /// Through [`distchan_worker::serve_raw`], one job at a time, each answered with its
+    /// payload after sleeping `--job-ms`: a worker of known speed.
+    Paced,
     /// Through [`distchan_worker::serve_task`], as the `distchan-worker` binary does: the
     /// built-in task or the task module the coordinator names, on one thread (one core per
     /// worker process).
@@ -48,9 +51,22 @@ fn options(capacity: u32) -> Options {
     }
 }
 
-/// `--worker`: serves the coordinator at `url` with an echo handler until end-of-work.
-pub async fn worker(url: &str, capacity: u32, flavor: Flavor) -> BenchResult<()> {
+/// `--worker`: serves the coordinator at `url` with an echo handler until end-of-work
+/// (`job_ms`: the `paced` flavor's sleep per job).
+pub async fn worker(url: &str, capacity: u32, flavor: Flavor, job_ms: u64) -> BenchResult<()> {
     match flavor {
+        Flavor::Paced => {
+            let options = Options {
+                concurrency: 1,
+                ..options(capacity)
+            };
+            let pace = std::time::Duration::from_millis(job_ms);
+            serve_raw(url, options, move |payload| async move {
+                tokio::time::sleep(pace).await;
+                Ok(payload)
+            })
+            .await?
+        }
         Flavor::Serve => {
             serve_raw(url, options(capacity), |payload| async move { Ok(payload) }).await?
         }

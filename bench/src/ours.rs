@@ -8,7 +8,7 @@
 //! channel must end (end-of-work), every worker must exit successfully and the coordinator
 //! must report nothing unfinished.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
 use distchan_coordinator::{Builder, Config, Coordinator, JobOutcome, JobSender, ResultReceiver};
@@ -190,14 +190,55 @@ pub(crate) fn worker_args(url: &str, capacity: u32, flavor: Flavor) -> Vec<Strin
             Flavor::Serve => "serve".into(),
             Flavor::Inline => "inline".into(),
             Flavor::Task => "task".into(),
+            Flavor::Paced => "paced".into(),
         },
     ]
 }
 
-/// A configuration with the default settings, except channel capacities when `queue` is
-/// given (large payloads: a deep queue would only hold gigabytes of waiting jobs).
+/// Settings of our in-process coordinators that the command line may change.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning {
+    /// One job per turn of the round-robin.
+    pub strict_turns: bool,
+    /// Every worker's window is its declared capacity.
+    pub fixed_windows: bool,
+}
+
+impl Tuning {
+    /// Applies these settings to `config`.
+    pub fn apply(self, config: &mut Config) {
+        config.strict_turns |= self.strict_turns;
+        config.adaptive_windows &= !self.fixed_windows;
+    }
+
+    /// `defaults`, or the settings changed, for the report.
+    pub fn describe(self) -> String {
+        match (self.strict_turns, self.fixed_windows) {
+            (false, false) => "defaults".into(),
+            (true, false) => "strict turns".into(),
+            (false, true) => "fixed windows".into(),
+            (true, true) => "strict turns, fixed windows".into(),
+        }
+    }
+}
+
+static TUNING: OnceLock<Tuning> = OnceLock::new();
+
+/// Sets the settings of every coordinator the benchmark starts in-process (once, at start).
+pub fn set_tuning(tuning: Tuning) {
+    let _ = TUNING.set(tuning);
+}
+
+/// The settings [`set_tuning`] set.
+pub fn tuning() -> Tuning {
+    TUNING.get().copied().unwrap_or_default()
+}
+
+/// A configuration with the default settings (as tuned), except channel capacities when
+/// `queue` is given (large payloads: a deep queue would only hold gigabytes of waiting jobs).
 fn config(queue: Option<usize>) -> Config {
     let mut config = Config::default();
+    tuning().apply(&mut config);
     if let Some(q) = queue {
         config.queue_capacity = q;
         config.result_capacity = q;

@@ -118,6 +118,25 @@ pub struct PipeRow {
     pub journal_cpu_us: f64,
 }
 
+/// One fast and one slow worker: adaptive windows against equal fixed ones.
+#[derive(Debug, Serialize)]
+pub struct FleetRow {
+    /// Jobs per run.
+    pub jobs: u64,
+    /// Milliseconds per job of the fast worker and of the slow one.
+    pub fast_ms: u64,
+    /// See `fast_ms`.
+    pub slow_ms: u64,
+    /// The capacity both declare.
+    pub capacity: u32,
+    /// The run with adaptive windows (the default).
+    pub adaptive: crate::fleet::FleetRun,
+    /// The run with every window at the declared capacity.
+    pub fixed: crate::fleet::FleetRun,
+    /// How much sooner the adaptive run ended: `1 - adaptive / fixed`.
+    pub sooner: f64,
+}
+
 /// JSON lines through coordinators sharing one NATS JetStream queue, or through the
 /// in-process queue of pipe mode (the row the others are compared with).
 #[derive(Debug, Serialize)]
@@ -228,6 +247,8 @@ pub struct TargetRow {
 pub struct Report {
     /// `full` or `quick`.
     pub mode: &'static str,
+    /// Our in-process coordinators' settings where they are not the defaults.
+    pub settings: String,
     /// Cores this machine offers.
     pub cores: usize,
     /// Size of the tiny job's encoded payload and of the frames echoed for it.
@@ -245,6 +266,8 @@ pub struct Report {
     /// Coordinators on a shared JetStream queue beside the in-process queue (empty when not
     /// measured).
     pub queue: Vec<QueueRow>,
+    /// One fast and one slow worker (absent when not measured).
+    pub fleet: Option<FleetRow>,
     /// Large payloads.
     pub large: Vec<LargeRow>,
     /// One at a time (absent when not measured).
@@ -387,6 +410,21 @@ impl Report {
                 status: verdict(p.ratio >= 0.8),
             });
         }
+        if let Some(f) = &self.fleet {
+            targets.push(TargetRow {
+                target: "one fast, one slow worker: adaptive windows end >= 30% sooner than fixed"
+                    .into(),
+                figure: format!(
+                    "{} sooner ({:.2} s vs {:.2} s; last tenth {:.2} s vs {:.2} s)",
+                    pct(f.sooner),
+                    f.adaptive.secs,
+                    f.fixed.secs,
+                    f.adaptive.tail_secs,
+                    f.fixed.tail_secs
+                ),
+                status: verdict(f.sooner >= 0.3),
+            });
+        }
         if let Some(r) = self.large.iter().find(|r| r.payload_bytes == 1 << 20) {
             for (floor, what) in [(1e9, "1 GB/s"), (1.5e9, "1.5 GB/s (goal)")] {
                 targets.push(TargetRow {
@@ -451,9 +489,9 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "distchan-bench ({} mode, {} cores, {:.0} s). Absolute figures are noisy on a shared \
-             machine: compare the ratios, all measured in this run.",
-            self.mode, self.cores, self.elapsed_secs
+            "distchan-bench ({} mode, {} cores, {:.0} s, coordinator settings: {}). Absolute \
+             figures are noisy on a shared machine: compare the ratios, all measured in this run.",
+            self.mode, self.cores, self.elapsed_secs, self.settings
         );
         let _ = writeln!(
             out,
@@ -572,6 +610,34 @@ impl Report {
                     r.cpu.show(),
                 );
             }
+        }
+        if let Some(f) = &self.fleet {
+            let _ = writeln!(
+                out,
+                "\nOne fast worker ({} ms per job) and one slow one ({} ms), one job at a time, \
+                 both declaring {}; {} tiny jobs.\n{:<46} {:>14} {:>14} {:>8}",
+                f.fast_ms,
+                f.slow_ms,
+                f.capacity,
+                f.jobs,
+                "measurement",
+                "adaptive",
+                "fixed",
+                "sooner"
+            );
+            let _ = writeln!(
+                out,
+                "{:<46} {:>12.2} s {:>12.2} s {:>8}",
+                "whole run",
+                f.adaptive.secs,
+                f.fixed.secs,
+                pct(f.sooner)
+            );
+            let _ = writeln!(
+                out,
+                "{:<46} {:>12.2} s {:>12.2} s",
+                "last tenth of the jobs", f.adaptive.tail_secs, f.fixed.tail_secs
+            );
         }
         if let Some(p) = &self.pipe {
             let _ = writeln!(

@@ -72,7 +72,7 @@ fn job(i: u64) -> String {
 
 /// A coordinator for `work`: its task, or its module.
 pub(crate) fn builder(work: Work) -> BenchResult<Builder> {
-    let builder = Coordinator::builder();
+    let builder = Coordinator::builder().configure(|c| crate::ours::tuning().apply(c));
     Ok(match module(work)? {
         Some(module) => builder.module(module),
         None => builder.configure(|c| c.task = Some(tasks::CAPITALIZE.into())),
