@@ -224,8 +224,8 @@ impl<J: Serialize> JobSender<J> {
     /// is dropped. A job still waiting in the line leaves it without being run. The worker
     /// that holds one is told to stop it: a native worker drops the handler's future (an
     /// async handler stops at its next `.await`; one that computes on a blocking thread
-    /// runs to its end); a task module's run and a browser tab's job run to their end, and
-    /// their answer is dropped. Until the worker answers, the job counts against its
+    /// runs to its end) and stops a task module's run within a few milliseconds; a browser
+    /// tab's job runs to its end, and its answer is dropped. Until the worker answers, the job counts against its
     /// credit. Keyed jobs' cancelled outcomes are not journaled: sending the key again runs
     /// the job again.
     ///

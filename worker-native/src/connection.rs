@@ -593,13 +593,16 @@ where
     }
 
     /// The coordinator cancelled job `id`: the runner stops it and it is answered now, and
-    /// a job that waited for its place starts. Task modules' runs and the jobs of a job
-    /// stream go on to their end (their answers give the credit back).
+    /// a job that waited for its place starts; a task module's job leaves its pool or has
+    /// its run stopped. The jobs of a job stream go on to their end (their answers give the
+    /// credit back).
     async fn cancel(&mut self, id: JobId) -> Step {
-        let Some(Jobs::Run(runner)) = &mut self.jobs else {
-            return Continue(());
+        let answer = match &mut self.jobs {
+            Some(Jobs::Run(runner)) => runner.cancel(id),
+            Some(Jobs::Module(pool)) => pool.cancel(id),
+            _ => None,
         };
-        let Some((id, outcome)) = runner.cancel(id) else {
+        let Some((id, outcome)) = answer else {
             return Continue(());
         };
         tracing::debug!(%id, "job cancelled by the coordinator");

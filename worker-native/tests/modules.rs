@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use distchan_coordinator::{Coordinator, Stats, TaskModule};
+use distchan_coordinator::{Coordinator, JobSender, ResultReceiver, Stats, TaskModule};
 use distchan_protocol::{
     module::{self, Limits, ModuleSpec},
     wire::{self, ToCoordinator, ToWorker, Welcome},
@@ -54,23 +54,8 @@ async fn run_module(
     threads: usize,
     cache: &Path,
 ) -> (Vec<Result<serde_json::Value, String>>, Stats) {
-    let module = TaskModule::from_file(module_file(file)).unwrap();
-    let (coordinator, sender, mut results) = Coordinator::builder()
-        .configure(|c| {
-            c.module_limits = limits();
-            c.max_retries = 0;
-        })
-        .module(module)
-        .bind::<u64, serde_json::Value>("127.0.0.1:0")
-        .await
-        .unwrap();
-    let options = Options {
-        concurrency: threads,
-        capacity: 8,
-        module_cache: Some(cache.to_owned()),
-        ..Options::default()
-    };
-    let worker = tokio::spawn(serve_task_owned(coordinator.ws_url(), options));
+    let (coordinator, sender, mut results, worker) =
+        start_module(file, limits(), threads, 8, cache).await;
     sender.send_many(jobs.iter().copied()).await.unwrap();
     drop(sender);
     let mut outcomes = timeout(LIMIT, results.collect_all()).await.unwrap();
@@ -86,6 +71,40 @@ async fn run_module(
         .map(|o| o.result.map_err(|e| e.to_string()))
         .collect();
     (outcomes, coordinator.stats())
+}
+
+/// A coordinator running the module in `file` under `limits` (no retries), and one
+/// in-process worker serving it with `threads` threads and `capacity`.
+async fn start_module(
+    file: &str,
+    limits: Limits,
+    threads: usize,
+    capacity: u32,
+    cache: &Path,
+) -> (
+    Coordinator,
+    JobSender<u64>,
+    ResultReceiver<serde_json::Value>,
+    tokio::task::JoinHandle<Result<(), Error>>,
+) {
+    let module = TaskModule::from_file(module_file(file)).unwrap();
+    let (coordinator, sender, results) = Coordinator::builder()
+        .configure(|c| {
+            c.module_limits = limits;
+            c.max_retries = 0;
+        })
+        .module(module)
+        .bind::<u64, serde_json::Value>("127.0.0.1:0")
+        .await
+        .unwrap();
+    let options = Options {
+        concurrency: threads,
+        capacity,
+        module_cache: Some(cache.to_owned()),
+        ..Options::default()
+    };
+    let worker = tokio::spawn(serve_task_owned(coordinator.ws_url(), options));
+    (coordinator, sender, results, worker)
 }
 
 async fn serve_task_owned(url: String, options: Options) -> Result<(), Error> {
@@ -373,4 +392,37 @@ async fn bytes_that_are_not_the_announced_module_are_refused() {
         0,
         "nothing that failed the check is cached"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_module_job_is_stopped_and_the_thread_serves_the_next_job() {
+    let cache = tempfile::tempdir().unwrap();
+    // Far beyond the test's wait: only the cancellation can end the endless job.
+    let limits = Limits {
+        timeout_ms: 600_000,
+        ..limits()
+    };
+    let (_coordinator, sender, mut results, worker) =
+        start_module("misbehave.wat", limits, 1, 2, cache.path()).await;
+    let endless = sender.send(2).await.unwrap(); // loops forever
+    let next = sender.send(7).await.unwrap(); // waits behind it on the one thread
+    assert!(sender.cancel(endless));
+    drop(sender);
+    let mut outcomes = timeout(LIMIT, results.collect_all())
+        .await
+        .expect("the endless job was stopped and the next one ran");
+    outcomes.sort_by_key(|o| o.id);
+    assert_eq!(outcomes.len(), 2);
+    assert_eq!(outcomes[0].id, endless);
+    assert!(matches!(
+        outcomes[0].result,
+        Err(distchan_coordinator::JobError::Cancelled)
+    ));
+    assert_eq!(outcomes[1].id, next);
+    assert_eq!(outcomes[1].result.as_ref().unwrap(), &serde_json::json!(7));
+    timeout(LIMIT, worker)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the worker ends cleanly at end of work");
 }

@@ -7,15 +7,22 @@
 //! thread takes its share of the waiting jobs, runs them (a reactor module on the thread's
 //! own reused instance) and sends their outcomes back together.
 //!
+//! A job the coordinator cancels ([`ModulePool::cancel`]) leaves the pool if no thread took
+//! it yet (it is answered at once), is skipped by the thread that took it, or has its run
+//! stopped within an epoch tick (see [`Interrupt`]).
+//!
 //! The module is fetched and compiled while the first jobs already arrive: they wait in the
 //! pool until it is ready. If it cannot be had (unreachable, not the announced hash, not a
 //! valid module) the pool reports [`Done::Failed`] and the connection ends with that reason.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     panic::AssertUnwindSafe,
     path::PathBuf,
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
 };
 
 use bytes::Bytes;
@@ -26,7 +33,11 @@ use distchan_protocol::{
 };
 use tokio::sync::mpsc;
 
-use super::{fetch, runtime::Loaded};
+use super::{
+    fetch,
+    runtime::{Interrupt, Loaded},
+};
+use crate::runner::CANCELLED;
 
 /// Most jobs a thread takes at once.
 const MOST_TAKEN: usize = 64;
@@ -67,6 +78,10 @@ struct Shared {
     state: Mutex<State>,
     work: Condvar,
     threads: usize,
+    /// Each thread's, to stop the job it runs.
+    interrupts: Vec<Arc<Interrupt>>,
+    /// True while `state.cancelled` is not empty (threads look there only then).
+    any_cancelled: AtomicBool,
 }
 
 #[derive(Default)]
@@ -74,6 +89,10 @@ struct State {
     jobs: VecDeque<(JobId, Bytes)>,
     module: Option<Arc<Loaded>>,
     closed: bool,
+    /// Jobs the threads took and have not finished.
+    taken: HashSet<JobId>,
+    /// Jobs of `taken` that were cancelled: skipped if not started yet.
+    cancelled: HashSet<JobId>,
 }
 
 impl Shared {
@@ -99,6 +118,8 @@ impl ModulePool {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
             threads,
+            interrupts: (0..threads).map(|_| Arc::default()).collect(),
+            any_cancelled: AtomicBool::new(false),
         });
         let mut started = 0;
         // WASI's host functions finish their (in-memory) I/O on the runtime they find: enter
@@ -110,7 +131,7 @@ impl ModulePool {
                 .name(format!("distchan-module-{i}"))
                 .spawn(move || {
                     let _entered = runtime.enter();
-                    work(&shared, &tx)
+                    work(&shared, i, &tx)
                 });
             match spawned {
                 Ok(_) => started += 1,
@@ -168,6 +189,31 @@ impl ModulePool {
         }
     }
 
+    /// The coordinator cancelled job `id`: returns its answer when it has not reached a
+    /// thread yet (it leaves the pool); otherwise the thread that took it skips it, or
+    /// stops its run, and reports its outcome as for any job. `None` as well for a job
+    /// the pool does not hold.
+    pub fn cancel(&mut self, id: JobId) -> Option<(JobId, Outcome)> {
+        let answer = (id, Err(CANCELLED.to_owned()));
+        if let Some(at) = self.pending.iter().position(|(job, _)| *job == id) {
+            self.pending.remove(at);
+            return Some(answer);
+        }
+        let mut state = self.shared.lock();
+        if let Some(at) = state.jobs.iter().position(|(job, _)| *job == id) {
+            state.jobs.remove(at);
+            return Some(answer);
+        }
+        if state.taken.contains(&id) {
+            state.cancelled.insert(id);
+            self.shared.any_cancelled.store(true, Ordering::SeqCst);
+            for interrupt in &self.shared.interrupts {
+                interrupt.stop(id);
+            }
+        }
+        None
+    }
+
     /// The next report: outcomes of finished jobs, or the module's failure to load.
     pub async fn next(&mut self) -> Option<Done> {
         self.done.recv().await
@@ -206,8 +252,10 @@ async fn load(source: &Source, threads: usize) -> Result<Arc<Loaded>, Error> {
     }
 }
 
-/// One thread: takes its share of the waiting jobs, runs them, reports their outcomes.
-fn work(shared: &Shared, done: &mpsc::UnboundedSender<Done>) {
+/// Thread `index`: takes its share of the waiting jobs, runs them (skipping those cancelled
+/// meanwhile), reports their outcomes.
+fn work(shared: &Shared, index: usize, done: &mpsc::UnboundedSender<Done>) {
+    let interrupt = &shared.interrupts[index];
     let mut reactor = None;
     loop {
         let (module, batch) = {
@@ -224,6 +272,7 @@ fn work(shared: &Shared, done: &mpsc::UnboundedSender<Done>) {
                         .div_ceil(shared.threads)
                         .clamp(1, MOST_TAKEN);
                     let batch: Vec<_> = state.jobs.drain(..take).collect();
+                    state.taken.extend(batch.iter().map(|(id, _)| *id));
                     break (module, batch);
                 }
                 state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner());
@@ -231,13 +280,31 @@ fn work(shared: &Shared, done: &mpsc::UnboundedSender<Done>) {
         };
         let mut outcomes = Vec::with_capacity(batch.len());
         for (id, payload) in batch {
-            let ran =
-                std::panic::catch_unwind(AssertUnwindSafe(|| module.run(&mut reactor, &payload)));
+            // Said before the check, so that a cancellation after it stops the run.
+            interrupt.start(id);
+            if shared.any_cancelled.load(Ordering::SeqCst) && shared.lock().cancelled.contains(&id)
+            {
+                outcomes.push((id, Err(CANCELLED.to_owned())));
+                continue;
+            }
+            let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                module.run(&mut reactor, &payload, interrupt)
+            }));
             let outcome = ran.unwrap_or_else(|_| {
                 reactor = None;
                 Err("the worker's module runner failed on this job".to_owned())
             });
             outcomes.push((id, outcome));
+        }
+        interrupt.end();
+        {
+            let mut state = shared.lock();
+            for (id, _) in &outcomes {
+                state.taken.remove(id);
+                state.cancelled.remove(id);
+            }
+            let any = !state.cancelled.is_empty();
+            shared.any_cancelled.store(any, Ordering::SeqCst);
         }
         if done.send(Done::Results(outcomes)).is_err() {
             return;

@@ -4,12 +4,15 @@
 //! The sandbox: every instance gets a WASI preview1 context with the job on standard input
 //! and its outputs captured in memory, and nothing else: no arguments, no environment, no
 //! preopened directory (so no file can be opened), no sockets. A [`Limiter`] denies memory
-//! beyond the limit, and an epoch ticker interrupts a job at its deadline. Whatever the
-//! module does, the outcome is an [`Ending`] that the protocol crate turns into the job's
-//! result or error.
+//! beyond the limit, and an epoch ticker interrupts a job at its deadline, or sooner once
+//! the coordinator cancelled it (see [`Interrupt`]). Whatever the module does, the outcome is
+//! an [`Ending`] that the protocol crate turns into the job's result or error.
 
 use std::{
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, OnceLock,
+    },
     time::Duration,
 };
 
@@ -19,11 +22,12 @@ use distchan_protocol::{
         EXPORT_RUN, EXPORT_START, PAGE_SIZE, REACTOR_JOBS_PER_INSTANCE,
     },
     wire::Outcome,
+    JobId,
 };
 use std::collections::HashMap;
 use wasmtime::{
     Config, Engine, EngineWeak, InstanceAllocationStrategy, InstancePre, Linker, Memory, Module,
-    PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc, UpdateDeadline,
 };
 use wasmtime_wasi::{
     p1::{self, WasiP1Ctx},
@@ -36,10 +40,61 @@ const TICK: Duration = Duration::from_millis(5);
 /// Bytes of a module's standard error kept (a reactor's, over all the jobs it serves).
 const STDERR_KEPT: usize = 64 * 1024;
 
-/// What every store holds: the job's WASI context and its memory limiter.
+/// What every store holds: the job's WASI context, its memory limiter, the epoch ticks
+/// left before its deadline, and its thread's [`Interrupt`].
 struct JobState {
     wasi: WasiP1Ctx,
     limiter: Limiter,
+    ticks_left: u64,
+    interrupt: Arc<Interrupt>,
+}
+
+/// No job.
+const NO_JOB: u64 = u64::MAX;
+
+/// Lets another thread stop the job a module thread runs: the thread says which job it runs
+/// ([`Interrupt::start`]); [`Interrupt::stop`] for that job ends its run at the next epoch
+/// tick (within a few milliseconds), with an error.
+#[derive(Debug)]
+pub(crate) struct Interrupt {
+    running: AtomicU64,
+    stopped: AtomicU64,
+}
+
+impl Default for Interrupt {
+    fn default() -> Self {
+        Interrupt {
+            running: AtomicU64::new(NO_JOB),
+            stopped: AtomicU64::new(NO_JOB),
+        }
+    }
+}
+
+impl Interrupt {
+    /// The thread starts running job `id`.
+    pub fn start(&self, id: JobId) {
+        self.running.store(id.0, Ordering::SeqCst);
+    }
+
+    /// The thread's job ended.
+    pub fn end(&self) {
+        self.running.store(NO_JOB, Ordering::SeqCst);
+    }
+
+    /// Stops job `id` if the thread runs it now; returns whether it does.
+    pub fn stop(&self, id: JobId) -> bool {
+        if self.running.load(Ordering::SeqCst) != id.0 {
+            return false;
+        }
+        self.stopped.store(id.0, Ordering::SeqCst);
+        true
+    }
+
+    /// True when the job the thread runs now was stopped.
+    fn is_stopped(&self) -> bool {
+        let running = self.running.load(Ordering::SeqCst);
+        running != NO_JOB && self.stopped.load(Ordering::SeqCst) == running
+    }
 }
 
 /// Denies memory beyond the limit, and remembers that it did.
@@ -179,13 +234,22 @@ impl Loaded {
     }
 
     /// Runs one job whose plain MessagePack payload is `payload`. `reactor` is the calling
-    /// thread's reactor instance, created, reused and replaced here.
-    pub fn run(&self, reactor: &mut Option<Reactor>, payload: &[u8]) -> Outcome {
+    /// thread's reactor instance, created, reused and replaced here; `interrupt` is the
+    /// calling thread's.
+    pub fn run(
+        &self,
+        reactor: &mut Option<Reactor>,
+        payload: &[u8],
+        interrupt: &Arc<Interrupt>,
+    ) -> Outcome {
         let input = module::module_input(self.spec.io, payload)?;
         let run = match self.abi {
-            Abi::Command => self.run_command(input),
-            Abi::Reactor => self.run_reactor(reactor, &input),
+            Abi::Command => self.run_command(input, interrupt),
+            Abi::Reactor => self.run_reactor(reactor, &input, interrupt),
         };
+        if interrupt.is_stopped() {
+            return Err(crate::runner::CANCELLED.to_owned());
+        }
         module::outcome(self.spec.io, run, &self.spec.limits)
     }
 
@@ -196,6 +260,7 @@ impl Loaded {
         &self,
         stdin: Vec<u8>,
         stdout: Option<&MemoryOutputPipe>,
+        interrupt: &Arc<Interrupt>,
     ) -> (Store<JobState>, MemoryOutputPipe) {
         let stderr = MemoryOutputPipe::new(STDERR_KEPT);
         let mut wasi = WasiCtxBuilder::new();
@@ -212,20 +277,40 @@ impl Loaded {
         let state = JobState {
             wasi: wasi.build_p1(),
             limiter,
+            ticks_left: self.deadline_ticks,
+            interrupt: interrupt.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // Every tick: a stopped job ends now, and one out of ticks is interrupted (a timeout).
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if state.interrupt.is_stopped() {
+                return Err(wasmtime::format_err!("the job was cancelled"));
+            }
+            state.ticks_left = state.ticks_left.saturating_sub(1);
+            Ok(match state.ticks_left {
+                0 => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Continue(1),
+            })
+        });
         (store, stderr)
+    }
+
+    /// Gives the next run in `store` the whole time limit.
+    fn arm(&self, store: &mut Store<JobState>) {
+        store.data_mut().ticks_left = self.deadline_ticks;
+        store.set_epoch_deadline(1);
     }
 
     fn output_limit(&self) -> usize {
         usize::try_from(self.spec.limits.max_output).unwrap_or(usize::MAX)
     }
 
-    fn run_command(&self, input: Vec<u8>) -> Run {
+    fn run_command(&self, input: Vec<u8>, interrupt: &Arc<Interrupt>) -> Run {
         let stdout = MemoryOutputPipe::new(self.output_limit());
-        let (mut store, stderr) = self.store(input, Some(&stdout));
-        store.set_epoch_deadline(self.deadline_ticks);
+        let (mut store, stderr) = self.store(input, Some(&stdout), interrupt);
+        self.arm(&mut store);
         let ran = self.pre.instantiate(&mut store).and_then(|instance| {
             let start = instance.get_typed_func::<(), ()>(&mut store, EXPORT_START)?;
             start.call(&mut store, ())
@@ -242,17 +327,22 @@ impl Loaded {
         }
     }
 
-    fn run_reactor(&self, slot: &mut Option<Reactor>, input: &[u8]) -> Run {
+    fn run_reactor(
+        &self,
+        slot: &mut Option<Reactor>,
+        input: &[u8],
+        interrupt: &Arc<Interrupt>,
+    ) -> Run {
         let mut reactor = match slot.take() {
             Some(r) if r.jobs < REACTOR_JOBS_PER_INSTANCE => r,
-            _ => match self.new_reactor() {
+            _ => match self.new_reactor(interrupt) {
                 Ok(r) => r,
                 Err(run) => return run,
             },
         };
         reactor.jobs += 1;
         let stderr_before = reactor.stderr_len();
-        reactor.store.set_epoch_deadline(self.deadline_ticks);
+        self.arm(&mut reactor.store);
         match reactor.call(input) {
             Ok((output, failed)) => {
                 let ending = if failed {
@@ -282,9 +372,9 @@ impl Loaded {
     }
 
     /// A fresh reactor instance, initialised; `Err` is the run that reports why it failed.
-    fn new_reactor(&self) -> Result<Reactor, Run> {
-        let (mut store, stderr) = self.store(Vec::new(), None);
-        store.set_epoch_deadline(self.deadline_ticks);
+    fn new_reactor(&self, interrupt: &Arc<Interrupt>) -> Result<Reactor, Run> {
+        let (mut store, stderr) = self.store(Vec::new(), None, interrupt);
+        self.arm(&mut store);
         let made = (|| {
             let instance = self.pre.instantiate(&mut store)?;
             if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, EXPORT_INITIALIZE) {
@@ -423,5 +513,71 @@ fn start_ticker(engine: EngineWeak) {
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not start the module deadline ticker; jobs will not time out");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, time::Duration};
+
+    use distchan_protocol::{module::ModuleIo, payload};
+
+    use super::*;
+
+    /// The sandbox tests' command module (a job of 2 loops forever), with a time limit far
+    /// beyond the test's wait.
+    fn misbehave() -> Arc<Loaded> {
+        let file = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/modules/misbehave.wat"
+        );
+        let wasm = wat::parse_file(file).expect("the test module parses");
+        let spec = ModuleSpec {
+            name: "misbehave.wat".into(),
+            sha256: module::sha256_hex(&wasm),
+            size: wasm.len() as u64,
+            path: String::new(),
+            io: ModuleIo::Json,
+            limits: Limits {
+                timeout_ms: 600_000,
+                ..Limits::default()
+            },
+        };
+        Loaded::get(&spec, &wasm, 1).expect("the test module compiles")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_stopped_job_ends_at_the_next_tick_and_the_thread_runs_the_next_one() {
+        let loaded = misbehave();
+        let interrupt = Arc::new(Interrupt::default());
+        let (tx, outcomes) = mpsc::channel();
+        let runtime = tokio::runtime::Handle::current();
+        let thread = {
+            let (loaded, interrupt) = (loaded.clone(), interrupt.clone());
+            std::thread::spawn(move || {
+                let _entered = runtime.enter();
+                for (id, job) in [(JobId(1), 2u64), (JobId(2), 7)] {
+                    interrupt.start(id);
+                    let outcome =
+                        loaded.run(&mut None, &payload::to_msgpack(&job).unwrap(), &interrupt);
+                    interrupt.end();
+                    tx.send(outcome).unwrap();
+                }
+            })
+        };
+        assert!(!interrupt.stop(JobId(2)), "job 2 does not run yet");
+        while !interrupt.stop(JobId(1)) {
+            std::thread::yield_now(); // until the thread says job 1 runs
+        }
+        let looped = outcomes
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the endless job was stopped long before its time limit");
+        let err = looped.expect_err("a stopped job has no result");
+        assert!(err.contains("cancelled"), "{err}");
+        let next = outcomes
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the next job ran");
+        assert_eq!(next.unwrap(), payload::to_msgpack(&7u64).unwrap());
+        thread.join().unwrap();
     }
 }
