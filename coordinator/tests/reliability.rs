@@ -7,8 +7,8 @@ mod common;
 use std::{collections::BTreeMap, time::Duration};
 
 use common::{
-    capitalizer, hello, mem_answer, mem_capitalizer, mem_close_of, next_job, raw_mem_worker, start,
-    start_mem, LIMIT,
+    capitalizer, hello, mem_answer, mem_capitalizer, mem_close_of, next_job, next_mem,
+    raw_mem_worker, start, start_mem, LIMIT,
 };
 use distchan_coordinator::{Config, JobError};
 use distchan_protocol::{wire::Hello, Error};
@@ -481,6 +481,11 @@ async fn an_overrun_worker_may_still_answer_first_and_the_other_gets_its_credit_
         (first.worker, first.result.unwrap()),
         (Some(a_id), "from a".into())
     );
+    // b is told to stop the job a answered; its answer, sent all the same, is a duplicate.
+    assert!(matches!(
+        next_mem(&mut b).await,
+        Some(distchan_protocol::wire::ToWorker::Cancel(id)) if id == job.id
+    ));
     mem_answer(&mut b, job.id, &"from b".to_owned()).await;
 
     // With a gone, a new job can only go to b: b must have its credit back.

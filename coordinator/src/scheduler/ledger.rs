@@ -5,7 +5,8 @@
 //!   once the job has its outcome, any later result for it is a duplicate and dropped.
 //! - **Superseded runs**: a job whose lease ran out, or that another worker answered,
 //!   is marked superseded on the worker that still holds it; that worker's credit comes
-//!   back with its answer, which counts only if the job still has no outcome.
+//!   back with its answer, which counts only if the job still has no outcome. Once the job
+//!   has its outcome, a worker still running it is told to stop (a cancellation).
 //! - **Retries**: a handler failure is retried `handler_retries` times; a job lost with
 //!   its worker or its lease goes back to the front of the line, `max_retries` times,
 //!   then fails with [`JobError::WorkerLost`].
@@ -48,6 +49,9 @@ pub(super) struct Entry {
     lost: u32,
     /// Times its handler failed and it was retried.
     handler_failures: u32,
+    /// The last worker whose run of it was superseded when its lease ran out (it may
+    /// still be running it).
+    overrun_on: Option<WorkerId>,
 }
 
 impl Entry {
@@ -144,6 +148,7 @@ impl Ledger {
                 dispatches: 1,
                 lost: 0,
                 handler_failures: 0,
+                overrun_on: None,
             },
         );
     }
@@ -201,13 +206,14 @@ impl Ledger {
                 break;
             }
             let lease = self.leases.pop_front().expect("front exists");
-            let Some(entry) = self.table.get(&lease.id) else {
+            let Some(entry) = self.table.get_mut(&lease.id) else {
                 continue;
             };
             let State::Running { worker, dispatch } = entry.state else {
                 continue;
             };
             if dispatch == lease.dispatch {
+                entry.overrun_on = Some(worker);
                 overrun.push((lease.id, worker));
             }
         }
@@ -261,20 +267,32 @@ impl Scheduler {
             }
         }
         let entry = job.remove();
-        self.close_entry(id, entry, worker, now);
+        self.close_entry(id, entry, worker, now, wakes);
         self.deliver(id, Some(worker), outcome.map_err(JobError::Failed), wakes);
     }
 
     /// The entry of job `id`, answered by `worker`, has left the table: whoever else still
-    /// runs the job is superseded, and the round trip and the answer are counted.
-    fn close_entry(&mut self, id: JobId, entry: Entry, worker: WorkerId, now: Instant) {
+    /// runs the job is superseded and told to stop it, and the round trip and the answer
+    /// are counted.
+    fn close_entry(
+        &mut self,
+        id: JobId,
+        entry: Entry,
+        worker: WorkerId,
+        now: Instant,
+        wakes: &mut Wakes,
+    ) {
         match entry.state {
             State::Running { worker: other, .. } if other != worker => {
                 // The job's current runner still holds it; its answer will be a duplicate.
                 self.workers.supersede(other, id);
+                self.workers.cancel_superseded(other, id, wakes);
             }
             State::Running { .. } => {}
             State::Waiting => self.ledger.waiting_again -= 1,
+        }
+        if let Some(overrun) = entry.overrun_on.filter(|&w| w != worker) {
+            self.workers.cancel_superseded(overrun, id, wakes);
         }
         self.tallies.round_trip.observe(now - entry.at);
         if let Some(w) = self.workers.get_mut(worker) {

@@ -485,6 +485,11 @@ async fn after_a_lease_overrun_the_late_answer_of_the_first_worker_is_dropped() 
     let hub = hub(leased());
     let (w1, w2) = overrun(&hub).await;
     answer(&hub, w2, JobId(0), Ok("from w2"));
+    assert!(
+        matches!(outbox(&hub, w1)[..], [Outgoing::Cancel(JobId(0))]),
+        "the overrun run is told to stop once the job has its outcome"
+    );
+    assert!(outbox(&hub, w2).is_empty());
     answer(&hub, w1, JobId(0), Ok("from w1"));
     let got = one_outcome(&hub);
     assert_eq!(got.worker, Some(w2));
@@ -501,6 +506,10 @@ async fn after_a_lease_overrun_the_first_worker_may_still_answer_first() {
     let hub = hub(leased());
     let (w1, w2) = overrun(&hub).await;
     answer(&hub, w1, JobId(0), Ok("from w1"));
+    assert!(
+        matches!(outbox(&hub, w2)[..], [Outgoing::Cancel(JobId(0))]),
+        "the current runner is told to stop once the first one answered"
+    );
     answer(&hub, w2, JobId(0), Ok("from w2"));
     let got = one_outcome(&hub);
     assert_eq!(got.worker, Some(w1));

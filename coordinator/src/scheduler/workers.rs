@@ -338,6 +338,16 @@ impl Workers {
             w.superseded.insert(id);
         }
     }
+
+    /// Tells worker `wid` to stop job `id`, if its run of it is superseded and not
+    /// answered yet (the job has its outcome from someone else).
+    pub fn cancel_superseded(&mut self, wid: WorkerId, id: JobId, wakes: &mut Wakes) {
+        if let Some(w) = self.map.get_mut(&wid) {
+            if w.superseded.contains(&id) {
+                w.send(Outgoing::Cancel(id), wakes);
+            }
+        }
+    }
 }
 
 impl Scheduler {
