@@ -366,14 +366,16 @@ async fn run(
                             continue;
                         }
                         Outgoing::Job(_, frame) => frame,
-                        Outgoing::EndOfWork => match wire::encode_to_worker(&ToWorker::EndOfWork) {
-                            Ok(frame) => frame,
-                            Err(e) => return (CLOSE_POLICY, e.to_string()),
-                        },
-                        Outgoing::Cancel(id) => match wire::encode_to_worker(&ToWorker::Cancel(id)) {
-                            Ok(frame) => frame,
-                            Err(e) => return (CLOSE_POLICY, e.to_string()),
-                        },
+                        Outgoing::EndOfWork | Outgoing::Cancel(_) => {
+                            let msg = match item {
+                                Outgoing::Cancel(id) => ToWorker::Cancel(id),
+                                _ => ToWorker::EndOfWork,
+                            };
+                            match wire::encode_to_worker(&msg) {
+                                Ok(frame) => frame,
+                                Err(e) => return (CLOSE_POLICY, e.to_string()),
+                            }
+                        }
                         Outgoing::Close { code, reason } => return (code, reason),
                     };
                     // In order: the jobs gathered so far go first.

@@ -225,9 +225,9 @@ impl<J: Serialize> JobSender<J> {
     /// that holds one is told to stop it: a native worker drops the handler's future (an
     /// async handler stops at its next `.await`; one that computes on a blocking thread
     /// runs to its end) and stops a task module's run within a few milliseconds; a browser
-    /// tab's job runs to its end, and its answer is dropped. Until the worker answers, the job counts against its
-    /// credit. Keyed jobs' cancelled outcomes are not journaled: sending the key again runs
-    /// the job again.
+    /// tab's job runs to its end, and its answer is dropped. Until the worker answers, the
+    /// job counts against its credit. Keyed jobs' cancelled outcomes are not journaled:
+    /// sending the key again runs the job again.
     ///
     /// ```no_run
     /// # async fn demo(jobs: distchan_coordinator::JobSender<String>) -> distchan_protocol::Result<()> {

@@ -4,7 +4,7 @@
 use distchan_protocol::JobId;
 
 use super::{hub::Wakes, Scheduler};
-use crate::{connection::Outgoing, JobError};
+use crate::JobError;
 
 impl Scheduler {
     /// Cancels job `id`, unless it has its outcome already (or never existed): returns
@@ -18,9 +18,7 @@ impl Scheduler {
         if let Some(runner) = self.ledger.remove(id) {
             if let Some(wid) = runner {
                 self.workers.supersede(wid, id);
-                if let Some(w) = self.workers.get_mut(wid) {
-                    w.send(Outgoing::Cancel(id), wakes);
-                }
+                self.workers.cancel_superseded(wid, id, wakes);
             }
         } else if let Some(job) = self.queue.remove_new(id) {
             if job.holds_room {
