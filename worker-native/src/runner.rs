@@ -38,6 +38,11 @@ pub const CALIBRATION: u32 = 64;
 /// The answer to a job cancelled here (the coordinator drops it; it gives the credit back).
 pub(crate) const CANCELLED: &str = "cancelled";
 
+/// Job `id` with the answer of a job cancelled here.
+pub(crate) fn cancelled(id: JobId) -> (JobId, Outcome) {
+    (id, Err(CANCELLED.to_owned()))
+}
+
 /// A job handler as the connection task runs it: plain MessagePack in, the outcome out.
 pub(crate) type Handler = Arc<dyn Fn(Bytes) -> BoxFuture<'static, Outcome> + Send + Sync>;
 
@@ -181,7 +186,7 @@ impl Runner {
                 .position(|(waiting, _)| *waiting == id)?;
             self.backlog.remove(at);
         }
-        Some((id, Err(CANCELLED.to_owned())))
+        Some(cancelled(id))
     }
 
     /// Starts waiting jobs while there is room; returns the first outcome of one that

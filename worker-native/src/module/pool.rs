@@ -37,7 +37,7 @@ use super::{
     fetch,
     runtime::{Interrupt, Loaded},
 };
-use crate::runner::CANCELLED;
+use crate::runner::cancelled;
 
 /// Most jobs a thread takes at once.
 const MOST_TAKEN: usize = 64;
@@ -194,15 +194,14 @@ impl ModulePool {
     /// stops its run, and reports its outcome as for any job. `None` as well for a job
     /// the pool does not hold.
     pub fn cancel(&mut self, id: JobId) -> Option<(JobId, Outcome)> {
-        let answer = (id, Err(CANCELLED.to_owned()));
         if let Some(at) = self.pending.iter().position(|(job, _)| *job == id) {
             self.pending.remove(at);
-            return Some(answer);
+            return Some(cancelled(id));
         }
         let mut state = self.shared.lock();
         if let Some(at) = state.jobs.iter().position(|(job, _)| *job == id) {
             state.jobs.remove(at);
-            return Some(answer);
+            return Some(cancelled(id));
         }
         if state.taken.contains(&id) {
             state.cancelled.insert(id);
@@ -284,7 +283,7 @@ fn work(shared: &Shared, index: usize, done: &mpsc::UnboundedSender<Done>) {
             interrupt.start(id);
             if shared.any_cancelled.load(Ordering::SeqCst) && shared.lock().cancelled.contains(&id)
             {
-                outcomes.push((id, Err(CANCELLED.to_owned())));
+                outcomes.push(cancelled(id));
                 continue;
             }
             let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
