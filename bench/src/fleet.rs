@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::{
     modes::Flavor,
-    ours::{setup, worker_args, Setup},
+    ours::{setup, worker_args, Seen, Setup, ENDED_EARLY},
     BenchResult,
 };
 
@@ -60,24 +60,16 @@ pub async fn run(adaptive: bool, n: u64) -> BenchResult<FleetRun> {
             .map(drop)
     });
     let mut at = Vec::with_capacity(n as usize);
-    let mut seen = vec![false; n as usize];
+    let mut seen = Seen::new(0, n);
     let results = &mut s.results;
     s.children
         .watch(async {
             while (at.len() as u64) < n {
-                let outcome = results
-                    .recv()
-                    .await
-                    .ok_or("the result channel ended before every job had its outcome")?;
+                let outcome = results.recv().await.ok_or(ENDED_EARLY)?;
                 outcome
                     .result
                     .map_err(|e| format!("job {} failed: {e}", outcome.id))?;
-                let slot = seen
-                    .get_mut(outcome.id.0 as usize)
-                    .ok_or_else(|| format!("outcome for unknown job {}", outcome.id))?;
-                if std::mem::replace(slot, true) {
-                    return Err(format!("job {} answered twice", outcome.id).into());
-                }
+                seen.mark(outcome.id)?;
                 at.push(start.elapsed().as_secs_f64());
             }
             BenchResult::Ok(())

@@ -12,6 +12,7 @@ use std::{sync::OnceLock, time::Duration};
 
 use bytes::Bytes;
 use distchan_coordinator::{Builder, Config, Coordinator, JobOutcome, JobSender, ResultReceiver};
+use distchan_protocol::JobId;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::{timeout, Instant};
 
@@ -63,6 +64,38 @@ pub(crate) async fn setup<J: Serialize, R: DeserializeOwned>(
     })
 }
 
+/// Which of the jobs `first..first + n` had their outcome: each must have one once, and
+/// no other job any.
+pub(crate) struct Seen {
+    first: u64,
+    got: Vec<bool>,
+}
+
+impl Seen {
+    /// None of the `n` jobs from id `first` on answered yet.
+    pub fn new(first: u64, n: u64) -> Self {
+        Seen {
+            first,
+            got: vec![false; n as usize],
+        }
+    }
+
+    /// Job `id`'s outcome came: an error for a job not sent or answered before.
+    pub fn mark(&mut self, id: JobId) -> BenchResult<()> {
+        let slot =
+            id.0.checked_sub(self.first)
+                .and_then(|i| self.got.get_mut(i as usize))
+                .ok_or_else(|| format!("outcome for unknown job {id}"))?;
+        if std::mem::replace(slot, true) {
+            return Err(format!("job {id} answered twice").into());
+        }
+        Ok(())
+    }
+}
+
+/// Why a run stops when the result channel ends early.
+pub(crate) const ENDED_EARLY: &str = "the result channel ended before every job had its outcome";
+
 /// True when `got` is `want` (compared in full when small, by length and ends when large).
 fn same_payload(got: &[u8], want: &[u8]) -> bool {
     const EDGE: usize = 64;
@@ -100,15 +133,10 @@ impl Setup {
             }
             BenchResult::Ok(())
         });
-        let mut seen = vec![false; n as usize];
+        let mut seen = Seen::new(0, n);
         let results = &mut self.results;
         let mut check = |outcome: JobOutcome<Bytes>| -> BenchResult<()> {
-            let slot = seen
-                .get_mut(outcome.id.0 as usize)
-                .ok_or_else(|| format!("outcome for unknown job {}", outcome.id))?;
-            if std::mem::replace(slot, true) {
-                return Err(format!("job {} answered twice", outcome.id).into());
-            }
+            seen.mark(outcome.id)?;
             let got = outcome
                 .result
                 .map_err(|e| format!("job {} failed: {e}", outcome.id))?;
@@ -117,7 +145,7 @@ impl Setup {
             }
             Ok(())
         };
-        let ended = "the result channel ended before every job had its outcome";
+        let ended = ENDED_EARLY;
         self.children
             .watch(async {
                 let mut got = 0;

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::{
     children::cpu_secs,
     modes::Flavor,
-    ours::{setup, worker_args, Setup},
+    ours::{setup, worker_args, Seen, Setup, ENDED_EARLY},
     BenchResult, Throughput,
 };
 
@@ -111,17 +111,11 @@ pub(crate) async fn pump(
         }
         BenchResult::Ok(())
     });
-    let mut seen = vec![false; n as usize];
+    let mut seen = Seen::new(first, n);
     let results = &mut s.results;
     let mut check = |outcome: JobOutcome<String>| -> BenchResult<()> {
         let id = outcome.id.0;
-        let slot = id
-            .checked_sub(first)
-            .and_then(|i| seen.get_mut(i as usize))
-            .ok_or_else(|| format!("outcome for unknown job {id}"))?;
-        if std::mem::replace(slot, true) {
-            return Err(format!("job {id} answered twice").into());
-        }
+        seen.mark(outcome.id)?;
         let got = outcome
             .result
             .map_err(|e| format!("job {id} failed: {e}"))?;
@@ -136,7 +130,7 @@ pub(crate) async fn pump(
             let mut batch = Vec::with_capacity(256);
             while got < n {
                 if results.recv_many(&mut batch, 256).await == 0 {
-                    return Err("the result channel ended before every job had its outcome".into());
+                    return Err(ENDED_EARLY.into());
                 }
                 got += batch.len() as u64;
                 batch.drain(..).try_for_each(&mut check)?;
