@@ -34,6 +34,13 @@ pub struct Config {
     /// How many times a job may be lost with its worker (disconnect, missed heartbeats,
     /// overrun lease) and dispatched again before it is reported as failed.
     pub max_retries: u32,
+    /// How long the jobs of a worker whose connection was lost (no close frame: a network
+    /// failure, missed heartbeats) wait for it to come back before they go to others.
+    /// A worker that reconnects within it with the session its welcome gave (the native
+    /// worker and the browser worker do) keeps the jobs it still holds, and its results
+    /// count, so a network blip costs no recomputation. `Duration::ZERO` (the default)
+    /// gives them to others at once: a worker that crashed costs no wait.
+    pub reconnect_grace: Duration,
     /// How many times a job whose handler returned an error is retried before the error
     /// is reported. `0` (the default) reports the first error.
     pub handler_retries: u32,
@@ -109,6 +116,7 @@ impl std::fmt::Debug for Config {
             heartbeat,
             lease,
             max_retries,
+            reconnect_grace,
             handler_retries,
             ordered,
             max_frame,
@@ -136,6 +144,7 @@ impl std::fmt::Debug for Config {
             .field("heartbeat", heartbeat)
             .field("lease", lease)
             .field("max_retries", max_retries)
+            .field("reconnect_grace", reconnect_grace)
             .field("handler_retries", handler_retries)
             .field("ordered", ordered)
             .field("max_frame", max_frame)
@@ -168,6 +177,7 @@ impl Default for Config {
             heartbeat: Duration::from_secs(5),
             lease: None,
             max_retries: 3,
+            reconnect_grace: Duration::ZERO,
             handler_retries: 0,
             ordered: false,
             max_frame: DEFAULT_MAX_FRAME,

@@ -20,7 +20,8 @@
 //! One task drives both, in one loop: the socket is never shared between tasks.
 //!
 //! When the connection ends for any reason the scheduler is told ([`Hub::leave`]) and puts
-//! the worker's unanswered jobs back in the line.
+//! the worker's unanswered jobs back in the line, or, when the connection was lost and the
+//! coordinator has a reconnect grace, keeps them for the worker's return.
 //!
 //! What a connection and the scheduler tell each other is defined here: [`Joining`] (the
 //! hello, for [`Hub::join`]), [`Incoming`] (what the reader settles) and [`Outgoing`] (what
@@ -42,8 +43,8 @@ use distchan_protocol::{
     accept::{self, AcceptPolicy},
     session::{close_frame_for, truncate_reason},
     wire::{
-        self, Hello, JobResult, Refusal, RefusalCode, ToCoordinator, ToWorker, Welcome, WorkerKind,
-        CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
+        self, Hello, JobResult, Refusal, RefusalCode, Resume, ToCoordinator, ToWorker, Welcome,
+        WorkerKind, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
     },
     Error, JobId,
 };
@@ -120,6 +121,8 @@ pub(crate) struct Joining {
     pub capacity: u32,
     /// Milliseconds since the coordinator started when the worker was last heard from.
     pub last_seen: Arc<AtomicU64>,
+    /// The session it had before it lost its connection, and the jobs it still holds.
+    pub resume: Option<Resume>,
 }
 
 /// Most messages read before they are settled with the scheduler.
@@ -169,8 +172,9 @@ pub(crate) async fn serve(
         addr: peer.addr,
         capacity: hello.capacity,
         last_seen: last_seen.clone(),
+        resume: hello.resume,
     };
-    let Some((worker, wake)) = shared.hub.join(joining) else {
+    let Some(joined) = shared.hub.join(joining) else {
         refuse(
             &mut ws,
             Refusal::new(
@@ -181,7 +185,8 @@ pub(crate) async fn serve(
         .await;
         return;
     };
-    tracing::info!(worker, peer = %peer.addr, agent = %hello.agent, capacity = hello.capacity, "worker joined");
+    let worker = joined.id;
+    tracing::info!(worker, peer = %peer.addr, agent = %hello.agent, capacity = hello.capacity, resumed = joined.resumed, "worker joined");
 
     let welcome = ToWorker::Welcome(Welcome {
         worker_id: worker,
@@ -189,11 +194,14 @@ pub(crate) async fn serve(
         heartbeat_ms: shared.config.heartbeat.as_millis() as u64,
         max_frame: shared.config.max_frame as u64,
         module: shared.module.as_ref().map(|(spec, _)| spec.clone()),
+        session: joined.session,
+        grace_ms: shared.config.reconnect_grace.as_millis() as u64,
+        resumed: joined.resumed,
     });
     let silence = silence_limit(&shared, hello.kind);
     let (code, reason) = match wire::encode_to_worker(&welcome) {
         Ok(frame) => match ws.send(Message::Binary(frame)).await {
-            Ok(()) => run(worker, &wake, &mut ws, &shared, &last_seen, silence).await,
+            Ok(()) => run(worker, &joined.wake, &mut ws, &shared, &last_seen, silence).await,
             Err(e) => (CLOSE_GOING_AWAY, format!("could not send the welcome: {e}")),
         },
         Err(e) => (
@@ -209,8 +217,10 @@ pub(crate) async fn serve(
     } else {
         tracing::warn!(worker, code, %reason, "worker disconnected");
     }
-    // The scheduler hears first, so that nothing more is given to this worker while it closes.
-    shared.hub.leave(worker, &reason);
+    // The scheduler hears first, so that nothing more is given to this worker while it
+    // closes. Going away without the worker's close frame (a failed read or write, a silent
+    // worker) is a lost connection: the worker may come back for its jobs.
+    shared.hub.leave(worker, &reason, code == CLOSE_GOING_AWAY);
     close(&mut ws, code, &reason).await;
 }
 

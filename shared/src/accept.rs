@@ -154,6 +154,7 @@ mod tests {
             capacity: 2,
             agent: "test".into(),
             kind: WorkerKind::Native,
+            resume: None,
         }
     }
 

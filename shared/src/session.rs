@@ -14,7 +14,7 @@
 //! let mut session = WorkerSession::new(SessionConfig::native(8), TransformChain::new());
 //! let _hello = session.hello_frame()?; // send this first
 //! let welcome = wire::encode_to_worker(&ToWorker::Welcome(Welcome {
-//!     worker_id: 1, task: None, heartbeat_ms: 0, max_frame: 0, module: None,
+//!     worker_id: 1, ..Welcome::default()
 //! }))?;
 //! assert!(matches!(session.handle_frame(&welcome)?, Event::Welcomed(_)));
 //! let job = wire::encode_to_worker(&ToWorker::Job(Job {
@@ -42,9 +42,9 @@ use crate::{
     module::ModuleSpec,
     transform::TransformChain,
     wire::{
-        self, Hello, Job, JobResult, Refusal, RefusalCode, ResultsWriter, ToCoordinator, ToWorker,
-        Welcome, WorkerKind, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
-        CLOSE_TOO_BIG, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+        self, Hello, Job, JobResult, Refusal, RefusalCode, ResultsWriter, Resume, ToCoordinator,
+        ToWorker, Welcome, WorkerKind, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_POLICY,
+        CLOSE_PROTOCOL_ERROR, CLOSE_TOO_BIG, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
     },
     Error, JobId, Result,
 };
@@ -140,6 +140,8 @@ pub struct WorkerSession {
     /// Results pushed and not yet taken, in frames: full ones, then the one being written.
     ready: std::collections::VecDeque<Bytes>,
     results: ResultsWriter,
+    /// The session to resume, named in the next hello (see [`WorkerSession::reconnect`]).
+    resuming: Option<String>,
 }
 
 /// Most bytes of results gathered into one frame (a larger result goes alone).
@@ -157,7 +159,40 @@ impl WorkerSession {
             outstanding_total: 0,
             ready: Default::default(),
             results: ResultsWriter::new(),
+            resuming: None,
         }
+    }
+
+    /// Readies the session for a new connection after the last one was lost, keeping the
+    /// jobs it holds: the next [`WorkerSession::hello_frame`] asks the coordinator to
+    /// resume the session its welcome gave ([`Welcome::session`]), naming every job still
+    /// held ([`Resume`]). If the welcome then says [`Welcome::resumed`], answer them on the
+    /// new connection as usual; if not, or when the coordinator gave no session (it keeps
+    /// no jobs for lost workers), the session forgets them: their jobs went to others, and
+    /// [`WorkerSession::holds`] tells the worker to drop their results.
+    ///
+    /// Results pushed and not yet taken are dropped: the coordinator gives their jobs to a
+    /// worker again, since the hello does not name them.
+    pub fn reconnect(&mut self) {
+        self.resuming = self.welcome.take().and_then(|w| w.session);
+        self.phase = Phase::AwaitingWelcome;
+        self.ready.clear();
+        self.results = ResultsWriter::new();
+        if self.resuming.is_none() {
+            self.forget();
+        }
+    }
+
+    /// Drops every job held: none of them is this worker's any more.
+    fn forget(&mut self) {
+        self.outstanding.clear();
+        self.outstanding_total = 0;
+    }
+
+    /// True while job `id` is held: received and not answered yet. A job the session forgot
+    /// (see [`WorkerSession::reconnect`]) is not.
+    pub fn holds(&self, id: JobId) -> bool {
+        self.outstanding.contains_key(&id)
     }
 
     /// The session's configuration.
@@ -173,6 +208,10 @@ impl WorkerSession {
             capacity: self.config.capacity,
             agent: self.config.agent.clone(),
             kind: self.config.kind,
+            resume: self.resuming.as_ref().map(|session| Resume {
+                session: session.clone(),
+                holding: self.outstanding.keys().copied().collect(),
+            }),
         }))
     }
 
@@ -230,6 +269,9 @@ impl WorkerSession {
             (Phase::Failed, _) => Err(Error::Unexpected("frame after the session failed".into())),
             (_, ToWorker::Refused(refusal)) => Err(Error::Refused(refusal)),
             (Phase::AwaitingWelcome, ToWorker::Welcome(welcome)) => {
+                if self.resuming.take().is_some() && !welcome.resumed {
+                    self.forget();
+                }
                 self.phase = Phase::Running;
                 self.welcome = Some(welcome.clone());
                 Ok(Event::Welcomed(welcome))
@@ -621,6 +663,7 @@ mod tests {
             heartbeat_ms: 100,
             max_frame: 0,
             module: None,
+            ..Default::default()
         }))
         .unwrap()
     }

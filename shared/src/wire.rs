@@ -128,6 +128,22 @@ pub struct Hello {
     /// Native, browser or other.
     #[serde(default = "default_kind")]
     pub kind: WorkerKind,
+    /// Set when the worker lost its connection and is back: the session it had, and the
+    /// jobs it still holds (see [`Resume`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resume>,
+}
+
+/// What a worker that lost its connection says in its next hello, so that it keeps the
+/// jobs it holds (reconnect grace): the coordinator that still keeps them for it
+/// ([`Welcome::grace_ms`]) welcomes it back with [`Welcome::resumed`] and takes their
+/// results on the new connection; the jobs the worker no longer holds go to others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// The [`Welcome::session`] of the connection it lost.
+    pub session: String,
+    /// Every job it still holds: running, or finished with the result not yet sent.
+    pub holding: Vec<JobId>,
 }
 
 fn default_kind() -> WorkerKind {
@@ -135,7 +151,7 @@ fn default_kind() -> WorkerKind {
 }
 
 /// The coordinator's answer to an accepted [`Hello`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Welcome {
     /// The id the coordinator gave this worker (shown in logs and on the dashboard).
     pub worker_id: u64,
@@ -153,6 +169,25 @@ pub struct Welcome {
     /// through it (see [`module`](crate::module)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<ModuleSpec>,
+    /// This worker's session, when the coordinator keeps a lost worker's jobs for its
+    /// return: a worker that loses its connection names it in its next hello
+    /// ([`Hello::resume`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// How long, in milliseconds, the coordinator keeps a lost worker's jobs for its
+    /// return (0: it gives them to others at once).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub grace_ms: u64,
+    /// True when the hello's [`Resume`] was taken: the worker keeps the jobs it holds and
+    /// answers them on this connection. False after a resume means the coordinator no
+    /// longer knew the session (the grace ran out, or it restarted): the jobs held are
+    /// not this worker's any more and their results would not count.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why a worker was refused.
@@ -1037,6 +1072,7 @@ mod tests {
             capacity: 4,
             agent: "test".into(),
             kind: WorkerKind::Native,
+            resume: None,
         }
     }
 
@@ -1049,6 +1085,7 @@ mod tests {
                 heartbeat_ms: 5000,
                 max_frame: 1024,
                 module: None,
+                ..Default::default()
             }),
             ToWorker::Refused(Refusal::new(RefusalCode::BadToken, "wrong token")),
             ToWorker::Job(Job {

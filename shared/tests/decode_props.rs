@@ -17,6 +17,7 @@ fn welcome_frame() -> Bytes {
         heartbeat_ms: 0,
         max_frame: 0,
         module: None,
+        ..Default::default()
     }))
     .unwrap()
 }

@@ -55,6 +55,7 @@ async fn closing_coordinator(welcome: bool, code: u16, reason: String) -> String
                 heartbeat_ms: 0,
                 max_frame: 1 << 20,
                 module: None,
+                ..Default::default()
             });
             let frame = wire::encode_to_worker(&welcome).unwrap();
             ws.send(Message::Binary(frame)).await.unwrap();

@@ -333,6 +333,7 @@ async fn serve_lie(
         heartbeat_ms: 0,
         max_frame: 1 << 20,
         module: Some(spec),
+        ..Default::default()
     });
     ws.send(Message::Binary(wire::encode_to_worker(&welcome).unwrap()))
         .await

@@ -31,7 +31,8 @@ pub(super) struct Wakes {
     pub(super) results: bool,
     /// Places in the line given back by jobs dispatched.
     pub(super) room: usize,
-    /// True when the lease keeper has a first deadline to wait for.
+    /// True when the lease keeper has a new first deadline to wait for (a first lease, or
+    /// a lost worker's grace).
     pub(super) leases: bool,
     /// The number of connected workers to publish, when it changed.
     pub(super) workers: Option<usize>,
@@ -77,6 +78,18 @@ pub(crate) enum Batch {
     NoRoom,
     /// The coordinator has shut down.
     Closed,
+}
+
+/// A worker [`Hub::join`] registered.
+pub(crate) struct Joined {
+    /// Its id.
+    pub id: WorkerId,
+    /// Wakes its connection's writer when its outbox has something.
+    pub wake: Arc<Notify>,
+    /// The session to give it in the welcome (with a reconnect grace only).
+    pub session: Option<String>,
+    /// True when it resumed the session its hello named, with the jobs it holds.
+    pub resumed: bool,
 }
 
 /// What [`Hub::take_outcomes`] found.
@@ -274,9 +287,9 @@ impl Hub {
         self.lock().shut_down
     }
 
-    /// Registers a worker that finished its handshake; `None` when shutting down. The
-    /// writer waits on the returned [`Notify`] for its outbox.
-    pub fn join(&self, joining: Joining) -> Option<(WorkerId, Arc<Notify>)> {
+    /// Registers a worker that finished its handshake (resuming its session, when its hello
+    /// asks and the session is still kept); `None` when shutting down.
+    pub fn join(&self, joining: Joining) -> Option<Joined> {
         self.with(|s, wakes| s.join(joining, wakes))
     }
 
@@ -304,10 +317,13 @@ impl Hub {
         });
     }
 
-    /// The worker's connection ended: its unanswered jobs go to others.
-    pub fn leave(&self, worker: WorkerId, reason: &str) {
+    /// The worker's connection ended: its unanswered jobs go to others, or, when the
+    /// connection was `lost` and the coordinator has a reconnect grace, wait for its return.
+    pub fn leave(&self, worker: WorkerId, reason: &str, lost: bool) {
         self.with(|s, wakes| {
-            s.remove_worker(worker, reason, wakes);
+            if !(lost && s.keep_for_return(worker, reason, wakes)) {
+                s.remove_worker(worker, reason, wakes);
+            }
             let now = Instant::now();
             s.dispatch(now, wakes);
             s.maybe_finish(wakes);
@@ -355,9 +371,14 @@ impl Hub {
         });
     }
 
-    /// The earliest lease deadline, if any job has a lease.
+    /// The earliest deadline the lease keeper waits for: a job's lease, or the end of a
+    /// lost worker's grace.
     pub fn next_lease(&self) -> Option<Instant> {
-        self.lock().ledger.next_deadline()
+        let s = self.lock();
+        match (s.ledger.next_deadline(), s.grace.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Waits until a lease is taken while none was.
@@ -365,11 +386,13 @@ impl Hub {
         self.leases_changed.notified().await;
     }
 
-    /// Hands every job whose lease ran out to another worker.
+    /// Hands every job whose lease ran out, and the jobs of every lost worker whose grace
+    /// ran out, to other workers.
     pub fn expire_leases(&self) {
         self.with(|s, wakes| {
             let now = Instant::now();
             s.expire_leases(now, wakes);
+            s.expire_grace(now, wakes);
             s.dispatch(now, wakes);
             s.maybe_finish(wakes);
         });

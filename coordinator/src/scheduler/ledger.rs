@@ -121,6 +121,45 @@ impl Ledger {
             .collect()
     }
 
+    /// True when job `id` is in the table: it has no outcome yet.
+    pub fn contains(&self, id: JobId) -> bool {
+        self.table.contains_key(&id)
+    }
+
+    /// True when job `id` runs on `worker`.
+    pub fn runs_on(&self, id: JobId, worker: WorkerId) -> bool {
+        self.table.get(&id).is_some_and(|e| e.runs_on(worker))
+    }
+
+    /// Worker `from` came back as `to`: the jobs that ran on `from` and that `kept` says it
+    /// still has run on `to` now, as does an overrun run of `from`'s. Returns how many
+    /// moved, and the other jobs that ran on `from` (it lost them).
+    pub fn move_runs(
+        &mut self,
+        from: WorkerId,
+        to: WorkerId,
+        kept: impl Fn(JobId) -> bool,
+    ) -> (usize, Vec<JobId>) {
+        let mut moved = 0;
+        let mut lost = Vec::new();
+        for (&id, entry) in &mut self.table {
+            if entry.overrun_on == Some(from) {
+                entry.overrun_on = Some(to);
+            }
+            if let State::Running { worker, .. } = &mut entry.state {
+                if *worker == from {
+                    if kept(id) {
+                        *worker = to;
+                        moved += 1;
+                    } else {
+                        lost.push(id);
+                    }
+                }
+            }
+        }
+        (moved, lost)
+    }
+
     /// Takes job `id` out of the table (it was cancelled): `None` when it is not there,
     /// otherwise the worker running it, if one does (`None` while it waits again).
     pub fn remove(&mut self, id: JobId) -> Option<Option<WorkerId>> {

@@ -35,6 +35,7 @@
 //!   jobs requeued) and the leases.
 //! - `outcomes`: outcomes waiting for the result receiver, and the end of work.
 //! - `cancel`: a job cancelled by its sender, wherever it is.
+//! - `resume`: reconnect grace: a lost worker's jobs kept for its return with its session.
 //! - `report`: what the coordinator reports about its workers and at shutdown.
 //! - `tests`: the scheduler driven directly, without sockets.
 
@@ -44,6 +45,7 @@ mod hub;
 mod ledger;
 mod outcomes;
 mod report;
+mod resume;
 #[cfg(test)]
 mod tests;
 mod window;
@@ -58,6 +60,7 @@ pub(crate) use outcomes::RawOutcome;
 pub use report::{ShutdownReport, WorkerShare, WorkerSnapshot, MAX_SHARES};
 
 use ledger::Ledger;
+use resume::Grace;
 use workers::Workers;
 
 /// A connected worker's id, unique for the coordinator's lifetime.
@@ -79,6 +82,8 @@ struct Scheduler {
     ledger: Ledger,
     /// The connected workers, their credit and the ring of those with some free.
     workers: Workers,
+    /// Sessions, and the lost workers whose jobs wait for their return.
+    grace: Grace,
     /// The id the next admitted job gets.
     next_id: u64,
     /// Jobs at the front of the line that the last dispatch round could give to no one
@@ -110,6 +115,7 @@ impl Scheduler {
             queue: JobQueue::new(jobs),
             ledger: Ledger::default(),
             workers,
+            grace: Grace::default(),
             next_id: 0,
             stuck: 0,
             outcomes: VecDeque::new(),

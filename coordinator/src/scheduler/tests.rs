@@ -10,12 +10,12 @@ use std::{
 
 use bytes::Bytes;
 use distchan_protocol::{
-    wire::{JobFrameBuilder, JobResult, WorkerKind},
+    wire::{JobFrameBuilder, JobResult, Resume, WorkerKind},
     JobId,
 };
 use tokio::time::Instant;
 
-use super::{Hub, RawOutcome, Submit, Take, WorkerId};
+use super::{hub::Joined, Hub, RawOutcome, Submit, Take, WorkerId};
 use crate::{
     config::Config,
     connection::{Incoming, Joining, Outgoing},
@@ -45,14 +45,20 @@ fn adaptive_hub(config: Config) -> Hub {
 
 /// Joins a worker that declares `capacity`, as a connection does after the handshake.
 fn join(hub: &Hub, capacity: u32) -> WorkerId {
+    join_resuming(hub, capacity, None).id
+}
+
+/// Joins a worker that declares `capacity`, with the resume its hello may carry.
+fn join_resuming(hub: &Hub, capacity: u32, resume: Option<Resume>) -> Joined {
     let joining = Joining {
         agent: "test".into(),
         kind: WorkerKind::Native,
         addr: SocketAddr::from(([127, 0, 0, 1], 9)),
         capacity,
         last_seen: Arc::new(AtomicU64::new(0)),
+        resume,
     };
-    hub.join(joining).expect("not shut down").0
+    hub.join(joining).expect("not shut down")
 }
 
 /// Submits `n` jobs, as a sender does; returns their ids.
@@ -193,7 +199,7 @@ fn a_leaving_worker_s_jobs_go_to_another_and_only_those_it_was_sent_count_as_los
     submit(&hub, 1);
     assert_eq!(sent(&hub, w1), ids(0..1), "job 0 went out");
     submit(&hub, 1); // job 1 stays in the outbox: never sent
-    hub.leave(w1, "test");
+    hub.leave(w1, "test", false);
     let got = one_outcome(&hub);
     assert_eq!(got.id, JobId(0));
     assert!(matches!(
@@ -215,7 +221,7 @@ fn a_lost_job_is_dispatched_again_while_retries_last() {
     let w1 = join(&hub, 1);
     submit(&hub, 1);
     sent(&hub, w1);
-    hub.leave(w1, "test");
+    hub.leave(w1, "test", false);
     assert!(outcomes(&hub).is_empty(), "the job is not reported lost");
     let w2 = join(&hub, 1);
     assert_eq!(sent(&hub, w2), ids(0..1));
@@ -416,7 +422,7 @@ fn the_shutdown_report_says_who_did_what_including_workers_gone() {
             answer(&hub, worker, JobId(id), Ok("done"));
         }
     }
-    hub.leave(a, "closed by the worker");
+    hub.leave(a, "closed by the worker", false);
     answer(&hub, c, JobId(2), Ok("done"));
     let report = hub.shut_down();
     let shares: Vec<(WorkerId, u64)> = report.shares.iter().map(|s| (s.id, s.done)).collect();
@@ -606,7 +612,7 @@ fn cancelling_the_last_job_waiting_again_ends_the_work() {
     let w1 = join(&hub, 1);
     submit(&hub, 1);
     sent(&hub, w1);
-    hub.leave(w1, "test"); // job 0 waits again
+    hub.leave(w1, "test", false); // job 0 waits again
     hub.close_jobs();
     assert!(hub.cancel(JobId(0)));
     assert!(matches!(one_outcome(&hub).result, Err(JobError::Cancelled)));
@@ -616,4 +622,107 @@ fn cancelling_the_last_job_waiting_again_ends_the_work() {
         matches!(outbox(&hub, w2)[..], [Outgoing::EndOfWork]),
         "a worker joining now gets no job, only the end of work"
     );
+}
+
+/// A configuration that keeps a lost worker's jobs for 30 s.
+fn with_grace() -> Config {
+    Config {
+        reconnect_grace: Duration::from_secs(30),
+        ..Config::default()
+    }
+}
+
+/// The resume of a worker that had `session` and still holds `holding`.
+fn resume(session: &Option<String>, holding: &[u64]) -> Option<Resume> {
+    Some(Resume {
+        session: session.clone().expect("a session with a grace"),
+        holding: holding.iter().copied().map(JobId).collect(),
+    })
+}
+
+#[tokio::test]
+async fn a_lost_worker_keeps_its_jobs_for_its_return() {
+    let hub = hub(with_grace());
+    let first = join_resuming(&hub, 4, None);
+    assert!(first.session.is_some() && !first.resumed);
+    submit(&hub, 3);
+    assert_eq!(sent(&hub, first.id), ids(0..3));
+    hub.leave(first.id, "connection lost", true);
+    // Nobody else gets its jobs meanwhile, and none of them fails.
+    let other = join(&hub, 4);
+    assert!(outbox(&hub, other).is_empty());
+    assert!(outcomes(&hub).is_empty());
+    // Back with jobs 0 and 1; the result of job 2 was lost with the connection.
+    let back = join_resuming(&hub, 4, resume(&first.session, &[0, 1]));
+    assert!(back.resumed);
+    assert_ne!(
+        back.session, first.session,
+        "a new session for the new connection"
+    );
+    assert_eq!(sent(&hub, other), ids(2..3), "job 2 goes to another worker");
+    answer(&hub, back.id, JobId(0), Ok("zero"));
+    answer(&hub, back.id, JobId(1), Ok("one"));
+    answer(&hub, other, JobId(2), Ok("two"));
+    let mut got: Vec<JobId> = outcomes(&hub).into_iter().map(|o| o.id).collect();
+    got.sort();
+    assert_eq!(got, ids(0..3), "each job's outcome once");
+    // Its credit came back with its answers: it takes new jobs.
+    submit(&hub, 1);
+    let gets: usize = [back.id, other].iter().map(|&w| sent(&hub, w).len()).sum();
+    assert_eq!(gets, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_jobs_go_to_others_once_the_grace_runs_out() {
+    let hub = hub(with_grace());
+    let first = join_resuming(&hub, 4, None);
+    submit(&hub, 2);
+    assert_eq!(sent(&hub, first.id), ids(0..2));
+    hub.leave(first.id, "connection lost", true);
+    let other = join(&hub, 4);
+    let deadline = hub.next_lease().expect("the grace's end is a deadline");
+    tokio::time::advance(Duration::from_secs(29)).await;
+    assert!(Instant::now() < deadline);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    hub.expire_leases();
+    assert_eq!(sent(&hub, other), ids(0..2));
+    // Too late: the session is gone, and the jobs it still holds are not its own.
+    let late = join_resuming(&hub, 4, resume(&first.session, &[0, 1]));
+    assert!(!late.resumed);
+    answer(&hub, late.id, JobId(0), Ok("late"));
+    answer(&hub, other, JobId(0), Ok("zero"));
+    let got = one_outcome(&hub);
+    assert_eq!(got.id, JobId(0));
+    assert_eq!(got.worker, Some(other));
+}
+
+#[tokio::test]
+async fn a_worker_back_before_its_loss_was_seen_takes_its_jobs_over() {
+    let hub = hub(with_grace());
+    let first = join_resuming(&hub, 2, None);
+    submit(&hub, 2);
+    assert_eq!(sent(&hub, first.id), ids(0..2));
+    // Its new connection arrives while the old one still looks alive.
+    let back = join_resuming(&hub, 2, resume(&first.session, &[0, 1]));
+    assert!(back.resumed);
+    // What the old connection still reads counts for nothing, and its end changes nothing.
+    answer(&hub, first.id, JobId(0), Ok("old"));
+    hub.leave(first.id, "connection lost", true);
+    assert!(outcomes(&hub).is_empty());
+    answer(&hub, back.id, JobId(0), Ok("zero"));
+    answer(&hub, back.id, JobId(1), Ok("one"));
+    assert_eq!(outcomes(&hub).len(), 2);
+    assert_eq!(in_flight(&hub), vec![(back.id, 0)]);
+}
+
+#[tokio::test]
+async fn without_a_grace_a_lost_worker_s_jobs_go_at_once() {
+    let hub = hub(Config::default());
+    let first = join_resuming(&hub, 2, None);
+    assert_eq!(first.session, None);
+    submit(&hub, 2);
+    assert_eq!(sent(&hub, first.id), ids(0..2));
+    hub.leave(first.id, "connection lost", true);
+    let other = join(&hub, 2);
+    assert_eq!(sent(&hub, other), ids(0..2));
 }

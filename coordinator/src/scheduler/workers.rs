@@ -11,7 +11,11 @@ use distchan_protocol::{wire::WorkerKind, JobId};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tokio::{sync::Notify, time::Instant};
 
-use super::{hub::Wakes, window::Window, Scheduler, WorkerId, WorkerShare, MAX_SHARES};
+use super::{
+    hub::{Joined, Wakes},
+    window::Window,
+    Scheduler, WorkerId, WorkerShare, MAX_SHARES,
+};
 use crate::{
     connection::{Joining, Outgoing},
     stats,
@@ -47,6 +51,8 @@ pub(super) struct Worker {
     pub(super) outbox: Vec<Outgoing>,
     /// Wakes the connection's writer.
     wake: Arc<Notify>,
+    /// The session its welcome gave (with a reconnect grace only).
+    pub(super) session: Option<String>,
 }
 
 impl Worker {
@@ -193,6 +199,7 @@ impl Workers {
             in_ring: true,
             outbox: Vec::new(),
             wake: wake.clone(),
+            session: None,
         };
         if end_sent {
             worker.send(Outgoing::EndOfWork, wakes);
@@ -205,7 +212,7 @@ impl Workers {
     }
 
     /// Removes worker `id` and its free credit.
-    fn remove(&mut self, id: WorkerId) -> Option<Worker> {
+    pub(super) fn remove(&mut self, id: WorkerId) -> Option<Worker> {
         let w = self.map.remove(&id)?;
         if self.turn.is_some_and(|(wid, _)| wid == id) {
             self.turn = None;
@@ -331,6 +338,40 @@ impl Workers {
         }
     }
 
+    /// Worker `id`, just added, is worker `old` back after a lost connection, holding
+    /// `held` jobs of which `superseded` run elsewhere or have their outcome: it keeps
+    /// `old`'s window, counts and unsent messages (before its own).
+    pub fn inherit(
+        &mut self,
+        id: WorkerId,
+        old: Worker,
+        held: usize,
+        superseded: HashSet<JobId>,
+        wakes: &mut Wakes,
+    ) {
+        let w = self.map.get_mut(&id).expect("the worker was just added");
+        let before = w.free();
+        w.window = old.window;
+        w.done = old.done;
+        w.joined = old.joined;
+        w.held = held;
+        w.superseded = superseded;
+        let mut outbox = old.outbox;
+        let ended = outbox.iter().any(|out| matches!(out, Outgoing::EndOfWork));
+        // Its end-of-work (the run's end came meanwhile) goes once.
+        outbox.extend(
+            w.outbox
+                .drain(..)
+                .filter(|out| !(ended && matches!(out, Outgoing::EndOfWork))),
+        );
+        if !outbox.is_empty() {
+            wakes.writers.push(w.wake.clone());
+        }
+        w.outbox = outbox;
+        let after = w.free();
+        self.free_credit = self.free_credit + after - before;
+    }
+
     /// Marks job `id` superseded on worker `wid`, which still holds it: its answer will not
     /// count.
     pub fn supersede(&mut self, wid: WorkerId, id: JobId) {
@@ -351,21 +392,26 @@ impl Workers {
 }
 
 impl Scheduler {
-    /// Registers a worker and gives it jobs; `None` when shutting down.
-    pub(super) fn join(
-        &mut self,
-        j: Joining,
-        wakes: &mut Wakes,
-    ) -> Option<(WorkerId, Arc<Notify>)> {
+    /// Registers a worker (which takes over the jobs of the session it resumes, if its
+    /// hello asks and the session is kept) and gives it jobs; `None` when shutting down.
+    pub(super) fn join(&mut self, mut j: Joining, wakes: &mut Wakes) -> Option<Joined> {
         if self.shut_down {
             return None;
         }
+        let resume = j.resume.take();
         let capacity = j.capacity.clamp(1, self.config.max_capacity.max(1)) as usize;
         let window = Window::new(capacity, self.config.adaptive_windows);
-        let joined = self.workers.add(j, window, self.end_sent, wakes);
+        let (id, wake) = self.workers.add(j, window, self.end_sent, wakes);
+        let resumed = resume.is_some_and(|r| self.resume(id, r, wakes));
+        let session = self.open_session(id);
         wakes.workers = Some(self.workers.len());
         self.dispatch(Instant::now(), wakes);
-        Some(joined)
+        Some(Joined {
+            id,
+            wake,
+            session,
+            resumed,
+        })
     }
 
     /// Worker `wid` asked to leave: it gets no more jobs, and answers those it holds. Its
@@ -388,6 +434,14 @@ impl Scheduler {
         let Some(w) = self.workers.remove(worker) else {
             return;
         };
+        self.release(worker, w, reason, wakes);
+        wakes.workers = Some(self.workers.len());
+    }
+
+    /// Worker `worker`, removed, is gone for good: its session ends, and the jobs it ran go
+    /// back to the line (or fail, out of retries).
+    pub(super) fn release(&mut self, worker: WorkerId, w: Worker, reason: &str, wakes: &mut Wakes) {
+        self.grace.end_session(w.session.as_deref());
         if w.done > 0 && self.departed.len() < MAX_SHARES {
             self.departed.push(w.share(worker));
         }
@@ -417,6 +471,5 @@ impl Scheduler {
             running.into_iter().partition(|id| unsent.contains(id));
         self.take_back(unsent);
         self.requeue_or_fail(lost, wakes);
-        wakes.workers = Some(self.workers.len());
     }
 }

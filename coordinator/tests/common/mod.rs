@@ -86,6 +86,7 @@ pub fn hello() -> Hello {
         capacity: 4,
         agent: "raw test client".into(),
         kind: WorkerKind::Other,
+        resume: None,
     }
 }
 

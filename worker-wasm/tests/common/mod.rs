@@ -102,6 +102,7 @@ pub fn check_frames() {
         heartbeat_ms: 5000,
         max_frame: 1024,
         module: None,
+        ..Default::default()
     });
     assert_eq!(
         hex(&wire::encode_to_worker(&welcome).unwrap()),

@@ -110,6 +110,16 @@ struct ServerArgs {
     /// Times a job lost with its worker is dispatched again before it is reported failed.
     #[arg(long, global = true, env = "DISTCHAN_MAX_RETRIES", default_value_t = 3)]
     max_retries: u32,
+    /// Reconnect grace in milliseconds: a worker whose connection is lost keeps its jobs
+    /// this long, and takes them back if it reconnects meanwhile (0: they go to others at
+    /// once).
+    #[arg(
+        long,
+        global = true,
+        env = "DISTCHAN_RECONNECT_GRACE_MS",
+        default_value_t = 0
+    )]
+    reconnect_grace_ms: u64,
     /// Times a job whose handler failed is retried before the error is reported.
     #[arg(
         long,
@@ -230,6 +240,7 @@ impl ServerArgs {
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             lease: (self.lease_ms > 0).then(|| Duration::from_millis(self.lease_ms)),
             max_retries: self.max_retries,
+            reconnect_grace: Duration::from_millis(self.reconnect_grace_ms),
             handler_retries: self.handler_retries,
             max_frame: self.max_frame,
             max_workers: self.max_workers,
