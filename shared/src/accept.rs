@@ -20,6 +20,7 @@
 //!         capacity: 4,
 //!         agent: "doc".into(),
 //!         kind: WorkerKind::Native,
+//!         resume: None,
 //!     }))
 //! };
 //! let offered = [PROTOCOL_VERSION];
