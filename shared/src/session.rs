@@ -676,6 +676,87 @@ mod tests {
         .unwrap()
     }
 
+    /// A welcome giving `session`, saying whether it `resumed` one.
+    fn welcome_with(session: &str, resumed: bool) -> Bytes {
+        wire::encode_to_worker(&ToWorker::Welcome(Welcome {
+            worker_id: 1,
+            session: Some(session.into()),
+            grace_ms: 10_000,
+            resumed,
+            ..Default::default()
+        }))
+        .unwrap()
+    }
+
+    /// The resume the session's next hello carries, with its jobs sorted.
+    fn resume_of(s: &WorkerSession) -> Option<Resume> {
+        let ToCoordinator::Hello(hello) =
+            wire::decode_to_coordinator(&s.hello_frame().unwrap()).unwrap()
+        else {
+            panic!("a hello");
+        };
+        hello.resume.map(|mut r| {
+            r.holding.sort();
+            r
+        })
+    }
+
+    /// A session welcomed with session `s1`, holding jobs 1, 2 and 3, that answered job 1
+    /// (sent) and job 2 (not sent yet).
+    fn session_that_lost_its_connection() -> WorkerSession {
+        let mut s = WorkerSession::new(SessionConfig::native(4), TransformChain::new());
+        s.handle_frame(&welcome_with("s1", false)).unwrap();
+        for id in 1..=3 {
+            s.handle_frame(&job(id, payload::to_msgpack(&id).unwrap()))
+                .unwrap();
+        }
+        s.push_result(JobId(1), Ok(Bytes::new())).unwrap();
+        assert!(s.next_result_frame().is_some());
+        s.push_result(JobId(2), Ok(Bytes::new())).unwrap();
+        s
+    }
+
+    #[test]
+    fn a_reconnecting_session_resumes_with_the_jobs_it_holds() {
+        let mut s = session_that_lost_its_connection();
+        assert_eq!(resume_of(&s), None, "no resume on the first connection");
+        s.reconnect();
+        assert_eq!(
+            resume_of(&s),
+            Some(Resume {
+                session: "s1".into(),
+                holding: vec![JobId(3)],
+            }),
+            "job 2's unsent result went with the connection"
+        );
+        assert!(s.next_result_frame().is_none());
+        s.handle_frame(&welcome_with("s2", true)).unwrap();
+        assert!(s.holds(JobId(3)));
+        s.push_result(JobId(3), Ok(Bytes::new())).unwrap();
+        assert!(s.next_result_frame().is_some());
+        // A second loss resumes the new session.
+        s.reconnect();
+        assert_eq!(resume_of(&s).map(|r| r.session), Some("s2".into()));
+    }
+
+    #[test]
+    fn a_session_the_coordinator_no_longer_knows_forgets_its_jobs() {
+        let mut s = session_that_lost_its_connection();
+        s.reconnect();
+        s.handle_frame(&welcome_with("s9", false)).unwrap();
+        assert!(!s.holds(JobId(3)));
+        assert_eq!(s.outstanding(), 0);
+        assert!(s.push_result(JobId(3), Ok(Bytes::new())).is_err());
+        // Without a session to resume, the jobs are forgotten at once.
+        let mut s = WorkerSession::new(SessionConfig::native(4), TransformChain::new());
+        s.handle_frame(&welcome()).unwrap();
+        s.handle_frame(&job(1, payload::to_msgpack(&1).unwrap()))
+            .unwrap();
+        s.reconnect();
+        assert_eq!(resume_of(&s), None);
+        assert_eq!(s.outstanding(), 0);
+    }
+
     #[test]
     fn full_conversation() {
         let mut s = WorkerSession::new(SessionConfig::native(2), TransformChain::new());
