@@ -129,7 +129,7 @@ enum Phase {
 }
 
 /// The worker-side protocol state machine. See the [module docs](self).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WorkerSession {
     config: SessionConfig,
     chain: TransformChain,
@@ -142,7 +142,16 @@ pub struct WorkerSession {
     results: ResultsWriter,
     /// The session to resume, named in the next hello (see [`WorkerSession::reconnect`]).
     resuming: Option<String>,
+    /// The latest results (up to the capacity, and [`REPLAY_BYTES`]), kept while the
+    /// coordinator gave a session: those sent just before a connection was lost may not
+    /// have arrived, and are sent again once the session is resumed.
+    replay: std::collections::VecDeque<(JobId, wire::Outcome)>,
+    /// Bytes of the outcomes in `replay`.
+    replay_bytes: usize,
 }
+
+/// Most bytes of results a session keeps to send again after a resume.
+pub const REPLAY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Most bytes of results gathered into one frame (a larger result goes alone).
 pub const RESULTS_BATCH_BYTES: usize = 256 * 1024;
@@ -160,6 +169,8 @@ impl WorkerSession {
             ready: Default::default(),
             results: ResultsWriter::new(),
             resuming: None,
+            replay: Default::default(),
+            replay_bytes: 0,
         }
     }
 
@@ -171,9 +182,16 @@ impl WorkerSession {
     /// no jobs for lost workers), the session forgets them: their jobs went to others, and
     /// [`WorkerSession::holds`] tells the worker to drop their results.
     ///
-    /// Results pushed and not yet taken are dropped: the coordinator gives their jobs to a
-    /// worker again, since the hello does not name them.
+    /// Results sent just before the loss may not have arrived: the latest of them (up to
+    /// the capacity, and [`REPLAY_BYTES`]) are named in the hello too, and sent again once
+    /// the session is resumed (the coordinator counts each job's first result only). Older
+    /// results that did not arrive, and results pushed and not yet taken beyond those, are
+    /// lost with the connection: the coordinator gives their jobs to a worker again, since
+    /// the hello does not name them.
     pub fn reconnect(&mut self) {
+        if self.phase == Phase::AwaitingWelcome {
+            return; // already readied
+        }
         self.resuming = self.welcome.take().and_then(|w| w.session);
         self.phase = Phase::AwaitingWelcome;
         self.ready.clear();
@@ -183,10 +201,22 @@ impl WorkerSession {
         }
     }
 
-    /// Drops every job held: none of them is this worker's any more.
+    /// Drops every job held and every result kept: none of them is this worker's any more.
     fn forget(&mut self) {
         self.outstanding.clear();
         self.outstanding_total = 0;
+        self.replay.clear();
+        self.replay_bytes = 0;
+    }
+
+    /// The session was resumed: the latest results go out again, first.
+    fn replay(&mut self) {
+        // Kept: the new connection may be lost too.
+        let replay = std::mem::take(&mut self.replay);
+        for (id, outcome) in &replay {
+            self.queue_result(*id, outcome);
+        }
+        self.replay = replay;
     }
 
     /// True while job `id` is held: received and not answered yet. A job the session forgot
@@ -210,7 +240,9 @@ impl WorkerSession {
             kind: self.config.kind,
             resume: self.resuming.as_ref().map(|session| Resume {
                 session: session.clone(),
-                holding: self.outstanding.keys().copied().collect(),
+                holding: (self.outstanding.keys().copied())
+                    .chain(self.replay.iter().map(|&(id, _)| id))
+                    .collect(),
             }),
         }))
     }
@@ -269,8 +301,12 @@ impl WorkerSession {
             (Phase::Failed, _) => Err(Error::Unexpected("frame after the session failed".into())),
             (_, ToWorker::Refused(refusal)) => Err(Error::Refused(refusal)),
             (Phase::AwaitingWelcome, ToWorker::Welcome(welcome)) => {
-                if self.resuming.take().is_some() && !welcome.resumed {
-                    self.forget();
+                if self.resuming.take().is_some() {
+                    if welcome.resumed {
+                        self.replay();
+                    } else {
+                        self.forget();
+                    }
                 }
                 self.phase = Phase::Running;
                 self.welcome = Some(welcome.clone());
@@ -337,7 +373,14 @@ impl WorkerSession {
     /// [`WorkerSession::result_frame`].
     pub fn push_result(&mut self, id: JobId, outcome: Result<Bytes, String>) -> Result<()> {
         let outcome = self.answered(id, outcome)?;
-        let size = wire::outcome_len(&outcome);
+        self.queue_result(id, &outcome);
+        Ok(())
+    }
+
+    /// Adds an answered job's outcome, already through the transform chain, to the results
+    /// waiting to be sent.
+    fn queue_result(&mut self, id: JobId, outcome: &wire::Outcome) {
+        let size = wire::outcome_len(outcome);
         let limit = match self.welcome.as_ref().map(|w| w.max_frame as usize) {
             Some(max) if max > 0 => (max / 2).min(RESULTS_BATCH_BYTES),
             _ => RESULTS_BATCH_BYTES,
@@ -346,13 +389,29 @@ impl WorkerSession {
             let full = self.seal_results();
             self.ready.push_back(full);
         }
-        self.results.push(id, &outcome);
+        self.results.push(id, outcome);
         if self.results.frame_len() >= limit {
             // Full: it may go at once (see `next_full_result_frame`).
             let full = self.seal_results();
             self.ready.push_back(full);
         }
-        Ok(())
+    }
+
+    /// Keeps the outcome of job `id` among the latest results, to send again if the
+    /// connection is lost and the session resumed (only when the coordinator gave one).
+    fn keep_for_replay(&mut self, id: JobId, outcome: &wire::Outcome) {
+        if self.welcome.as_ref().is_none_or(|w| w.session.is_none()) {
+            return;
+        }
+        self.replay_bytes += wire::outcome_len(outcome);
+        self.replay.push_back((id, outcome.clone()));
+        while self.replay.len() > self.config.capacity as usize || self.replay_bytes > REPLAY_BYTES
+        {
+            match self.replay.pop_front() {
+                Some((_, old)) => self.replay_bytes -= wire::outcome_len(&old),
+                None => break,
+            }
+        }
     }
 
     /// The frame of the results being written; a new one begins.
@@ -392,11 +451,13 @@ impl WorkerSession {
             }
         }
         self.outstanding_total -= 1;
-        Ok(outcome.and_then(|plain| {
+        let outcome = outcome.and_then(|plain| {
             self.chain
                 .encode(plain)
                 .map_err(|e| format!("result could not be encoded: {e}"))
-        }))
+        });
+        self.keep_for_replay(id, &outcome);
+        Ok(outcome)
     }
 
     /// The answer to [`Event::Ping`] number `n`.
@@ -701,6 +762,39 @@ mod tests {
         })
     }
 
+    fn ids(range: std::ops::RangeInclusive<u64>) -> Vec<JobId> {
+        range.map(JobId).collect()
+    }
+
+    /// The job ids of a frame of results.
+    fn result_ids(frame: Option<Bytes>) -> Vec<JobId> {
+        match wire::decode_to_coordinator(&frame.expect("a frame")).unwrap() {
+            ToCoordinator::Results(results) => results.iter().map(|r| r.id).collect(),
+            ToCoordinator::Result(r) => vec![r.id],
+            other => panic!("expected results, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_results_kept_to_send_again_are_bounded_by_the_capacity() {
+        let mut s = WorkerSession::new(SessionConfig::native(2), TransformChain::new());
+        s.handle_frame(&welcome_with("s1", false)).unwrap();
+        for id in 1..=5 {
+            s.handle_frame(&job(id, payload::to_msgpack(&id).unwrap()))
+                .unwrap();
+            s.push_result(JobId(id), Ok(Bytes::new())).unwrap();
+        }
+        s.reconnect();
+        assert_eq!(resume_of(&s).unwrap().holding, ids(4..=5));
+        // Without a session, nothing is kept.
+        let mut s = WorkerSession::new(SessionConfig::native(2), TransformChain::new());
+        s.handle_frame(&welcome()).unwrap();
+        s.handle_frame(&job(1, payload::to_msgpack(&1).unwrap()))
+            .unwrap();
+        s.push_result(JobId(1), Ok(Bytes::new())).unwrap();
+        assert!(s.replay.is_empty());
+    }
+
     /// A session welcomed with session `s1`, holding jobs 1, 2 and 3, that answered job 1
     /// (sent) and job 2 (not sent yet).
     fn session_that_lost_its_connection() -> WorkerSession {
@@ -725,13 +819,14 @@ mod tests {
             resume_of(&s),
             Some(Resume {
                 session: "s1".into(),
-                holding: vec![JobId(3)],
+                holding: ids(1..=3),
             }),
-            "job 2's unsent result went with the connection"
+            "the job held, and the latest results, which may not have arrived"
         );
         assert!(s.next_result_frame().is_none());
         s.handle_frame(&welcome_with("s2", true)).unwrap();
         assert!(s.holds(JobId(3)));
+        assert_eq!(result_ids(s.next_result_frame()), ids(1..=2), "sent again");
         s.push_result(JobId(3), Ok(Bytes::new())).unwrap();
         assert!(s.next_result_frame().is_some());
         // A second loss resumes the new session.

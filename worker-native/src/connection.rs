@@ -58,7 +58,25 @@ use crate::{
 pub struct Client {
     welcome: Welcome,
     drain: CancellationToken,
-    task: JoinHandle<Result<()>>,
+    task: JoinHandle<(Result<()>, Carry)>,
+}
+
+/// What a connection that ended leaves for the next one, so that a worker that connects
+/// again can resume its session (see [`WorkerSession::reconnect`]): the session, the jobs'
+/// runner with the jobs still running, and where it reports.
+pub(crate) struct Carry {
+    /// The session, readied for its resume.
+    pub session: WorkerSession,
+    jobs: Option<Jobs>,
+    replies: Option<mpsc::Receiver<Reply>>,
+}
+
+impl std::fmt::Debug for Carry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Carry")
+            .field("outstanding", &self.session.outstanding())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -81,9 +99,22 @@ impl Client {
     /// Waits until the connection is over: `Ok` after end-of-work (or a drain) once every
     /// result has been flushed, `Err` when it ended for another reason.
     pub async fn done(self) -> Result<()> {
+        self.end().await.0
+    }
+
+    /// Like [`Client::done`], with what the connection leaves for the next one when it was
+    /// lost (`None` once the session is over).
+    pub(crate) async fn end(self) -> (Result<()>, Option<Carry>) {
         match self.task.await {
-            Ok(result) => result,
-            Err(e) => Err(Error::connection_from("the connection task failed", e)),
+            Ok((Ok(()), _)) => (Ok(()), None),
+            Ok((Err(e), mut carry)) => {
+                carry.session.reconnect();
+                (Err(e), Some(carry))
+            }
+            Err(e) => (
+                Err(Error::connection_from("the connection task failed", e)),
+                None,
+            ),
         }
     }
 }
@@ -96,7 +127,7 @@ pub type RawConnection = (mpsc::Receiver<RawJob>, mpsc::Sender<Reply>, Client);
 /// Returns when the coordinator has welcomed the worker; a refusal is
 /// [`Error::Refused`] with the coordinator's reason.
 pub async fn connect_raw(url: &str, options: &Options) -> Result<RawConnection> {
-    Ok(open(url, options).await?.stream(options))
+    Ok(open(url, options, None).await?.stream(options))
 }
 
 /// Like [`connect_raw`], over a connection the caller already opened (a TLS stream, a
@@ -111,12 +142,17 @@ where
         Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
         Ok(result) => upgrade_result(url, &subprotocol, result)?,
     };
-    Ok(handshake(url, ws, options).await?.stream(options))
+    Ok(handshake(url, ws, options, None).await?.stream(options))
 }
 
 /// Connects to `url` (over TLS for `wss://`, see [`tls`](crate::tls)) and completes the
-/// handshake, without starting the connection task.
-pub(crate) async fn open(url: &str, options: &Options) -> Result<Welcomed<tls::Stream>> {
+/// handshake, without starting the connection task; `resume` is the session of a lost
+/// connection, readied for its resume.
+pub(crate) async fn open(
+    url: &str,
+    options: &Options,
+    resume: Option<&WorkerSession>,
+) -> Result<Welcomed<tls::Stream>> {
     let (request, subprotocol) = request(url, options)?;
     let connecting = async {
         let io = tls::connect(request.uri(), &options.ca_certs).await?;
@@ -127,7 +163,7 @@ pub(crate) async fn open(url: &str, options: &Options) -> Result<Welcomed<tls::S
         Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
         Ok(result) => result?,
     };
-    handshake(url, ws, options).await
+    handshake(url, ws, options, resume).await
 }
 
 fn request(
@@ -175,16 +211,21 @@ pub(crate) struct Welcomed<S> {
     welcome: Welcome,
 }
 
-/// Says hello and waits for the welcome.
+/// Says hello (asking to resume the session of a lost connection, if given) and waits for
+/// the welcome.
 async fn handshake<S>(
     url: &str,
     mut ws: WebSocketStream<S>,
     options: &Options,
+    resume: Option<&WorkerSession>,
 ) -> Result<Welcomed<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut session = WorkerSession::new(options.session_config(), options.transforms.clone());
+    let mut session = match resume {
+        Some(session) => session.clone(),
+        None => WorkerSession::new(options.session_config(), options.transforms.clone()),
+    };
     ws.send(Message::Binary(session.hello_frame()?))
         .await
         .map_err(|e| Error::connection_from("sending the hello", e))?;
@@ -201,7 +242,7 @@ where
         Ok(w) => w,
         Err(e) => return Err(fail(&mut ws, e).await),
     };
-    tracing::info!(worker_id = welcome.worker_id, task = ?welcome.task, "connected to {url}");
+    tracing::info!(worker_id = welcome.worker_id, task = ?welcome.task, resumed = welcome.resumed, "connected to {url}");
     Ok(Welcomed {
         ws,
         session,
@@ -223,7 +264,7 @@ where
         let capacity = options.capacity.max(1) as usize;
         let (jobs_tx, jobs_rx) = mpsc::channel(capacity);
         let (replies_tx, replies_rx) = mpsc::channel(capacity);
-        let client = self.spawn(Jobs::Stream(jobs_tx), Some(replies_rx), options);
+        let client = self.spawn(Some(Jobs::Stream(jobs_tx)), Some(replies_rx), options);
         (jobs_rx, replies_tx, client)
     }
 
@@ -235,7 +276,7 @@ where
         replies: mpsc::Receiver<Reply>,
         options: &Options,
     ) -> Client {
-        self.spawn(Jobs::Run(runner), Some(replies), options)
+        self.spawn(Some(Jobs::Run(runner)), Some(replies), options)
     }
 
     /// Starts the connection task running every job through the task module of `source`
@@ -243,10 +284,16 @@ where
     pub(crate) fn run_module(self, source: Source, threads: usize, options: &Options) -> Client {
         // The pool reports on a channel of its own.
         self.spawn(
-            Jobs::Module(ModulePool::start(source, threads)),
+            Some(Jobs::Module(ModulePool::start(source, threads))),
             None,
             options,
         )
+    }
+
+    /// Starts the connection task of a resumed session with what the lost connection left:
+    /// the jobs still running answer on this connection.
+    pub(crate) fn resume(self, carry: Carry, options: &Options) -> Client {
+        self.spawn(carry.jobs, carry.replies, options)
     }
 
     /// Leaves before taking any job, telling the coordinator why.
@@ -258,7 +305,7 @@ where
     /// answers through a channel.
     fn spawn(
         self,
-        jobs: Jobs,
+        jobs: Option<Jobs>,
         replies: Option<mpsc::Receiver<Reply>>,
         options: &Options,
     ) -> Client {
@@ -266,7 +313,7 @@ where
         let driver = Driver {
             ws: self.ws,
             session: self.session,
-            jobs: Some(jobs),
+            jobs,
             unflushed: false,
         };
         let task = tokio::spawn(driver.drive(replies, drain.clone()));
@@ -381,12 +428,15 @@ impl<S> Driver<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    /// Runs the connection until it ends; returns how, and what it leaves for the next
+    /// connection.
     async fn drive(
         mut self,
         replies: Option<mpsc::Receiver<Reply>>,
         drain: CancellationToken,
-    ) -> Result<()> {
-        let mut replies_open = replies.is_some();
+    ) -> (Result<()>, Carry) {
+        let had_replies = replies.is_some();
+        let mut replies_open = had_replies;
         let (_, unused) = mpsc::channel(1);
         let mut replies = replies.unwrap_or(unused);
         let mut draining = false;
@@ -397,62 +447,77 @@ where
         let deadline = tokio::time::sleep(idle.unwrap_or(far));
         tokio::pin!(deadline);
 
-        let end = loop {
-            if self.session.is_finished() {
-                close(&mut self.ws, CLOSE_NORMAL, self.session.finish_reason()).await;
-                break Ok(());
+        let end = 'run: {
+            // Results a resumed session sends again go out at once.
+            self.unflushed = true;
+            if let Break(end) = self.flush().await {
+                break 'run end;
             }
-            tokio::select! {
-                biased;
-                _ = drain.cancelled(), if !draining => {
-                    draining = true;
-                    tracing::info!(outstanding = self.session.outstanding(), "draining: finishing the jobs held, then leaving");
-                    let sent = match self.session.drain_frame() {
-                        Ok(frame) => self.ws.send(Message::Binary(frame)).await.map_err(|e| Error::connection_from("sending the drain", e)),
-                        Err(e) => Err(e),
-                    };
-                    if let Err(e) = sent {
-                        break Err(e);
-                    }
+            loop {
+                if self.session.is_finished() {
+                    close(&mut self.ws, CLOSE_NORMAL, self.session.finish_reason()).await;
+                    break Ok(());
                 }
-                msg = self.ws.next() => {
-                    last_seen = Instant::now();
-                    if let Break(end) = self.read_batch(msg).await {
-                        break end;
-                    }
-                }
-                n = replies.recv_many(&mut batch, BATCH), if replies_open => {
-                    if n == 0 {
-                        replies_open = false;
-                        if self.session.outstanding() > 0 || !self.session.end_of_work() {
-                            let reason = format!("the worker stopped with {} jobs unanswered", self.session.outstanding());
-                            close(&mut self.ws, CLOSE_GOING_AWAY, &reason).await;
-                            break Ok(());
+                tokio::select! {
+                    biased;
+                    _ = drain.cancelled(), if !draining => {
+                        draining = true;
+                        tracing::info!(outstanding = self.session.outstanding(), "draining: finishing the jobs held, then leaving");
+                        let sent = match self.session.drain_frame() {
+                            Ok(frame) => self.ws.send(Message::Binary(frame)).await.map_err(|e| Error::connection_from("sending the drain", e)),
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = sent {
+                            break Err(e);
                         }
-                        continue;
                     }
-                    if let Break(end) = self.send_replies(&mut batch).await {
-                        break end;
+                    msg = self.ws.next() => {
+                        last_seen = Instant::now();
+                        if let Break(end) = self.read_batch(msg).await {
+                            break end;
+                        }
                     }
-                }
-                Some(done) = module_done(&mut self.jobs) => {
-                    if let Break(end) = self.on_module(done).await {
-                        break end;
+                    n = replies.recv_many(&mut batch, BATCH), if replies_open => {
+                        if n == 0 {
+                            replies_open = false;
+                            if self.session.outstanding() > 0 || !self.session.end_of_work() {
+                                let reason = format!("the worker stopped with {} jobs unanswered", self.session.outstanding());
+                                close(&mut self.ws, CLOSE_GOING_AWAY, &reason).await;
+                                break Ok(());
+                            }
+                            continue;
+                        }
+                        if let Break(end) = self.send_replies(&mut batch).await {
+                            break end;
+                        }
                     }
-                }
-                _ = &mut deadline, if idle.is_some() => {
-                    let limit = idle.unwrap_or(far);
-                    if last_seen.elapsed() >= limit {
-                        let e = Error::Timeout(format!("the coordinator was silent for {limit:?}"));
-                        break Err(fail(&mut self.ws, e).await);
+                    Some(done) = module_done(&mut self.jobs) => {
+                        if let Break(end) = self.on_module(done).await {
+                            break end;
+                        }
                     }
-                    deadline.as_mut().reset(last_seen + limit);
+                    _ = &mut deadline, if idle.is_some() => {
+                        let limit = idle.unwrap_or(far);
+                        if last_seen.elapsed() >= limit {
+                            let e = Error::Timeout(format!("the coordinator was silent for {limit:?}"));
+                            break Err(fail(&mut self.ws, e).await);
+                        }
+                        deadline.as_mut().reset(last_seen + limit);
+                    }
                 }
             }
         };
-        // The caller's job stream ends with the connection.
-        drop(self.jobs.take());
-        end
+        let jobs = match self.jobs.take() {
+            // The caller's job stream ends with the connection.
+            Some(Jobs::Stream(_)) | None => None,
+            jobs => jobs,
+        };
+        let carry = Carry {
+            session: self.session,
+            jobs,
+            replies: had_replies.then_some(replies),
+        };
+        (end, carry)
     }
 
     /// Handles `first` and every other message already received, then flushes what they

@@ -84,6 +84,16 @@ pub(crate) struct Runner {
     replies: mpsc::Sender<Reply>,
 }
 
+/// A runner dropped (its connection ended for good, or its jobs are not this worker's any
+/// more) stops the jobs it still runs.
+impl Drop for Runner {
+    fn drop(&mut self) {
+        for handle in self.running.values() {
+            handle.abort();
+        }
+    }
+}
+
 impl Runner {
     pub fn new(
         handler: Handler,

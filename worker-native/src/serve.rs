@@ -19,7 +19,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::mpsc;
 
 use crate::{
-    connection::{self, Client, Welcomed},
+    connection::{self, Carry, Client, Welcomed},
     module::Source,
     runner::{boxed, Handler, Runner},
     Options,
@@ -79,15 +79,24 @@ where
 /// # }
 /// ```
 pub async fn serve_task(url: &str, options: Options) -> Result<()> {
-    reconnecting(url, &options, |conn| serve_task_on(url, conn, &options)).await
+    reconnecting(url, &options, |conn, carry| {
+        serve_task_on(url, conn, carry, &options)
+    })
+    .await
 }
 
-/// Runs the task the welcome of `conn` names until the connection ends.
+/// Runs the task the welcome of `conn` names until the connection ends (the jobs `carry`
+/// left running, when the session was resumed); returns how it ended, and what it leaves
+/// for the next connection.
 async fn serve_task_on(
     url: &str,
     conn: Welcomed<crate::tls::Stream>,
+    carry: Option<Carry>,
     options: &Options,
-) -> Result<()> {
+) -> (Result<()>, Option<Carry>) {
+    if let Some(carry) = carry {
+        return conn.resume(carry, options).end().await;
+    }
     if let Some(spec) = conn.welcome().module.clone() {
         let source = Source {
             ws_url: url.to_owned(),
@@ -97,17 +106,17 @@ async fn serve_task_on(
             ca_certs: options.ca_certs.clone(),
         };
         let threads = options.concurrency.max(1);
-        return conn.run_module(source, threads, options).done().await;
+        return conn.run_module(source, threads, options).end().await;
     }
     let Some(task) = conn.welcome().task.clone() else {
         let reason = "the coordinator names no task";
         conn.leave(reason).await;
-        return Err(Error::config(reason));
+        return (Err(Error::config(reason)), None);
     };
     if !tasks::ALL.contains(&task.as_str()) {
         let reason = format!("this worker does not know the task `{task}`");
         conn.leave(&reason).await;
-        return Err(Error::config(reason));
+        return (Err(Error::config(reason)), None);
     }
     let heavy = tasks::is_cpu_heavy(&task);
     let task: Arc<str> = task.into();
@@ -123,7 +132,7 @@ async fn serve_task_on(
             }
         }
     });
-    run(conn, handler, options).done().await
+    run(conn, handler, options).end().await
 }
 
 /// Like [`serve`] but with untyped payloads: the handler gets and returns plain MessagePack.
@@ -136,8 +145,12 @@ where
     Fut: Future<Output = std::result::Result<Bytes, String>> + Send + 'static,
 {
     let handler = boxed(handler);
-    reconnecting(url, &options, |conn| {
-        run(conn, handler.clone(), &options).done()
+    reconnecting(url, &options, |conn, carry| {
+        let client = match carry {
+            Some(carry) => conn.resume(carry, &options),
+            None => run(conn, handler.clone(), &options),
+        };
+        client.end()
     })
     .await
 }
@@ -146,24 +159,35 @@ where
 /// well, or ends with an error that connecting again cannot change
 /// ([`should_reconnect`](distchan_protocol::session::should_reconnect)), or
 /// [`Options::reconnect`] is off; waits [`Options::backoff`]'s delays in between (a welcome
-/// starts them over), and returns `Ok` when a drain is asked for during a wait (no job is
-/// held then).
+/// starts them over), and returns `Ok` when a drain is asked for during a wait.
+///
+/// A lost connection leaves its session and the jobs still running: the next hello asks to
+/// resume the session, and when the coordinator still keeps it (its reconnect grace),
+/// `work` gets them, to answer them on the new connection. Otherwise they are dropped (the
+/// coordinator gave their jobs to others).
 async fn reconnecting<F, Fut>(url: &str, options: &Options, mut work: F) -> Result<()>
 where
-    F: FnMut(Welcomed<crate::tls::Stream>) -> Fut,
-    Fut: Future<Output = Result<()>>,
+    F: FnMut(Welcomed<crate::tls::Stream>, Option<Carry>) -> Fut,
+    Fut: Future<Output = (Result<()>, Option<Carry>)>,
 {
     let mut backoff = options.backoff.clone();
+    let mut carry: Option<Carry> = None;
     loop {
-        let err = match connection::open(url, options).await {
+        let resume = carry.as_ref().map(|c| &c.session);
+        let err = match connection::open(url, options, resume).await {
             Err(e) => e,
-            Ok(conn) => match work(conn).await {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    backoff.reset();
-                    e
+            Ok(conn) => {
+                let resumed = conn.welcome().resumed;
+                let kept = carry.take().filter(|_| resumed);
+                match work(conn, kept).await {
+                    (Ok(()), _) => return Ok(()),
+                    (Err(e), left) => {
+                        backoff.reset();
+                        carry = left;
+                        e
+                    }
                 }
-            },
+            }
         };
         if !options.reconnect || options.drain.is_cancelled() || !should_reconnect(&err) {
             return Err(err);
