@@ -25,6 +25,10 @@
 #   9. frozen tab: the page's renderer is stopped (SIGSTOP) while it holds jobs, its sockets
 #      open; under default settings the coordinator declares it dead within two heartbeat
 #      intervals and a native worker started afterwards finishes every job.
+#  10. network failure: with a reconnect grace, the tab reaches the coordinator through a proxy
+#      that drops every connection mid-run (no close frames); each of the tab's threads comes
+#      back, resumes its session and keeps the jobs it held, and every job's verified result
+#      arrives exactly once.
 #
 # Assumes scripts/setup.sh has run (Chromium, playwright-core in .tools) and builds nothing
 # but the wasm package if www/pkg is missing; needs the binaries in $DISTCHAN_BIN_DIR
@@ -40,9 +44,11 @@ LOG_DIR=target/e2e
 source tests/e2e/coordinator.sh
 
 NODE_PID=""
+PROXY_PID=""
 cleanup() {
     local code=$?
     if [ -n "$NODE_PID" ] && kill -0 "$NODE_PID" 2>/dev/null; then kill "$NODE_PID" 2>/dev/null || true; fi
+    if [ -n "$PROXY_PID" ] && kill -0 "$PROXY_PID" 2>/dev/null; then kill "$PROXY_PID" 2>/dev/null || true; fi
     stop_all_coordinators
     if [ "$code" != 0 ]; then
         echo "e2e: FAILED (exit $code); logs and screenshots in $LOG_DIR/" >&2
@@ -298,6 +304,42 @@ grep -q "summary: $JOBS of $JOBS jobs" "$LOG_DIR/frozen.out" || {
     exit 1
 }
 echo "ok: the frozen tab was declared dead ($(grep -o 'no sign of life for [^ ]*' "$LOG_DIR/frozen.err" | head -n 1)) and a native worker finished: $JOBS results, each once"
+passed=$((passed + 1))
+
+echo "== e2e 10: the network fails mid-run; the tab resumes its sessions and keeps its jobs"
+# Tiles that take a while, so that the tab's threads are computing when the network fails.
+WIDTH=480 HEIGHT=320 TILE=20
+TILES=$(((WIDTH + TILE - 1) / TILE * ((HEIGHT + TILE - 1) / TILE)))
+start_coordinator blip --demo mandelbrot --width "$WIDTH" --height "$HEIGHT" --tile "$TILE" \
+    --max-iter 20000 --local-workers 0 --verify --static-dir www --reconnect-grace-ms 30000
+rm -f "$LOG_DIR/proxy.addr" "$LOG_DIR/blip.ready"
+node tests/e2e/proxy.mjs "$blip_ADDR" "$LOG_DIR/proxy.addr" >"$LOG_DIR/proxy.log" 2>&1 &
+PROXY_PID=$!
+for ((i = 0; i < 100; i++)); do [ -s "$LOG_DIR/proxy.addr" ] && break; sleep 0.1; done
+[ -s "$LOG_DIR/proxy.addr" ] || { echo "e2e: the proxy did not start" >&2; exit 1; }
+timeout 240 node tests/e2e/volunteer.mjs --url "http://$(cat "$LOG_DIR/proxy.addr")/?autostart=1" \
+    --expect restarted --stop-after-jobs 40 --ready-file "$LOG_DIR/blip.ready" \
+    --screenshot "$LOG_DIR/blip.png" --timeout 120 &
+NODE_PID=$!
+wait_ready "$LOG_DIR/blip.ready"
+kill -USR1 "$PROXY_PID"
+code=0
+wait "$NODE_PID" || code=$?
+NODE_PID=""
+[ "$code" = 0 ] || { echo "e2e: the page did not finish after the network failure" >&2; exit 1; }
+expect_verified blip "$TILES"
+kill "$PROXY_PID" 2>/dev/null || true
+PROXY_PID=""
+grep -q "dropping [1-9]" "$LOG_DIR/proxy.log" || { echo "e2e: the proxy dropped no connection" >&2; exit 1; }
+# A thread that came back keeps the jobs it was computing (kept=N, N > 0): none of them is
+# computed again.
+grep "resumed its session" "$LOG_DIR/blip.err" | grep -q "kept=[1-9]" || {
+    echo "e2e: no thread of the tab came back and kept its jobs:" >&2
+    grep -E "worker (joined|lost|came back)" "$LOG_DIR/blip.err" | tail -n 20 >&2
+    exit 1
+}
+resumed=$(grep "resumed its session" "$LOG_DIR/blip.err" | grep -o "kept=[0-9]*" | tr '\n' ' ')
+echo "ok: the network failed mid-run; the tab's threads resumed their sessions (${resumed% }), $TILES tiles verified, each once"
 passed=$((passed + 1))
 
 echo "e2e: took ${SECONDS} s"

@@ -27,7 +27,11 @@
 //!    ([`Backoff`]; state `reconnecting`, with `attempt` and `retryInMs`), keeping its
 //!    counts and its compiled task module; a refusal for the token, the protocol version or
 //!    the origin is final, as is anything [`should_reconnect`] says retrying cannot change.
-//!    The option `reconnect: false` makes every end final.
+//!    The option `reconnect: false` makes every end final. When the coordinator keeps a lost
+//!    worker's jobs (its reconnect grace), the jobs held go on meanwhile: the hello asks to
+//!    resume the session ([`WorkerSession::reconnect`]), and once resumed they are answered
+//!    on the new connection, with the latest results sent again; otherwise they are
+//!    dropped (the coordinator gave them to others).
 //!
 //! Liveness: every `heartbeat_ms` the coordinator sends a protocol ping, which this loop
 //! answers itself (a WebSocket ping would be answered by the browser even while the page
@@ -303,8 +307,9 @@ impl Status {
 /// What the connection loop reacts to.
 #[derive(Debug)]
 enum Input {
-    /// The WebSocket reported something.
-    Socket(SocketEvent),
+    /// The WebSocket of connection number `.0` reported something (inputs of a connection
+    /// that ended are ignored).
+    Socket(u32, SocketEvent),
     /// A job's handler finished; `job` is its payload when the page wants results.
     Done {
         id: JobId,
@@ -581,19 +586,48 @@ enum Phase {
     Closing,
 }
 
-/// The state of one run of the loop.
-struct Run {
-    inner: Rc<Inner>,
+/// What outlives a connection, for the next one to resume: the session, the handler, the
+/// jobs held that have not started, and the inputs that came while no connection was up
+/// (jobs that finished meanwhile).
+struct Kept {
     session: WorkerSession,
-    socket: Socket,
-    tx: UnboundedSender<Input>,
-    phase: Phase,
     handler: Option<JobHandler>,
     /// Jobs received while the task module is being fetched and compiled.
     held: Vec<(JobId, Bytes)>,
-    /// Jobs put off to a later turn of the event loop, and the jobs that created an
-    /// instance in this turn (see [`INSTANCES_PER_TURN`]).
+    /// Jobs put off to a later turn of the event loop (see [`INSTANCES_PER_TURN`]).
     put_off: std::collections::VecDeque<(JobId, Bytes)>,
+    /// Inputs for a welcomed connection that came before it was.
+    backlog: Vec<Input>,
+}
+
+impl Kept {
+    fn new(inner: &Inner) -> Self {
+        Kept {
+            session: WorkerSession::new(inner.config.clone(), inner.chain.clone()),
+            handler: None,
+            held: Vec::new(),
+            put_off: Default::default(),
+            backlog: Vec::new(),
+        }
+    }
+
+    /// The connection was lost: the session is readied for its resume.
+    fn lost(mut self) -> Self {
+        self.session.reconnect();
+        self
+    }
+}
+
+/// The state of one run of the loop.
+struct Run {
+    inner: Rc<Inner>,
+    /// The connection's number, in the inputs of its socket.
+    conn: u32,
+    socket: Socket,
+    tx: UnboundedSender<Input>,
+    phase: Phase,
+    kept: Kept,
+    /// The jobs that created an instance in this turn (see [`INSTANCES_PER_TURN`]).
     instances_this_turn: usize,
     draining: bool,
     deadline: Option<f64>,
@@ -611,8 +645,16 @@ async fn drive(inner: Rc<Inner>) -> Result<Status, Status> {
         return Err(status);
     }
     let mut backoff = Backoff::default();
+    // One channel for the worker's life: jobs still running when a connection is lost
+    // report on it to the next connection.
+    let (tx, mut rx) = mpsc::unbounded();
+    *inner.control.borrow_mut() = Some(tx.clone());
+    let mut kept = Kept::new(&inner);
+    let mut conn = 0;
     let ending = loop {
-        let (ending, welcomed) = connect_once(&inner).await;
+        conn += 1;
+        let (ending, welcomed, left) = connect_once(&inner, conn, &tx, &mut rx, kept).await;
+        kept = left.lost();
         if welcomed {
             backoff.reset();
         }
@@ -620,26 +662,35 @@ async fn drive(inner: Rc<Inner>) -> Result<Status, Status> {
             break ending;
         }
         let delay = backoff.next_delay((js_sys::Math::random() * u64::MAX as f64) as u64);
+        let outstanding = kept.session.outstanding() as u32;
         inner.update(|s| {
             s.state = State::Reconnecting;
             s.reason = Some(ending.reason.clone());
             s.attempt = backoff.attempts();
             s.retry_in_ms = Some(delay.as_millis() as u64);
-            s.outstanding = 0;
+            s.outstanding = outstanding;
         });
         inner.report();
-        // A stop while waiting ends the run cleanly: this worker holds no job.
-        let (tx, mut rx) = mpsc::unbounded();
-        *inner.control.borrow_mut() = Some(tx.clone());
+        // A stop while waiting ends the run cleanly: the coordinator gives the jobs held
+        // to others. Jobs finishing meanwhile wait for the next connection.
         let deadline = js_sys::Date::now() + delay.as_secs_f64() * 1000.0;
-        let stopped = inner.stop_requested.get()
-            || matches!(next_input(&mut rx, Some(deadline)).await, Some(Input::Stop));
-        inner.control.borrow_mut().take();
+        let stopped = loop {
+            if inner.stop_requested.get() {
+                break true;
+            }
+            match next_input(&mut rx, Some(deadline)).await {
+                None => break false,
+                Some(Input::Stop) => break true,
+                Some(Input::Socket(..)) => {} // from the connection that ended
+                Some(other) => kept.backlog.push(other),
+            }
+        };
         if stopped {
             break Ending::left();
         }
         inner.update(|s| s.retry_in_ms = None);
     };
+    inner.control.borrow_mut().take();
     inner.update(|s| {
         s.state = ending.state;
         s.clean = ending.clean;
@@ -655,20 +706,25 @@ async fn drive(inner: Rc<Inner>) -> Result<Status, Status> {
     }
 }
 
-/// Runs one connection from opening to its end; also says whether the coordinator
-/// welcomed this worker on it.
-async fn connect_once(inner: &Rc<Inner>) -> (Ending, bool) {
-    let (tx, mut rx) = mpsc::unbounded();
-    *inner.control.borrow_mut() = Some(tx.clone());
-    let session = WorkerSession::new(inner.config.clone(), inner.chain.clone());
+/// Runs connection number `conn` from opening to its end, with what the last one left
+/// (`kept`); returns how it ended, whether the coordinator welcomed this worker on it, and
+/// what it leaves for the next one.
+async fn connect_once(
+    inner: &Rc<Inner>,
+    conn: u32,
+    tx: &UnboundedSender<Input>,
+    rx: &mut UnboundedReceiver<Input>,
+    kept: Kept,
+) -> (Ending, bool, Kept) {
     inner.update(|s| s.state = State::Connecting);
     inner.report();
 
     let events = tx.clone();
-    let opened = Socket::open(&inner.url, &session.config().subprotocol(), move |event| {
-        let _ = events.unbounded_send(Input::Socket(event));
+    let subprotocol = kept.session.config().subprotocol();
+    let opened = Socket::open(&inner.url, &subprotocol, move |event| {
+        let _ = events.unbounded_send(Input::Socket(conn, event));
     });
-    let ended = match opened {
+    match opened {
         // A URL the browser refuses: trying again cannot help.
         Err(reason) => (
             Ending {
@@ -678,6 +734,7 @@ async fn connect_once(inner: &Rc<Inner>) -> (Ending, bool) {
                 reason,
             },
             false,
+            kept,
         ),
         Ok(socket) => {
             if inner.stop_requested.get() {
@@ -686,13 +743,11 @@ async fn connect_once(inner: &Rc<Inner>) -> (Ending, bool) {
             let mut run = Run {
                 deadline: Some(js_sys::Date::now() + f64::from(inner.handshake_timeout_ms)),
                 inner: inner.clone(),
-                session,
+                conn,
                 socket,
-                tx,
+                tx: tx.clone(),
                 phase: Phase::Connecting,
-                handler: None,
-                held: Vec::new(),
-                put_off: Default::default(),
+                kept,
                 instances_this_turn: 0,
                 draining: false,
                 closing: None,
@@ -700,7 +755,7 @@ async fn connect_once(inner: &Rc<Inner>) -> (Ending, bool) {
                 saw_error: false,
             };
             let ending = loop {
-                match next_input(&mut rx, run.deadline).await {
+                match next_input(rx, run.deadline).await {
                     Some(input) => run.on_input(input),
                     None => run.on_timeout(),
                 }
@@ -716,13 +771,11 @@ async fn connect_once(inner: &Rc<Inner>) -> (Ending, bool) {
                     break ending;
                 }
             };
-            (ending, run.session.welcome().is_some())
-            // Dropping `run` drops the socket, which detaches and frees its handlers; jobs
-            // still running report to this connection's channel, which is gone with it.
+            let welcomed = run.kept.session.welcome().is_some();
+            // Dropping the socket detaches and frees its handlers.
+            (ending, welcomed, run.kept)
         }
-    };
-    inner.control.borrow_mut().take();
-    ended
+    }
 }
 
 /// The next input, or `None` when `deadline` (a `Date.now()` time) passes first.
@@ -743,11 +796,19 @@ async fn next_input(rx: &mut UnboundedReceiver<Input>, deadline: Option<f64>) ->
 impl Run {
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::Socket(event) => self.on_socket(event),
-            Input::Done { id, outcome, job } => self.on_done(id, outcome, job),
+            Input::Socket(conn, event) if conn == self.conn => self.on_socket(event),
+            Input::Socket(..) => {} // from a connection that ended
             Input::Stop => self.stop(),
+            // Until the welcome, the rest waits (a job that finished before a resume).
+            other if self.phase != Phase::Running => self.kept.backlog.push(other),
+            Input::Done { id, outcome, job } => self.on_done(id, outcome, job),
             Input::Resume => self.resume(),
             Input::ModuleLoaded(loaded) => self.on_module(loaded),
+        }
+        if self.phase == Phase::Running && !self.kept.backlog.is_empty() {
+            for input in std::mem::take(&mut self.kept.backlog) {
+                self.on_input(input);
+            }
         }
     }
 
@@ -795,7 +856,7 @@ impl Run {
             self.leave("worker left", true, None);
             return;
         }
-        match self.session.hello_frame() {
+        match self.kept.session.hello_frame() {
             Ok(hello) => match self.socket.send(&hello) {
                 Ok(()) => self.phase = Phase::AwaitingWelcome,
                 Err(e) => self.fail(Error::connection(e)),
@@ -808,11 +869,15 @@ impl Run {
         if !matches!(self.phase, Phase::AwaitingWelcome | Phase::Running) {
             return; // after our close frame, or before the hello: nothing counts
         }
-        match self.session.handle_frame_shared(frame) {
+        match self.kept.session.handle_frame_shared(frame) {
             Ok(Event::Welcomed(welcome)) => {
                 self.phase = Phase::Running;
                 self.deadline = None;
-                let idle = self.session.idle_timeout().map(|d| d.as_millis() as u64);
+                let idle = self
+                    .kept
+                    .session
+                    .idle_timeout()
+                    .map(|d| d.as_millis() as u64);
                 self.inner.update(|s| {
                     s.state = State::Connected;
                     s.attempt = 0;
@@ -822,6 +887,19 @@ impl Run {
                     s.idle_timeout_ms = idle;
                 });
                 self.inner.report();
+                if !welcome.resumed {
+                    // The jobs held are not this worker's any more (the session forgot them).
+                    self.kept.held.clear();
+                    self.kept.put_off.clear();
+                    self.kept.handler = None;
+                }
+                if self.kept.handler.is_some() {
+                    // Resumed: the jobs held go on with the same handler.
+                    if self.inner.stop_requested.get() {
+                        self.stop();
+                    }
+                    return;
+                }
                 let js = self.inner.handler.borrow().clone();
                 if let (None, Some(spec)) = (&js, welcome.module) {
                     self.load_module(spec);
@@ -831,10 +909,10 @@ impl Run {
                     return;
                 }
                 match JobHandler::choose(js, welcome.task.as_deref()) {
-                    Ok(handler) => self.handler = Some(handler),
+                    Ok(handler) => self.kept.handler = Some(handler),
                     Err(reason) => {
                         // Like the native worker: say we are leaving, then go, with the reason.
-                        if let Ok(drain) = self.session.drain_frame() {
+                        if let Ok(drain) = self.kept.session.drain_frame() {
                             let _ = self.socket.send(&drain);
                         }
                         self.leave("worker left", false, Some(reason));
@@ -852,7 +930,7 @@ impl Run {
             }
             Ok(Event::EndOfWork) => self.finish_if_done(),
             // Answered from this event loop, so a frozen page is seen as silent.
-            Ok(Event::Ping(n)) => match self.session.pong_frame(n) {
+            Ok(Event::Ping(n)) => match self.kept.session.pong_frame(n) {
                 Ok(frame) => {
                     if let Err(e) = self.socket.send(&frame) {
                         self.fail(Error::connection(e));
@@ -882,7 +960,7 @@ impl Run {
                 reason: format!(
                     "could not connect to {} (is the coordinator running, and does it speak {}?)",
                     self.inner.url,
-                    self.session.config().subprotocol()
+                    self.kept.session.config().subprotocol()
                 ),
             });
             return;
@@ -891,6 +969,7 @@ impl Run {
         // coordinator that closes once the session is over anyway only went first.
         self.ended = Some(
             match self
+                .kept
                 .session
                 .closed_by_peer(code, &reason, clean || !self.saw_error)
             {
@@ -898,7 +977,7 @@ impl Run {
                     state: State::Closed,
                     clean: true,
                     retry: false,
-                    reason: self.session.finish_reason().to_owned(),
+                    reason: self.kept.session.finish_reason().to_owned(),
                 },
                 Err(err) => Ending::from(err),
             },
@@ -912,7 +991,7 @@ impl Run {
         self.inner.report();
         let Some(runtime) = self.inner.module_runtime.clone() else {
             // Like an unknown task: say we are leaving, then go, with the reason.
-            if let Ok(drain) = self.session.drain_frame() {
+            if let Ok(drain) = self.kept.session.drain_frame() {
                 let _ = self.socket.send(&drain);
             }
             let reason =
@@ -922,7 +1001,7 @@ impl Run {
         };
         let tx = self.tx.clone();
         let url = self.inner.url.clone();
-        let token = self.session.config().token.clone();
+        let token = self.kept.session.config().token.clone();
         spawn_local(async move {
             let loaded = LoadedModule::load(spec, &url, token.as_deref(), runtime).await;
             let _ = tx.unbounded_send(Input::ModuleLoaded(loaded));
@@ -943,8 +1022,8 @@ impl Run {
                     }
                 });
                 self.inner.report();
-                self.handler = Some(JobHandler::Module(module));
-                for (id, payload) in std::mem::take(&mut self.held) {
+                self.kept.handler = Some(JobHandler::Module(module));
+                for (id, payload) in std::mem::take(&mut self.kept.held) {
                     self.start_job(id, payload);
                 }
             }
@@ -953,25 +1032,25 @@ impl Run {
     }
 
     fn start_job(&mut self, id: JobId, payload: Bytes) {
-        let Some(handler) = self.handler.clone() else {
+        let Some(handler) = self.kept.handler.clone() else {
             // Jobs come only after the welcome; without a handler yet, the task module is
             // still being fetched: the job waits for it.
-            self.held.push((id, payload));
+            self.kept.held.push((id, payload));
             return;
         };
         if handler.instance_per_job() {
             // A fresh WebAssembly instance per job: the browser frees the memory of those
             // that ran only once its event loop turns, so a batch of them in one turn could
             // run out of it. The rest wait for the next turn.
-            if self.instances_this_turn >= INSTANCES_PER_TURN || !self.put_off.is_empty() {
-                if self.put_off.is_empty() {
+            if self.instances_this_turn >= INSTANCES_PER_TURN || !self.kept.put_off.is_empty() {
+                if self.kept.put_off.is_empty() {
                     let tx = self.tx.clone();
                     spawn_local(async move {
                         TimeoutFuture::new(0).await;
                         let _ = tx.unbounded_send(Input::Resume);
                     });
                 }
-                self.put_off.push_back((id, payload));
+                self.kept.put_off.push_back((id, payload));
                 return;
             }
             self.instances_this_turn += 1;
@@ -990,15 +1069,17 @@ impl Run {
     }
 
     fn on_done(&mut self, id: JobId, outcome: Outcome, job: Option<Bytes>) {
-        if self.phase != Phase::Running {
-            return; // the connection is going away; the coordinator re-dispatches the job
+        if self.phase != Phase::Running || !self.kept.session.holds(id) {
+            // The connection is going away, or the job is not this worker's any more (a
+            // session the coordinator no longer knew): it is given to others.
+            return;
         }
         let ok = job
             .is_some()
             .then(|| outcome.as_ref().ok().cloned())
             .flatten();
         let failed = outcome.is_err();
-        if let Err(e) = self.session.push_result(id, outcome) {
+        if let Err(e) = self.kept.session.push_result(id, outcome) {
             web_sys::console::warn_1(&format!("distchan: result not sent: {e}").into());
         }
         self.inner.update(|s| {
@@ -1013,7 +1094,7 @@ impl Run {
     /// A new turn of the event loop: the jobs put off start (as many as one turn takes).
     fn resume(&mut self) {
         self.instances_this_turn = 0;
-        let waiting = std::mem::take(&mut self.put_off);
+        let waiting = std::mem::take(&mut self.kept.put_off);
         for (id, payload) in waiting {
             self.start_job(id, payload);
         }
@@ -1027,14 +1108,14 @@ impl Run {
             return;
         }
         let mut answered = false;
-        while let Some(frame) = self.session.next_result_frame() {
+        while let Some(frame) = self.kept.session.next_result_frame() {
             answered = true;
             if let Err(e) = self.socket.send(&frame) {
                 self.fail(Error::connection(e));
                 return;
             }
         }
-        let outstanding = self.session.outstanding() as u32;
+        let outstanding = self.kept.session.outstanding() as u32;
         self.inner.update(|s| s.outstanding = outstanding);
         if answered {
             self.inner.report_progress();
@@ -1060,7 +1141,7 @@ impl Run {
             Phase::Connecting | Phase::AwaitingWelcome => self.leave("worker left", true, None),
             Phase::Running if !self.draining => {
                 self.draining = true;
-                match self.session.drain_frame() {
+                match self.kept.session.drain_frame() {
                     Ok(frame) => {
                         if let Err(e) = self.socket.send(&frame) {
                             self.fail(Error::connection(e));
@@ -1083,8 +1164,8 @@ impl Run {
     /// Closes normally once the session says every job held is answered after end-of-work
     /// or a drain.
     fn finish_if_done(&mut self) {
-        if self.phase == Phase::Running && self.session.is_finished() {
-            self.leave(self.session.finish_reason(), true, None);
+        if self.phase == Phase::Running && self.kept.session.is_finished() {
+            self.leave(self.kept.session.finish_reason(), true, None);
         }
     }
 

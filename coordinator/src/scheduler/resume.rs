@@ -167,7 +167,8 @@ impl Scheduler {
         tracing::info!(
             worker = id,
             was = old_id,
-            kept = held,
+            kept,
+            already_answered = superseded.len(),
             lost = lost.len(),
             "worker came back and resumed its session"
         );
