@@ -1,11 +1,13 @@
 //! One fast and one slow worker: how long a run takes when each worker's credit window
-//! follows its measured speed (the coordinator's default) against equal fixed windows.
+//! follows its measured speed (the coordinator's default) against equal fixed windows, and
+//! how much straggler speculation (the default too) shortens its end.
 //!
 //! Two `--worker` children of the `paced` flavor answer one job at a time, after
 //! [`FAST_MS`] and [`SLOW_MS`] of sleep: a fast machine and one ten times slower (a phone,
 //! an old laptop). Both declare [`CAPACITY`], the native worker's default. With fixed
 //! windows the slow one holds that many jobs from the start and the run waits for it; with
-//! adaptive windows it holds about a quarter second of its own work.
+//! adaptive windows it holds about a quarter second of its own work, which the run's end
+//! still waits for unless speculation gives those jobs to the fast one too.
 
 use std::time::Duration;
 
@@ -36,10 +38,12 @@ pub struct FleetRun {
     pub tail_secs: f64,
 }
 
-/// `n` tiny jobs through one fast and one slow worker, with adaptive or fixed windows.
-pub async fn run(adaptive: bool, n: u64) -> BenchResult<FleetRun> {
+/// `n` tiny jobs through one fast and one slow worker, with adaptive or fixed windows, and
+/// with straggler speculation or without.
+pub async fn run(adaptive: bool, speculation: bool, n: u64) -> BenchResult<FleetRun> {
     let config = Config {
         adaptive_windows: adaptive,
+        speculation,
         ..Config::default()
     };
     let builder = Coordinator::builder().config(config);

@@ -70,7 +70,8 @@
 //! - **Fleet** ([`fleet::run`]): 1,000 tiny jobs (300 with `--quick`) through one worker
 //!   that takes 1 ms per job and one that takes 10 ms, one job at a time each, both
 //!   declaring 256: the run's length and its last tenth with adaptive windows and with
-//!   fixed ones.
+//!   fixed ones (both without speculation), and with adaptive windows and straggler
+//!   speculation.
 //!
 //! `--strict-turns` and `--fixed-windows` change those settings of every coordinator the
 //! bench starts in-process (not the fleet's, which compares windows itself, nor pipe
@@ -681,17 +682,24 @@ async fn tab_jobs(plan: &Plan) -> BenchResult<Vec<TabRow>> {
     Ok(rows)
 }
 
-/// One fast and one slow worker, with adaptive windows and with equal fixed windows.
+/// One fast and one slow worker, with adaptive windows and with equal fixed windows
+/// (without speculation, to compare the windows alone), then with adaptive windows and
+/// speculation (the defaults).
 async fn fleet_run(plan: &Plan) -> BenchResult<FleetRow> {
     let mut runs = Vec::new();
-    for (adaptive, what) in [(true, "adaptive"), (false, "fixed")] {
+    for (adaptive, speculation, what) in [
+        (true, false, "adaptive windows"),
+        (false, false, "fixed windows"),
+        (true, true, "adaptive windows and speculation"),
+    ] {
         let what = format!(
-            "one fast ({} ms) and one slow ({} ms) worker, {} jobs, {what} windows",
+            "one fast ({} ms) and one slow ({} ms) worker, {} jobs, {what}",
             fleet::FAST_MS,
             fleet::SLOW_MS,
             plan.fleet_jobs
         );
-        runs.push(measure(plan, &what, fleet::run(adaptive, plan.fleet_jobs)).await?);
+        let run = fleet::run(adaptive, speculation, plan.fleet_jobs);
+        runs.push(measure(plan, &what, run).await?);
     }
     Ok(FleetRow {
         jobs: plan.fleet_jobs,
@@ -701,6 +709,8 @@ async fn fleet_run(plan: &Plan) -> BenchResult<FleetRow> {
         adaptive: runs[0],
         fixed: runs[1],
         sooner: 1.0 - runs[0].secs / runs[1].secs,
+        speculating: runs[2],
+        tail_shorter: 1.0 - runs[2].tail_secs / runs[0].tail_secs,
     })
 }
 

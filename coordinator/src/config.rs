@@ -72,6 +72,11 @@ pub struct Config {
     /// in one message to one worker instead of one message to each of many workers. When
     /// they come slower, every turn is one job either way.
     pub strict_turns: bool,
+    /// Straggler speculation (on by default): at the end of a run (the job side closed,
+    /// nothing waiting), a job a slow worker holds is also given to an idle worker measured
+    /// at least twice as fast; the first result wins and the slower run is told to stop,
+    /// so one slow worker does not hold up the end. Never with `strict_turns`.
+    pub speculation: bool,
     /// Origins (e.g. `http://localhost:8080`) from which browser workers may connect.
     /// Empty accepts every origin. Connections without an `Origin` header (native
     /// workers) are not affected.
@@ -126,6 +131,7 @@ impl std::fmt::Debug for Config {
             max_capacity,
             adaptive_windows,
             strict_turns,
+            speculation,
             allowed_origins,
             task,
             module_limits,
@@ -154,6 +160,7 @@ impl std::fmt::Debug for Config {
             .field("max_capacity", max_capacity)
             .field("adaptive_windows", adaptive_windows)
             .field("strict_turns", strict_turns)
+            .field("speculation", speculation)
             .field("allowed_origins", allowed_origins)
             .field("task", task)
             .field("module_limits", module_limits)
@@ -187,6 +194,7 @@ impl Default for Config {
             max_capacity: 4096,
             adaptive_windows: true,
             strict_turns: false,
+            speculation: true,
             allowed_origins: Vec::new(),
             task: None,
             module_limits: Limits::default(),

@@ -94,6 +94,7 @@ pub(crate) struct Tallies {
     pub completed: u64,
     pub failed: u64,
     pub redelivered: u64,
+    pub speculated: u64,
     pub duplicates: u64,
     pub dispatch_wait: Tally,
     pub round_trip: Tally,
@@ -180,6 +181,7 @@ pub(crate) struct Counters {
     pub completed: Counter,
     pub failed: Counter,
     pub redelivered: Counter,
+    pub speculated: Counter,
     pub duplicates: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
@@ -214,6 +216,7 @@ impl Default for Counters {
             completed: Counter::default(),
             failed: Counter::default(),
             redelivered: Counter::default(),
+            speculated: Counter::default(),
             duplicates: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
@@ -261,6 +264,11 @@ impl Default for Counters {
             "jobs_redelivered",
             "Jobs taken back from a lost worker or lease and queued again",
             c.redelivered.clone(),
+        );
+        r.register(
+            "jobs_speculated",
+            "Jobs a slow worker held at the end of a run that were also given to a faster one",
+            c.speculated.clone(),
         );
         r.register(
             "results_duplicate",
@@ -327,6 +335,9 @@ pub struct Stats {
     pub failed: u64,
     /// Jobs taken back from a lost worker or an overrun lease and queued again.
     pub redelivered: u64,
+    /// Jobs a slow worker held at the end of a run that were also given to an idle, faster
+    /// one (straggler speculation, see [`Config::speculation`](crate::Config::speculation)).
+    pub speculated: u64,
     /// Late or duplicate results that were dropped.
     pub duplicates: u64,
     /// Bytes received from workers.
@@ -353,6 +364,7 @@ impl Counters {
             (&self.completed, t.completed),
             (&self.failed, t.failed),
             (&self.redelivered, t.redelivered),
+            (&self.speculated, t.speculated),
             (&self.duplicates, t.duplicates),
         ] {
             if n > 0 {
@@ -378,6 +390,7 @@ impl Counters {
             completed: self.completed.get(),
             failed: self.failed.get(),
             redelivered: self.redelivered.get(),
+            speculated: self.speculated.get(),
             duplicates: self.duplicates.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),

@@ -313,6 +313,7 @@ impl Hub {
                 }
             }
             s.dispatch(now, wakes);
+            s.speculate(now, wakes);
             s.maybe_finish(wakes);
         });
     }

@@ -160,6 +160,41 @@ impl Ledger {
         (moved, lost)
     }
 
+    /// Up to `limit` jobs running on the workers of `slow` for at least `min_age` by `now`
+    /// and never copied (nor overrun) before, oldest first, with the worker running each;
+    /// each is marked overrun on that worker (its run may still win; it is stopped once the
+    /// job has its outcome).
+    pub fn stragglers(
+        &mut self,
+        slow: &rustc_hash::FxHashSet<WorkerId>,
+        now: Instant,
+        min_age: std::time::Duration,
+        limit: usize,
+    ) -> Vec<(JobId, WorkerId)> {
+        let mut found: Vec<(Instant, JobId, WorkerId)> = self
+            .table
+            .iter()
+            .filter_map(|(&id, e)| match e.state {
+                State::Running { worker, .. }
+                    if slow.contains(&worker)
+                        && e.overrun_on.is_none()
+                        && now.saturating_duration_since(e.at) >= min_age =>
+                {
+                    Some((e.at, id, worker))
+                }
+                _ => None,
+            })
+            .collect();
+        found.sort_unstable();
+        found.truncate(limit);
+        for &(_, id, worker) in &found {
+            if let Some(e) = self.table.get_mut(&id) {
+                e.overrun_on = Some(worker);
+            }
+        }
+        found.into_iter().map(|(_, id, w)| (id, w)).collect()
+    }
+
     /// Takes job `id` out of the table (it was cancelled): `None` when it is not there,
     /// otherwise the worker running it, if one does (`None` while it waits again).
     pub fn remove(&mut self, id: JobId) -> Option<Option<WorkerId>> {

@@ -36,6 +36,8 @@
 //! - `outcomes`: outcomes waiting for the result receiver, and the end of work.
 //! - `cancel`: a job cancelled by its sender, wherever it is.
 //! - `resume`: reconnect grace: a lost worker's jobs kept for its return with its session.
+//! - `speculate`: straggler speculation: at the end of a run, a slow worker's jobs also go
+//!   to an idle, faster one.
 //! - `report`: what the coordinator reports about its workers and at shutdown.
 //! - `tests`: the scheduler driven directly, without sockets.
 
@@ -46,6 +48,7 @@ mod ledger;
 mod outcomes;
 mod report;
 mod resume;
+mod speculate;
 #[cfg(test)]
 mod tests;
 mod window;

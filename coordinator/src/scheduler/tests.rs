@@ -726,3 +726,96 @@ async fn without_a_grace_a_lost_worker_s_jobs_go_at_once() {
     let other = join(&hub, 2);
     assert_eq!(sent(&hub, other), ids(0..2));
 }
+
+/// Runs 100 jobs on a fast worker (answers every 5 ms) and a slow one (every 50 ms), two jobs
+/// each at a time, on paused time: returns the 5 ms steps the run took, each job's
+/// outcome (which worker answered it), and the jobs the slow worker was told to stop.
+async fn fast_and_slow(config: Config) -> (u32, Vec<(JobId, WorkerId)>, Vec<JobId>) {
+    let hub = hub(config);
+    let (fast, slow) = (join(&hub, 2), join(&hub, 2));
+    submit(&hub, 100);
+    hub.close_jobs();
+    let (mut held_fast, mut held_slow, mut cancelled) = (Vec::new(), Vec::new(), Vec::new());
+    let mut delivered = Vec::new();
+    let mut step = 0;
+    while delivered.len() < 100 {
+        assert!(step < 1000, "the run ends");
+        for (worker, held) in [(fast, &mut held_fast), (slow, &mut held_slow)] {
+            for out in outbox(&hub, worker) {
+                match out {
+                    Outgoing::Job(id, _) => held.push(id),
+                    Outgoing::Cancel(id) => cancelled.push(id),
+                    Outgoing::EndOfWork => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        tokio::time::advance(Duration::from_millis(5)).await;
+        step += 1;
+        for id in std::mem::take(&mut held_fast) {
+            answer(&hub, fast, id, Ok("fast"));
+        }
+        if step % 10 == 0 {
+            for id in std::mem::take(&mut held_slow) {
+                answer(&hub, slow, id, Ok("slow"));
+            }
+        }
+        delivered.extend(
+            outcomes(&hub)
+                .into_iter()
+                .map(|o| (o.id, o.worker.unwrap())),
+        );
+    }
+    cancelled.extend(outbox(&hub, slow).into_iter().filter_map(|out| match out {
+        Outgoing::Cancel(id) => Some(id),
+        _ => None,
+    }));
+    let mut answered: Vec<JobId> = delivered.iter().map(|&(id, _)| id).collect();
+    answered.sort();
+    assert_eq!(answered, ids(0..100), "each job's outcome once");
+    (step, delivered, cancelled)
+}
+
+/// Speculation on or off.
+fn speculating(on: bool) -> Config {
+    Config {
+        speculation: on,
+        ..Config::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_end_a_slow_worker_s_jobs_also_go_to_an_idle_fast_one() {
+    let (steps_off, _, cancelled_off) = fast_and_slow(speculating(false)).await;
+    let (steps_on, delivered_on, cancelled_on) = fast_and_slow(speculating(true)).await;
+    assert!(cancelled_off.is_empty());
+    assert!(
+        steps_on < steps_off,
+        "the run ends sooner: {steps_on} steps against {steps_off}"
+    );
+    // The copies won, and the slow worker was told to stop its runs of them.
+    assert_eq!(cancelled_on.len(), 2, "{cancelled_on:?}");
+    for id in &cancelled_on {
+        let by = delivered_on
+            .iter()
+            .find(|&&(d, _)| d == *id)
+            .map(|&(_, w)| w);
+        assert_eq!(by, Some(1), "job {id} answered by the fast worker (id 1)");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn strict_turns_never_speculate() {
+    let strict = Config {
+        strict_turns: true,
+        ..speculating(true)
+    };
+    let (steps, _, cancelled) = fast_and_slow(strict).await;
+    let (steps_off, _, _) = fast_and_slow(Config {
+        strict_turns: true,
+        ..speculating(false)
+    })
+    .await;
+    assert!(cancelled.is_empty());
+    assert_eq!(steps, steps_off);
+}

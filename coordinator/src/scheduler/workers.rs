@@ -372,6 +372,20 @@ impl Workers {
         self.free_credit = self.free_credit + after - before;
     }
 
+    /// The best measured rate of the workers that hold no job and may take some, and the
+    /// credit they have free; `None` when no such worker has a measured rate.
+    pub fn idle(&self) -> Option<(f64, usize)> {
+        let mut best: Option<f64> = None;
+        let mut free = 0;
+        for w in self.map.values().filter(|w| w.held == 0 && w.free() > 0) {
+            if let Some(rate) = w.window.rate() {
+                best = Some(best.map_or(rate, |b| b.max(rate)));
+                free += w.free();
+            }
+        }
+        best.map(|rate| (rate, free))
+    }
+
     /// Marks job `id` superseded on worker `wid`, which still holds it: its answer will not
     /// count.
     pub fn supersede(&mut self, wid: WorkerId, id: JobId) {

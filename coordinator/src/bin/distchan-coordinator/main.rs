@@ -189,6 +189,10 @@ struct ServerArgs {
     /// Go package did), instead of consecutive jobs while its connection is still sending.
     #[arg(long, global = true, env = "DISTCHAN_STRICT_TURNS")]
     strict_turns: bool,
+    /// Turn off straggler speculation: at the end of a run, a job a slow worker holds is no
+    /// longer also given to an idle worker twice as fast (the first result wins).
+    #[arg(long, global = true, env = "DISTCHAN_NO_SPECULATION")]
+    no_speculation: bool,
     /// Folder with the volunteer page and dashboard, served at `/` [default: ./www if present]
     #[arg(long, global = true, env = "DISTCHAN_STATIC_DIR")]
     static_dir: Option<PathBuf>,
@@ -253,6 +257,7 @@ impl ServerArgs {
             trust_forwarded_for: self.trust_forwarded_for,
             adaptive_windows: !self.fixed_windows,
             strict_turns: self.strict_turns,
+            speculation: !self.no_speculation,
             task: task.map(str::to_owned),
             module_limits: Limits {
                 memory_bytes: self.module_memory_mb << 20,
