@@ -64,7 +64,15 @@ function showStatus(s) {
         td.append(sw);
       }
       if (i === 1) { td.className = "agent"; td.title = v; }
-      td.append(String(v) + (i === 1 && w.draining ? " (leaving)" : ""));
+      // A worker leaving or paused says so first, where the column cannot cut it off.
+      const note = i !== 1 ? "" : w.draining ? "leaving" : w.paused ? "paused" : "";
+      if (note) {
+        const tag = document.createElement("span");
+        tag.className = `tag ${note}`;
+        tag.textContent = `(${note})`;
+        td.append(tag, " ");
+      }
+      td.append(String(v));
       tr.append(td);
     });
     return tr;

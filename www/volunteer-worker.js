@@ -1,7 +1,8 @@
 // One volunteer thread: a module Web Worker that loads the wasm package and runs one
 // BrowserWorker connection. The page (volunteer.js) starts one per core.
 //
-// page -> thread: {type: "start", url, token, capacity, index, threads} | {type: "stop"}
+// page -> thread: {type: "start", url, token, capacity, index, threads, paused} | {type: "stop"}
+//                 | {type: "pause"} | {type: "resume"}
 // thread -> page: {type: "status", status}           every change, and progress 4x a second
 //                 {type: "tile", tile}                a computed Mandelbrot tile (rgba transferred)
 //                 {type: "alive"}                     every ALIVE_MS while the thread is free to
@@ -30,6 +31,7 @@ setInterval(() => self.postMessage({ type: "alive" }), ALIVE_MS);
 
 let worker = null;
 let stopRequested = false;
+let pauseRequested = false;
 
 self.onmessage = (event) => {
   const msg = event.data;
@@ -38,10 +40,14 @@ self.onmessage = (event) => {
   } else if (msg.type === "stop") {
     stopRequested = true;
     if (worker) worker.stop();
+  } else if (msg.type === "pause" || msg.type === "resume") {
+    pauseRequested = msg.type === "pause";
+    if (worker) pauseRequested ? worker.pause() : worker.resume();
   }
 };
 
-async function start({ url, token, capacity, index, threads, tab }) {
+async function start({ url, token, capacity, index, threads, tab, paused }) {
+  pauseRequested = pauseRequested || Boolean(paused);
   let module;
   try {
     module = await wasm;
@@ -86,6 +92,7 @@ async function start({ url, token, capacity, index, threads, tab }) {
       self.postMessage({ type: "tile", tile }, [rgba]);
     }
   };
+  if (pauseRequested) worker.pause();
   if (stopRequested) worker.stop();
   try {
     const status = await worker.run();

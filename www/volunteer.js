@@ -3,6 +3,11 @@
 // served the page. Query parameters: ?autostart=1, ?token=ACCESS_TOKEN, ?threads=N,
 // ?capacity=N (most jobs each thread may hold at once, default 64; the coordinator gives a
 // thread fewer while more would not make it faster, e.g. two heavy tiles at a time).
+//
+// Volunteer controls: how many cores to give (threads are added or drained away while the
+// tab works), Pause/Resume, and pausing by itself while the tab is hidden or the device is
+// on battery, if ticked. A paused thread keeps its connection, finishes the jobs it is
+// running and hands back the rest, which go to other workers.
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -11,7 +16,8 @@ $("token").value = params.get("token") || "";
 // lives (a reload keeps it).
 const tabName = sessionStorage.getItem("distchan-tab") || Math.random().toString(16).slice(2, 6);
 sessionStorage.setItem("distchan-tab", tabName);
-const threadCount = clamp(Number(params.get("threads")) || navigator.hardwareConcurrency || 2, 1, 64);
+const maxCores = clamp(Math.max(navigator.hardwareConcurrency || 2, Number(params.get("threads")) || 0), 1, 64);
+let threadCount = clamp(Number(params.get("threads")) || navigator.hardwareConcurrency || 2, 1, 64);
 const capacity = clamp(Number(params.get("capacity")) || 64, 1, 1024);
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
@@ -20,6 +26,10 @@ const STUCK_GRACE_MS = 3000;
 
 /** One entry per running thread: {index, worker, status, ended, ok, refused, reason, lastAlive}. */
 let threads = [];
+/** Why the tab is paused: "you", "hidden", "battery" (none: working). */
+const pauseReasons = new Set();
+/** The device's battery, where the browser reports it. */
+let battery = null;
 /** Threads restarted because a job ran past the module's time limit, and their jobs done. */
 let restarts = 0;
 let doneByRestarted = 0;
@@ -36,9 +46,73 @@ function clamp(n, lo, hi) {
 }
 
 $("coordinator-url").textContent = wsUrl;
-$("thread-count").textContent = `${threadCount} background thread${threadCount === 1 ? "" : "s"}`;
 $("start").addEventListener("click", start);
 $("stop").addEventListener("click", stop);
+$("pause").addEventListener("click", () => {
+  if (pauseReasons.has("you")) pauseReasons.delete("you");
+  else pauseReasons.add("you");
+  applyPause();
+});
+
+for (let n = 1; n <= maxCores; n++) $("cores").append(new Option(String(n), String(n), false, n === threadCount));
+$("cores").addEventListener("change", () => {
+  threadCount = Number($("cores").value);
+  showThreadCount();
+  if (threads.some((t) => !t.ended) && !stopping) setLiveThreads(threadCount);
+});
+showThreadCount();
+
+function showThreadCount() {
+  $("thread-count").textContent = `${threadCount} background thread${threadCount === 1 ? "" : "s"}`;
+}
+
+$("pause-hidden").addEventListener("change", followConditions);
+$("pause-battery").addEventListener("change", followConditions);
+document.addEventListener("visibilitychange", followConditions);
+if (navigator.getBattery) {
+  navigator.getBattery().then((b) => {
+    battery = b;
+    b.addEventListener("chargingchange", followConditions);
+    followConditions();
+  }, () => {});
+} else {
+  $("pause-battery").disabled = true;
+  $("pause-battery").parentElement.title = "this browser does not tell pages whether it runs on battery";
+}
+
+/** Pauses while the tab is hidden or the device is on battery, when the volunteer ticked it. */
+function followConditions() {
+  const want = {
+    hidden: $("pause-hidden").checked && document.hidden,
+    battery: $("pause-battery").checked && battery !== null && !battery.charging,
+  };
+  for (const [reason, on] of Object.entries(want)) {
+    if (on) pauseReasons.add(reason);
+    else pauseReasons.delete(reason);
+  }
+  applyPause();
+}
+
+/** Tells every live thread whether to pause. */
+function applyPause() {
+  const paused = pauseReasons.size > 0;
+  for (const t of threads) if (!t.ended) t.worker.postMessage({ type: paused ? "pause" : "resume" });
+  render();
+}
+
+/** Adds threads, or drains the last ones away, until `n` work. */
+function setLiveThreads(n) {
+  const live = threads.filter((t) => !t.ended && !t.retiring);
+  for (let index = live.length; index < n; index++) {
+    const free = threads.length;
+    threads.push(launch(free));
+  }
+  for (const t of live.slice(n)) {
+    t.retiring = true;
+    t.worker.postMessage({ type: "stop" });
+  }
+  render();
+}
 // Enter in the token field starts, as the Start button does.
 $("token-form").addEventListener("submit", (event) => {
   event.preventDefault();
@@ -59,6 +133,7 @@ function start() {
   $("banner").hidden = true;
   $("start").disabled = true;
   $("stop").disabled = false;
+  $("pause").disabled = false;
   for (let index = 0; index < threadCount; index++) threads.push(launch(index));
   clearInterval(rateTimer);
   rateTimer = setInterval(() => {
@@ -78,7 +153,7 @@ function launch(index) {
     onThreadMessage(thread, { type: "end", ok: false, refused: false, reason: `the worker thread failed: ${event.message || "could not load volunteer-worker.js"}` });
   };
   const token = $("token").value.trim();
-  worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount, tab: tabName });
+  worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount, tab: tabName, paused: pauseReasons.size > 0 });
   return thread;
 }
 
@@ -106,6 +181,7 @@ function watchdog() {
 function stop() {
   stopping = true;
   $("stop").disabled = true;
+  $("pause").disabled = true;
   for (const t of threads) if (!t.ended) t.worker.postMessage({ type: "stop" });
   render();
 }
@@ -127,11 +203,17 @@ function onThreadMessage(thread, msg) {
     thread.reason = msg.reason;
     if (msg.status) thread.status = msg.status;
     thread.worker.terminate();
+    if (thread.retiring && msg.ok) {
+      // Drained away because the volunteer gave fewer cores: its jobs still count.
+      doneByRestarted += thread.status ? thread.status.jobsDone : 0;
+      threads = threads.filter((t) => t !== thread);
+    }
     if (threads.every((t) => t.ended)) {
       clearInterval(rateTimer);
       finishedAt = performance.now();
       $("start").disabled = false;
       $("stop").disabled = true;
+      $("pause").disabled = true;
     }
   }
   render();
@@ -176,6 +258,14 @@ function overall() {
   if (stopping) {
     return { cls: "draining", text: "Stopping…", detail: "Finishing the jobs this tab holds, then leaving." };
   }
+  if (pauseReasons.size > 0) {
+    const why = pauseReasons.has("you") ? "You paused this tab"
+      : pauseReasons.has("hidden") ? "This tab is hidden"
+      : "This device is on battery";
+    const running = live.reduce((n, t) => n + (t.status ? t.status.outstanding : 0), 0);
+    const finishing = running > 0 ? `finishing ${running} job${running === 1 ? "" : "s"} in hand` : "no job in hand";
+    return { cls: "paused", text: "Paused", detail: `${why}: ${finishing}; the rest went to other workers. ${pauseReasons.has("you") ? "Press Resume to go on." : "It resumes by itself."}` };
+  }
   const { connected } = totals();
   if (connected > 0) {
     return { cls: "working", text: "Working", detail: `${connected} of ${threads.length} threads connected to ${wsUrl}` };
@@ -210,6 +300,7 @@ function render() {
   banner.className = v.banner ? "banner" : "banner info";
 
   $("f-connected").textContent = `${connected} / ${threads.length}`;
+  $("pause").textContent = pauseReasons.has("you") ? "Resume" : "Pause";
   // A task module is shown by name and hash, so a volunteer knows what this tab computes.
   $("f-task").textContent = module ? `${module.name} · ${module.shortHash}` : task || "—";
   $("f-task").title = module ? `task module ${module.name}, SHA-256 ${module.sha256}${module.abi ? ` (${module.abi})` : ""}` : "";
@@ -228,10 +319,10 @@ function render() {
     const s = t.status;
     const state = t.ended ? (t.ok ? "finished" : t.refused ? "refused" : "failed")
       : !s || s.state === "connecting" || s.state === "reconnecting" || s.state === "idle" ? "connecting"
-      : s.state === "draining" ? "draining" : "working";
+      : s.state === "draining" ? "draining" : s.paused ? "paused" : "working";
     dot.className = `dot ${state}`;
     const label = t.ended ? (t.ok ? "done" : t.refused ? "refused" : "disconnected")
-      : s ? s.state : "starting";
+      : t.retiring ? "leaving" : s ? (s.paused && s.state === "connected" ? "paused" : s.state) : "starting";
     li.append(dot, `thread ${i + 1}: ${label} · ${s ? s.jobsDone : 0} jobs`);
     if (t.reason && !t.ok) li.title = t.reason;
     return li;

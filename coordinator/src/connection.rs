@@ -106,6 +106,10 @@ pub(crate) enum Incoming {
     Emit(Bytes),
     /// The worker takes no more jobs and leaves once it answered those it holds.
     Drain,
+    /// The worker pauses, and gives back these jobs, which it had not started.
+    Pause(Vec<JobId>),
+    /// The worker takes jobs again.
+    Unpause,
 }
 
 /// What a worker announced in its hello, for [`Hub::join`].
@@ -483,6 +487,8 @@ fn read_one(
         }
         Ok(ToCoordinator::Emit { payload }) => Incoming::Emit(payload),
         Ok(ToCoordinator::Drain) => Incoming::Drain,
+        Ok(ToCoordinator::Pause { released }) => Incoming::Pause(released),
+        Ok(ToCoordinator::Unpause) => Incoming::Unpause,
         // Its arrival is what counts (see `run`).
         Ok(ToCoordinator::Pong(_)) => return Ok(()),
         Ok(ToCoordinator::Hello(_)) => {

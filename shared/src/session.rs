@@ -148,6 +148,8 @@ pub struct WorkerSession {
     replay: std::collections::VecDeque<(JobId, wire::Outcome)>,
     /// Bytes of the outcomes in `replay`.
     replay_bytes: usize,
+    /// True while the worker is paused (see [`WorkerSession::pause_frame`]).
+    paused: bool,
 }
 
 /// Most bytes of results a session keeps to send again after a resume.
@@ -171,6 +173,7 @@ impl WorkerSession {
             resuming: None,
             replay: Default::default(),
             replay_bytes: 0,
+            paused: false,
         }
     }
 
@@ -194,6 +197,8 @@ impl WorkerSession {
         }
         self.resuming = self.welcome.take().and_then(|w| w.session);
         self.phase = Phase::AwaitingWelcome;
+        // A new connection starts unpaused.
+        self.paused = false;
         self.ready.clear();
         self.results = ResultsWriter::new();
         if self.resuming.is_none() {
@@ -439,18 +444,11 @@ impl WorkerSession {
 
     /// Counts job `id` as answered and runs `outcome` through the transform chain.
     fn answered(&mut self, id: JobId, outcome: Result<Bytes, String>) -> Result<wire::Outcome> {
-        match self.outstanding.get_mut(&id) {
-            Some(1) => {
-                self.outstanding.remove(&id);
-            }
-            Some(n) => *n -= 1,
-            None => {
-                return Err(Error::Unexpected(format!(
-                    "a result for job {id}, which this worker does not hold"
-                )))
-            }
+        if !self.release(id) {
+            return Err(Error::Unexpected(format!(
+                "a result for job {id}, which this worker does not hold"
+            )));
         }
-        self.outstanding_total -= 1;
         let outcome = outcome.and_then(|plain| {
             self.chain
                 .encode(plain)
@@ -474,6 +472,49 @@ impl WorkerSession {
             self.phase = Phase::Draining;
         }
         wire::encode_to_coordinator(&ToCoordinator::Drain)
+    }
+
+    /// The frame that pauses this worker: the coordinator sends it no more jobs until
+    /// [`WorkerSession::unpause_frame`]. `released` are jobs it holds and will not run (it
+    /// had not started them): they are no longer held, and go to other workers; it answers
+    /// the others as usual. After a reconnection, a paused worker sends this again (with
+    /// nothing released) once welcomed: a new connection starts unpaused.
+    pub fn pause_frame(&mut self, released: &[JobId]) -> Result<Bytes> {
+        for &id in released {
+            if !self.release(id) {
+                return Err(Error::Unexpected(format!(
+                    "releasing job {id}, which this worker does not hold"
+                )));
+            }
+        }
+        self.paused = true;
+        wire::encode_to_coordinator(&ToCoordinator::Pause {
+            released: released.to_vec(),
+        })
+    }
+
+    /// The frame that ends a pause: the coordinator gives this worker jobs again.
+    pub fn unpause_frame(&mut self) -> Result<Bytes> {
+        self.paused = false;
+        wire::encode_to_coordinator(&ToCoordinator::Unpause)
+    }
+
+    /// True while the worker is paused.
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Counts job `id` as no longer held; false when it was not.
+    fn release(&mut self, id: JobId) -> bool {
+        match self.outstanding.get_mut(&id) {
+            Some(1) => {
+                self.outstanding.remove(&id);
+            }
+            Some(n) => *n -= 1,
+            None => return false,
+        }
+        self.outstanding_total -= 1;
+        true
     }
 
     /// Encodes a value the worker sends on its own (results-only use); `plain` is
@@ -850,6 +891,24 @@ mod tests {
         s.reconnect();
         assert_eq!(resume_of(&s), None);
         assert_eq!(s.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_pause_gives_back_the_jobs_not_started() {
+        let mut s = session_that_lost_its_connection(); // holds job 3
+        let pause = s.pause_frame(&[JobId(3)]).unwrap();
+        assert_eq!(
+            wire::decode_to_coordinator(&pause).unwrap(),
+            ToCoordinator::Pause {
+                released: vec![JobId(3)]
+            }
+        );
+        assert!(s.paused());
+        assert!(!s.holds(JobId(3)));
+        assert_eq!(s.outstanding(), 0);
+        assert!(s.pause_frame(&[JobId(3)]).is_err(), "not held any more");
+        s.unpause_frame().unwrap();
+        assert!(!s.paused());
     }
 
     #[test]

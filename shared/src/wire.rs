@@ -41,6 +41,10 @@ use crate::{module::ModuleSpec, Error, Result};
 
 /// The protocol version this crate speaks.
 ///
+/// Version 5: a worker may pause and resume ([`ToCoordinator::Pause`],
+/// [`ToCoordinator::Unpause`]), giving back the jobs it had not started; a peer of version 4
+/// would not understand them.
+///
 /// Version 4: the coordinator may tell a worker that a job it holds was cancelled
 /// ([`ToWorker::Cancel`]); a peer of version 3 would not understand it.
 ///
@@ -52,7 +56,7 @@ use crate::{module::ModuleSpec, Error, Result};
 /// [`ToWorker::Ping`] (answered by [`ToCoordinator::Pong`]), and answers a worker's
 /// [`ToCoordinator::Drain`] with [`ToWorker::EndOfWork`] once every job it gave that worker
 /// has been sent.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Prefix of the WebSocket subprotocol name; the version number follows it.
 pub const SUBPROTOCOL_PREFIX: &str = "distchan.v";
@@ -319,6 +323,14 @@ pub enum ToCoordinator {
         /// The encoded value: MessagePack bytes passed through the transform chain.
         payload: Bytes,
     },
+    /// The worker pauses (version 5): send it no more jobs until [`ToCoordinator::Unpause`].
+    /// It finishes the jobs it is running and gives back those it had not started.
+    Pause {
+        /// Jobs it held and will not run: they go to other workers.
+        released: Vec<JobId>,
+    },
+    /// The worker takes jobs again after a [`ToCoordinator::Pause`] (version 5).
+    Unpause,
 }
 
 fn encode_with<T: Serialize>(msg: &T, named: bool, payload_len: usize) -> Result<Bytes> {
@@ -359,7 +371,10 @@ pub fn encode_to_coordinator(msg: &ToCoordinator) -> Result<Bytes> {
             Ok(writer.finish())
         }
         ToCoordinator::Emit { payload } => encode_with(msg, false, payload.len()),
-        ToCoordinator::Drain | ToCoordinator::Pong(_) => encode_with(msg, false, 0),
+        ToCoordinator::Drain
+        | ToCoordinator::Pong(_)
+        | ToCoordinator::Pause { .. }
+        | ToCoordinator::Unpause => encode_with(msg, false, 0),
     }
 }
 
@@ -946,6 +961,10 @@ mod borrowed {
             payload: &'a [u8],
         },
         Pong(u64),
+        Pause {
+            released: Vec<JobId>,
+        },
+        Unpause,
     }
 }
 
@@ -1026,6 +1045,8 @@ fn serde_to_coordinator(frame: &Bytes) -> Result<ToCoordinator> {
         ),
         borrowed::ToCoordinator::Drain => ToCoordinator::Drain,
         borrowed::ToCoordinator::Pong(n) => ToCoordinator::Pong(n),
+        borrowed::ToCoordinator::Pause { released } => ToCoordinator::Pause { released },
+        borrowed::ToCoordinator::Unpause => ToCoordinator::Unpause,
         borrowed::ToCoordinator::Emit { payload } => ToCoordinator::Emit {
             payload: share(frame, payload),
         },

@@ -29,6 +29,9 @@
 #      that drops every connection mid-run (no close frames); each of the tab's threads comes
 #      back, resumes its session and keeps the jobs it held, and every job's verified result
 #      arrives exactly once.
+#  11. paused: the volunteer presses Pause mid-run; the tab finishes what it holds, hands back
+#      the rest, does no job while paused and the dashboard lists its threads as paused; after
+#      Resume it finishes, and (--max-retries 0) no job failed: pausing loses nothing.
 #
 # Assumes scripts/setup.sh has run (Chromium, playwright-core in .tools) and builds nothing
 # but the wasm package if www/pkg is missing; needs the binaries in $DISTCHAN_BIN_DIR
@@ -340,6 +343,22 @@ grep "resumed its session" "$LOG_DIR/blip.err" | grep -q "kept=[1-9]" || {
 }
 resumed=$(grep "resumed its session" "$LOG_DIR/blip.err" | grep -o "kept=[0-9]*" | tr '\n' ' ')
 echo "ok: the network failed mid-run; the tab's threads resumed their sessions (${resumed% }), $TILES tiles verified, each once"
+passed=$((passed + 1))
+
+echo "== e2e 11: the volunteer pauses mid-run, then resumes; nothing is lost"
+JOBS=300000
+start_coordinator paused --demo capitalize --jobs "$JOBS" --local-workers 0 --verify --max-retries 0 \
+    --static-dir www
+browse --url "http://$paused_ADDR/?autostart=1" --expect paused --stop-after-jobs 300 \
+    --dashboard-check "http://$paused_ADDR/dashboard" --screenshot "$LOG_DIR/paused.png" --timeout 120
+expect_verified paused "$JOBS"
+grep -q "summary: $JOBS of $JOBS jobs in [0-9.]*s ([0-9.]* jobs/s), 0 failed" "$LOG_DIR/paused.out" || {
+    echo "e2e: not every job succeeded after the pause:" >&2
+    cat "$LOG_DIR/paused.out" >&2
+    exit 1
+}
+grep -q "worker paused" "$LOG_DIR/paused.err" || { echo "e2e: the coordinator saw no pause" >&2; exit 1; }
+echo "ok: the tab paused (nothing done meanwhile, shown paused on the dashboard), resumed and finished: $JOBS results verified, none failed"
 passed=$((passed + 1))
 
 echo "e2e: took ${SECONDS} s"

@@ -15,6 +15,9 @@
 //   restarted after --stop-after-jobs jobs, creates --ready-file (the caller then restarts
 //             the coordinator on the same port), and expects "All work done" from the same
 //             page, its threads never restarted: they connected again by themselves;
+//   paused    after --stop-after-jobs jobs, presses Pause: the page must say "Paused" with no
+//             job in hand, do no job for 1.5 s, and (with --dashboard-check URL) the dashboard
+//             must list its threads as paused; then Resume, and "All work done" as for finished;
 //   frozen    after --stop-after-jobs jobs, stops the page's renderer processes (SIGSTOP: the
 //             page freezes, its sockets stay open), creates --ready-file, waits for
 //             --release-file to appear (at most --timeout), then lets the renderers go on.
@@ -228,6 +231,39 @@ try {
       for (const pid of pids) process.kill(pid, "SIGCONT");
     }
     log("renderers released");
+  } else if (expect === "paused") {
+    const want = Number(args["stop-after-jobs"] || 1);
+    const working = await waitFor(`${want} jobs done`, (s) => (s.done >= want && s.state === "Working") || terminal(s));
+    if (terminal(working)) throw new Error(`the page ended before Pause: "${working.state}": ${working.detail}`);
+    await page.click("#pause");
+    const paused = await waitFor("the page to pause with no job in hand",
+      (s) => (s.state === "Paused" && s.detail.includes("no job in hand")) || terminal(s));
+    if (terminal(paused)) throw new Error(`the page ended while pausing: "${paused.state}": ${paused.detail}`);
+    log("paused:", JSON.stringify(paused));
+    await page.waitForTimeout(1500);
+    const still = await read();
+    if (still.done !== paused.done) throw new Error(`the tab did ${still.done - paused.done} jobs while paused`);
+    if (!still.threads.every((t) => t.includes(": paused"))) throw new Error(`not every thread says paused: ${still.threads.join("; ")}`);
+    if (screenshot) {
+      mkdirSync(dirname(screenshot), { recursive: true });
+      await page.screenshot({ path: screenshot.replace(/\.png$/, "") + "-paused.png", fullPage: true });
+    }
+    if (args["dashboard-check"]) {
+      const board = await context.newPage();
+      await board.goto(args["dashboard-check"], { waitUntil: "load", timeout: 30_000 });
+      const threads = still.threads.length;
+      await board.waitForFunction((n) => [...document.querySelectorAll("#workers tr")]
+        .filter((r) => r.textContent.includes("(paused)")).length === n, threads, { timeout: 30_000, polling: 200 });
+      log(`the dashboard lists the tab's ${threads} threads as paused`);
+      if (screenshot) await board.screenshot({ path: screenshot.replace(/\.png$/, "") + "-dashboard.png", fullPage: true });
+      await board.close();
+    }
+    await page.click("#pause"); // now "Resume"
+    const s = await waitFor("the page to finish after resuming", terminal);
+    log("final page state:", JSON.stringify(s));
+    if (!s.state.startsWith("All work done")) throw new Error(`expected "All work done", the page says "${s.state}": ${s.detail} ${s.banner}`);
+    if (s.failed !== 0) throw new Error(`${s.failed} jobs failed`);
+    if (s.done <= paused.done) throw new Error("the page did no job after resuming");
   } else if (expect === "closed") {
     const want = Number(args["stop-after-jobs"] || 1);
     const working = await waitFor(`${want} jobs done`, (s) => s.done >= want || terminal(s));

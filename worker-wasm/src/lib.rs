@@ -47,7 +47,7 @@ use wasm_bindgen::prelude::*;
 pub use handler::JobHandler;
 pub use worker::{BrowserWorker, State, Status};
 
-/// The WebSocket subprotocol this module speaks, e.g. `distchan.v4`.
+/// The WebSocket subprotocol this module speaks, e.g. `distchan.v5`.
 #[wasm_bindgen(js_name = protocolName)]
 pub fn protocol_name() -> String {
     distchan_protocol::wire::subprotocol(distchan_protocol::wire::PROTOCOL_VERSION)

@@ -7,7 +7,7 @@
 //! is the session's; this file only moves frames and reports what happened.
 //!
 //! What the loop does, in order:
-//! 1. opens the WebSocket offering the protocol's subprotocol (`distchan.v4`) and, once
+//! 1. opens the WebSocket offering the protocol's subprotocol (`distchan.v5`) and, once
 //!    open, sends the hello
 //!    ([`WorkerKind::Browser`](distchan_protocol::wire::WorkerKind::Browser), the
 //!    capacity, the token, the agent);
@@ -138,6 +138,8 @@ export interface BrowserWorkerStatus {
   jobsDone: number;
   jobsFailed: number;
   outstanding: number;
+  /** True while paused (`pause()`): the coordinator sends no jobs. */
+  paused: boolean;
   capacity: number;
   idleTimeoutMs: number | null;
   url: string;
@@ -227,6 +229,8 @@ pub struct Status {
     pub jobs_failed: u64,
     /// Jobs held and not yet answered.
     pub outstanding: u32,
+    /// True while paused ([`BrowserWorker::pause`]).
+    pub paused: bool,
     /// The capacity announced in the hello.
     pub capacity: u32,
     /// Three heartbeat intervals, from the welcome (see the module docs).
@@ -277,6 +281,7 @@ impl Status {
             jobs_done: 0,
             jobs_failed: 0,
             outstanding: 0,
+            paused: false,
             capacity,
             idle_timeout_ms: None,
             url: url.to_owned(),
@@ -318,6 +323,8 @@ enum Input {
     },
     /// The page asked the worker to leave.
     Stop,
+    /// The page paused the worker or ended its pause (see `Inner::pause_requested`).
+    Pause,
     /// The event loop had a turn: jobs put off for it may start.
     Resume,
     /// The task module is compiled (or could not be had).
@@ -350,6 +357,8 @@ struct Inner {
     status: RefCell<Status>,
     control: RefCell<Option<UnboundedSender<Input>>>,
     stop_requested: Cell<bool>,
+    /// Whether the page wants the worker paused (see [`BrowserWorker::pause`]).
+    pause_requested: Cell<bool>,
     started: Cell<bool>,
     last_progress: Cell<f64>,
 }
@@ -404,6 +413,7 @@ impl BrowserWorker {
                 status: RefCell::new(Status::new(url, capacity)),
                 control: RefCell::new(None),
                 stop_requested: Cell::new(false),
+                pause_requested: Cell::new(false),
                 started: Cell::new(false),
                 last_progress: Cell::new(0.0),
             }),
@@ -470,6 +480,20 @@ impl BrowserWorker {
         })
     }
 
+    /// Pauses: the coordinator sends no more jobs until [`resume`](Self::resume); the jobs
+    /// running finish and are answered, and those held but not started go back to the
+    /// coordinator, for other workers. The connection stays open (the coordinator's
+    /// dashboard shows the worker paused); a pause asked for before the welcome, or kept
+    /// through a reconnection, is told to the coordinator once welcomed.
+    pub fn pause(&self) {
+        self.set_paused(true);
+    }
+
+    /// Ends a pause: the coordinator gives this worker jobs again.
+    pub fn resume(&self) {
+        self.set_paused(false);
+    }
+
     /// Leaves cleanly: tells the coordinator to send no more jobs, finishes the jobs held,
     /// then closes; `run()` then resolves. Before the welcome it just closes.
     pub fn stop(&self) {
@@ -481,6 +505,13 @@ impl BrowserWorker {
 }
 
 impl BrowserWorker {
+    fn set_paused(&self, paused: bool) {
+        self.inner.pause_requested.set(paused);
+        if let Some(control) = self.inner.control.borrow().as_ref() {
+            let _ = control.unbounded_send(Input::Pause);
+        }
+    }
+
     /// The Rust face of [`run`](Self::run): the final status, `Err` when the run did not
     /// end cleanly (refused, connection lost, ...).
     pub async fn run_to_end(&self) -> Result<Status, Status> {
@@ -799,6 +830,7 @@ impl Run {
             Input::Socket(conn, event) if conn == self.conn => self.on_socket(event),
             Input::Socket(..) => {} // from a connection that ended
             Input::Stop => self.stop(),
+            Input::Pause => self.follow_pause(),
             // Until the welcome, the rest waits (a job that finished before a resume).
             other if self.phase != Phase::Running => self.kept.backlog.push(other),
             Input::Done { id, outcome, job } => self.on_done(id, outcome, job),
@@ -809,6 +841,12 @@ impl Run {
             for input in std::mem::take(&mut self.kept.backlog) {
                 self.on_input(input);
             }
+        }
+        // A pause asked for before the welcome (or kept through a reconnection).
+        if self.phase == Phase::Running
+            && self.inner.pause_requested.get() != self.kept.session.paused()
+        {
+            self.follow_pause();
         }
     }
 
@@ -1089,6 +1127,37 @@ impl Run {
         if let (Some(result), Some(job)) = (ok, job) {
             self.show_result(id, &result, &job);
         }
+    }
+
+    /// Tells the coordinator about a pause the page asked for, or its end, once welcomed:
+    /// pausing gives back the jobs held that have not started.
+    fn follow_pause(&mut self) {
+        let wanted = self.inner.pause_requested.get();
+        if self.phase != Phase::Running || wanted == self.kept.session.paused() {
+            return;
+        }
+        let frame = if wanted {
+            let mut released: Vec<JobId> = self.kept.held.drain(..).map(|(id, _)| id).collect();
+            released.extend(self.kept.put_off.drain(..).map(|(id, _)| id));
+            self.kept.session.pause_frame(&released)
+        } else {
+            self.kept.session.unpause_frame()
+        };
+        match frame {
+            Ok(frame) => {
+                if let Err(e) = self.socket.send(&frame) {
+                    self.fail(Error::connection(e));
+                    return;
+                }
+            }
+            Err(e) => {
+                self.fail(e);
+                return;
+            }
+        }
+        self.inner.update(|s| s.paused = wanted);
+        self.inner.report();
+        self.finish_if_done();
     }
 
     /// A new turn of the event loop: the jobs put off start (as many as one turn takes).

@@ -310,6 +310,8 @@ impl Hub {
                     Incoming::Result(r) => s.on_result(worker, r, now, wakes),
                     Incoming::Emit(payload) => s.emit(payload, wakes),
                     Incoming::Drain => s.drain(worker, wakes),
+                    Incoming::Pause(released) => s.pause(worker, released),
+                    Incoming::Unpause => s.unpause(worker),
                 }
             }
             s.dispatch(now, wakes);
@@ -418,6 +420,7 @@ impl Hub {
                 last_seen_ms: now_ms.saturating_sub(w.last_seen.load(Ordering::Relaxed)),
                 connected_ms: w.joined.elapsed().as_millis() as u64,
                 draining: w.draining,
+                paused: w.paused,
             })
             .collect();
         drop(s);

@@ -35,6 +35,7 @@
 //!   jobs requeued) and the leases.
 //! - `outcomes`: outcomes waiting for the result receiver, and the end of work.
 //! - `cancel`: a job cancelled by its sender, wherever it is.
+//! - `pause`: a worker pausing (giving back the jobs it had not started) and resuming.
 //! - `resume`: reconnect grace: a lost worker's jobs kept for its return with its session.
 //! - `speculate`: straggler speculation: at the end of a run, a slow worker's jobs also go
 //!   to an idle, faster one.
@@ -46,6 +47,7 @@ mod dispatch;
 mod hub;
 mod ledger;
 mod outcomes;
+mod pause;
 mod report;
 mod resume;
 mod speculate;

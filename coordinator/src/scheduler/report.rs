@@ -32,6 +32,8 @@ pub struct WorkerSnapshot {
     pub connected_ms: u64,
     /// True once it asked to leave.
     pub draining: bool,
+    /// True while it is paused (a volunteer pressed Pause, or hid the tab): it gets no jobs.
+    pub paused: bool,
 }
 
 /// What [`Coordinator::shutdown`](crate::Coordinator::shutdown) reports.

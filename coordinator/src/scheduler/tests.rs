@@ -819,3 +819,43 @@ async fn strict_turns_never_speculate() {
     assert!(cancelled.is_empty());
     assert_eq!(steps, steps_off);
 }
+
+#[tokio::test]
+async fn a_paused_worker_gets_no_jobs_and_the_jobs_it_gives_back_go_to_others() {
+    let hub = hub(Config {
+        max_retries: 0,
+        ..Config::default()
+    });
+    let volunteer = join(&hub, 4);
+    submit(&hub, 4);
+    assert_eq!(sent(&hub, volunteer), ids(0..4));
+    // It pauses while running jobs 0 and 1, and gives back 2 and 3, which it had not started.
+    hub.settle(volunteer, &mut vec![Incoming::Pause(ids(2..4))]);
+    let paused = hub.snapshot();
+    assert!(paused[0].paused);
+    assert_eq!(paused[0].in_flight, 2);
+    submit(&hub, 1);
+    assert!(
+        outbox(&hub, volunteer).is_empty(),
+        "nothing for a paused worker"
+    );
+    let other = join(&hub, 4);
+    assert_eq!(
+        sent(&hub, other),
+        ids(2..5),
+        "given back without counting as lost"
+    );
+    answer(&hub, volunteer, JobId(0), Ok("zero"));
+    answer(&hub, volunteer, JobId(1), Ok("one"));
+    for id in 2..5 {
+        answer(&hub, other, JobId(id), Ok("other"));
+    }
+    let mut got: Vec<JobId> = outcomes(&hub).iter().map(|o| o.id).collect();
+    got.sort();
+    assert_eq!(got, ids(0..5), "each job's outcome once, none failed");
+    // Back from its pause, it takes jobs again.
+    hub.settle(volunteer, &mut vec![Incoming::Unpause]);
+    submit(&hub, 8);
+    assert!(!sent(&hub, volunteer).is_empty());
+    assert!(!hub.snapshot().iter().any(|w| w.paused));
+}

@@ -45,6 +45,8 @@ pub(super) struct Worker {
     pub(super) superseded: HashSet<JobId>,
     /// True once it asked to leave: it gets no more jobs.
     pub(super) draining: bool,
+    /// True while it is paused: it gets no jobs until it resumes.
+    pub(super) paused: bool,
     /// True while its id is in the ring, or it has its turn.
     in_ring: bool,
     /// What the connection's writer sends next.
@@ -58,7 +60,7 @@ pub(super) struct Worker {
 impl Worker {
     /// Jobs it may still be given.
     fn free(&self) -> usize {
-        if self.draining {
+        if self.draining || self.paused {
             0
         } else {
             self.window.size().saturating_sub(self.held)
@@ -196,6 +198,7 @@ impl Workers {
             held: 0,
             superseded: HashSet::default(),
             draining: false,
+            paused: false,
             in_ring: true,
             outbox: Vec::new(),
             wake: wake.clone(),
@@ -384,6 +387,39 @@ impl Workers {
             }
         }
         best.map(|rate| (rate, free))
+    }
+
+    /// Pauses worker `wid` or ends its pause: paused, it gets no jobs; back, it takes its
+    /// turn in the ring again. Returns false when it is gone or already so.
+    pub fn set_paused(&mut self, wid: WorkerId, paused: bool) -> bool {
+        let Some(w) = self.map.get_mut(&wid).filter(|w| w.paused != paused) else {
+            return false;
+        };
+        let before = w.free();
+        w.paused = paused;
+        let after = w.free();
+        self.free_credit = self.free_credit + after - before;
+        if after > 0 && !w.in_ring {
+            w.in_ring = true;
+            self.ring.push_back(wid);
+        }
+        true
+    }
+
+    /// Worker `wid` no longer holds job `id` (it gave it back unrun): one credit comes
+    /// back, and the job's superseded mark goes, if it had one. Returns whether it held it.
+    pub fn give_back(&mut self, wid: WorkerId, id: JobId, running_here: bool) -> bool {
+        let Some(w) = self.map.get_mut(&wid) else {
+            return false;
+        };
+        if !running_here && !w.superseded.remove(&id) {
+            return false;
+        }
+        let before = w.free();
+        w.held -= 1;
+        let after = w.free();
+        self.free_credit = self.free_credit + after - before;
+        true
     }
 
     /// Marks job `id` superseded on worker `wid`, which still holds it: its answer will not

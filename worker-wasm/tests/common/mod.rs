@@ -18,9 +18,9 @@ use distchan_protocol::{
     JobId,
 };
 
-/// `Hello { version: 4, token: "t0k", capacity: 2, agent: "distchan-test", kind: Browser }`,
+/// `Hello { version: 5, token: "t0k", capacity: 2, agent: "distchan-test", kind: Browser }`,
 /// with field names.
-pub const HELLO_FRAME: &str = "81a548656c6c6f85a776657273696f6e04a5746f6b656ea374306ba863617061\
+pub const HELLO_FRAME: &str = "81a548656c6c6f85a776657273696f6e05a5746f6b656ea374306ba863617061\
 6369747902a56167656e74ad646973746368616e2d74657374a46b696e64a742726f77736572";
 /// `Welcome { worker_id: 7, task: "capitalize", heartbeat_ms: 5000, max_frame: 1024 }`.
 pub const WELCOME_FRAME: &str = "81a757656c636f6d6584a9776f726b65725f696407a47461736baa63617069\
@@ -39,6 +39,10 @@ pub const RESULT_FRAME: &str = "81a6526573756c74922a81a24f6bc40aa95748592048454c
 pub const ERROR_RESULT_FRAME: &str = "81a6526573756c74920381a3457272a4626f6f6d";
 /// `Drain`.
 pub const DRAIN_FRAME: &str = "a5447261696e";
+/// `Pause { released: [] }`.
+pub const PAUSE_FRAME: &str = "81a550617573659190";
+/// `Unpause`.
+pub const UNPAUSE_FRAME: &str = "a7556e7061757365";
 /// `Cancel(42)`.
 pub const CANCEL_FRAME: &str = "81a643616e63656c2a";
 /// `EndOfWork`.
@@ -161,6 +165,19 @@ pub fn check_frames() {
         Event::Cancel(JobId(42))
     );
     check_batches(&mut session);
+    let pause = session.pause_frame(&[]).unwrap();
+    assert_eq!(hex(&pause), PAUSE_FRAME, "pause");
+    assert_eq!(
+        wire::decode_to_coordinator(&pause).unwrap(),
+        ToCoordinator::Pause { released: vec![] }
+    );
+    assert!(session.paused());
+    let unpause = session.unpause_frame().unwrap();
+    assert_eq!(hex(&unpause), UNPAUSE_FRAME, "unpause");
+    assert_eq!(
+        wire::decode_to_coordinator(&unpause).unwrap(),
+        ToCoordinator::Unpause
+    );
     assert_eq!(hex(&session.drain_frame().unwrap()), DRAIN_FRAME, "drain");
     assert_eq!(
         hex(&wire::encode_to_worker(&ToWorker::EndOfWork).unwrap()),
