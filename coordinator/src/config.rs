@@ -75,7 +75,8 @@ pub struct Config {
     /// Straggler speculation (on by default): at the end of a run (the job side closed,
     /// nothing waiting), a job a slow worker holds is also given to an idle worker measured
     /// at least twice as fast; the first result wins and the slower run is told to stop,
-    /// so one slow worker does not hold up the end. Never with `strict_turns`.
+    /// so one slow worker (one that slowed down, or holds a fixed window) does not hold up
+    /// the end. Never with `strict_turns`.
     pub speculation: bool,
     /// Origins (e.g. `http://localhost:8080`) from which browser workers may connect.
     /// Empty accepts every origin. Connections without an `Origin` header (native

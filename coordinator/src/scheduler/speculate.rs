@@ -4,8 +4,11 @@
 //! outcome.
 //!
 //! It applies once the job side is closed and no job waits in the line, to jobs held by a
-//! worker whose measured rate is at most half the idle worker's, and held for longer than
-//! the idle worker takes for two jobs; each job is copied once. Strict one-job turns (the
+//! worker whose rate (jobs answered since it joined, over that time) is at most half the
+//! idle worker's, and held for longer than the idle worker takes for two jobs; each job is
+//! copied once. Adaptive windows already size each worker's share to about a quarter second
+//! of its own work, so the end of a run is balanced unless a worker slows down after its
+//! window was sized, or windows are fixed: those are the tails it cuts. Strict one-job turns (the
 //! Go package's semantics: job `v` goes to worker `v mod N`) never speculate, nor does a
 //! coordinator with [`Config::speculation`](crate::Config::speculation) off.
 
@@ -31,7 +34,7 @@ impl Scheduler {
         {
             return;
         }
-        let Some((fastest, free)) = self.workers.idle() else {
+        let Some((fastest, free)) = self.workers.idle(now) else {
             return;
         };
         let slow: HashSet<WorkerId> = self
@@ -39,7 +42,7 @@ impl Scheduler {
             .iter()
             .filter(|(_, w)| {
                 w.held > w.superseded.len()
-                    && w.window.rate().is_some_and(|rate| fastest >= FASTER * rate)
+                    && w.rate(now).is_some_and(|rate| fastest >= FASTER * rate)
             })
             .map(|(&id, _)| id)
             .collect();

@@ -51,8 +51,6 @@ pub(super) struct Window {
     /// The measurement under way: since when, and the results counted.
     start: Option<Instant>,
     results: usize,
-    /// The last rate measured, in jobs per second (measured with fixed windows too).
-    rate: Option<f64>,
 }
 
 impl Window {
@@ -70,14 +68,7 @@ impl Window {
             probing: Some(0.0),
             start: None,
             results: 0,
-            rate: None,
         }
-    }
-
-    /// The worker's last measured rate, in jobs per second; `None` before a window's worth
-    /// of results.
-    pub fn rate(&self) -> Option<f64> {
-        self.rate
     }
 
     /// Jobs the worker may hold now.
@@ -92,6 +83,9 @@ impl Window {
 
     /// The worker answered a job at `now`. The window may change size.
     pub fn on_result(&mut self, now: Instant) {
+        if !self.adaptive {
+            return;
+        }
         let Some(start) = self.start else {
             self.restart(now);
             return;
@@ -103,10 +97,6 @@ impl Window {
         }
         let rate = self.results as f64 / elapsed.as_secs_f64();
         self.restart(now);
-        self.rate = Some(rate);
-        if !self.adaptive {
-            return;
-        }
         // The probe judges only rates measured at its own size (not at one raised for the
         // target).
         if let (Some(before), true) = (self.probing, self.size <= self.probe) {

@@ -67,6 +67,13 @@ impl Worker {
         }
     }
 
+    /// Its average rate since it joined, in jobs per second, at `now`; `None` before two
+    /// answers or 20 ms.
+    pub(super) fn rate(&self, now: Instant) -> Option<f64> {
+        let elapsed = now.saturating_duration_since(self.joined).as_secs_f64();
+        (self.done >= 2 && elapsed >= 0.02).then(|| self.done as f64 / elapsed)
+    }
+
     /// Its part of the work so far; `id` is its id.
     pub(super) fn share(&self, id: WorkerId) -> WorkerShare {
         WorkerShare {
@@ -375,13 +382,13 @@ impl Workers {
         self.free_credit = self.free_credit + after - before;
     }
 
-    /// The best measured rate of the workers that hold no job and may take some, and the
-    /// credit they have free; `None` when no such worker has a measured rate.
-    pub fn idle(&self) -> Option<(f64, usize)> {
+    /// The best rate (see [`Worker::rate`]) of the workers that hold no job and may take
+    /// some, and the credit they have free; `None` when no such worker has a rate yet.
+    pub fn idle(&self, now: Instant) -> Option<(f64, usize)> {
         let mut best: Option<f64> = None;
         let mut free = 0;
         for w in self.map.values().filter(|w| w.held == 0 && w.free() > 0) {
-            if let Some(rate) = w.window.rate() {
+            if let Some(rate) = w.rate(now) {
                 best = Some(best.map_or(rate, |b| b.max(rate)));
                 free += w.free();
             }
