@@ -5,7 +5,8 @@
 //
 // Opens the page, waits until its verdict (#state) is the expected one and checks it:
 //   finished  "All work done": every thread ended at end of work; with --jobs N, the page
-//             counted exactly N jobs done (and drew N tiles, for the Mandelbrot demo); with
+//             counted N jobs done (and drew N tiles, for the Mandelbrot demo), or a few more
+//             when the coordinator gave a straggling tile to an idle thread too; with
 //             --text, the banner says it; with --task, the task shown includes it;
 //   refused   "Refused by the coordinator", with --text in the banner;
 //   stopped   after --stop-after-jobs jobs (screenshot FILE-working.png), presses Stop and
@@ -171,8 +172,11 @@ try {
     log("final page state:", JSON.stringify(s));
     if (!s.state.startsWith("All work done")) throw new Error(`expected "All work done", the page says "${s.state}": ${s.detail} ${s.banner}`);
     if (s.failed !== 0) throw new Error(`${s.failed} jobs failed`);
-    if (args.jobs && s.done !== Number(args.jobs)) throw new Error(`the page counted ${s.done} jobs, expected ${args.jobs}`);
-    if (args.tiles && s.tiles !== Number(args.tiles)) throw new Error(`the page drew ${s.tiles} tiles, expected ${args.tiles}`);
+    // At the end of a run the coordinator may give a tile a slow thread holds to an idle one
+    // too (straggler speculation): the tab then computes it twice, the coordinator takes one.
+    if (args.jobs && s.done < Number(args.jobs)) throw new Error(`the page counted ${s.done} jobs, expected ${args.jobs}`);
+    if (args.tiles && s.tiles < Number(args.tiles)) throw new Error(`the page drew ${s.tiles} tiles, expected ${args.tiles}`);
+    if (args.jobs && s.done > Number(args.jobs)) log(`${s.done - Number(args.jobs)} tiles computed twice at the end (speculation)`);
     if (args.text && !s.banner.includes(args.text)) throw new Error(`the banner "${s.banner}" does not say "${args.text}"`);
     if (args.task && !s.task.includes(args.task)) throw new Error(`the page shows the task "${s.task}", not "${args.task}"`);
   } else if (expect === "refused") {
