@@ -968,14 +968,10 @@ impl Run {
             }
             Ok(Event::EndOfWork) => self.finish_if_done(),
             // Answered from this event loop, so a frozen page is seen as silent.
-            Ok(Event::Ping(n)) => match self.kept.session.pong_frame(n) {
-                Ok(frame) => {
-                    if let Err(e) = self.socket.send(&frame) {
-                        self.fail(Error::connection(e));
-                    }
-                }
-                Err(e) => self.fail(e),
-            },
+            Ok(Event::Ping(n)) => {
+                let pong = self.kept.session.pong_frame(n);
+                self.send(pong);
+            }
             // A job in a tab runs to its end (a module's or a handler's run cannot be
             // interrupted from here); its answer, dropped by the coordinator, gives the
             // credit back.
@@ -1143,17 +1139,8 @@ impl Run {
         } else {
             self.kept.session.unpause_frame()
         };
-        match frame {
-            Ok(frame) => {
-                if let Err(e) = self.socket.send(&frame) {
-                    self.fail(Error::connection(e));
-                    return;
-                }
-            }
-            Err(e) => {
-                self.fail(e);
-                return;
-            }
+        if !self.send(frame) {
+            return;
         }
         self.inner.update(|s| s.paused = wanted);
         self.inner.report();
@@ -1204,23 +1191,28 @@ impl Run {
         }
     }
 
+    /// Sends `frame`, or ends the connection when it could not be made or sent: returns
+    /// whether it went.
+    fn send(&mut self, frame: Result<Bytes, Error>) -> bool {
+        let sent = frame.and_then(|frame| self.socket.send(&frame).map_err(Error::connection));
+        match sent {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(e);
+                false
+            }
+        }
+    }
+
     fn stop(&mut self) {
         self.inner.stop_requested.set(true);
         match self.phase {
             Phase::Connecting | Phase::AwaitingWelcome => self.leave("worker left", true, None),
             Phase::Running if !self.draining => {
                 self.draining = true;
-                match self.kept.session.drain_frame() {
-                    Ok(frame) => {
-                        if let Err(e) = self.socket.send(&frame) {
-                            self.fail(Error::connection(e));
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        self.fail(e);
-                        return;
-                    }
+                let drain = self.kept.session.drain_frame();
+                if !self.send(drain) {
+                    return;
                 }
                 self.inner.update(|s| s.state = State::Draining);
                 self.inner.report();

@@ -23,7 +23,6 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tokio::time::Instant;
 
 use super::{hub::Wakes, workers::Worker, Scheduler, WorkerId};
-use crate::connection::Outgoing;
 
 /// The sessions of connected workers, and the workers whose connection was lost and whose
 /// jobs wait for their return.
@@ -140,14 +139,7 @@ impl Scheduler {
             return false;
         };
         let holding: HashSet<JobId> = resume.holding.iter().copied().collect();
-        let unsent: HashSet<JobId> = old
-            .outbox
-            .iter()
-            .filter_map(|out| match out {
-                Outgoing::Job(id, _) => Some(*id),
-                _ => None,
-            })
-            .collect();
+        let unsent = old.unsent_jobs();
         let has = |job: JobId| holding.contains(&job) || unsent.contains(&job);
         let (kept, lost) = self.ledger.move_runs(old_id, id, has);
         let mut superseded: HashSet<JobId> = old

@@ -74,6 +74,17 @@ impl Worker {
         (self.done >= 2 && elapsed >= 0.02).then(|| self.done as f64 / elapsed)
     }
 
+    /// The jobs still in its outbox: they never left.
+    pub(super) fn unsent_jobs(&self) -> HashSet<JobId> {
+        self.outbox
+            .iter()
+            .filter_map(|out| match out {
+                Outgoing::Job(id, _) => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Its part of the work so far; `id` is its id.
     pub(super) fn share(&self, id: WorkerId) -> WorkerShare {
         WorkerShare {
@@ -516,14 +527,7 @@ impl Scheduler {
             );
         }
         // Jobs still in its outbox never left: they go back without counting as an attempt.
-        let unsent: HashSet<JobId> = w
-            .outbox
-            .iter()
-            .filter_map(|out| match out {
-                Outgoing::Job(id, _) => Some(*id),
-                _ => None,
-            })
-            .collect();
+        let unsent = w.unsent_jobs();
         let (unsent, lost): (Vec<JobId>, Vec<JobId>) =
             running.into_iter().partition(|id| unsent.contains(id));
         self.take_back(unsent);
