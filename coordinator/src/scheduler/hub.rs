@@ -315,7 +315,7 @@ impl Hub {
                 }
             }
             s.dispatch(now, wakes);
-            s.speculate(now, wakes);
+            s.speculate(worker, now, wakes);
             s.maybe_finish(wakes);
         });
     }

@@ -58,6 +58,8 @@ mod workers;
 
 use std::collections::VecDeque;
 
+use tokio::time::Instant;
+
 use crate::{config::Config, queue::JobQueue, stats::Tallies};
 
 pub(crate) use hub::{Batch, Hub, Submit, Take};
@@ -102,6 +104,8 @@ struct Scheduler {
     next_emitted: u64,
     /// The workers that left after answering jobs (up to [`MAX_SHARES`]).
     departed: Vec<WorkerShare>,
+    /// When speculation last looked for stragglers (see `speculate`).
+    speculated_at: Option<Instant>,
     /// True once every worker was told end-of-work.
     end_sent: bool,
     /// True once the coordinator has shut down.
@@ -127,6 +131,7 @@ impl Scheduler {
             receiver: results,
             next_emitted: EMITTED_ID_BASE,
             departed: Vec::new(),
+            speculated_at: None,
             end_sent: false,
             shut_down: false,
             tallies: Tallies::default(),

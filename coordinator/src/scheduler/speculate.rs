@@ -3,14 +3,15 @@
 //! (see `ledger`); the other run is superseded, and told to stop once the job has its
 //! outcome.
 //!
-//! It applies once the job side is closed and no job waits in the line, to jobs held by a
-//! worker whose rate (jobs answered since it joined, over that time) is at most half the
-//! idle worker's, and held for longer than the idle worker takes for two jobs; each job is
-//! copied once. Adaptive windows already size each worker's share to about a quarter second
-//! of its own work, so the end of a run is balanced unless a worker slows down after its
-//! window was sized, or windows are fixed: those are the tails it cuts. Strict one-job turns (the
-//! Go package's semantics: job `v` goes to worker `v mod N`) never speculate, nor does a
-//! coordinator with [`Config::speculation`](crate::Config::speculation) off.
+//! It applies when a worker answers its last job once the job side is closed and no job
+//! waits in the line, to jobs held by a worker whose rate (jobs answered since it joined,
+//! over that time) is at most half the idle worker's, and held for longer than the idle
+//! worker takes for two jobs; each job is copied once. Adaptive windows already size each
+//! worker's share to about a quarter second of its own work, so the end of a run is
+//! balanced unless a worker slows down after its window was sized, or windows are fixed:
+//! those are the tails it cuts. Strict one-job turns (the Go package's semantics: job `v`
+//! goes to worker `v mod N`) never speculate, nor does a coordinator with
+//! [`Config::speculation`](crate::Config::speculation) off.
 
 use std::time::Duration;
 
@@ -22,10 +23,15 @@ use super::{hub::Wakes, Scheduler, WorkerId};
 /// How many times faster than the worker holding a job an idle worker must be measured.
 const FASTER: f64 = 2.0;
 
+/// Shortest time between two looks for stragglers: a look goes over every worker, and with
+/// thousands of workers at the end of a run one becomes idle at nearly every result.
+const LOOK_EVERY: Duration = Duration::from_millis(10);
+
 impl Scheduler {
-    /// Gives the jobs slow workers hold at the end of a run to idle, faster workers too;
-    /// see the [module docs](self).
-    pub(super) fn speculate(&mut self, now: Instant, wakes: &mut Wakes) {
+    /// Gives the jobs slow workers hold at the end of a run to worker `idle` too, when it
+    /// has just answered its last job; see the [module docs](self). (Looking only when a
+    /// worker becomes idle keeps the look, which goes over every worker, off most results.)
+    pub(super) fn speculate(&mut self, idle: WorkerId, now: Instant, wakes: &mut Wakes) {
         if !self.config.speculation
             || self.config.strict_turns
             || !self.queue.is_closed()
@@ -34,9 +40,16 @@ impl Scheduler {
         {
             return;
         }
-        let Some((fastest, free)) = self.workers.idle(now) else {
+        if self
+            .speculated_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LOOK_EVERY)
+        {
+            return;
+        }
+        let Some((fastest, free)) = self.workers.idle(idle, now) else {
             return;
         };
+        self.speculated_at = Some(now);
         let slow: HashSet<WorkerId> = self
             .workers
             .iter()

@@ -393,18 +393,11 @@ impl Workers {
         self.free_credit = self.free_credit + after - before;
     }
 
-    /// The best rate (see [`Worker::rate`]) of the workers that hold no job and may take
-    /// some, and the credit they have free; `None` when no such worker has a rate yet.
-    pub fn idle(&self, now: Instant) -> Option<(f64, usize)> {
-        let mut best: Option<f64> = None;
-        let mut free = 0;
-        for w in self.map.values().filter(|w| w.held == 0 && w.free() > 0) {
-            if let Some(rate) = w.rate(now) {
-                best = Some(best.map_or(rate, |b| b.max(rate)));
-                free += w.free();
-            }
-        }
-        best.map(|rate| (rate, free))
+    /// The rate (see [`Worker::rate`]) of worker `wid` and its free credit, when it holds
+    /// no job and may take some; `None` otherwise, or before it has a rate.
+    pub fn idle(&self, wid: WorkerId, now: Instant) -> Option<(f64, usize)> {
+        let w = self.map.get(&wid).filter(|w| w.held == 0 && w.free() > 0)?;
+        Some((w.rate(now)?, w.free()))
     }
 
     /// Pauses worker `wid` or ends its pause: paused, it gets no jobs; back, it takes its
