@@ -5,9 +5,10 @@
 #      (cargo test -p distchan-worker-wasm --test native);
 #   2. wasm-pack test --node: the same known values checked by the wasm build, MessagePack <->
 #      JavaScript conversions, JavaScript handlers (tests/node.rs);
-#   3. wasm-pack test --headless --chrome: BrowserWorker against two real coordinators started
-#      here (capitalize, 20 jobs, --verify; one with --token), whose addresses are compiled
-#      into the tests; both coordinators must then exit 0 (every result arrived and was right);
+#   3. wasm-pack test --headless --chrome: BrowserWorker against three real coordinators started
+#      here (capitalize, 20 jobs, --verify; one with --token; a pipe of 20 jobs for a task
+#      module), whose addresses are compiled into the tests; each must then exit 0 (every
+#      result arrived and was right, or none failed);
 #   4. scripts/build-wasm.sh: the release package into www/pkg;
 #   5. tests/e2e/run.sh: the volunteer page in headless Chromium against the coordinator.
 #
@@ -61,6 +62,9 @@ fi
 TEST_TOKEN=wasm-test-$RANDOM$RANDOM
 start_coordinator plain --demo capitalize --jobs 20 --local-workers 0 --verify
 start_coordinator guarded --demo capitalize --jobs 20 --local-workers 0 --verify --token "$TEST_TOKEN"
+for _ in $(seq 20); do echo 0; done >"$LOG_DIR/module-jobs.jsonl"
+start_coordinator module pipe --module tests/modules/misbehave.wat --input "$LOG_DIR/module-jobs.jsonl" \
+    --max-retries 0 --local-workers 0
 
 step "wasm-pack test --headless --chrome (against the coordinators)"
 # Compiled into tests/browser.rs by option_env!; the marker makes a missing address a failure.
@@ -71,6 +75,7 @@ for attempt in 1 2 3; do
     DISTCHAN_TEST_URL="ws://$plain_ADDR/ws" \
         DISTCHAN_TEST_TOKEN_URL="ws://$guarded_ADDR/ws" \
         DISTCHAN_TEST_TOKEN="$TEST_TOKEN" \
+        DISTCHAN_TEST_MODULE_URL="ws://$module_ADDR/ws" \
         DISTCHAN_TEST_REQUIRE_COORDINATOR=1 \
         WASM_BINDGEN_TEST_TIMEOUT=120 \
         RUSTUP_TOOLCHAIN="$WASM_TOOLCHAIN" \
@@ -82,11 +87,11 @@ for attempt in 1 2 3; do
     fi
     echo "test-wasm: Chromium did not start (attempt $attempt); starting the suite again"
 done
-for name in plain guarded; do
+for name in plain guarded module; do
     code=0
     wait_coordinator "$name" 30 || code=$?
     if [ "$code" != 0 ]; then
-        echo "test-wasm: coordinator $name exited $code (expected 0: all 20 results verified)" >&2
+        echo "test-wasm: coordinator $name exited $code (expected 0: all 20 jobs answered, none failed)" >&2
         tail -n 20 "$LOG_DIR/$name.out" "$LOG_DIR/$name.err" >&2
         exit 1
     fi

@@ -121,14 +121,24 @@ export const runtime = {
     let instance = null;
     let code = null;
     let trap = null;
+    let noRoom = false;
     try {
       instance = new WebAssembly.Instance(module, { wasi_snapshot_preview1: wasi.wasiImport });
-      code = wasi.start(instance);
     } catch (err) {
+      // No address space for one more memory (those of the instances that ran are freed only
+      // when this thread's garbage collector gets to them): the worker tries again later.
+      noRoom = err instanceof RangeError && /memory/i.test(err.message);
       trap = describe(err);
     }
+    if (instance !== null) {
+      try {
+        code = wasi.start(instance);
+      } catch (err) {
+        trap = describe(err);
+      }
+    }
     return {
-      code, trap,
+      code, trap, noRoom,
       outputTooLarge: stdout.overflowed,
       stdout: stdout.take(),
       stderr: stderr.take(),

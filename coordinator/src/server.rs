@@ -1,5 +1,6 @@
-//! HTTP on one port: the WebSocket endpoint for workers, `/healthz`, `/metrics`, the
-//! dashboard's event stream, and the volunteer page's static files at `/`.
+//! HTTP on one port: the WebSocket endpoint for workers, `/healthz`, `/metrics`, the task
+//! module (for pages of any origin), the dashboard's event stream, and the volunteer page's
+//! static files at `/`.
 //!
 //! Connections are accepted by a loop of our own ([`spawn`]) and served by hyper's HTTP/1.1
 //! connection builder, for its header-read timeout; each connection runs on a task of its
@@ -41,7 +42,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::WebSocketConfig};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower::ServiceExt;
-use tower_http::services::{ServeDir, ServeFile};
+use tower_http::{
+    cors::{Any, CorsLayer},
+    services::{ServeDir, ServeFile},
+};
 
 use crate::{connection, dashboard, socket::Socket, websocket::WebSocket, Shared};
 
@@ -51,7 +55,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(&shared.config.ws_path, get(upgrade))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
-        .route("/modules/{file}", get(module_file))
+        .route("/modules/{file}", get(module_file).layer(module_cors()))
         .route("/dashboard/events", get(dashboard::events));
     if let Some(dir) = &shared.config.static_dir {
         router = router
@@ -240,6 +244,17 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Lets a page from any origin fetch the task module (a volunteer page served elsewhere,
+/// whose WebSocket reaches this coordinator all the same), with the access token as a bearer
+/// token: the download needs the token when the connection does, whatever the origin.
+fn module_cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET])
+        .allow_headers([header::AUTHORIZATION])
+        .max_age(Duration::from_secs(86_400))
 }
 
 /// `GET /modules/<sha256>.wasm`: the task module, immutable (its name is its hash). When

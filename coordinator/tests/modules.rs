@@ -25,11 +25,21 @@ const ECHO: &str = r#"(module
     (memory (export "memory") 1)
     (func (export "_start")))"#;
 
-/// A bare HTTP/1.0 GET with extra header lines; returns the status line, the head and the
-/// body.
+/// A bare HTTP/1.0 GET with extra header lines; returns the status line, the head (in
+/// lower case) and the body.
 async fn get(addr: std::net::SocketAddr, path: &str, headers: &str) -> (String, String, Vec<u8>) {
+    request(addr, "GET", path, headers).await
+}
+
+/// A bare HTTP/1.0 request, as [`get`].
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> (String, String, Vec<u8>) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n").as_bytes())
+    tcp.write_all(format!("{method} {path} HTTP/1.0\r\nHost: test\r\n{headers}\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = Vec::new();
@@ -108,6 +118,47 @@ async fn with_an_access_token_the_module_needs_it_too() {
         status.contains(" 200"),
         "the page may pass it as a parameter: {status}"
     );
+}
+
+#[tokio::test]
+async fn a_page_of_another_origin_may_fetch_the_module_with_the_token() {
+    let module = TaskModule::from_bytes("echo.wat", ECHO).unwrap();
+    let config = Config {
+        token: Some("s3cret".into()),
+        ..Config::default()
+    };
+    let coordinator = serving(config, module.clone()).await;
+    let addr = coordinator.local_addr();
+    let path = module::module_path(module.sha256());
+    let origin = "Origin: http://volunteers.example\r\n";
+    // The browser's preflight for a GET with an Authorization header.
+    let (status, head, _) = request(
+        addr,
+        "OPTIONS",
+        &path,
+        &format!(
+            "{origin}Access-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: authorization\r\n"
+        ),
+    )
+    .await;
+    assert!(status.contains(" 200"), "{status}");
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    assert!(
+        head.contains("access-control-allow-headers: authorization"),
+        "{head}"
+    );
+    let (status, head, body) = get(
+        addr,
+        &path,
+        &format!("{origin}Authorization: Bearer s3cret\r\n"),
+    )
+    .await;
+    assert!(status.contains(" 200"), "{status}");
+    assert!(head.contains("access-control-allow-origin: *"), "{head}");
+    assert_eq!(body, module.bytes().to_vec());
+    // Any origin, but never without the token.
+    let (status, _, _) = get(addr, &path, origin).await;
+    assert!(status.contains(" 401"), "{status}");
 }
 
 #[tokio::test]

@@ -10,13 +10,14 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use distchan_protocol::{tasks, wire::Outcome, JobId};
+use gloo_timers::future::TimeoutFuture;
 use js_sys::{Function, Object, Promise, Reflect};
 use wasm_bindgen::JsValue;
 use wasm_bindgen_futures::JsFuture;
 
 use crate::{
     convert::{error_message, js_to_msgpack, msgpack_to_js},
-    module::LoadedModule,
+    module::{LoadedModule, NoRoom, RoomWaits},
 };
 
 /// How the jobs of one connection are answered.
@@ -68,19 +69,33 @@ impl JobHandler {
 
     /// Answers one job at once when this handler does not wait (a built-in task, a task
     /// module); `None` for a page's function, which [`JobHandler::handle`] awaits.
-    pub fn handle_now(&self, payload: &[u8]) -> Option<Outcome> {
+    /// [`NoRoom`] when a task module's job could not have its instance just now: the caller
+    /// tries it again later (see [`RoomWaits`]).
+    pub fn handle_now(&self, payload: &[u8]) -> Option<Result<Outcome, NoRoom>> {
         match self {
-            JobHandler::Builtin(task) => Some(tasks::run(task, payload)),
+            JobHandler::Builtin(task) => Some(Ok(tasks::run(task, payload))),
             JobHandler::Module(module) => Some(module.run(payload)),
             JobHandler::Js { .. } => None,
         }
     }
 
-    /// Answers one job whose plain MessagePack payload is `payload`.
+    /// Answers one job whose plain MessagePack payload is `payload` (a task module's job
+    /// that has no room for its instance waits for it, see [`RoomWaits`]).
     pub async fn handle(&self, id: JobId, payload: &[u8]) -> Outcome {
         match self {
             JobHandler::Builtin(task) => tasks::run(task, payload),
-            JobHandler::Module(module) => module.run(payload),
+            JobHandler::Module(module) => {
+                let mut waits = RoomWaits::default();
+                loop {
+                    match module.run(payload) {
+                        Ok(outcome) => break outcome,
+                        Err(NoRoom) => match waits.next_wait() {
+                            Some(ms) => TimeoutFuture::new(ms).await,
+                            None => break Err(RoomWaits::gave_up()),
+                        },
+                    }
+                }
+            }
             JobHandler::Js { function, task } => {
                 call_js(function, payload, &job_info(id, task.as_deref())).await
             }

@@ -36,6 +36,12 @@ export interface TaskModuleCommandRun {
   stderr: Uint8Array;
   /** Size of the instance's memory at the end, in bytes. */
   memoryBytes: number;
+  /**
+   * True when the browser had no memory for a fresh instance just now (`new
+   * WebAssembly.Instance` threw a RangeError about memory: the memories of earlier instances
+   * are not yet collected). The job did not run; the worker tries it again a little later.
+   */
+  noRoom?: boolean;
 }
 
 /** One reused instance of a reactor module. */
@@ -100,6 +106,8 @@ extern "C" {
     fn stderr(this: &CommandRun) -> Vec<u8>;
     #[wasm_bindgen(method, getter, js_name = memoryBytes)]
     fn memory_bytes(this: &CommandRun) -> f64;
+    #[wasm_bindgen(method, getter, js_name = noRoom)]
+    fn no_room(this: &CommandRun) -> Option<bool>;
 
     /// `TaskModuleReactor`.
     #[wasm_bindgen(typescript_type = "TaskModuleReactor")]
@@ -124,6 +132,52 @@ type Compiled = HashMap<(String, u64), (WebAssembly::Module, Abi)>;
 thread_local! {
     /// Modules compiled by this thread: a worker that joins again compiles nothing.
     static COMPILED: RefCell<Compiled> = RefCell::new(HashMap::new());
+}
+
+/// The browser had no memory for the fresh instance a job of a command module needs, just
+/// now: the memories of instances that already ran are freed only when the garbage collector
+/// of their thread gets to them, and until then each holds several GiB of address space. The
+/// job did not run; it is tried again after a wait from [`RoomWaits`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NoRoom;
+
+/// The waits before trying again a job the browser had no room for: 5 ms, doubling up to
+/// 1 s, and [`RoomWaits::PATIENCE_MS`] in all before the job fails.
+#[derive(Debug, Default, Clone)]
+pub struct RoomWaits {
+    next_ms: u32,
+    waited_ms: u32,
+}
+
+impl RoomWaits {
+    /// The longest a job waits, over all its tries, for room for its instance.
+    pub const PATIENCE_MS: u32 = 30_000;
+
+    /// The wait before the next try, in milliseconds; `None` once the job waited
+    /// [`RoomWaits::PATIENCE_MS`] (the waits start again from the shortest after that).
+    pub fn next_wait(&mut self) -> Option<u32> {
+        if self.waited_ms >= Self::PATIENCE_MS {
+            *self = RoomWaits::default();
+            return None;
+        }
+        let wait = self.next_ms.clamp(5, 1_000);
+        self.next_ms = wait * 2;
+        self.waited_ms += wait;
+        Some(wait)
+    }
+
+    /// An instance was made: the next shortage starts with the shortest wait.
+    pub fn reset(&mut self) {
+        *self = RoomWaits::default();
+    }
+
+    /// The error a job gets when it waited in vain.
+    pub fn gave_up() -> String {
+        format!(
+            "the browser had no memory for a new instance of the task module for {} s",
+            Self::PATIENCE_MS / 1_000
+        )
+    }
 }
 
 /// A module ready to answer jobs in this thread.
@@ -173,12 +227,16 @@ impl LoadedModule {
         self.abi
     }
 
-    /// Runs one job whose plain MessagePack payload is `payload`.
-    pub fn run(&self, payload: &[u8]) -> Outcome {
-        let input = module::module_input(self.spec.io, payload)?;
+    /// Runs one job whose plain MessagePack payload is `payload`; [`NoRoom`] when the
+    /// browser could not make the fresh instance the job needs just now.
+    pub fn run(&self, payload: &[u8]) -> Result<Outcome, NoRoom> {
+        let input = match module::module_input(self.spec.io, payload) {
+            Ok(input) => input,
+            Err(e) => return Ok(Err(e)),
+        };
         let started = js_sys::Date::now();
         let mut run = match self.abi {
-            Abi::Command => self.run_command(&input),
+            Abi::Command => self.run_command(&input)?,
             Abi::Reactor => self.run_reactor(&input),
         };
         // A browser cannot interrupt a job; one that finished past its limit still failed.
@@ -186,34 +244,37 @@ impl LoadedModule {
         if js_sys::Date::now() - started > limit && run.ending != Ending::TimedOut {
             run.ending = Ending::TimedOut;
         }
-        module::outcome(self.spec.io, run, &self.spec.limits)
+        Ok(module::outcome(self.spec.io, run, &self.spec.limits))
     }
 
-    fn run_command(&self, input: &[u8]) -> Run {
+    fn run_command(&self, input: &[u8]) -> Result<Run, NoRoom> {
         let max_output = self.spec.limits.max_output as f64;
-        match self.runtime.run_command(&self.module, input, max_output) {
-            Ok(run) => {
-                let ending = if run.output_too_large() {
-                    Ending::OutputTooLarge
-                } else {
-                    match (run.code(), run.trap()) {
-                        (Some(code), None) => Ending::Exited(code),
-                        (_, Some(trap)) => self.trapped(trap, run.memory_bytes()),
-                        (None, None) => Ending::Trapped("the run reported nothing".into()),
+        Ok(
+            match self.runtime.run_command(&self.module, input, max_output) {
+                Ok(run) if run.no_room() == Some(true) => return Err(NoRoom),
+                Ok(run) => {
+                    let ending = if run.output_too_large() {
+                        Ending::OutputTooLarge
+                    } else {
+                        match (run.code(), run.trap()) {
+                            (Some(code), None) => Ending::Exited(code),
+                            (_, Some(trap)) => self.trapped(trap, run.memory_bytes()),
+                            (None, None) => Ending::Trapped("the run reported nothing".into()),
+                        }
+                    };
+                    Run {
+                        ending,
+                        stdout: run.stdout(),
+                        stderr: run.stderr(),
                     }
-                };
-                Run {
-                    ending,
-                    stdout: run.stdout(),
-                    stderr: run.stderr(),
                 }
-            }
-            Err(thrown) => Run {
-                ending: Ending::NotStarted(error_message(&thrown)),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
+                Err(thrown) => Run {
+                    ending: Ending::NotStarted(error_message(&thrown)),
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                },
             },
-        }
+        )
     }
 
     fn run_reactor(&self, input: &[u8]) -> Run {

@@ -66,7 +66,7 @@ use wasm_bindgen_futures::{future_to_promise, spawn_local};
 
 use crate::{
     handler::{result_to_js, JobHandler},
-    module::{LoadedModule, ModuleRuntime},
+    module::{LoadedModule, ModuleRuntime, NoRoom, RoomWaits},
     socket::{Socket, SocketEvent},
 };
 
@@ -327,6 +327,9 @@ enum Input {
     Pause,
     /// The event loop had a turn: jobs put off for it may start.
     Resume,
+    /// The wait for room for a fresh instance is over (see [`RoomWaits`]): the jobs put off
+    /// may start.
+    TryAgain,
     /// The task module is compiled (or could not be had).
     ModuleLoaded(Result<Rc<LoadedModule>, Error>),
 }
@@ -660,6 +663,9 @@ struct Run {
     kept: Kept,
     /// The jobs that created an instance in this turn (see [`INSTANCES_PER_TURN`]).
     instances_this_turn: usize,
+    /// The waits for room for a fresh instance, and whether one is under way.
+    room: RoomWaits,
+    waiting_for_room: bool,
     draining: bool,
     deadline: Option<f64>,
     closing: Option<Ending>,
@@ -780,6 +786,8 @@ async fn connect_once(
                 phase: Phase::Connecting,
                 kept,
                 instances_this_turn: 0,
+                room: RoomWaits::default(),
+                waiting_for_room: false,
                 draining: false,
                 closing: None,
                 ended: None,
@@ -835,6 +843,10 @@ impl Run {
             other if self.phase != Phase::Running => self.kept.backlog.push(other),
             Input::Done { id, outcome, job } => self.on_done(id, outcome, job),
             Input::Resume => self.resume(),
+            Input::TryAgain => {
+                self.waiting_for_room = false;
+                self.resume();
+            }
             Input::ModuleLoaded(loaded) => self.on_module(loaded),
         }
         if self.phase == Phase::Running && !self.kept.backlog.is_empty() {
@@ -1090,9 +1102,16 @@ impl Run {
             self.instances_this_turn += 1;
         }
         let keep_job = self.inner.on_result.borrow().is_some();
-        if let Some(outcome) = handler.handle_now(&payload) {
-            self.on_done(id, outcome, keep_job.then_some(payload));
-            return;
+        match handler.handle_now(&payload) {
+            Some(Ok(outcome)) => {
+                if handler.instance_per_job() {
+                    self.room.reset();
+                }
+                self.on_done(id, outcome, keep_job.then_some(payload));
+                return;
+            }
+            Some(Err(NoRoom)) => return self.wait_for_room(id, payload),
+            None => {}
         }
         let tx = self.tx.clone();
         spawn_local(async move {
@@ -1147,8 +1166,27 @@ impl Run {
         self.finish_if_done();
     }
 
-    /// A new turn of the event loop: the jobs put off start (as many as one turn takes).
+    /// Job `id` found no room for its instance: it goes first among the jobs put off, and
+    /// they all wait (or, past [`RoomWaits::PATIENCE_MS`], it fails).
+    fn wait_for_room(&mut self, id: JobId, payload: Bytes) {
+        let Some(ms) = self.room.next_wait() else {
+            return self.on_done(id, Err(RoomWaits::gave_up()), None);
+        };
+        self.kept.put_off.push_front((id, payload));
+        self.waiting_for_room = true;
+        let tx = self.tx.clone();
+        spawn_local(async move {
+            TimeoutFuture::new(ms).await;
+            let _ = tx.unbounded_send(Input::TryAgain);
+        });
+    }
+
+    /// A new turn of the event loop: the jobs put off start (as many as one turn takes),
+    /// unless they wait for room for their instances.
     fn resume(&mut self) {
+        if self.waiting_for_room {
+            return;
+        }
         self.instances_this_turn = 0;
         let waiting = std::mem::take(&mut self.kept.put_off);
         for (id, payload) in waiting {

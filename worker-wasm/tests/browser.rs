@@ -4,7 +4,9 @@
 //! (`scripts/test-wasm.sh`), which starts them before and checks their exit codes after:
 //!
 //! - `DISTCHAN_TEST_URL`: `distchan-coordinator --demo capitalize --jobs 20 --verify`;
-//! - `DISTCHAN_TEST_TOKEN_URL`: the same with `--token "$DISTCHAN_TEST_TOKEN"`.
+//! - `DISTCHAN_TEST_TOKEN_URL`: the same with `--token "$DISTCHAN_TEST_TOKEN"`;
+//! - `DISTCHAN_TEST_MODULE_URL`: `distchan-coordinator pipe --module misbehave.wat` with 20
+//!   jobs and `--max-retries 0`.
 //!
 //! Without them the tests that need a coordinator are skipped with a loud console message,
 //! so a bare `wasm-pack test --chrome` still runs the rest; when the script sets
@@ -50,6 +52,13 @@ fn token_url() -> Option<&'static str> {
     coordinator(
         "DISTCHAN_TEST_TOKEN_URL",
         option_env!("DISTCHAN_TEST_TOKEN_URL"),
+    )
+}
+
+fn module_url() -> Option<&'static str> {
+    coordinator(
+        "DISTCHAN_TEST_MODULE_URL",
+        option_env!("DISTCHAN_TEST_MODULE_URL"),
     )
 }
 
@@ -262,4 +271,48 @@ async fn stop_before_the_connection_opens_ends_cleanly() {
     let end = worker.run_to_end().await.expect("a stop is a clean end");
     assert_eq!(end.reason.as_deref(), Some("worker left"));
     assert_eq!(end.jobs_done, 0);
+}
+
+#[wasm_bindgen_test]
+async fn a_job_with_no_room_for_its_instance_waits_for_it_and_does_not_fail() {
+    let Some(url) = module_url() else { return };
+    // A task module runtime that, like a browser whose address space still holds the
+    // memories of earlier instances, has no room for a new instance now and then: four of
+    // the runs report `noRoom`; the others echo the job, as the module would.
+    let runtime = Function::new_no_args(
+        r#"
+        const seen = { calls: 0, noRoom: 0 };
+        const empty = new Uint8Array();
+        return {
+          seen,
+          runCommand(module, stdin, maxOutput) {
+            seen.calls += 1;
+            if (seen.calls % 3 === 1 && seen.noRoom < 4) {
+              seen.noRoom += 1;
+              return { code: null, trap: "RangeError: Out of memory", noRoom: true,
+                       outputTooLarge: false, stdout: empty, stderr: empty, memoryBytes: 0 };
+            }
+            return { code: 0, trap: null, noRoom: false, outputTooLarge: false,
+                     stdout: stdin.slice(), stderr: empty, memoryBytes: 65536 };
+          },
+          startReactor() { throw new Error("this test's module is a command"); },
+        };
+        "#,
+    )
+    .call0(&JsValue::NULL)
+    .unwrap();
+    let opts = options(r#"{"capacity": 4, "agent": "no room"}"#);
+    Reflect::set(&opts, &"moduleRuntime".into(), &runtime).unwrap();
+    let worker = BrowserWorker::new(url, opts).unwrap();
+    let end = worker.run_to_end().await.expect("runs to the end of work");
+    assert_eq!(end.reason.as_deref(), Some("end of work"));
+    assert_eq!(end.jobs_failed, 0, "a job without room is not a failed job");
+    assert_eq!(end.jobs_done, JOBS);
+    let seen = get(&runtime, "seen");
+    assert_eq!(get(&seen, "noRoom").as_f64(), Some(4.0));
+    assert_eq!(
+        get(&seen, "calls").as_f64(),
+        Some((JOBS + 4) as f64),
+        "each job without room was run again, once it had room"
+    );
 }
