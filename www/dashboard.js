@@ -64,12 +64,17 @@ function showStatus(s) {
         td.append(sw);
       }
       if (i === 1) { td.className = "agent"; td.title = v; }
-      // A worker leaving or paused says so first, where the column cannot cut it off.
-      const note = i !== 1 ? "" : w.draining ? "leaving" : w.paused ? "paused" : "";
-      if (note) {
+      // A worker leaving, paused or with wrong results (when jobs are replicated) says so
+      // first, where the column cannot cut it off.
+      const notes = i !== 1 ? [] : [
+        w.draining ? ["leaving", "leaving"] : w.paused ? ["paused", "paused"] : null,
+        w.wrong > 0 ? ["wrong", `${w.wrong} wrong`] : null,
+      ].filter(Boolean);
+      for (const [kind, text] of notes) {
         const tag = document.createElement("span");
-        tag.className = `tag ${note}`;
-        tag.textContent = `(${note})`;
+        tag.className = `tag ${kind}`;
+        tag.textContent = `(${text})`;
+        if (kind === "wrong") tag.title = "results that lost to the result other workers agreed on";
         td.append(tag, " ");
       }
       td.append(String(v));

@@ -46,7 +46,7 @@ self.onmessage = (event) => {
   }
 };
 
-async function start({ url, token, capacity, index, threads, tab, paused }) {
+async function start({ url, token, capacity, index, threads, tab, group, paused }) {
   pauseRequested = pauseRequested || Boolean(paused);
   let module;
   try {
@@ -64,6 +64,7 @@ async function start({ url, token, capacity, index, threads, tab, paused }) {
       capacity,
       token: token || undefined,
       agent: `volunteer tab ${tab}, thread ${index + 1}/${threads} (${navigator.userAgent})`,
+      group,
       moduleRuntime,
     });
   } catch (err) {

@@ -16,6 +16,19 @@ $("token").value = params.get("token") || "";
 // lives (a reload keeps it).
 const tabName = sessionStorage.getItem("distchan-tab") || Math.random().toString(16).slice(2, 6);
 sessionStorage.setItem("distchan-tab", tabName);
+// One id for this browser, shared by its tabs (local storage): when the coordinator has each
+// job computed by several workers, two tabs or threads of one browser never both get it.
+const browserId = (() => {
+  // getRandomValues, not randomUUID: a page served over plain HTTP has only the former.
+  const fresh = () => Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+  try {
+    const id = localStorage.getItem("distchan-browser") || fresh();
+    localStorage.setItem("distchan-browser", id);
+    return id;
+  } catch {
+    return fresh(); // storage refused (a private window, say): this tab alone
+  }
+})();
 const maxCores = clamp(Math.max(navigator.hardwareConcurrency || 2, Number(params.get("threads")) || 0), 1, 64);
 let threadCount = clamp(Number(params.get("threads")) || navigator.hardwareConcurrency || 2, 1, 64);
 const capacity = clamp(Number(params.get("capacity")) || 64, 1, 1024);
@@ -153,7 +166,7 @@ function launch(index) {
     onThreadMessage(thread, { type: "end", ok: false, refused: false, reason: `the worker thread failed: ${event.message || "could not load volunteer-worker.js"}` });
   };
   const token = $("token").value.trim();
-  worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount, tab: tabName, paused: pauseReasons.size > 0 });
+  worker.postMessage({ type: "start", url: wsUrl, token, capacity, index, threads: threadCount, tab: tabName, group: browserId, paused: pauseReasons.size > 0 });
   return thread;
 }
 

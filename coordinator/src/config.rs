@@ -78,6 +78,20 @@ pub struct Config {
     /// so one slow worker (one that slowed down, or holds a fixed window) does not hold up
     /// the end. Never with `strict_turns`.
     pub speculation: bool,
+    /// Workers that must agree on each job's result before it is delivered (1, the default:
+    /// the first result is delivered). With 2 or more, for volunteers who may return wrong
+    /// results, each job goes to that many distinct workers in turn and their results are
+    /// compared byte for byte (errors by their message); on a disagreement it goes to one
+    /// more worker, and the result `replicas` workers agree on wins. After `2 × replicas + 1`
+    /// results with no such agreement the job fails with
+    /// [`JobError::Disagreement`](crate::JobError::Disagreement). Workers whose result lost
+    /// are counted (see [`max_wrong`](Self::max_wrong)). A run needs at least `replicas`
+    /// workers connected: a job never goes twice to one worker.
+    pub replicas: u32,
+    /// With [`replicas`](Self::replicas), a worker whose results lost more than this many
+    /// times is disconnected (close code 1008) and its jobs go to others; `None` (the
+    /// default) only counts them.
+    pub max_wrong: Option<u64>,
     /// Origins (e.g. `http://localhost:8080`) from which browser workers may connect.
     /// Empty accepts every origin. Connections without an `Origin` header (native
     /// workers) are not affected.
@@ -133,6 +147,8 @@ impl std::fmt::Debug for Config {
             adaptive_windows,
             strict_turns,
             speculation,
+            replicas,
+            max_wrong,
             allowed_origins,
             task,
             module_limits,
@@ -162,6 +178,8 @@ impl std::fmt::Debug for Config {
             .field("adaptive_windows", adaptive_windows)
             .field("strict_turns", strict_turns)
             .field("speculation", speculation)
+            .field("replicas", replicas)
+            .field("max_wrong", max_wrong)
             .field("allowed_origins", allowed_origins)
             .field("task", task)
             .field("module_limits", module_limits)
@@ -196,6 +214,8 @@ impl Default for Config {
             adaptive_windows: true,
             strict_turns: false,
             speculation: true,
+            replicas: 1,
+            max_wrong: None,
             allowed_origins: Vec::new(),
             task: None,
             module_limits: Limits::default(),

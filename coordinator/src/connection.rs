@@ -51,7 +51,7 @@ use distchan_protocol::{
 use hyper_util::rt::TokioIo;
 use tokio::{
     sync::Notify,
-    time::{timeout, Instant},
+    time::{timeout, timeout_at, Instant},
 };
 use tokio_tungstenite::tungstenite::{
     self,
@@ -127,6 +127,8 @@ pub(crate) struct Joining {
     pub last_seen: Arc<AtomicU64>,
     /// The session it had before it lost its connection, and the jobs it still holds.
     pub resume: Option<Resume>,
+    /// The group it named ([`Hello::group`](distchan_protocol::wire::Hello::group)).
+    pub group: Option<String>,
 }
 
 /// Most messages read before they are settled with the scheduler.
@@ -177,6 +179,7 @@ pub(crate) async fn serve(
         capacity: hello.capacity,
         last_seen: last_seen.clone(),
         resume: hello.resume,
+        group: hello.group,
     };
     let Some(joined) = shared.hub.join(joining) else {
         refuse(
@@ -512,17 +515,31 @@ async fn refuse(sink: &mut WebSocket, refusal: Refusal) {
     close(sink, code, &reason).await;
 }
 
-/// Sends a close frame with `code` and `reason`, giving up after two seconds.
+/// Sends a close frame with `code` and `reason`, then waits for the worker's close frame
+/// (the closing handshake), dropping what it still sends meanwhile; gives up after two
+/// seconds in all.
+///
+/// Dropping the connection at once would reset it under a worker still sending results,
+/// and a reset throws away what the worker had not read yet, this close frame included: it
+/// would take a deliberate close (a refusal, a worker cut off) for a lost connection, and
+/// connect again.
 async fn close(sink: &mut WebSocket, code: u16, reason: &str) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
         reason: truncate_reason(reason).into(),
     };
-    let _ = timeout(
-        Duration::from_secs(2),
-        sink.send(Message::Close(Some(frame))),
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    if !matches!(
+        timeout_at(deadline, sink.send(Message::Close(Some(frame)))).await,
+        Ok(Ok(()))
+    ) {
+        return;
+    }
+    while let Ok(Some(Ok(message))) = timeout_at(deadline, sink.next()).await {
+        if message.is_close() {
+            break;
+        }
+    }
 }
 
 /// A read error as the protocol crate's error, whose close code and reason

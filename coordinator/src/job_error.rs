@@ -30,4 +30,11 @@ pub enum JobError {
     /// had an outcome. (The metrics count it with the failed jobs.)
     #[error("the job was cancelled")]
     Cancelled,
+    /// With [`Config::replicas`](crate::Config::replicas), the workers that computed the
+    /// job disagreed and no result was returned by enough of them.
+    #[error("{votes} workers returned results for the job and not enough of them agree")]
+    Disagreement {
+        /// How many results the job had.
+        votes: u32,
+    },
 }

@@ -95,6 +95,7 @@ pub(crate) struct Tallies {
     pub failed: u64,
     pub redelivered: u64,
     pub speculated: u64,
+    pub wrong: u64,
     pub duplicates: u64,
     pub dispatch_wait: Tally,
     pub round_trip: Tally,
@@ -182,6 +183,7 @@ pub(crate) struct Counters {
     pub failed: Counter,
     pub redelivered: Counter,
     pub speculated: Counter,
+    pub wrong: Counter,
     pub duplicates: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
@@ -217,6 +219,7 @@ impl Default for Counters {
             failed: Counter::default(),
             redelivered: Counter::default(),
             speculated: Counter::default(),
+            wrong: Counter::default(),
             duplicates: Counter::default(),
             bytes_in: Counter::default(),
             bytes_out: Counter::default(),
@@ -269,6 +272,11 @@ impl Default for Counters {
             "jobs_speculated",
             "Jobs a slow worker held at the end of a run that were also given to a faster one",
             c.speculated.clone(),
+        );
+        r.register(
+            "results_wrong",
+            "Results of replicated jobs that lost to the result other workers agreed on",
+            c.wrong.clone(),
         );
         r.register(
             "results_duplicate",
@@ -338,6 +346,9 @@ pub struct Stats {
     /// Jobs a slow worker held at the end of a run that were also given to an idle, faster
     /// one (straggler speculation, see [`Config::speculation`](crate::Config::speculation)).
     pub speculated: u64,
+    /// Results of replicated jobs that lost to the result other workers agreed on (see
+    /// [`Config::replicas`](crate::Config::replicas)).
+    pub wrong: u64,
     /// Late or duplicate results that were dropped.
     pub duplicates: u64,
     /// Bytes received from workers.
@@ -365,6 +376,7 @@ impl Counters {
             (&self.failed, t.failed),
             (&self.redelivered, t.redelivered),
             (&self.speculated, t.speculated),
+            (&self.wrong, t.wrong),
             (&self.duplicates, t.duplicates),
         ] {
             if n > 0 {
@@ -391,6 +403,7 @@ impl Counters {
             failed: self.failed.get(),
             redelivered: self.redelivered.get(),
             speculated: self.speculated.get(),
+            wrong: self.wrong.get(),
             duplicates: self.duplicates.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),

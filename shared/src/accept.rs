@@ -21,6 +21,7 @@
 //!         agent: "doc".into(),
 //!         kind: WorkerKind::Native,
 //!         resume: None,
+//!         group: None,
 //!     }))
 //! };
 //! let offered = [PROTOCOL_VERSION];
@@ -156,6 +157,7 @@ mod tests {
             agent: "test".into(),
             kind: WorkerKind::Native,
             resume: None,
+            group: None,
         }
     }
 

@@ -64,6 +64,9 @@ pub struct SessionConfig {
     pub max_frame: usize,
     /// The protocol version to announce (tests use other values to check refusals).
     pub version: u32,
+    /// The group this worker belongs to ([`Hello::group`]): workers of one group count as
+    /// one when jobs are replicated. `None` for a worker on its own.
+    pub group: Option<String>,
 }
 
 impl SessionConfig {
@@ -76,6 +79,7 @@ impl SessionConfig {
             kind: WorkerKind::Native,
             max_frame: DEFAULT_MAX_FRAME,
             version: PROTOCOL_VERSION,
+            group: None,
         }
     }
 
@@ -243,6 +247,7 @@ impl WorkerSession {
             capacity: self.config.capacity,
             agent: self.config.agent.clone(),
             kind: self.config.kind,
+            group: self.config.group.clone(),
             resume: self.resuming.as_ref().map(|session| Resume {
                 session: session.clone(),
                 holding: (self.outstanding.keys().copied())
@@ -675,13 +680,19 @@ fn to_worker_name(msg: &ToWorker) -> &'static str {
 /// Whether a worker whose connection ended with `err` should connect again (after a
 /// [`Backoff`] delay): yes for a lost connection, a silent or departing coordinator and a
 /// full house; no for what trying again cannot change (a refusal for the token, the protocol
-/// version or the origin, a task module that cannot run here, a configuration error).
+/// version or the origin, a close for the coordinator's policy, such as a worker cut off for
+/// wrong results, a task module that cannot run here, a configuration error).
 pub fn should_reconnect(err: &Error) -> bool {
     match err {
         Error::Refused(r) => matches!(
             r.code,
             RefusalCode::TooManyWorkers | RefusalCode::ShuttingDown | RefusalCode::HandshakeTimeout
         ),
+        // The coordinator closed the connection for its policy (it cut this worker off,
+        // say for wrong results): it would do so again.
+        Error::Disconnected {
+            code: CLOSE_POLICY, ..
+        } => false,
         Error::Connection { .. }
         | Error::Disconnected { .. }
         | Error::Timeout(_)
@@ -1207,6 +1218,18 @@ mod tests {
         };
         assert!(should_reconnect(&lost));
         assert!(should_reconnect(&Error::Timeout("silent".into())));
+        let going_away = Error::Disconnected {
+            code: CLOSE_GOING_AWAY,
+            reason: "the coordinator is shutting down".into(),
+            clean: true,
+        };
+        assert!(should_reconnect(&going_away));
+        let cut_off = Error::Disconnected {
+            code: CLOSE_POLICY,
+            reason: "too many results the other workers disagreed with".into(),
+            clean: true,
+        };
+        assert!(!should_reconnect(&cut_off));
         for (code, again) in [
             (RefusalCode::BadToken, false),
             (RefusalCode::VersionMismatch, false),

@@ -136,6 +136,11 @@ pub struct Hello {
     /// jobs it still holds (see [`Resume`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resume>,
+    /// Workers that name the same group count as one when a coordinator has each job
+    /// computed by several workers (replication): a job never goes to two of them. A
+    /// browser's tabs and threads name one random id, kept in the browser's storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// What a worker that lost its connection says in its next hello, so that it keeps the
@@ -1094,6 +1099,7 @@ mod tests {
             agent: "test".into(),
             kind: WorkerKind::Native,
             resume: None,
+            group: None,
         }
     }
 
@@ -1134,6 +1140,10 @@ mod tests {
         }
         let to_coordinator = [
             ToCoordinator::Hello(hello(PROTOCOL_VERSION)),
+            ToCoordinator::Hello(Hello {
+                group: Some("browser 1".into()),
+                ..hello(PROTOCOL_VERSION)
+            }),
             ToCoordinator::Result(JobResult {
                 id: JobId(1),
                 outcome: Ok(Bytes::from_static(b"x")),

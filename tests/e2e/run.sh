@@ -33,6 +33,9 @@
 #  11. paused: the volunteer presses Pause mid-run; the tab finishes what it holds, hands back
 #      the rest, does no job while paused and the dashboard lists its threads as paused; after
 #      Resume it finishes, and (--max-retries 0) no job failed: pausing loses nothing.
+#  12. replicas: with --replicas 2, a tab (two threads, one browser) and a local native worker;
+#      the tab's threads count as one voter, so every job is also computed by the native
+#      worker: it did exactly all of them, and every result is verified.
 #
 # Assumes scripts/setup.sh has run (Chromium, playwright-core in .tools) and builds nothing
 # but the wasm package if www/pkg is missing; needs the binaries in $DISTCHAN_BIN_DIR
@@ -363,6 +366,23 @@ grep -q "summary: $JOBS of $JOBS jobs in [0-9.]*s ([0-9.]* jobs/s), 0 failed" "$
 }
 grep -q "worker paused" "$LOG_DIR/paused.err" || { echo "e2e: the coordinator saw no pause" >&2; exit 1; }
 echo "ok: the tab paused (nothing done meanwhile, shown paused on the dashboard), resumed and finished: $JOBS results verified, none failed"
+passed=$((passed + 1))
+
+echo "== e2e 12: with --replicas 2, the threads of one tab count as one browser"
+JOBS=20000
+start_coordinator replicas --demo capitalize --jobs "$JOBS" --replicas 2 --local-workers 1 --verify \
+    --static-dir www
+browse --url "http://$replicas_ADDR/?autostart=1" --expect finished --jobs "$JOBS" \
+    --screenshot "$LOG_DIR/replicas.png" --timeout 120
+expect_verified replicas "$JOBS"
+# Two groups (the browser, the native worker) and two votes per job: the native worker voted
+# on every job, and half of all the votes are its.
+grep -qE "^  worker [0-9]+ \(local worker 1, native\): $JOBS jobs \(50\.0%\)" "$LOG_DIR/replicas.out" || {
+    echo "e2e: the native worker did not compute every job (two threads of the tab voted together?):" >&2
+    cat "$LOG_DIR/replicas.out" >&2
+    exit 1
+}
+echo "ok: every job computed by the tab and by the native worker, $JOBS results agreed and verified"
 passed=$((passed + 1))
 
 echo "e2e: took ${SECONDS} s"

@@ -85,6 +85,10 @@ pub struct Options {
     pub transforms: TransformChain,
     /// Name shown on the coordinator's side; defaults to `distchan-worker/VERSION on HOST`.
     pub agent: Option<String>,
+    /// The group this worker counts in when the coordinator replicates jobs
+    /// ([`Hello::group`](distchan_protocol::wire::Hello::group)): workers of one group (say,
+    /// one owner's machines) never compute the same job twice. `None`: on its own.
+    pub group: Option<String>,
     /// Largest frame accepted from the coordinator.
     pub max_frame: usize,
     /// Longest wait for the connection and the welcome.
@@ -121,6 +125,7 @@ impl Default for Options {
             token: None,
             transforms: TransformChain::new(),
             agent: None,
+            group: None,
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(10),
             drain: CancellationToken::new(),
@@ -142,6 +147,7 @@ impl std::fmt::Debug for Options {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("transforms", &self.transforms)
             .field("agent", &self.agent)
+            .field("group", &self.group)
             .field("max_frame", &self.max_frame)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("drain", &self.drain)
@@ -192,6 +198,7 @@ impl Options {
         config.token = self.token.clone();
         config.max_frame = self.max_frame;
         config.version = self.protocol_version;
+        config.group = self.group.clone();
         config.agent = self.agent.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
             format!("{} on {host}", config.agent)

@@ -38,6 +38,10 @@ struct Args {
     /// Name shown on the coordinator's side.
     #[arg(long, env = "DISTCHAN_AGENT")]
     agent: Option<String>,
+    /// Group to count in when the coordinator has each job computed by several workers
+    /// (--replicas): workers of one group never get the same job.
+    #[arg(long, env = "DISTCHAN_GROUP")]
+    group: Option<String>,
     /// Folder where task modules are kept between runs [default: distchan/modules in the
     /// user's cache folder].
     #[arg(long, env = "DISTCHAN_MODULE_CACHE")]
@@ -88,6 +92,7 @@ async fn run(args: Args) -> Result<(), Error> {
     options.token = args.token;
     options.reconnect = !args.once;
     options.agent = args.agent;
+    options.group = args.group;
     if args.module_cache.is_some() {
         options.module_cache = args.module_cache;
     }

@@ -93,6 +93,12 @@ export interface BrowserWorkerOptions {
   token?: string;
   /** Name shown on the coordinator's side (default: the browser's user agent). */
   agent?: string;
+  /**
+   * Workers naming the same group count as one when the coordinator has each job computed
+   * by several workers (`--replicas`): give every tab and thread of one browser the same id
+   * (the volunteer page keeps a random one in `localStorage`). Default: none.
+   */
+  group?: string;
   /** AES-256-GCM key (64 hex digits), if the coordinator encrypts payloads. */
   aesKey?: string;
   /** Longest wait for the connection and the welcome, in ms (default 10000). */
@@ -175,6 +181,7 @@ struct WorkerOptions {
     capacity: Option<u32>,
     token: Option<String>,
     agent: Option<String>,
+    group: Option<String>,
     aes_key: Option<String>,
     handshake_timeout_ms: Option<u32>,
     max_frame: Option<u32>,
@@ -391,6 +398,7 @@ impl BrowserWorker {
         let agent = options.agent.unwrap_or_else(default_agent);
         let mut config = SessionConfig::browser(capacity, agent);
         config.token = options.token.filter(|t| !t.is_empty());
+        config.group = options.group.filter(|g| !g.is_empty());
         config.max_frame = options.max_frame.map_or(DEFAULT_MAX_FRAME, |n| n as usize);
         let mut chain = TransformChain::new();
         if let Some(key) = options.aes_key.filter(|k| !k.is_empty()) {

@@ -37,7 +37,7 @@ impl Scheduler {
         };
         // A new job is held by no one, so any worker with credit can take it.
         match if direct {
-            self.workers.pick(None)
+            self.workers.pick(None, |_, _| false)
         } else {
             None
         } {
@@ -59,7 +59,7 @@ impl Scheduler {
                 break;
             };
             match waiting {
-                Waiting::New(job) => match self.workers.pick(None) {
+                Waiting::New(job) => match self.workers.pick(None, |_, _| false) {
                     Some(wid) => self.send_new(job, wid, now, wakes),
                     None => deferred.push(Waiting::New(job)),
                 },
@@ -67,7 +67,18 @@ impl Scheduler {
                     if !self.ledger.is_waiting(id) {
                         continue; // answered meanwhile
                     }
-                    match self.workers.pick(Some(id)) {
+                    // A replicated job goes to a worker (and group) that did not answer it,
+                    // nor has it in hand (a run superseded after its lease or as a
+                    // straggler may still answer).
+                    let ledger = &self.ledger;
+                    let holder = (self.config.replicas > 1)
+                        .then(|| ledger.overrun_on(id).and_then(|w| self.workers.group(w)))
+                        .flatten();
+                    let excluded = |w, group: Option<&str>| {
+                        ledger.voted(id, w, group)
+                            || (group.is_some() && group == holder.as_deref())
+                    };
+                    match self.workers.pick(Some(id), excluded) {
                         Some(wid) => self.send_again(id, wid, now, wakes),
                         None => deferred.push(Waiting::Again(id)),
                     }

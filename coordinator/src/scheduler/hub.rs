@@ -421,6 +421,7 @@ impl Hub {
                 connected_ms: w.joined.elapsed().as_millis() as u64,
                 draining: w.draining,
                 paused: w.paused,
+                wrong: w.wrong,
             })
             .collect();
         drop(s);

@@ -52,6 +52,21 @@ pub(super) struct Entry {
     /// The last worker whose run of it was superseded when its lease ran out (it may
     /// still be running it).
     overrun_on: Option<WorkerId>,
+    /// The results workers gave for it so far, with [`Config::replicas`] above 1 (see
+    /// `replicate`); empty otherwise.
+    ///
+    /// [`Config::replicas`]: crate::Config::replicas
+    pub(super) votes: Vec<Vote>,
+}
+
+/// One worker's result for a replicated job.
+pub(super) struct Vote {
+    /// The worker that gave it.
+    pub(super) worker: WorkerId,
+    /// The worker's group, if it named one.
+    pub(super) group: Option<std::sync::Arc<str>>,
+    /// Its result.
+    pub(super) outcome: Result<Bytes, String>,
 }
 
 impl Entry {
@@ -131,6 +146,43 @@ impl Ledger {
         self.table.get(&id).is_some_and(|e| e.runs_on(worker))
     }
 
+    /// The worker whose run of job `id` was superseded last (after its lease, or as a
+    /// straggler) and may still answer.
+    pub fn overrun_on(&self, id: JobId) -> Option<WorkerId> {
+        self.table.get(&id).and_then(|e| e.overrun_on)
+    }
+
+    /// The votes job `id` has so far (none when it is not in the table).
+    pub fn votes(&self, id: JobId) -> &[Vote] {
+        self.table.get(&id).map_or(&[], |e| e.votes.as_slice())
+    }
+
+    /// Takes job `id`'s entry out of the table: it has its outcome (the caller closes it).
+    pub fn take(&mut self, id: JobId) -> Option<Entry> {
+        self.table.remove(&id)
+    }
+
+    /// Job `id`, if it runs on `worker`, waits for another worker now; returns whether it
+    /// did (the caller puts it back in the line).
+    pub fn wait_again(&mut self, id: JobId, worker: WorkerId) -> bool {
+        let Some(entry) = self.table.get_mut(&id).filter(|e| e.runs_on(worker)) else {
+            return false;
+        };
+        entry.state = State::Waiting;
+        self.waiting_again += 1;
+        true
+    }
+
+    /// True when `worker`, or a worker of its `group`, already gave a result for job `id`
+    /// (a replicated job goes to distinct workers of distinct groups).
+    pub fn voted(&self, id: JobId, worker: WorkerId, group: Option<&str>) -> bool {
+        self.table.get(&id).is_some_and(|e| {
+            e.votes
+                .iter()
+                .any(|v| v.worker == worker || (group.is_some() && v.group.as_deref() == group))
+        })
+    }
+
     /// Worker `from` came back as `to`: the jobs that ran on `from` and that `kept` says it
     /// still has run on `to` now, as does an overrun run of `from`'s. Returns how many
     /// moved, and the other jobs that ran on `from` (it lost them).
@@ -145,6 +197,9 @@ impl Ledger {
         for (&id, entry) in &mut self.table {
             if entry.overrun_on == Some(from) {
                 entry.overrun_on = Some(to);
+            }
+            for vote in entry.votes.iter_mut().filter(|v| v.worker == from) {
+                vote.worker = to;
             }
             if let State::Running { worker, .. } = &mut entry.state {
                 if *worker == from {
@@ -223,6 +278,7 @@ impl Ledger {
                 lost: 0,
                 handler_failures: 0,
                 overrun_on: None,
+                votes: Vec::new(),
             },
         );
     }
@@ -298,7 +354,8 @@ impl Ledger {
 impl Scheduler {
     /// Settles a worker's result for one job: the worker's credit comes back, then the
     /// result is dropped (a duplicate), left to the job's current runner (a superseded
-    /// run's failure), retried (a handler failure with retries left), or delivered.
+    /// run's failure), retried (a handler failure with retries left), counted as a vote
+    /// (with replicas, see `replicate`), or delivered.
     pub(super) fn on_result(
         &mut self,
         worker: WorkerId,
@@ -340,6 +397,16 @@ impl Scheduler {
                 return;
             }
         }
+        if self.config.replicas > 1 {
+            let group = self.workers.get_mut(worker).and_then(|w| w.group.clone());
+            let entry = job.into_mut();
+            entry.votes.push(Vote {
+                worker,
+                group,
+                outcome,
+            });
+            return self.count_votes(id, worker, now, wakes);
+        }
         let entry = job.remove();
         self.close_entry(id, entry, worker, now, wakes);
         self.deliver(id, Some(worker), outcome.map_err(JobError::Failed), wakes);
@@ -348,7 +415,7 @@ impl Scheduler {
     /// The entry of job `id`, answered by `worker`, has left the table: whoever else still
     /// runs the job is superseded and told to stop it, and the round trip and the answer
     /// are counted.
-    fn close_entry(
+    pub(super) fn close_entry(
         &mut self,
         id: JobId,
         entry: Entry,

@@ -36,6 +36,8 @@
 //! - `outcomes`: outcomes waiting for the result receiver, and the end of work.
 //! - `cancel`: a job cancelled by its sender, wherever it is.
 //! - `pause`: a worker pausing (giving back the jobs it had not started) and resuming.
+//! - `replicate`: replication: a job's results are votes, delivered once enough workers
+//!   agree; the workers whose results lost are counted.
 //! - `resume`: reconnect grace: a lost worker's jobs kept for its return with its session.
 //! - `speculate`: straggler speculation: at the end of a run, a slow worker's jobs also go
 //!   to an idle, faster one.
@@ -48,6 +50,7 @@ mod hub;
 mod ledger;
 mod outcomes;
 mod pause;
+mod replicate;
 mod report;
 mod resume;
 mod speculate;

@@ -34,6 +34,9 @@ pub struct WorkerSnapshot {
     pub draining: bool,
     /// True while it is paused (a volunteer pressed Pause, or hid the tab): it gets no jobs.
     pub paused: bool,
+    /// Its results that lost to the result other workers agreed on (with
+    /// [`Config::replicas`](crate::Config::replicas)).
+    pub wrong: u64,
 }
 
 /// What [`Coordinator::shutdown`](crate::Coordinator::shutdown) reports.
@@ -63,6 +66,7 @@ pub const MAX_SHARES: usize = 100_000;
 ///     agent: "local worker 1".into(),
 ///     kind: "native".into(),
 ///     done: 5_000,
+///     wrong: 0,
 ///     connected: Duration::from_secs(2),
 /// };
 /// assert_eq!(share.rate(), 2_500.0);
@@ -77,6 +81,9 @@ pub struct WorkerShare {
     pub kind: String,
     /// Jobs it answered.
     pub done: u64,
+    /// Its results that lost to the result other workers agreed on (with
+    /// [`Config::replicas`](crate::Config::replicas)).
+    pub wrong: u64,
     /// How long it was connected.
     pub connected: Duration,
 }

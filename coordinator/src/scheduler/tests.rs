@@ -2,7 +2,7 @@
 //! the result receiver drive it: no sockets, and tokio's paused clock for leases.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     net::SocketAddr,
     sync::{atomic::AtomicU64, Arc},
     time::Duration,
@@ -50,6 +50,11 @@ fn join(hub: &Hub, capacity: u32) -> WorkerId {
 
 /// Joins a worker that declares `capacity`, with the resume its hello may carry.
 fn join_resuming(hub: &Hub, capacity: u32, resume: Option<Resume>) -> Joined {
+    join_as(hub, capacity, resume, None)
+}
+
+/// Joins a worker that declares `capacity`, with the resume and group its hello may carry.
+fn join_as(hub: &Hub, capacity: u32, resume: Option<Resume>, group: Option<&str>) -> Joined {
     let joining = Joining {
         agent: "test".into(),
         kind: WorkerKind::Native,
@@ -57,6 +62,7 @@ fn join_resuming(hub: &Hub, capacity: u32, resume: Option<Resume>) -> Joined {
         capacity,
         last_seen: Arc::new(AtomicU64::new(0)),
         resume,
+        group: group.map(str::to_owned),
     };
     hub.join(joining).expect("not shut down")
 }
@@ -858,4 +864,180 @@ async fn a_paused_worker_gets_no_jobs_and_the_jobs_it_gives_back_go_to_others() 
     submit(&hub, 8);
     assert!(!sent(&hub, volunteer).is_empty());
     assert!(!hub.snapshot().iter().any(|w| w.paused));
+}
+
+/// Runs the jobs of `hub` to their end with workers that each answer every job they are
+/// sent with `answer_of(worker)`; a worker told to close leaves. Returns every outcome and,
+/// by job, the workers that answered it.
+fn run_voting(
+    hub: &Hub,
+    workers: &[WorkerId],
+    answer_of: impl Fn(WorkerId) -> &'static str,
+    jobs: usize,
+) -> (Vec<RawOutcome>, HashMap<JobId, Vec<WorkerId>>) {
+    let mut got = Vec::new();
+    let mut answered: HashMap<JobId, Vec<WorkerId>> = HashMap::new();
+    let mut connected = workers.to_vec();
+    while got.len() < jobs {
+        let mut progress = false;
+        for &w in &connected.clone() {
+            for out in outbox(hub, w) {
+                progress = true;
+                match out {
+                    Outgoing::Job(id, _) => {
+                        answered.entry(id).or_default().push(w);
+                        answer(hub, w, id, Ok(answer_of(w)));
+                    }
+                    Outgoing::Close { code, .. } => {
+                        assert_eq!(code, distchan_protocol::wire::CLOSE_POLICY);
+                        connected.retain(|&c| c != w);
+                        hub.leave(w, "closed by the coordinator", false);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        got.extend(outcomes(hub));
+        assert!(progress || got.len() >= jobs, "the run is stuck");
+    }
+    (got, answered)
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_two_replicas_a_lying_worker_is_outvoted_counted_and_cut_off() {
+    let hub = hub(Config {
+        replicas: 2,
+        max_wrong: Some(2),
+        ..Config::default()
+    });
+    let (a, b, liar) = (join(&hub, 2), join(&hub, 2), join(&hub, 2));
+    let ids = submit(&hub, 30);
+    let (got, answered) = run_voting(
+        &hub,
+        &[a, b, liar],
+        |w| if w == liar { "wrong" } else { "right" },
+        ids.len(),
+    );
+
+    assert_eq!(got.len(), ids.len(), "one outcome per job");
+    let mut delivered: Vec<JobId> = got.iter().map(|o| o.id).collect();
+    delivered.sort_unstable();
+    assert_eq!(delivered, ids);
+    for outcome in &got {
+        assert_eq!(
+            outcome.result.as_deref().ok(),
+            Some(&b"right"[..]),
+            "job {}: the liar's result never wins",
+            outcome.id
+        );
+        let by = &answered[&outcome.id];
+        let distinct: std::collections::HashSet<_> = by.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            by.len(),
+            "job {}: one worker voted twice",
+            outcome.id
+        );
+        assert!(by.len() >= 2, "job {}: fewer than two workers", outcome.id);
+    }
+    // Every result of the liar lost and was counted; its third cut it off (it held a few
+    // more meanwhile, counted too), so it answered only a few of the 30 jobs.
+    let liar_answers = answered.values().filter(|by| by.contains(&liar)).count() as u64;
+    assert_eq!(hub.stats().wrong, liar_answers);
+    assert!((3..10).contains(&liar_answers), "{liar_answers}");
+    assert!(hub.snapshot().iter().all(|w| w.id != liar && w.wrong == 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_replicas_a_job_without_agreement_fails_and_only_losing_votes_count_wrong() {
+    // Five workers that each say something else: no two agree, and after 2 × 2 + 1 votes
+    // the job fails; no one is counted wrong, since no result won.
+    let hub = hub(Config {
+        replicas: 2,
+        ..Config::default()
+    });
+    let workers: Vec<WorkerId> = (0..5).map(|_| join(&hub, 1)).collect();
+    let ids = submit(&hub, 1);
+    let names = ["one", "two", "three", "four", "five"];
+    let (got, answered) = run_voting(
+        &hub,
+        &workers,
+        |w| names[workers.iter().position(|&x| x == w).unwrap()],
+        1,
+    );
+    assert!(
+        matches!(got[0].result, Err(JobError::Disagreement { votes: 5 })),
+        "{:?}",
+        got[0].result
+    );
+    assert_eq!(answered[&ids[0]].len(), 5);
+    assert_eq!(hub.stats().wrong, 0);
+
+    // With two honest workers and a liar, a job the liar answered first is decided
+    // by the third vote, and only the liar is counted wrong.
+    let hub2 = self::hub(Config {
+        replicas: 2,
+        ..Config::default()
+    });
+    let (liar, a, b) = (join(&hub2, 1), join(&hub2, 1), join(&hub2, 1));
+    submit(&hub2, 1);
+    let (got, answered) = run_voting(
+        &hub2,
+        &[liar, a, b],
+        |w| if w == liar { "wrong" } else { "right" },
+        1,
+    );
+    assert_eq!(got[0].result.as_deref().ok(), Some(&b"right"[..]));
+    assert_eq!(answered.values().next().unwrap(), &vec![liar, a, b]);
+    let snapshot = hub2.snapshot();
+    let wrong = |id| snapshot.iter().find(|w| w.id == id).unwrap().wrong;
+    assert_eq!((wrong(liar), wrong(a), wrong(b)), (1, 0, 0));
+    assert_eq!(hub2.stats().wrong, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_replicas_two_workers_of_one_group_never_vote_on_the_same_job() {
+    let hub = hub(Config {
+        replicas: 2,
+        ..Config::default()
+    });
+    // Two threads of one browser, then a worker elsewhere: the ring offers the job to the
+    // first thread, then to its sibling, which must be passed over.
+    let a = join_as(&hub, 4, None, Some("browser-1")).id;
+    let b = join_as(&hub, 4, None, Some("browser-1")).id;
+    let c = join(&hub, 4);
+    let ids = submit(&hub, 6);
+    let (got, answered) = run_voting(&hub, &[a, b, c], |_| "right", ids.len());
+    assert_eq!(got.len(), ids.len());
+    for id in ids {
+        let by = &answered[&id];
+        assert_eq!(by.len(), 2, "job {id}: {by:?}");
+        assert!(
+            by.contains(&c),
+            "job {id}: two workers of one group voted: {by:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_replicas_a_job_overrun_on_one_thread_skips_its_siblings() {
+    let hub = hub(Config {
+        replicas: 2,
+        lease: Some(Duration::from_secs(1)),
+        ..Config::default()
+    });
+    let a = join_as(&hub, 1, None, Some("browser-1")).id;
+    let b = join_as(&hub, 1, None, Some("browser-1")).id;
+    let c = join(&hub, 1);
+    let ids = submit(&hub, 1);
+    assert_eq!(sent(&hub, a), ids);
+    // Its lease runs out while the first thread still works on it: the job goes elsewhere,
+    // but not to the other thread of the same browser, since the first may still answer.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    hub.expire_leases();
+    assert!(
+        sent(&hub, b).is_empty(),
+        "the overrun thread's sibling got the job"
+    );
+    assert_eq!(sent(&hub, c), ids);
 }

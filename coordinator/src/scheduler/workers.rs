@@ -47,6 +47,10 @@ pub(super) struct Worker {
     pub(super) draining: bool,
     /// True while it is paused: it gets no jobs until it resumes.
     pub(super) paused: bool,
+    /// Its results that lost to the result other workers agreed on (with replicas).
+    pub(super) wrong: u64,
+    /// The group it named: workers of one group count as one voter (with replicas).
+    pub(super) group: Option<Arc<str>>,
     /// True while its id is in the ring, or it has its turn.
     in_ring: bool,
     /// What the connection's writer sends next.
@@ -92,6 +96,7 @@ impl Worker {
             agent: self.agent.clone(),
             kind: stats::kind_label(self.kind).to_owned(),
             done: self.done,
+            wrong: self.wrong,
             connected: self.joined.elapsed(),
         }
     }
@@ -177,6 +182,11 @@ impl Workers {
         self.map.values_mut()
     }
 
+    /// The group worker `wid` named, if it is connected and named one.
+    pub fn group(&self, wid: WorkerId) -> Option<Arc<str>> {
+        self.map.get(&wid).and_then(|w| w.group.clone())
+    }
+
     /// Credit free over every worker.
     pub fn free_credit(&self) -> usize {
         self.free_credit
@@ -217,6 +227,8 @@ impl Workers {
             superseded: HashSet::default(),
             draining: false,
             paused: false,
+            wrong: 0,
+            group: j.group.map(Arc::from),
             in_ring: true,
             outbox: Vec::new(),
             wake: wake.clone(),
@@ -250,7 +262,7 @@ impl Workers {
 
     /// Worker `id` takes no more jobs: its free credit goes. Returns the worker, the first
     /// time it asks.
-    fn drain(&mut self, id: WorkerId) -> Option<&mut Worker> {
+    pub(super) fn drain(&mut self, id: WorkerId) -> Option<&mut Worker> {
         let w = self.map.get_mut(&id).filter(|w| !w.draining)?;
         self.free_credit -= w.free();
         w.draining = true;
@@ -258,12 +270,22 @@ impl Workers {
     }
 
     /// The worker for the next job: the one whose turn it is while its turn goes on (see
-    /// [`Workers::turn_goes_on`]), else the first of the ring that has credit and does not
+    /// [`Workers::turn_goes_on`]), else the first of the ring that has credit, does not
     /// already hold `job` (it may, when the job's lease ran out while that worker still
-    /// works on it), whose turn starts.
-    pub fn pick(&mut self, job: Option<JobId>) -> Option<WorkerId> {
+    /// works on it) and is not `excluded` by its id and group (it, or its group, answered
+    /// the job already), whose turn starts.
+    pub fn pick(
+        &mut self,
+        job: Option<JobId>,
+        excluded: impl Fn(WorkerId, Option<&str>) -> bool,
+    ) -> Option<WorkerId> {
         if let Some((wid, left)) = self.turn {
-            if self.turn_goes_on(wid, left, job) {
+            let allowed = || {
+                self.map
+                    .get(&wid)
+                    .is_some_and(|w| !excluded(wid, w.group.as_deref()))
+            };
+            if self.turn_goes_on(wid, left, job) && allowed() {
                 self.turn = Some((wid, left - 1));
                 return Some(wid);
             }
@@ -277,7 +299,9 @@ impl Workers {
             };
             if w.free() == 0 {
                 w.in_ring = false;
-            } else if job.is_some_and(|job| w.superseded.contains(&job)) {
+            } else if job.is_some_and(|job| w.superseded.contains(&job))
+                || excluded(id, w.group.as_deref())
+            {
                 self.ring.push_back(id);
                 passed += 1;
             } else {
@@ -345,18 +369,25 @@ impl Workers {
     /// it is draining; its window may have changed size meanwhile), and it takes its turn in
     /// the ring again if it had left it.
     pub fn return_credit(&mut self, wid: WorkerId, now: Instant) {
-        let Some(w) = self.map.get_mut(&wid) else {
-            return;
-        };
+        self.update(wid, |w| {
+            w.window.on_result(now);
+            w.held -= 1;
+        });
+    }
+
+    /// Changes worker `wid` with `change`, keeping the credit free in all right; a worker
+    /// left with free credit takes its turn in the ring again. `None` when it is gone.
+    fn update<R>(&mut self, wid: WorkerId, change: impl FnOnce(&mut Worker) -> R) -> Option<R> {
+        let w = self.map.get_mut(&wid)?;
         let before = w.free();
-        w.window.on_result(now);
-        w.held -= 1;
+        let out = change(w);
         let after = w.free();
         self.free_credit = self.free_credit + after - before;
         if after > 0 && !w.in_ring {
             w.in_ring = true;
             self.ring.push_back(wid);
         }
+        Some(out)
     }
 
     /// Worker `id`, just added, is worker `old` back after a lost connection, holding
@@ -370,27 +401,27 @@ impl Workers {
         superseded: HashSet<JobId>,
         wakes: &mut Wakes,
     ) {
-        let w = self.map.get_mut(&id).expect("the worker was just added");
-        let before = w.free();
-        w.window = old.window;
-        w.done = old.done;
-        w.joined = old.joined;
-        w.held = held;
-        w.superseded = superseded;
-        let mut outbox = old.outbox;
-        let ended = outbox.iter().any(|out| matches!(out, Outgoing::EndOfWork));
-        // Its end-of-work (the run's end came meanwhile) goes once.
-        outbox.extend(
-            w.outbox
-                .drain(..)
-                .filter(|out| !(ended && matches!(out, Outgoing::EndOfWork))),
-        );
-        if !outbox.is_empty() {
-            wakes.writers.push(w.wake.clone());
-        }
-        w.outbox = outbox;
-        let after = w.free();
-        self.free_credit = self.free_credit + after - before;
+        self.update(id, |w| {
+            w.window = old.window;
+            w.done = old.done;
+            w.wrong = old.wrong;
+            w.joined = old.joined;
+            w.held = held;
+            w.superseded = superseded;
+            let mut outbox = old.outbox;
+            let ended = outbox.iter().any(|out| matches!(out, Outgoing::EndOfWork));
+            // Its end-of-work (the run's end came meanwhile) goes once.
+            outbox.extend(
+                w.outbox
+                    .drain(..)
+                    .filter(|out| !(ended && matches!(out, Outgoing::EndOfWork))),
+            );
+            if !outbox.is_empty() {
+                wakes.writers.push(w.wake.clone());
+            }
+            w.outbox = outbox;
+        })
+        .expect("the worker was just added");
     }
 
     /// The rate (see [`Worker::rate`]) of worker `wid` and its free credit, when it holds
@@ -403,34 +434,23 @@ impl Workers {
     /// Pauses worker `wid` or ends its pause: paused, it gets no jobs; back, it takes its
     /// turn in the ring again. Returns false when it is gone or already so.
     pub fn set_paused(&mut self, wid: WorkerId, paused: bool) -> bool {
-        let Some(w) = self.map.get_mut(&wid).filter(|w| w.paused != paused) else {
+        if self.map.get(&wid).is_none_or(|w| w.paused == paused) {
             return false;
-        };
-        let before = w.free();
-        w.paused = paused;
-        let after = w.free();
-        self.free_credit = self.free_credit + after - before;
-        if after > 0 && !w.in_ring {
-            w.in_ring = true;
-            self.ring.push_back(wid);
         }
-        true
+        self.update(wid, |w| w.paused = paused).is_some()
     }
 
     /// Worker `wid` no longer holds job `id` (it gave it back unrun): one credit comes
     /// back, and the job's superseded mark goes, if it had one. Returns whether it held it.
     pub fn give_back(&mut self, wid: WorkerId, id: JobId, running_here: bool) -> bool {
-        let Some(w) = self.map.get_mut(&wid) else {
-            return false;
-        };
-        if !running_here && !w.superseded.remove(&id) {
-            return false;
-        }
-        let before = w.free();
-        w.held -= 1;
-        let after = w.free();
-        self.free_credit = self.free_credit + after - before;
-        true
+        self.update(wid, |w| {
+            let held = running_here || w.superseded.remove(&id);
+            if held {
+                w.held -= 1;
+            }
+            held
+        })
+        .unwrap_or(false)
     }
 
     /// Marks job `id` superseded on worker `wid`, which still holds it: its answer will not

@@ -87,6 +87,7 @@ pub fn hello() -> Hello {
         agent: "raw test client".into(),
         kind: WorkerKind::Other,
         resume: None,
+        group: None,
     }
 }
 

@@ -193,6 +193,16 @@ struct ServerArgs {
     /// longer also given to an idle worker twice as fast (the first result wins).
     #[arg(long, global = true, env = "DISTCHAN_NO_SPECULATION")]
     no_speculation: bool,
+    /// Workers that must return the same result for a job before it counts (for volunteers
+    /// who may return wrong results): each job goes to that many distinct workers, and to
+    /// one more on a disagreement. 1 delivers the first result.
+    #[arg(long, global = true, env = "DISTCHAN_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    replicas: u32,
+    /// With --replicas, disconnect a worker once more than this many of its results lost to
+    /// the result other workers agreed on [default: never, only count them]
+    #[arg(long, global = true, env = "DISTCHAN_MAX_WRONG")]
+    max_wrong: Option<u64>,
     /// Folder with the volunteer page and dashboard, served at `/` [default: ./www if present]
     #[arg(long, global = true, env = "DISTCHAN_STATIC_DIR")]
     static_dir: Option<PathBuf>,
@@ -258,6 +268,8 @@ impl ServerArgs {
             adaptive_windows: !self.fixed_windows,
             strict_turns: self.strict_turns,
             speculation: !self.no_speculation,
+            replicas: self.replicas,
+            max_wrong: self.max_wrong,
             task: task.map(str::to_owned),
             module_limits: Limits {
                 memory_bytes: self.module_memory_mb << 20,

@@ -19,8 +19,13 @@ pub fn describe(shares: &[WorkerShare]) -> Vec<String> {
     let mut lines: Vec<String> = listed
         .iter()
         .map(|s| {
+            let wrong = if s.wrong > 0 {
+                format!(", {} results outvoted", s.wrong)
+            } else {
+                String::new()
+            };
             format!(
-                "  worker {} ({}, {}): {} jobs ({:.1}%), {:.0} jobs/s over {:.1} s connected",
+                "  worker {} ({}, {}): {} jobs ({:.1}%), {:.0} jobs/s over {:.1} s connected{wrong}",
                 s.id,
                 s.agent,
                 s.kind,
@@ -54,6 +59,7 @@ mod tests {
             agent: format!("agent {id}"),
             kind: "native".into(),
             done,
+            wrong: 0,
             connected: Duration::from_secs(2),
         }
     }
@@ -71,5 +77,18 @@ mod tests {
         assert!(lines[9].starts_with("  worker 3 "), "{}", lines[9]);
         assert_eq!(lines[10], "  3 more workers: 30 jobs (3.8%)");
         assert!(describe(&[share(1, 0)]).is_empty(), "no jobs, no lines");
+    }
+
+    #[test]
+    fn a_worker_outvoted_says_how_often() {
+        let liar = WorkerShare {
+            wrong: 7,
+            ..share(2, 9)
+        };
+        let lines = describe(&[share(1, 10), liar]);
+        assert_eq!(
+            lines[1],
+            "  worker 2 (agent 2, native): 9 jobs (47.4%), 4 jobs/s over 2.0 s connected, 7 results outvoted"
+        );
     }
 }

@@ -1,0 +1,161 @@
+//! Replication, for volunteers who may return wrong results: with
+//! [`Config::replicas`](crate::Config::replicas) above 1, each result of a job is a vote.
+//! The job is delivered once `replicas` distinct workers gave the same result (byte for
+//! byte; errors by their message), and goes to one more worker while they do not (dispatch
+//! never gives it to a worker that voted). After `2 × replicas + 1` votes without such an
+//! agreement it fails. Workers whose vote lost are counted and, past
+//! [`Config::max_wrong`](crate::Config::max_wrong), disconnected.
+
+use distchan_protocol::{wire::CLOSE_POLICY, JobId};
+use tokio::time::Instant;
+
+use super::{hub::Wakes, ledger::Vote, Scheduler, WorkerId};
+use crate::{connection::Outgoing, JobError};
+
+/// What the votes of a job say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Enough workers agree with the last vote: its result wins.
+    Agreed,
+    /// Too many votes and still no agreement: the job fails.
+    NoAgreement,
+    /// One more worker must vote.
+    More,
+}
+
+/// Judges `votes` (in order; only the last one is new) for `replicas` agreeing workers.
+fn verdict(votes: &[Vote], replicas: usize) -> Verdict {
+    let Some(last) = votes.last() else {
+        return Verdict::More;
+    };
+    let agreeing = votes.iter().filter(|v| v.outcome == last.outcome).count();
+    if agreeing >= replicas {
+        Verdict::Agreed
+    } else if votes.len() > 2 * replicas {
+        Verdict::NoAgreement
+    } else {
+        Verdict::More
+    }
+}
+
+impl Scheduler {
+    /// Counts the votes of job `id`, `worker`'s vote just added: delivers the result enough
+    /// workers agree on (the others' votes counted wrong), fails the job when too many
+    /// disagree, or has it wait for one more worker.
+    pub(super) fn count_votes(
+        &mut self,
+        id: JobId,
+        worker: WorkerId,
+        now: Instant,
+        wakes: &mut Wakes,
+    ) {
+        let replicas = self.config.replicas as usize;
+        let votes = self.ledger.votes(id);
+        match verdict(votes, replicas) {
+            Verdict::More => {
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.done += 1;
+                }
+                // A superseded run's vote leaves the job where it is (running elsewhere, or
+                // already waiting).
+                if self.ledger.wait_again(id, worker) {
+                    self.queue.requeue_front(vec![id]);
+                }
+            }
+            verdict => {
+                let mut entry = self.ledger.take(id).expect("voted jobs are in the table");
+                let mut votes = std::mem::take(&mut entry.votes);
+                self.close_entry(id, entry, worker, now, wakes);
+                let outcome = if verdict == Verdict::Agreed {
+                    let won = votes.pop().expect("a vote was just added").outcome;
+                    for lost in votes.iter().filter(|v| v.outcome != won) {
+                        self.tallies.wrong += 1;
+                        self.mark_wrong(lost.worker, wakes);
+                    }
+                    won.map_err(JobError::Failed)
+                } else {
+                    Err(JobError::Disagreement {
+                        votes: votes.len() as u32,
+                    })
+                };
+                self.deliver(id, Some(worker), outcome, wakes);
+            }
+        }
+    }
+
+    /// Counts a lost vote against worker `wid`; past `max_wrong`, it gets no more jobs and
+    /// is disconnected (its jobs go to others when its connection ends).
+    fn mark_wrong(&mut self, wid: WorkerId, wakes: &mut Wakes) {
+        let max_wrong = self.config.max_wrong;
+        let Some(w) = self.workers.get_mut(wid) else {
+            return; // it left meanwhile
+        };
+        w.wrong += 1;
+        if max_wrong.is_none_or(|max| w.wrong != max + 1) {
+            return;
+        }
+        tracing::warn!(
+            worker = wid,
+            agent = %w.agent,
+            addr = %w.addr,
+            wrong = w.wrong,
+            "a worker's results lost to the other workers' too often; disconnecting it"
+        );
+        if let Some(w) = self.workers.drain(wid) {
+            w.send(
+                Outgoing::Close {
+                    code: CLOSE_POLICY,
+                    reason: "too many results the other workers disagreed with".into(),
+                },
+                wakes,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn votes(outcomes: &[Result<&'static str, &str>]) -> Vec<Vote> {
+        outcomes
+            .iter()
+            .enumerate()
+            .map(|(i, o)| Vote {
+                worker: i as WorkerId,
+                group: None,
+                outcome: o
+                    .map(|t| Bytes::from_static(t.as_bytes()))
+                    .map_err(str::to_owned),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_result_wins_once_enough_workers_agree_byte_for_byte() {
+        assert_eq!(verdict(&votes(&[Ok("a")]), 2), Verdict::More);
+        assert_eq!(verdict(&votes(&[Ok("a"), Ok("a")]), 2), Verdict::Agreed);
+        assert_eq!(verdict(&votes(&[Ok("a"), Ok("A")]), 2), Verdict::More);
+        assert_eq!(
+            verdict(&votes(&[Ok("a"), Ok("b"), Ok("a")]), 2),
+            Verdict::Agreed
+        );
+        assert_eq!(verdict(&votes(&[Err("x"), Err("x")]), 2), Verdict::Agreed);
+        assert_eq!(verdict(&votes(&[Err("x"), Err("y")]), 2), Verdict::More);
+        assert_eq!(
+            verdict(&votes(&[Ok("a"), Ok("a"), Ok("b")]), 3),
+            Verdict::More
+        );
+        assert_eq!(
+            verdict(&votes(&[Ok("a"), Ok("b"), Ok("c"), Ok("d")]), 2),
+            Verdict::More
+        );
+        assert_eq!(
+            verdict(&votes(&[Ok("a"), Ok("b"), Ok("c"), Ok("d"), Ok("e")]), 2),
+            Verdict::NoAgreement,
+            "five votes for two replicas and no two agree"
+        );
+    }
+}
