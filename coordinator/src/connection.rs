@@ -181,16 +181,13 @@ pub(crate) async fn serve(
         resume: hello.resume,
         group: hello.group,
     };
-    let Some(joined) = shared.hub.join(joining) else {
-        refuse(
-            &mut ws,
-            Refusal::new(
-                RefusalCode::ShuttingDown,
-                "the coordinator is shutting down",
-            ),
-        )
-        .await;
-        return;
+    let joined = match shared.hub.join(joining) {
+        Ok(joined) => joined,
+        Err(refusal) => {
+            tracing::warn!(peer = %peer.addr, %refusal, "worker refused");
+            refuse(&mut ws, refusal).await;
+            return;
+        }
     };
     let worker = joined.id;
     tracing::info!(worker, peer = %peer.addr, agent = %hello.agent, capacity = hello.capacity, resumed = joined.resumed, "worker joined");

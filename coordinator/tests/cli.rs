@@ -1,8 +1,14 @@
 //! The binary's flags about secrets and TLS: `--help` never prints the values of the token
 //! or key variables; `--tls-cert` and `--tls-key` come together; a certificate and key that
-//! cannot serve are refused with a clear error.
+//! cannot serve are refused with a clear error. And a run with `--replicas` and too few
+//! workers says why its jobs wait.
 
-use std::process::{Command, Output};
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Output, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
 use distchan_coordinator::{Error, TlsConfig};
 
@@ -105,5 +111,49 @@ fn a_key_that_does_not_fit_the_certificate_is_refused() {
     assert!(
         err.to_string().contains("no usable PEM private key"),
         "{err}"
+    );
+}
+
+#[test]
+fn replicated_jobs_without_enough_workers_say_why_they_wait() {
+    let worker = std::path::Path::new(env!("CARGO_BIN_EXE_distchan-coordinator"))
+        .with_file_name("distchan-worker");
+    assert!(
+        worker.is_file(),
+        "{} is missing: test the worker too (`cargo test -p distchan-coordinator -p distchan-worker`)",
+        worker.display()
+    );
+    // Two replicas and one local worker: every job waits for a second worker.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_distchan-coordinator"))
+        .args(["--demo", "capitalize", "--jobs", "10", "--replicas", "2"])
+        .args(["--local-workers", "1", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let said = loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("replicated jobs wait") => break Some(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let said = said.unwrap_or_else(|| panic!("no word about the waiting jobs: {seen:#?}"));
+    assert!(
+        said.contains("2 workers of distinct groups") && said.contains("groups connected now: 1"),
+        "{said}"
     );
 }

@@ -633,7 +633,7 @@ pub fn close_frame_for(err: &Error) -> (u16, String) {
 /// The refusal a close frame's reason describes: `code: reason` as [`close_frame_for`]
 /// writes it, or the whole text under [`RefusalCode::Other`].
 fn refusal_from_close(reason: &str) -> Refusal {
-    const CODES: [RefusalCode; 8] = [
+    const CODES: [RefusalCode; 9] = [
         RefusalCode::VersionMismatch,
         RefusalCode::BadToken,
         RefusalCode::OriginNotAllowed,
@@ -641,6 +641,7 @@ fn refusal_from_close(reason: &str) -> Refusal {
         RefusalCode::Malformed,
         RefusalCode::HandshakeTimeout,
         RefusalCode::ShuttingDown,
+        RefusalCode::CutOff,
         RefusalCode::Other,
     ];
     CODES
@@ -1236,6 +1237,7 @@ mod tests {
             (RefusalCode::OriginNotAllowed, false),
             (RefusalCode::TooManyWorkers, true),
             (RefusalCode::ShuttingDown, true),
+            (RefusalCode::CutOff, false),
         ] {
             let refused = Error::Refused(crate::wire::Refusal::new(code, "no"));
             assert_eq!(should_reconnect(&refused), again, "{code:?}");
@@ -1263,6 +1265,7 @@ mod tests {
         for refusal in [
             Refusal::new(RefusalCode::BadToken, "wrong access token"),
             Refusal::new(RefusalCode::VersionMismatch, "distchan.v1 vs distchan.v2"),
+            Refusal::new(RefusalCode::CutOff, "this worker's group was cut off"),
             Refusal::new(RefusalCode::Other, "go away: now"),
         ] {
             let (code, reason) = close_frame_for(&Error::Refused(refusal.clone()));

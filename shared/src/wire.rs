@@ -216,6 +216,9 @@ pub enum RefusalCode {
     HandshakeTimeout,
     /// The coordinator is shutting down.
     ShuttingDown,
+    /// The worker's group was cut off for results the other workers disagreed with (see
+    /// [`Hello::group`]); it may not join again during this run.
+    CutOff,
     /// A code this version does not know.
     #[serde(other)]
     Other,
@@ -231,6 +234,7 @@ impl fmt::Display for RefusalCode {
             RefusalCode::Malformed => "malformed hello",
             RefusalCode::HandshakeTimeout => "handshake timeout",
             RefusalCode::ShuttingDown => "shutting down",
+            RefusalCode::CutOff => "cut off",
             RefusalCode::Other => "refused",
         };
         f.write_str(s)

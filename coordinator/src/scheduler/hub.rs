@@ -288,8 +288,9 @@ impl Hub {
     }
 
     /// Registers a worker that finished its handshake (resuming its session, when its hello
-    /// asks and the session is still kept); `None` when shutting down.
-    pub fn join(&self, joining: Joining) -> Option<Joined> {
+    /// asks and the session is still kept); the refusal to send when shutting down, or when
+    /// its group was cut off.
+    pub fn join(&self, joining: Joining) -> Result<Joined, distchan_protocol::wire::Refusal> {
         self.with(|s, wakes| s.join(joining, wakes))
     }
 

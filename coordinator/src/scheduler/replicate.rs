@@ -56,6 +56,7 @@ impl Scheduler {
                 if let Some(w) = self.workers.get_mut(worker) {
                     w.done += 1;
                 }
+                self.check_groups();
                 // A superseded run's vote leaves the job where it is (running elsewhere, or
                 // already waiting).
                 if self.ledger.wait_again(id, worker) {
@@ -101,13 +102,46 @@ impl Scheduler {
             wrong = w.wrong,
             "a worker's results lost to the other workers' too often; disconnecting it"
         );
-        if let Some(w) = self.workers.drain(wid) {
-            w.send(
-                Outgoing::Close {
-                    code: CLOSE_POLICY,
-                    reason: "too many results the other workers disagreed with".into(),
-                },
-                wakes,
+        // Its group (the other tabs and threads of its browser) goes with it, and may not
+        // come back during this run.
+        let group = w.group.clone();
+        let mut cut = vec![wid];
+        if let Some(group) = group {
+            cut.extend(
+                self.workers
+                    .iter()
+                    .filter(|(&other, w)| other != wid && w.group.as_ref() == Some(&group))
+                    .map(|(&other, _)| other),
+            );
+            self.cut_off.insert(group);
+        }
+        for wid in cut {
+            if let Some(w) = self.workers.drain(wid) {
+                w.send(
+                    Outgoing::Close {
+                        code: CLOSE_POLICY,
+                        reason: "too many results the other workers disagreed with".into(),
+                    },
+                    wakes,
+                );
+            }
+        }
+    }
+
+    /// Says once, while it lasts, that replicated jobs wait for more groups of workers than
+    /// are connected (a run with `--replicas 2` and one worker would wait without a word).
+    fn check_groups(&mut self) {
+        let replicas = self.config.replicas as usize;
+        let groups = self.workers.groups();
+        if groups >= replicas {
+            self.few_groups_said = false;
+        } else if !self.few_groups_said {
+            self.few_groups_said = true;
+            tracing::warn!(
+                replicas,
+                groups,
+                "replicated jobs wait: each needs {replicas} workers of distinct groups; \
+                 groups connected now: {groups}"
             );
         }
     }

@@ -55,6 +55,16 @@ fn join_resuming(hub: &Hub, capacity: u32, resume: Option<Resume>) -> Joined {
 
 /// Joins a worker that declares `capacity`, with the resume and group its hello may carry.
 fn join_as(hub: &Hub, capacity: u32, resume: Option<Resume>, group: Option<&str>) -> Joined {
+    try_join(hub, capacity, resume, group).expect("joins")
+}
+
+/// [`join_as`], with the refusal when the worker may not join.
+fn try_join(
+    hub: &Hub,
+    capacity: u32,
+    resume: Option<Resume>,
+    group: Option<&str>,
+) -> Result<Joined, distchan_protocol::wire::Refusal> {
     let joining = Joining {
         agent: "test".into(),
         kind: WorkerKind::Native,
@@ -64,7 +74,7 @@ fn join_as(hub: &Hub, capacity: u32, resume: Option<Resume>, group: Option<&str>
         resume,
         group: group.map(str::to_owned),
     };
-    hub.join(joining).expect("not shut down")
+    hub.join(joining)
 }
 
 /// Submits `n` jobs, as a sender does; returns their ids.
@@ -1040,4 +1050,43 @@ async fn with_replicas_a_job_overrun_on_one_thread_skips_its_siblings() {
         "the overrun thread's sibling got the job"
     );
     assert_eq!(sent(&hub, c), ids);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_cut_off_goes_whole_and_may_not_join_again() {
+    let hub = hub(Config {
+        replicas: 2,
+        max_wrong: Some(0),
+        ..Config::default()
+    });
+    // A browser whose two threads lie, and two honest workers.
+    let liars = [
+        join_as(&hub, 1, None, Some("bad browser")).id,
+        join_as(&hub, 1, None, Some("bad browser")).id,
+    ];
+    let honest = [join(&hub, 1), join(&hub, 1)];
+    let ids = submit(&hub, 8);
+    let all = [liars[0], liars[1], honest[0], honest[1]];
+    let (got, _) = run_voting(
+        &hub,
+        &all,
+        |w| if liars.contains(&w) { "wrong" } else { "right" },
+        ids.len(),
+    );
+    assert!(got
+        .iter()
+        .all(|o| o.result.as_deref().ok() == Some(&b"right"[..])));
+    // The first wrong result cut off both threads of that browser...
+    let left: Vec<WorkerId> = hub.snapshot().iter().map(|w| w.id).collect();
+    assert_eq!(
+        left, honest,
+        "both threads of the lying browser were disconnected"
+    );
+    // ... and the browser may not come back during the run; others may.
+    let refused = try_join(&hub, 1, None, Some("bad browser")).err();
+    assert_eq!(
+        refused.map(|r| r.code),
+        Some(distchan_protocol::wire::RefusalCode::CutOff)
+    );
+    assert!(try_join(&hub, 1, None, Some("another browser")).is_ok());
 }

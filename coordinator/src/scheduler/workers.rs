@@ -7,7 +7,10 @@ use std::{
     sync::{atomic::AtomicU64, Arc},
 };
 
-use distchan_protocol::{wire::WorkerKind, JobId};
+use distchan_protocol::{
+    wire::{Refusal, RefusalCode, WorkerKind},
+    JobId,
+};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use tokio::{sync::Notify, time::Instant};
 
@@ -140,6 +143,10 @@ pub(super) struct Workers {
     turn: Option<(WorkerId, usize)>,
     /// Most jobs one turn carries (1: strict round-robin).
     turn_max: usize,
+    /// Connected workers by the group they named, and those that named none: each is a
+    /// group of its own (see [`Workers::groups`]).
+    groups: HashMap<Arc<str>, usize>,
+    ungrouped: usize,
 }
 
 impl Default for Workers {
@@ -152,6 +159,8 @@ impl Default for Workers {
             next_id: 1,
             turn: None,
             turn_max: 1,
+            groups: HashMap::default(),
+            ungrouped: 0,
         }
     }
 }
@@ -180,6 +189,11 @@ impl Workers {
     /// Every connected worker.
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Worker> {
         self.map.values_mut()
+    }
+
+    /// Distinct groups among the connected workers (a worker that named none is one).
+    pub fn groups(&self) -> usize {
+        self.groups.len() + self.ungrouped
     }
 
     /// The group worker `wid` named, if it is connected and named one.
@@ -238,6 +252,10 @@ impl Workers {
             worker.send(Outgoing::EndOfWork, wakes);
         }
         self.by_kind[stats::kind_index(worker.kind)] += 1;
+        match &worker.group {
+            Some(group) => *self.groups.entry(group.clone()).or_default() += 1,
+            None => self.ungrouped += 1,
+        }
         self.free_credit += worker.free();
         self.map.insert(id, worker);
         self.ring.push_back(id);
@@ -252,6 +270,17 @@ impl Workers {
         }
         self.free_credit -= w.free();
         self.by_kind[stats::kind_index(w.kind)] -= 1;
+        match &w.group {
+            Some(group) => {
+                if let Some(n) = self.groups.get_mut(group) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.groups.remove(group);
+                    }
+                }
+            }
+            None => self.ungrouped -= 1,
+        }
         // Workers that left stay in the ring until picked; do not let them pile up.
         if self.ring.len() > 2 * self.map.len() + 64 {
             let map = &self.map;
@@ -475,9 +504,18 @@ impl Workers {
 impl Scheduler {
     /// Registers a worker (which takes over the jobs of the session it resumes, if its
     /// hello asks and the session is kept) and gives it jobs; `None` when shutting down.
-    pub(super) fn join(&mut self, mut j: Joining, wakes: &mut Wakes) -> Option<Joined> {
+    pub(super) fn join(&mut self, mut j: Joining, wakes: &mut Wakes) -> Result<Joined, Refusal> {
         if self.shut_down {
-            return None;
+            return Err(Refusal::new(
+                RefusalCode::ShuttingDown,
+                "the coordinator is shutting down",
+            ));
+        }
+        if j.group.as_deref().is_some_and(|g| self.cut_off.contains(g)) {
+            return Err(Refusal::new(
+                RefusalCode::CutOff,
+                "this worker's group was cut off for results the other workers disagreed with",
+            ));
         }
         let resume = j.resume.take();
         let capacity = j.capacity.clamp(1, self.config.max_capacity.max(1)) as usize;
@@ -487,7 +525,7 @@ impl Scheduler {
         let session = self.open_session(id);
         wakes.workers = Some(self.workers.len());
         self.dispatch(Instant::now(), wakes);
-        Some(Joined {
+        Ok(Joined {
             id,
             wake,
             session,
