@@ -95,14 +95,19 @@ async fn the_module_is_served_immutable_under_its_hash() {
     );
 }
 
-#[tokio::test]
-async fn with_an_access_token_the_module_needs_it_too() {
+/// A coordinator that wants the access token `token`, serving the echo module.
+async fn serving_with_token(token: &str) -> (Coordinator, TaskModule) {
     let module = TaskModule::from_bytes("echo.wat", ECHO).unwrap();
     let config = Config {
-        token: Some("s3cret".into()),
+        token: Some(token.into()),
         ..Config::default()
     };
-    let coordinator = serving(config, module.clone()).await;
+    (serving(config, module.clone()).await, module)
+}
+
+#[tokio::test]
+async fn with_an_access_token_the_module_needs_it_too() {
+    let (coordinator, module) = serving_with_token("s3cret").await;
     let addr = coordinator.local_addr();
     let path = module::module_path(module.sha256());
     let (status, _, _) = get(addr, &path, "").await;
@@ -122,12 +127,7 @@ async fn with_an_access_token_the_module_needs_it_too() {
 
 #[tokio::test]
 async fn a_page_of_another_origin_may_fetch_the_module_with_the_token() {
-    let module = TaskModule::from_bytes("echo.wat", ECHO).unwrap();
-    let config = Config {
-        token: Some("s3cret".into()),
-        ..Config::default()
-    };
-    let coordinator = serving(config, module.clone()).await;
+    let (coordinator, module) = serving_with_token("s3cret").await;
     let addr = coordinator.local_addr();
     let path = module::module_path(module.sha256());
     let origin = "Origin: http://volunteers.example\r\n";
