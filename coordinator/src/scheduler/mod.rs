@@ -107,12 +107,9 @@ struct Scheduler {
     next_emitted: u64,
     /// The workers that left after answering jobs (up to [`MAX_SHARES`]).
     departed: Vec<WorkerShare>,
-    /// The groups of the workers cut off for wrong results (see `replicate`): they may not
-    /// join again.
-    cut_off: rustc_hash::FxHashSet<std::sync::Arc<str>>,
-    /// True while replicated jobs wait for more groups of workers than are connected
-    /// (said once, see `replicate`).
-    few_groups_said: bool,
+    /// What replication keeps between jobs (see `replicate`); boxed, as most runs do not
+    /// replicate.
+    replication: Box<replicate::Replication>,
     /// When speculation last looked for stragglers (see `speculate`).
     speculated_at: Option<Instant>,
     /// True once every worker was told end-of-work.
@@ -140,8 +137,7 @@ impl Scheduler {
             receiver: results,
             next_emitted: EMITTED_ID_BASE,
             departed: Vec::new(),
-            cut_off: Default::default(),
-            few_groups_said: false,
+            replication: Box::default(),
             speculated_at: None,
             end_sent: false,
             shut_down: false,

@@ -143,10 +143,6 @@ pub(super) struct Workers {
     turn: Option<(WorkerId, usize)>,
     /// Most jobs one turn carries (1: strict round-robin).
     turn_max: usize,
-    /// Connected workers by the group they named, and those that named none: each is a
-    /// group of its own (see [`Workers::groups`]).
-    groups: HashMap<Arc<str>, usize>,
-    ungrouped: usize,
 }
 
 impl Default for Workers {
@@ -159,8 +155,6 @@ impl Default for Workers {
             next_id: 1,
             turn: None,
             turn_max: 1,
-            groups: HashMap::default(),
-            ungrouped: 0,
         }
     }
 }
@@ -191,9 +185,20 @@ impl Workers {
         self.map.values_mut()
     }
 
-    /// Distinct groups among the connected workers (a worker that named none is one).
+    /// Distinct groups among the connected workers (a worker that named none is one). It
+    /// goes over every worker: replication asks at most once a second.
     pub fn groups(&self) -> usize {
-        self.groups.len() + self.ungrouped
+        let mut named: HashSet<&str> = HashSet::default();
+        let mut ungrouped = 0;
+        for w in self.map.values() {
+            match &w.group {
+                Some(g) => {
+                    named.insert(g);
+                }
+                None => ungrouped += 1,
+            }
+        }
+        named.len() + ungrouped
     }
 
     /// The group worker `wid` named, if it is connected and named one.
@@ -252,10 +257,6 @@ impl Workers {
             worker.send(Outgoing::EndOfWork, wakes);
         }
         self.by_kind[stats::kind_index(worker.kind)] += 1;
-        match &worker.group {
-            Some(group) => *self.groups.entry(group.clone()).or_default() += 1,
-            None => self.ungrouped += 1,
-        }
         self.free_credit += worker.free();
         self.map.insert(id, worker);
         self.ring.push_back(id);
@@ -270,17 +271,6 @@ impl Workers {
         }
         self.free_credit -= w.free();
         self.by_kind[stats::kind_index(w.kind)] -= 1;
-        match &w.group {
-            Some(group) => {
-                if let Some(n) = self.groups.get_mut(group) {
-                    *n -= 1;
-                    if *n == 0 {
-                        self.groups.remove(group);
-                    }
-                }
-            }
-            None => self.ungrouped -= 1,
-        }
         // Workers that left stay in the ring until picked; do not let them pile up.
         if self.ring.len() > 2 * self.map.len() + 64 {
             let map = &self.map;
@@ -511,7 +501,10 @@ impl Scheduler {
                 "the coordinator is shutting down",
             ));
         }
-        if j.group.as_deref().is_some_and(|g| self.cut_off.contains(g)) {
+        if j.group
+            .as_deref()
+            .is_some_and(|g| self.replication.cut_off.contains(g))
+        {
             return Err(Refusal::new(
                 RefusalCode::CutOff,
                 "this worker's group was cut off for results the other workers disagreed with",
