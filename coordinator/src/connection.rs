@@ -152,8 +152,7 @@ pub(crate) async fn serve(
     let hello = match handshake(&mut ws, &shared, &peer).await {
         Ok(hello) => hello,
         Err(refusal) => {
-            tracing::warn!(peer = %peer.addr, %refusal, "worker refused");
-            refuse(&mut ws, refusal).await;
+            refuse(&mut ws, &peer, refusal).await;
             return;
         }
     };
@@ -166,8 +165,7 @@ pub(crate) async fn serve(
                 shared.config.max_workers
             ),
         );
-        tracing::warn!(peer = %peer.addr, %refusal, "worker refused");
-        refuse(&mut ws, refusal).await;
+        refuse(&mut ws, &peer, refusal).await;
         return;
     };
 
@@ -184,8 +182,7 @@ pub(crate) async fn serve(
     let joined = match shared.hub.join(joining) {
         Ok(joined) => joined,
         Err(refusal) => {
-            tracing::warn!(peer = %peer.addr, %refusal, "worker refused");
-            refuse(&mut ws, refusal).await;
+            refuse(&mut ws, &peer, refusal).await;
             return;
         }
     };
@@ -503,8 +500,10 @@ fn read_one(
     Ok(())
 }
 
-/// Sends a refusal frame, then a close frame with the same reason.
-async fn refuse(sink: &mut WebSocket, refusal: Refusal) {
+/// Logs the refusal of the worker at `peer`, sends the refusal frame, then a close frame
+/// with the same reason.
+async fn refuse(sink: &mut WebSocket, peer: &PeerInfo, refusal: Refusal) {
+    tracing::warn!(peer = %peer.addr, %refusal, "worker refused");
     let (code, reason) = close_frame_for(&Error::Refused(refusal.clone()));
     if let Ok(frame) = wire::encode_to_worker(&ToWorker::Refused(refusal)) {
         let _ = timeout(Duration::from_secs(2), sink.send(Message::Binary(frame))).await;

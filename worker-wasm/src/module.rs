@@ -249,32 +249,31 @@ impl LoadedModule {
 
     fn run_command(&self, input: &[u8]) -> Result<Run, NoRoom> {
         let max_output = self.spec.limits.max_output as f64;
-        Ok(
-            match self.runtime.run_command(&self.module, input, max_output) {
-                Ok(run) if run.no_room() == Some(true) => return Err(NoRoom),
-                Ok(run) => {
-                    let ending = if run.output_too_large() {
-                        Ending::OutputTooLarge
-                    } else {
-                        match (run.code(), run.trap()) {
-                            (Some(code), None) => Ending::Exited(code),
-                            (_, Some(trap)) => self.trapped(trap, run.memory_bytes()),
-                            (None, None) => Ending::Trapped("the run reported nothing".into()),
-                        }
-                    };
-                    Run {
-                        ending,
-                        stdout: run.stdout(),
-                        stderr: run.stderr(),
+        let run = match self.runtime.run_command(&self.module, input, max_output) {
+            Ok(run) if run.no_room() == Some(true) => return Err(NoRoom),
+            Ok(run) => {
+                let ending = if run.output_too_large() {
+                    Ending::OutputTooLarge
+                } else {
+                    match (run.code(), run.trap()) {
+                        (Some(code), None) => Ending::Exited(code),
+                        (_, Some(trap)) => self.trapped(trap, run.memory_bytes()),
+                        (None, None) => Ending::Trapped("the run reported nothing".into()),
                     }
+                };
+                Run {
+                    ending,
+                    stdout: run.stdout(),
+                    stderr: run.stderr(),
                 }
-                Err(thrown) => Run {
-                    ending: Ending::NotStarted(error_message(&thrown)),
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                },
+            }
+            Err(thrown) => Run {
+                ending: Ending::NotStarted(error_message(&thrown)),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
             },
-        )
+        };
+        Ok(run)
     }
 
     fn run_reactor(&self, input: &[u8]) -> Run {

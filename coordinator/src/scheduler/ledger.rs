@@ -157,6 +157,14 @@ impl Ledger {
         self.table.get(&id).map_or(&[], |e| e.votes.as_slice())
     }
 
+    /// Adds `vote` to job `id`'s votes; false when the job is not in the table.
+    pub fn add_vote(&mut self, id: JobId, vote: Vote) -> bool {
+        self.table
+            .get_mut(&id)
+            .map(|e| e.votes.push(vote))
+            .is_some()
+    }
+
     /// Takes job `id`'s entry out of the table: it has its outcome (the caller closes it).
     pub fn take(&mut self, id: JobId) -> Option<Entry> {
         self.table.remove(&id)
@@ -398,14 +406,7 @@ impl Scheduler {
             }
         }
         if self.config.replicas > 1 {
-            let group = self.workers.get_mut(worker).and_then(|w| w.group.clone());
-            let entry = job.into_mut();
-            entry.votes.push(Vote {
-                worker,
-                group,
-                outcome,
-            });
-            return self.count_votes(id, worker, now, wakes);
+            return self.vote(id, worker, outcome, now, wakes);
         }
         let entry = job.remove();
         self.close_entry(id, entry, worker, now, wakes);

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use distchan_protocol::{wire::CLOSE_POLICY, JobId};
 use tokio::time::Instant;
 
@@ -52,21 +53,31 @@ fn verdict(votes: &[Vote], replicas: usize) -> Verdict {
 }
 
 impl Scheduler {
-    /// Counts the votes of job `id`, `worker`'s vote just added: delivers the result enough
-    /// workers agree on (the others' votes counted wrong), fails the job when too many
-    /// disagree, or has it wait for one more worker.
+    /// Takes `worker`'s result for job `id` (still in the table) as a vote and counts the
+    /// votes: delivers the result enough workers agree on (the others' votes counted
+    /// wrong), fails the job when too many disagree, or has it wait for one more worker.
     ///
     /// Never inlined into the settling of a result, which most runs (without replicas) take
     /// millions of times a second: inlined, it slowed them by a third in the benchmark.
     #[cold]
     #[inline(never)]
-    pub(super) fn count_votes(
+    pub(super) fn vote(
         &mut self,
         id: JobId,
         worker: WorkerId,
+        outcome: Result<Bytes, String>,
         now: Instant,
         wakes: &mut Wakes,
     ) {
+        let group = self.workers.group(worker);
+        let vote = Vote {
+            worker,
+            group,
+            outcome,
+        };
+        if !self.ledger.add_vote(id, vote) {
+            return;
+        }
         let replicas = self.config.replicas as usize;
         let votes = self.ledger.votes(id);
         match verdict(votes, replicas) {
@@ -176,8 +187,6 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     fn votes(outcomes: &[Result<&'static str, &str>]) -> Vec<Vote> {

@@ -493,7 +493,8 @@ impl Workers {
 
 impl Scheduler {
     /// Registers a worker (which takes over the jobs of the session it resumes, if its
-    /// hello asks and the session is kept) and gives it jobs; `None` when shutting down.
+    /// hello asks and the session is kept) and gives it jobs; the refusal to send when
+    /// shutting down, or when its group was cut off (see `replicate`).
     pub(super) fn join(&mut self, mut j: Joining, wakes: &mut Wakes) -> Result<Joined, Refusal> {
         if self.shut_down {
             return Err(Refusal::new(
