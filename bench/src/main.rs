@@ -146,6 +146,10 @@ struct Args {
     /// (`Config::adaptive_windows` off).
     #[arg(long)]
     fixed_windows: bool,
+    /// Jobs of each dispatch-rate run of the scale measurement (default: 20 per idle
+    /// worker); more jobs per worker let the windows grow to what the workers keep up with.
+    #[arg(long)]
+    scale_jobs: Option<u64>,
     /// Helper mode: be one worker of the coordinator at this URL.
     #[arg(long, hide = true)]
     worker: Option<String>,
@@ -888,7 +892,9 @@ async fn main() -> ExitCode {
             fixed_windows: args.fixed_windows,
         });
         let json = args.json.clone().unwrap_or_else(default_json);
-        match bench(Plan::new(args.quick), &args.only, json.clone()).await {
+        let mut plan = Plan::new(args.quick);
+        plan.scale_jobs = args.scale_jobs.unwrap_or(plan.scale_jobs);
+        match bench(plan, &args.only, json.clone()).await {
             Ok(report) => {
                 println!("{}", report.table());
                 println!("JSON: {}", json.display());

@@ -10,12 +10,16 @@
 //! - **Retries**: a handler failure is retried `handler_retries` times; a job lost with
 //!   its worker or its lease goes back to the front of the line, `max_retries` times,
 //!   then fails with [`JobError::WorkerLost`].
+//! - **Placement**: the table keeps consecutive job ids side by side (`IdHasher`), so that a
+//!   table of many thousand jobs in flight costs about what a small one does per job.
 
-use std::collections::{hash_map, VecDeque};
+use std::{
+    collections::{hash_map, HashMap, VecDeque},
+    hash::{BuildHasherDefault, Hasher},
+};
 
 use bytes::Bytes;
 use distchan_protocol::{wire::JobResult, JobId};
-use rustc_hash::FxHashMap as HashMap;
 use tokio::time::Instant;
 
 use super::{hub::Wakes, workers::Held, Scheduler, WorkerId};
@@ -89,8 +93,9 @@ struct Lease {
 /// The in-flight table and the leases of the jobs in it, earliest deadline first.
 #[derive(Default)]
 pub(super) struct Ledger {
-    /// Every job between its first dispatch and the delivery of its outcome.
-    table: HashMap<JobId, Entry>,
+    /// Every job between its first dispatch and the delivery of its outcome, placed by
+    /// [`IdHasher`].
+    table: HashMap<JobId, Entry, BuildHasherDefault<IdHasher>>,
     /// Leases in deadline order (every lease is equally long). Leases of answered jobs
     /// stay until they come up, or until a sweep.
     leases: VecDeque<Lease>,
@@ -490,5 +495,93 @@ impl Scheduler {
         }
         self.ledger.waiting_again += ids.len();
         self.queue.requeue_front(ids);
+    }
+}
+
+/// Places job ids in the in-flight table in runs of [`RUN`] consecutive ids: ids are handed
+/// out in order, so the jobs dispatched together, and usually answered together, sit side by
+/// side, and filling and emptying a table of many thousand jobs touches each part of it once
+/// per run instead of once per job. The runs themselves are scattered by a multiplicative
+/// hash (so ids a power of two apart do not pile up in one place), and the seven bits the
+/// table compares first are hashed from the whole id.
+#[derive(Default)]
+struct IdHasher(u64);
+
+/// Consecutive ids placed side by side (one group of the table's control bytes).
+const RUN: u64 = 16;
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0.rotate_left(8) ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+        const TOP: u64 = 0x7f << 57;
+        // The product's high bits fold into its low ones, which alone keep the trailing
+        // zeros of a run number that is a multiple of a power of two.
+        let mixed = (id / RUN).wrapping_mul(MIX);
+        let place = (mixed ^ (mixed >> 32)).wrapping_mul(RUN) | (id % RUN);
+        self.0 = (place & !TOP) | (id.wrapping_mul(MIX) & TOP);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashSet, hash::BuildHasher};
+
+    use super::*;
+
+    /// The hash of job `id` in the table.
+    fn hash(id: u64) -> u64 {
+        BuildHasherDefault::<IdHasher>::default().hash_one(JobId(id))
+    }
+
+    /// The bits of a hash that place it in a table of 4,096 buckets.
+    fn place(id: u64) -> u64 {
+        hash(id) % 4096
+    }
+
+    #[test]
+    fn consecutive_ids_sit_side_by_side_and_runs_scatter() {
+        for run in [0, 1, 7, 1000] {
+            let first = place(run * RUN);
+            for (i, id) in (run * RUN..(run + 1) * RUN).enumerate() {
+                assert_eq!(place(id), first + i as u64, "id {id} of run {run}");
+            }
+        }
+        // Ids a power of two apart (every 1,024th job slow, say) spread over the table's
+        // 256 places for runs as random ones would (about 162 distinct), not into a few.
+        let places: HashSet<u64> = (0..256).map(|k| place(k * 1024) / RUN).collect();
+        assert!(
+            places.len() > 140,
+            "{} distinct places of 256",
+            places.len()
+        );
+        // The bits the table compares first differ within a run.
+        let tops: HashSet<u64> = (0..RUN).map(|id| hash(id) >> 57).collect();
+        assert!(tops.len() > 8, "{} distinct tops of {RUN}", tops.len());
+    }
+
+    #[test]
+    fn the_table_finds_every_job_with_ids_of_any_spread() {
+        let mut table: HashMap<JobId, u64, BuildHasherDefault<IdHasher>> = HashMap::default();
+        let ids: Vec<u64> = (0..5000)
+            .map(|i| i * 4096)
+            .chain(1 << 40..(1 << 40) + 5000)
+            .collect();
+        for &id in &ids {
+            table.insert(JobId(id), id);
+        }
+        for &id in &ids {
+            assert_eq!(table.remove(&JobId(id)), Some(id));
+        }
+        assert!(table.is_empty());
     }
 }
