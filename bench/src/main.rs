@@ -30,7 +30,9 @@
 //!   K=2 workers, as payload bytes per second one way; the echo of the same frames beside it.
 //! - **Latency** ([`ours::latency`], [`echo::latency`]): one 16-byte job at a time through
 //!   one worker (send, wait for the result, repeat), p50 and p99 of the round trip after a
-//!   warm-up; the same with one echo connection; the ratio.
+//!   warm-up; the same with one echo connection; the ratio. Measured twice: driven from the
+//!   runtime's main thread (the body of `#[tokio::main]`), where every hand-over to a
+//!   connection's task and back crosses threads, and from a task of the runtime.
 //! - **Task modules** ([`tasks::throughput`]): tiny jobs (a 14-letter string) through the
 //!   built-in `capitalize` task, then the same work as a task module, as a WASI command (a
 //!   fresh instance per job) and as a reactor (one instance, many jobs); K=2 worker
@@ -114,8 +116,8 @@ use crate::{
     modes::Flavor,
     ours::Api,
     report::{
-        per_s, Cpu, FleetRow, LargeRow, LatencyRow, PipeRow, QueueRow, Report, ScaleRow, TabRow,
-        TaskRow, TinyRow,
+        per_s, Caller, Cpu, FleetRow, LargeRow, LatencyRow, PipeRow, QueueRow, Report, ScaleRow,
+        TabRow, TaskRow, TinyRow,
     },
     tasks::Work,
 };
@@ -472,8 +474,8 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         false => Vec::new(),
     };
     let latency = match wants(Section::Latency) {
-        true => Some(latency(&plan, &tiny, &tiny_msg).await?),
-        false => None,
+        true => latency(&plan, &tiny, &tiny_msg).await?,
+        false => Vec::new(),
     };
     let mut report = Report {
         mode: plan.mode,
@@ -842,27 +844,47 @@ async fn large(plan: &Plan) -> BenchResult<Vec<LargeRow>> {
     Ok(rows)
 }
 
-/// One job at a time through one worker, beside one echo at a time.
-async fn latency(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<LatencyRow> {
+/// One job at a time through one worker, beside one echo at a time: driven from this
+/// runtime's main thread, then from a task of the runtime.
+async fn latency(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<Vec<LatencyRow>> {
     let (warmup, n) = plan.latency;
-    let ours = measure(
-        plan,
-        "latency, one job at a time",
-        ours::latency(tiny.clone(), warmup, n),
-    )
-    .await?;
-    let echo = measure(
-        plan,
-        "latency, plain echo one at a time",
-        echo::latency(tiny_msg.clone(), warmup, n),
-    )
-    .await?;
-    Ok(LatencyRow {
-        p50_ratio: ours.p50_us / echo.p50_us,
-        p99_ratio: ours.p99_us / echo.p99_us,
-        ours,
-        echo,
-    })
+    let mut rows = Vec::new();
+    for caller in [Caller::Main, Caller::Task] {
+        let on = |what: &str| format!("{what}, from {}", caller.describe());
+        let ours = measure(
+            plan,
+            &on("latency, one job at a time"),
+            drive(caller, ours::latency(tiny.clone(), warmup, n)),
+        )
+        .await?;
+        let echo = measure(
+            plan,
+            &on("latency, plain echo one at a time"),
+            drive(caller, echo::latency(tiny_msg.clone(), warmup, n)),
+        )
+        .await?;
+        rows.push(LatencyRow {
+            caller,
+            p50_ratio: ours.p50_us / echo.p50_us,
+            p99_ratio: ours.p99_us / echo.p99_us,
+            ours,
+            echo,
+        });
+    }
+    Ok(rows)
+}
+
+/// Runs `fut` from `caller`: right here (this is the runtime's main thread), or in a task.
+async fn drive<T: Send + 'static>(
+    caller: Caller,
+    fut: impl Future<Output = BenchResult<T>> + Send + 'static,
+) -> BenchResult<T> {
+    match caller {
+        Caller::Main => fut.await,
+        Caller::Task => tokio::spawn(fut)
+            .await
+            .map_err(|e| format!("the measuring task failed: {e}"))?,
+    }
 }
 
 /// `target/bench/results.json` beside the `target/release` folder holding this binary.
