@@ -573,7 +573,7 @@ async fn tiny_jobs(plan: &Plan, tiny: &Bytes, tiny_msg: &Bytes) -> BenchResult<V
                 ours_median(
                     k,
                     w,
-                    (Flavor::Serve, Api::Batched),
+                    (Flavor::Serve, Api::OneAtATime),
                     tiny,
                     plan.tiny_jobs,
                     None,
