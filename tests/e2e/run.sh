@@ -317,8 +317,10 @@ echo "ok: the frozen tab was declared dead ($(grep -o 'no sign of life for [^ ]*
 passed=$((passed + 1))
 
 echo "== e2e 10: the network fails mid-run; the tab resumes its sessions and keeps its jobs"
-# Tiles that take a while, so that the tab's threads are computing when the network fails.
-WIDTH=480 HEIGHT=320 TILE=20
+# Tiles that take a while, so that the tab's threads are computing when the network fails
+# (480x320, 384 tiles, took a fast machine's tab under a second: the run was over before the
+# network failed).
+WIDTH=960 HEIGHT=640 TILE=20
 TILES=$(((WIDTH + TILE - 1) / TILE * ((HEIGHT + TILE - 1) / TILE)))
 start_coordinator blip --demo mandelbrot --width "$WIDTH" --height "$HEIGHT" --tile "$TILE" \
     --max-iter 20000 --local-workers 0 --verify --static-dir www --reconnect-grace-ms 30000
