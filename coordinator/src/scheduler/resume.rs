@@ -75,7 +75,9 @@ impl Scheduler {
     }
 
     /// Worker `id`, whose connection was lost, keeps its jobs for the grace, unless there
-    /// is no grace, it has no session or it holds no job: returns whether it does.
+    /// is no grace, it has no session or runs no job (the jobs it holds that ran out of
+    /// lease, or were given to another worker too, run elsewhere or have their outcome):
+    /// returns whether it does.
     pub(super) fn keep_for_return(
         &mut self,
         id: WorkerId,
@@ -86,7 +88,7 @@ impl Scheduler {
         let keeps = self
             .workers
             .get_mut(id)
-            .is_some_and(|w| w.session.is_some() && w.held > 0);
+            .is_some_and(|w| w.session.is_some() && w.held > w.superseded.len());
         if grace.is_zero() || self.shut_down || !keeps {
             return false;
         }

@@ -689,6 +689,32 @@ async fn a_lost_worker_keeps_its_jobs_for_its_return() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lost_worker_whose_jobs_all_run_elsewhere_is_not_waited_for() {
+    let hub = hub(Config {
+        lease: Some(Duration::from_secs(1)),
+        ..with_grace()
+    });
+    let first = join_resuming(&hub, 1, None);
+    submit(&hub, 1);
+    assert_eq!(sent(&hub, first.id), ids(0..1));
+    // Its lease runs out: job 0 goes to another worker, which answers it; `first` still
+    // holds its superseded run.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    hub.expire_leases();
+    let other = join(&hub, 1);
+    assert_eq!(sent(&hub, other), ids(0..1));
+    answer(&hub, other, JobId(0), Ok("zero"));
+    assert_eq!(one_outcome(&hub).id, JobId(0));
+    hub.leave(first.id, "connection lost", true);
+    // Nothing of its own was waiting for it: its session ended with its connection.
+    let back = join_resuming(&hub, 1, resume(&first.session, &[0]));
+    assert!(
+        !back.resumed,
+        "a worker running nothing is not kept for its return"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_jobs_go_to_others_once_the_grace_runs_out() {
     let hub = hub(with_grace());
     let first = join_resuming(&hub, 4, None);
