@@ -88,7 +88,7 @@ impl Scheduler {
         let keeps = self
             .workers
             .get_mut(id)
-            .is_some_and(|w| w.session.is_some() && w.held > w.superseded.len());
+            .is_some_and(|w| w.session.is_some() && w.runs_jobs());
         if grace.is_zero() || self.shut_down || !keeps {
             return false;
         }

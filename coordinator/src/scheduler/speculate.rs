@@ -54,8 +54,7 @@ impl Scheduler {
             .workers
             .iter()
             .filter(|(_, w)| {
-                w.held > w.superseded.len()
-                    && w.rate(now).is_some_and(|rate| fastest >= FASTER * rate)
+                w.runs_jobs() && w.rate(now).is_some_and(|rate| fastest >= FASTER * rate)
             })
             .map(|(&id, _)| id)
             .collect();

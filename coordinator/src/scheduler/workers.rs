@@ -81,6 +81,11 @@ impl Worker {
         (self.done >= 2 && elapsed >= 0.02).then(|| self.done as f64 / elapsed)
     }
 
+    /// True when a job it holds runs on it: not every one is superseded.
+    pub(super) fn runs_jobs(&self) -> bool {
+        self.held > self.superseded.len()
+    }
+
     /// The jobs still in its outbox: they never left.
     pub(super) fn unsent_jobs(&self) -> HashSet<JobId> {
         self.outbox
@@ -558,7 +563,7 @@ impl Scheduler {
         if w.done > 0 && self.departed.len() < MAX_SHARES {
             self.departed.push(w.share(worker));
         }
-        let running = if w.held > w.superseded.len() {
+        let running = if w.runs_jobs() {
             self.ledger.running_on(worker)
         } else {
             Vec::new()
