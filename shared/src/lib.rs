@@ -11,6 +11,7 @@
 //! - [`transform`]: the payload transform chain (the Go package's encoders and decoders),
 //!   with AES-256-GCM built in.
 //! - [`payload`]: typed values to payload bytes and back (serde, MessagePack, transforms).
+//! - [`pool`]: buffers for large frames, reused instead of mapped afresh for each one.
 //! - [`session`]: the worker-side state machine: hello, welcome or refusal, jobs, results,
 //!   end of work, and what a close from the coordinator means; the close code and reason
 //!   either side sends for an error.
@@ -43,6 +44,7 @@ pub mod error;
 pub mod logging;
 pub mod module;
 pub mod payload;
+pub mod pool;
 pub mod session;
 #[cfg(feature = "tasks")]
 pub mod tasks;

@@ -37,7 +37,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{module::ModuleSpec, Error, Result};
+use crate::{module::ModuleSpec, pool, Error, Result};
 
 /// The protocol version this crate speaks.
 ///
@@ -501,7 +501,9 @@ pub fn job_frame(id: JobId, payload: &[u8]) -> Bytes {
 
 /// A job frame built around its payload: the payload is written first, behind room for
 /// the header, and [`JobFrameBuilder::finish`] writes the header in front of it once the
-/// job's id is known. The payload is never copied.
+/// job's id is known. The payload is never copied; a large one (from [`pool::LARGE`] bytes
+/// on) is written into a buffer of the [`pool`], which takes it back once the frame is
+/// dropped.
 ///
 /// ```
 /// use std::io::Write;
@@ -522,15 +524,21 @@ pub struct JobFrameBuilder {
 impl JobFrameBuilder {
     /// An empty payload with room for `capacity` bytes of it.
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(JOB_HEADER_MAX + capacity);
+        let mut buf = pool::take(JOB_HEADER_MAX + capacity);
         buf.resize(JOB_HEADER_MAX, 0);
         JobFrameBuilder { buf }
+    }
+
+    /// Appends `data`; a payload growing large moves to a buffer of the [`pool`].
+    fn append(&mut self, data: &[u8]) {
+        pool::reserve(&mut self.buf, data.len());
+        self.buf.extend_from_slice(data);
     }
 
     /// A builder holding a copy of `payload`.
     pub fn from_payload(payload: &[u8]) -> Self {
         let mut builder = Self::with_capacity(payload.len());
-        builder.buf.extend_from_slice(payload);
+        builder.append(payload);
         builder
     }
 
@@ -544,7 +552,7 @@ impl JobFrameBuilder {
         let (header, n) = job_header(id, self.payload().len());
         let start = JOB_HEADER_MAX - n;
         self.buf[start..JOB_HEADER_MAX].copy_from_slice(&header[..n]);
-        let mut frame = Bytes::from(self.buf);
+        let mut frame = pool::share(self.buf);
         bytes::Buf::advance(&mut frame, start);
         frame
     }
@@ -552,12 +560,12 @@ impl JobFrameBuilder {
 
 impl std::io::Write for JobFrameBuilder {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
+        self.append(data);
         Ok(data.len())
     }
 
     fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-        self.buf.extend_from_slice(data);
+        self.append(data);
         Ok(())
     }
 
@@ -686,7 +694,8 @@ pub fn jobs_frame_parts(frames: &[Bytes]) -> (BatchHead, impl Iterator<Item = By
 }
 
 /// Writes one [`ToCoordinator::Results`] frame, result by result, into one buffer; a
-/// single result becomes a [`ToCoordinator::Result`] frame (without a copy).
+/// single result becomes a [`ToCoordinator::Result`] frame (without a copy). A frame that
+/// grows large is written into a buffer of the [`pool`].
 ///
 /// ```
 /// use distchan_protocol::{wire::{self, ResultsWriter, ToCoordinator}, JobId};
@@ -729,7 +738,7 @@ impl ResultsWriter {
     /// Appends the result of job `id`.
     pub fn push(&mut self, id: JobId, outcome: &Outcome) {
         // One growth, so a large result is copied once.
-        self.buf.reserve(outcome_len(outcome) + 24);
+        pool::reserve(&mut self.buf, outcome_len(outcome) + 24);
         put_result_element(&mut self.buf, id, outcome);
         self.count += 1;
     }
@@ -755,12 +764,12 @@ impl ResultsWriter {
             let tag = without_pair(RESULT_TAG);
             let start = Self::HEAD - tag.len();
             self.buf[start..Self::HEAD].copy_from_slice(tag);
-            let mut frame = Bytes::from(self.buf);
+            let mut frame = pool::share(self.buf);
             bytes::Buf::advance(&mut frame, start);
             return frame;
         }
         self.buf[Self::HEAD - 4..Self::HEAD].copy_from_slice(&self.count.to_be_bytes());
-        self.buf.into()
+        pool::share(self.buf)
     }
 }
 
@@ -871,7 +880,7 @@ fn fast_jobs(frame: &Bytes) -> Option<Vec<Job>> {
         let (id, body) = split_element(&frame[at..], &[], false)?;
         let job = Job {
             id: JobId(id),
-            payload: frame.slice(at + body.start..at + body.end),
+            payload: payload_of(frame, at + body.start..at + body.end),
         };
         Some((job, at + body.end))
     })
@@ -884,7 +893,7 @@ fn fast_results(frame: &Bytes) -> Option<Vec<JobResult>> {
         if let Some((id, body)) = split_element(b, OK_TAG, false) {
             let result = JobResult {
                 id: JobId(id),
-                outcome: Ok(frame.slice(at + body.start..at + body.end)),
+                outcome: Ok(payload_of(frame, at + body.start..at + body.end)),
             };
             return Some((result, at + body.end));
         }
@@ -903,7 +912,7 @@ fn fast_job(frame: &Bytes) -> Option<Job> {
     let (id, body) = split_tagged(frame, JOB_TAG, &[], false)?;
     Some(Job {
         id: JobId(id),
-        payload: frame.slice(body),
+        payload: payload_of(frame, body),
     })
 }
 
@@ -912,7 +921,7 @@ fn fast_result(frame: &Bytes) -> Option<JobResult> {
     if let Some((id, body)) = split_tagged(frame, RESULT_TAG, OK_TAG, false) {
         return Some(JobResult {
             id: JobId(id),
-            outcome: Ok(frame.slice(body)),
+            outcome: Ok(payload_of(frame, body)),
         });
     }
     let (id, body) = split_tagged(frame, RESULT_TAG, ERR_TAG, true)?;
@@ -982,7 +991,8 @@ pub fn decode_to_worker(frame: &[u8]) -> Result<ToWorker> {
     decode_to_worker_shared(&Bytes::copy_from_slice(frame))
 }
 
-/// Decodes a frame received by a worker; a job's payload shares the frame's memory.
+/// Decodes a frame received by a worker; a job's payload shares the frame's memory (natively,
+/// a large one is copied into a [`pool`] buffer, so the frame's memory is free at once).
 pub fn decode_to_worker_shared(frame: &Bytes) -> Result<ToWorker> {
     if let Some(job) = fast_job(frame) {
         return Ok(ToWorker::Job(job));
@@ -1022,7 +1032,9 @@ pub fn decode_to_coordinator(frame: &[u8]) -> Result<ToCoordinator> {
     decode_to_coordinator_shared(&Bytes::copy_from_slice(frame))
 }
 
-/// Decodes a frame received by the coordinator; a result's payload shares the frame's memory.
+/// Decodes a frame received by the coordinator; a result's payload shares the frame's
+/// memory (natively, a large one is copied into a [`pool`] buffer, so the frame's memory is
+/// free at once).
 pub fn decode_to_coordinator_shared(frame: &Bytes) -> Result<ToCoordinator> {
     if let Some(result) = fast_result(frame) {
         return Ok(ToCoordinator::Result(result));
@@ -1062,13 +1074,27 @@ fn serde_to_coordinator(frame: &Bytes) -> Result<ToCoordinator> {
     })
 }
 
-/// A [`Bytes`] for `part`, which lies inside `frame`, without copying.
+/// A [`Bytes`] for `part`, which lies inside `frame`: a slice of the frame, or a copy in a
+/// [`pool`] buffer when it is large.
+///
+/// A large payload is copied out so that the frame's memory is free again once the frame is
+/// read: the WebSocket reader then reads the next large frame into that same memory instead
+/// of into memory newly mapped (and faulted in page by page) while this payload is still in
+/// use. The copy costs less than those page faults. In a browser, memory is never given back
+/// to the system, so there the payload stays a slice.
 fn share(frame: &Bytes, part: &[u8]) -> Bytes {
     if part.is_empty() {
         Bytes::new()
+    } else if part.len() >= pool::LARGE && !cfg!(target_arch = "wasm32") {
+        pool::copy(part)
     } else {
         frame.slice_ref(part)
     }
+}
+
+/// The payload at `range` of `frame`.
+fn payload_of(frame: &Bytes, range: std::ops::Range<usize>) -> Bytes {
+    share(frame, &frame[range])
 }
 
 /// Reads only the protocol version out of a hello frame, whatever else it holds.
@@ -1104,6 +1130,89 @@ mod tests {
             kind: WorkerKind::Native,
             resume: None,
             group: None,
+        }
+    }
+
+    /// A payload of `len` bytes that differ from one place to the next.
+    fn large_payload(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// True when `part` lies inside `frame`'s memory.
+    fn inside(frame: &[u8], part: &[u8]) -> bool {
+        let range = frame.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn a_large_job_reads_back_whole_and_apart_from_its_frame() {
+        use std::io::Write;
+        let want = large_payload(pool::LARGE + 3);
+        let mut builder = JobFrameBuilder::with_capacity(16);
+        // Written in pieces, as serde writes, so the payload moves to a large buffer midway.
+        for piece in want.chunks(1000) {
+            builder.write_all(piece).unwrap();
+        }
+        let frame = builder.finish(JobId(1 << 40));
+        let ToWorker::Job(job) = decode_to_worker_shared(&frame).unwrap() else {
+            panic!("not a job frame");
+        };
+        assert_eq!(job.id, JobId(1 << 40));
+        assert!(job.payload == want, "the payload changed on its way");
+        assert!(
+            !inside(&frame, &job.payload),
+            "a large payload holds its frame's memory"
+        );
+        let small = job_frame(JobId(2), b"small");
+        let ToWorker::Job(job) = decode_to_worker_shared(&small).unwrap() else {
+            panic!("not a job frame");
+        };
+        assert!(
+            inside(&small, &job.payload),
+            "a small payload is not copied"
+        );
+        let jobs: Vec<Job> = (0..2)
+            .map(|i| Job {
+                id: JobId(i),
+                payload: want.clone().into(),
+            })
+            .collect();
+        let batch = encode_to_worker(&ToWorker::Jobs(jobs.clone())).unwrap();
+        let ToWorker::Jobs(back) = decode_to_worker_shared(&batch).unwrap() else {
+            panic!("not a batch");
+        };
+        assert_eq!(back, jobs);
+        assert!(back.iter().all(|j| !inside(&batch, &j.payload)));
+    }
+
+    #[test]
+    fn large_results_read_back_whole_alone_and_in_a_batch() {
+        let big = Bytes::from(large_payload(pool::LARGE + 5));
+        for count in [1, 3] {
+            let mut writer = ResultsWriter::new();
+            for i in 0..count {
+                writer.push(JobId(i), &Ok(big.clone()));
+            }
+            let frame = writer.finish();
+            let results = match decode_to_coordinator_shared(&frame).unwrap() {
+                ToCoordinator::Result(r) => vec![r],
+                ToCoordinator::Results(results) => results,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(results.len(), count as usize);
+            for (i, r) in results.iter().enumerate() {
+                assert_eq!(r.id, JobId(i as u64));
+                let payload = r.outcome.as_ref().unwrap();
+                assert!(payload == &big, "result {i} of {count} changed");
+                assert!(!inside(&frame, payload));
+            }
+            assert_eq!(serde_to_coordinator(&frame).unwrap().clone(), {
+                if count == 1 {
+                    ToCoordinator::Result(results[0].clone())
+                } else {
+                    ToCoordinator::Results(results)
+                }
+            });
         }
     }
 
