@@ -40,19 +40,31 @@ const KEEP_COUNT: usize = 32;
 /// The process's pool, which [`take`] and [`share`] use.
 static FRAMES: Pool = Pool::new();
 
+// `take`, `share` and `reserve` are on the path of every job, small ones too: inlined into
+// their callers, a small buffer costs them one comparison.
+
 /// An empty buffer with room for at least `capacity` bytes: a kept one when one is large
 /// enough (the smallest such), else a fresh one.
+#[inline]
 pub fn take(capacity: usize) -> Vec<u8> {
+    if capacity < LARGE {
+        return Vec::with_capacity(capacity);
+    }
     FRAMES.take(capacity)
 }
 
 /// The bytes of `buf`; a large buffer comes back to the pool once they are all dropped.
+#[inline]
 pub fn share(buf: Vec<u8>) -> Bytes {
+    if buf.capacity() < LARGE {
+        return Bytes::from(buf);
+    }
     FRAMES.share(buf)
 }
 
 /// Makes room for `additional` more bytes in `buf`, growing it at most once; a buffer that
 /// grows large moves, with what it holds, into one taken from the pool.
+#[inline]
 pub fn reserve(buf: &mut Vec<u8>, additional: usize) {
     let need = buf.len() + additional;
     if need <= buf.capacity() {
