@@ -130,21 +130,27 @@ impl Pool {
         buf.clear();
         let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let kept = &mut *guard;
+        // Only smaller buffers make room; if dropping all of them is not enough, keep those.
+        let (smaller, smaller_bytes) = kept
+            .0
+            .iter()
+            .filter(|b| b.capacity() < cap)
+            .fold((0, 0), |(n, bytes), b| (n + 1, bytes + b.capacity()));
+        if kept.0.len() - smaller >= KEEP_COUNT || kept.1 - smaller_bytes + cap > KEEP_BYTES {
+            return;
+        }
         while kept.0.len() >= KEEP_COUNT || kept.1 + cap > KEEP_BYTES {
-            let smallest = kept
+            let Some((i, small)) = kept
                 .0
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, b)| (i, b.capacity()));
-            match smallest {
-                Some((i, small)) if small < cap => {
-                    kept.0.swap_remove(i);
-                    kept.1 -= small;
-                }
-                // Everything kept is at least as large: keep those.
-                _ => return,
-            }
+                .map(|(i, b)| (i, b.capacity()))
+            else {
+                break;
+            };
+            kept.0.swap_remove(i);
+            kept.1 -= small;
         }
         kept.1 += cap;
         kept.0.push(buf);
@@ -265,6 +271,27 @@ mod tests {
             kept(pool),
             (count, bytes),
             "a buffer over the budget is not kept"
+        );
+        drop(pool.share(Vec::with_capacity(quarter - 1)));
+        assert_eq!(kept(pool), (count, bytes), "a smaller one displaces none");
+    }
+
+    #[test]
+    fn a_buffer_with_no_room_to_make_drops_nothing_kept() {
+        let pool = pool();
+        let half = KEEP_BYTES / 2;
+        let frames = [
+            pool.share(pool.take(LARGE)),
+            pool.share(pool.take(half + 1)),
+        ];
+        drop(frames);
+        let before = kept(pool);
+        assert_eq!(before, (2, LARGE + half + 1));
+        drop(pool.share(pool.take(half)));
+        assert_eq!(
+            kept(pool),
+            before,
+            "the small one stays: dropping it makes too little room"
         );
     }
 }
