@@ -275,6 +275,12 @@ function overall() {
     const why = pauseReasons.has("you") ? "You paused this tab"
       : pauseReasons.has("hidden") ? "This tab is hidden"
       : "This device is on battery";
+    // A thread reports itself paused once it takes no more jobs; until every connected one
+    // has, its last report is from before the pause and the tab is still pausing.
+    const pausing = live.some((t) => t.status && t.status.state === "connected" && !t.status.paused);
+    if (pausing) {
+      return { cls: "paused", text: "Pausing…", detail: `${why}: waiting for its threads to stop taking jobs.` };
+    }
     const running = live.reduce((n, t) => n + (t.status ? t.status.outstanding : 0), 0);
     const finishing = running > 0 ? `finishing ${running} job${running === 1 ? "" : "s"} in hand` : "no job in hand";
     return { cls: "paused", text: "Paused", detail: `${why}: ${finishing}; the rest went to other workers. ${pauseReasons.has("you") ? "Press Resume to go on." : "It resumes by itself."}` };
