@@ -47,18 +47,12 @@ static FRAMES: Pool = Pool::new();
 /// enough (the smallest such), else a fresh one.
 #[inline]
 pub fn take(capacity: usize) -> Vec<u8> {
-    if capacity < LARGE {
-        return Vec::with_capacity(capacity);
-    }
     FRAMES.take(capacity)
 }
 
 /// The bytes of `buf`; a large buffer comes back to the pool once they are all dropped.
 #[inline]
 pub fn share(buf: Vec<u8>) -> Bytes {
-    if buf.capacity() < LARGE {
-        return Bytes::from(buf);
-    }
     FRAMES.share(buf)
 }
 
@@ -94,31 +88,40 @@ impl Pool {
         Pool(Mutex::new((Vec::new(), 0)))
     }
 
+    #[inline]
     fn take(&self, capacity: usize) -> Vec<u8> {
-        if capacity >= LARGE {
-            let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            let fits = kept
-                .0
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.capacity() >= capacity)
-                .min_by_key(|(_, b)| b.capacity())
-                .map(|(i, _)| i);
-            if let Some(i) = fits {
-                let buf = kept.0.swap_remove(i);
-                kept.1 -= buf.capacity();
-                return buf;
-            }
+        if capacity < LARGE {
+            return Vec::with_capacity(capacity);
         }
-        Vec::with_capacity(capacity)
+        self.take_large(capacity)
     }
 
-    fn share(&'static self, buf: Vec<u8>) -> Bytes {
-        if buf.capacity() >= LARGE {
-            Bytes::from_owner(Kept(buf, self))
-        } else {
-            Bytes::from(buf)
+    /// [`Pool::take`] of a large buffer: the smallest kept one that fits, or a fresh one.
+    fn take_large(&self, capacity: usize) -> Vec<u8> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let fits = kept
+            .0
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= capacity)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match fits {
+            Some(i) => {
+                let buf = kept.0.swap_remove(i);
+                kept.1 -= buf.capacity();
+                buf
+            }
+            None => Vec::with_capacity(capacity),
         }
+    }
+
+    #[inline]
+    fn share(&'static self, buf: Vec<u8>) -> Bytes {
+        if buf.capacity() < LARGE {
+            return Bytes::from(buf);
+        }
+        Bytes::from_owner(Kept(buf, self))
     }
 
     /// Keeps `buf` for reuse if there is room, making room by dropping smaller kept ones.

@@ -344,14 +344,14 @@ pub enum ToCoordinator {
 
 fn encode_with<T: Serialize>(msg: &T, named: bool, payload_len: usize) -> Result<Bytes> {
     // Sized up front so a large payload is copied once, not once per growth of the buffer.
-    let mut out = Vec::with_capacity(payload_len + 48);
+    let mut out = pool::take(payload_len + 48);
     let written = if named {
         msg.serialize(&mut rmp_serde::Serializer::new(&mut out).with_struct_map())
     } else {
         msg.serialize(&mut rmp_serde::Serializer::new(&mut out))
     };
     written.map_err(|e| Error::Encode(Box::new(e)))?;
-    Ok(out.into())
+    Ok(pool::share(out))
 }
 
 /// Encodes a message for a worker as one binary frame.
@@ -361,9 +361,10 @@ pub fn encode_to_worker(msg: &ToWorker) -> Result<Bytes> {
         ToWorker::Jobs(jobs) => {
             let frames: Vec<Bytes> = jobs.iter().map(|j| job_frame(j.id, &j.payload)).collect();
             let (head, parts) = jobs_frame_parts(&frames);
-            let mut out = head.as_bytes().to_vec();
+            let mut out = pool::take(head.frame_len());
+            out.extend_from_slice(head.as_bytes());
             parts.for_each(|part| out.extend_from_slice(&part));
-            Ok(out.into())
+            Ok(pool::share(out))
         }
         _ => encode_with(msg, true, 0),
     }
@@ -493,10 +494,10 @@ fn job_header(id: JobId, len: usize) -> ([u8; JOB_HEADER_MAX], usize) {
 /// The frame of job `id` carrying `payload` (copied once into the frame).
 pub fn job_frame(id: JobId, payload: &[u8]) -> Bytes {
     let (header, n) = job_header(id, payload.len());
-    let mut out = Vec::with_capacity(n + payload.len());
+    let mut out = pool::take(n + payload.len());
     out.extend_from_slice(&header[..n]);
     out.extend_from_slice(payload);
-    out.into()
+    pool::share(out)
 }
 
 /// A job frame built around its payload: the payload is written first, behind room for
@@ -576,10 +577,10 @@ impl std::io::Write for JobFrameBuilder {
 
 /// The frame of the result of job `id`: the result payload, or the handler's error.
 pub fn result_frame(id: JobId, outcome: &Outcome) -> Bytes {
-    let mut out = Vec::with_capacity(RESULT_TAG.len() + 20 + outcome_len(outcome));
+    let mut out = pool::take(RESULT_TAG.len() + 20 + outcome_len(outcome));
     out.extend_from_slice(without_pair(RESULT_TAG));
     put_result_element(&mut out, id, outcome);
-    out.into()
+    pool::share(out)
 }
 
 /// The tag of a frame without the fixarray(2) that opens its `[id, body]` element.
