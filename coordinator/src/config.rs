@@ -207,7 +207,7 @@ impl Default for Config {
             handler_retries: 0,
             ordered: false,
             max_frame: DEFAULT_MAX_FRAME,
-            read_buffer_size: 2 * 1024,
+            read_buffer_size: distchan_protocol::read_ahead::WEBSOCKET_READ_BUFFER,
             handshake_timeout: Duration::from_secs(10),
             max_workers: 100_000,
             max_capacity: 4096,

@@ -119,7 +119,7 @@ pub(crate) struct Shared {
     pub keyed: Arc<keyed::Keyed>,
     pub slots: Arc<Semaphore>,
     /// Read-ahead buffers lent to busy connections.
-    pub read_pool: Arc<socket::ReadPool>,
+    pub read_pool: Arc<distchan_protocol::read_ahead::ReadPool>,
     pub workers: watch::Receiver<usize>,
     pub finished: watch::Receiver<bool>,
 }
@@ -373,7 +373,7 @@ impl Builder {
             epoch,
             dashboard: dashboard::Hub::default(),
             slots: Arc::new(Semaphore::new(config.max_workers)),
-            read_pool: Arc::new(socket::ReadPool::new(64)),
+            read_pool: Arc::new(distchan_protocol::read_ahead::ReadPool::new(64)),
             workers: hub.watch_workers(),
             finished: hub.watch_finished(),
             hub,

@@ -1,10 +1,9 @@
 //! The socket under each worker's WebSocket: cheap while idle, efficient while busy.
 //!
 //! - **Reading ahead**: the WebSocket's own read buffer is small (`read_buffer_size`), so an
-//!   idle worker costs little memory. While data streams in, [`Socket`] reads the socket in
-//!   large pieces into a buffer lent by a [`ReadPool`] and hands it out from there, so a
-//!   large payload takes a few system calls instead of one per small read; the buffer goes
-//!   back to the pool as soon as the socket has nothing more.
+//!   idle worker costs little memory. While data streams in, the socket is read in large
+//!   pieces through a [`ReadAhead`] (the protocol crate's, which the native worker uses
+//!   too), so a large payload takes a few system calls instead of one per small read.
 //! - **An ordered write queue**: whole WebSocket frames can be queued ([`Socket::queue`];
 //!   the `websocket` module's `WebSocket` is the one that queues them).
 //!   Small ones are gathered into one contiguous buffer, large ones are sent from the memory
@@ -19,57 +18,19 @@ use std::{
     collections::VecDeque,
     io::{self, IoSlice},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{ready, Context, Poll},
 };
 
 use bytes::Bytes;
+use distchan_protocol::read_ahead::{ReadAhead, ReadPool};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-
-/// Size of a read-ahead buffer.
-pub(crate) const READ_AHEAD: usize = 64 * 1024;
 
 /// Most bytes queued before writes from elsewhere than [`Socket::queue`] wait for the socket.
 pub(crate) const BEHIND_MAX: usize = 16 * 1024 * 1024;
 
 /// Most pieces written by one vectored write.
 const SLICES: usize = 64;
-
-/// Read-ahead buffers shared by every connection of a coordinator.
-#[derive(Debug)]
-pub(crate) struct ReadPool {
-    free: Mutex<Vec<Box<[u8]>>>,
-    /// Most buffers kept for reuse.
-    keep: usize,
-}
-
-impl ReadPool {
-    /// A pool that keeps up to `keep` buffers for reuse.
-    pub fn new(keep: usize) -> Self {
-        ReadPool {
-            free: Mutex::new(Vec::new()),
-            keep,
-        }
-    }
-
-    fn take(&self) -> Box<[u8]> {
-        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        reused.unwrap_or_else(|| vec![0; READ_AHEAD].into_boxed_slice())
-    }
-
-    fn give_back(&self, buf: Box<[u8]>) {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if free.len() < self.keep {
-            free.push(buf);
-        }
-    }
-
-    /// Buffers waiting to be lent.
-    #[cfg(test)]
-    fn idle(&self) -> usize {
-        self.free.lock().unwrap().len()
-    }
-}
 
 /// A piece of the write queue.
 #[derive(Debug)]
@@ -98,10 +59,7 @@ impl Piece {
 /// A socket that reads ahead while busy and writes behind; see the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct Socket<S> {
-    io: S,
-    pool: Arc<ReadPool>,
-    /// The lent buffer, with unread bytes at `ahead.1..ahead.2`.
-    ahead: Option<(Box<[u8]>, usize, usize)>,
+    io: ReadAhead<S>,
     /// Bytes to write, in order; the first piece from `sent` on.
     queue: VecDeque<Piece>,
     sent: usize,
@@ -113,9 +71,7 @@ impl<S> Socket<S> {
     /// Wraps `io`, lending read-ahead buffers from `pool`.
     pub fn new(io: S, pool: Arc<ReadPool>) -> Self {
         Socket {
-            io,
-            pool,
-            ahead: None,
+            io: ReadAhead::new(io, pool),
             queue: VecDeque::new(),
             sent: 0,
             queued: 0,
@@ -173,18 +129,6 @@ impl<S> Socket<S> {
             self.queue = VecDeque::new(); // a large backlog's memory goes back
         }
     }
-
-    fn release(&mut self) {
-        if let Some((buf, _, _)) = self.ahead.take() {
-            self.pool.give_back(buf);
-        }
-    }
-}
-
-impl<S> Drop for Socket<S> {
-    fn drop(&mut self) {
-        self.release();
-    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Socket<S> {
@@ -193,37 +137,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Socket<S> {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if let Some((buf, from, to)) = &mut this.ahead {
-                if from < to {
-                    let n = out.remaining().min(*to - *from);
-                    out.put_slice(&buf[*from..*from + n]);
-                    *from += n;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            if out.remaining() >= READ_AHEAD {
-                // The caller reads in large pieces itself: no copy.
-                this.release();
-                return Pin::new(&mut this.io).poll_read(cx, out);
-            }
-            let (mut buf, _, _) = match this.ahead.take() {
-                Some(lent) => lent,
-                None => (this.pool.take(), 0, 0),
-            };
-            let mut filled = ReadBuf::new(&mut buf);
-            let polled = Pin::new(&mut this.io).poll_read(cx, &mut filled);
-            let n = filled.filled().len();
-            match polled {
-                Poll::Ready(Ok(())) if n > 0 => this.ahead = Some((buf, 0, n)),
-                // End of stream, an error, or nothing yet: the buffer goes back.
-                other => {
-                    this.pool.give_back(buf);
-                    return other;
-                }
-            }
-        }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, out)
     }
 }
 
@@ -294,26 +208,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Socket<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[tokio::test]
-    async fn small_reads_are_served_from_one_large_read_and_the_buffer_goes_back() {
-        let pool = Arc::new(ReadPool::new(4));
-        let (mut peer, io) = tokio::io::duplex(1 << 20);
-        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        peer.write_all(&data).await.unwrap();
-        let mut socket = Socket::new(io, pool.clone());
-        let mut got = Vec::new();
-        let mut chunk = [0u8; 1000];
-        while got.len() < data.len() {
-            let n = socket.read(&mut chunk).await.unwrap();
-            got.extend_from_slice(&chunk[..n]);
-        }
-        assert_eq!(got, data);
-        assert_eq!(pool.idle(), 0, "the buffer is lent while data remains");
-        drop(peer);
-        assert_eq!(socket.read(&mut chunk).await.unwrap(), 0, "end of stream");
-        assert_eq!(pool.idle(), 1, "the buffer is back once the socket is dry");
-    }
 
     #[tokio::test]
     async fn queued_frames_and_writes_reach_the_peer_in_order() {

@@ -128,7 +128,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::socket::ReadPool;
+    use distchan_protocol::read_ahead::ReadPool;
 
     #[tokio::test]
     async fn queued_frames_arrive_whole_and_in_order_before_a_message_sent_after_them() {

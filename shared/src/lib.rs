@@ -1,6 +1,7 @@
 //! The distchan protocol: everything a coordinator and its workers must agree on.
 //!
-//! This crate has no I/O and no runtime, so it compiles for native targets and for
+//! This crate has no I/O and no runtime (but for the native-only `io` feature's socket
+//! adapter), so it compiles for native targets and for
 //! `wasm32-unknown-unknown` alike. Both workers (native and browser) drive the same
 //! [`session::WorkerSession`], so their behaviour cannot drift apart.
 //!
@@ -12,6 +13,8 @@
 //!   with AES-256-GCM built in.
 //! - [`payload`]: typed values to payload bytes and back (serde, MessagePack, transforms).
 //! - [`pool`]: buffers for large frames, reused instead of mapped afresh for each one.
+//! - `read_ahead` (feature `io`, native only): reads a busy socket in large pieces under a
+//!   WebSocket that keeps a small buffer; the coordinator and the native worker both use it.
 //! - [`session`]: the worker-side state machine: hello, welcome or refusal, jobs, results,
 //!   end of work, and what a close from the coordinator means; the close code and reason
 //!   either side sends for an error.
@@ -45,6 +48,8 @@ pub mod logging;
 pub mod module;
 pub mod payload;
 pub mod pool;
+#[cfg(all(feature = "io", not(target_arch = "wasm32")))]
+pub mod read_ahead;
 pub mod session;
 #[cfg(feature = "tasks")]
 pub mod tasks;

@@ -18,6 +18,7 @@ use std::{
 
 use bytes::Bytes;
 use distchan_protocol::{
+    read_ahead::{ReadAhead, ReadPool, WEBSOCKET_READ_BUFFER},
     session::{close_frame_for, truncate_reason, Event, WorkerSession},
     wire::{Outcome, Welcome, CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_NO_STATUS},
     Error, JobId, Result,
@@ -137,6 +138,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (request, subprotocol) = request(url, options)?;
+    let io = ReadAhead::new(io, ReadPool::process());
     let connecting = client_async_with_config(request, io, Some(ws_config(options)));
     let ws = match timeout(options.handshake_timeout, connecting).await {
         Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
@@ -145,6 +147,10 @@ where
     Ok(handshake(url, ws, options, None).await?.stream(options))
 }
 
+/// The socket under a worker's WebSocket: TCP or TLS, read ahead while busy (the
+/// WebSocket's own read buffer stays small; see [`read_ahead`](distchan_protocol::read_ahead)).
+pub(crate) type Socket = ReadAhead<tls::Stream>;
+
 /// Connects to `url` (over TLS for `wss://`, see [`tls`](crate::tls)) and completes the
 /// handshake, without starting the connection task; `resume` is the session of a lost
 /// connection, readied for its resume.
@@ -152,10 +158,11 @@ pub(crate) async fn open(
     url: &str,
     options: &Options,
     resume: Option<&WorkerSession>,
-) -> Result<Welcomed<tls::Stream>> {
+) -> Result<Welcomed<Socket>> {
     let (request, subprotocol) = request(url, options)?;
     let connecting = async {
         let io = tls::connect(request.uri(), &options.ca_certs).await?;
+        let io = ReadAhead::new(io, ReadPool::process());
         let upgraded = client_async_with_config(request, io, Some(ws_config(options))).await;
         upgrade_result(url, &subprotocol, upgraded)
     };
@@ -184,6 +191,7 @@ fn request(
 
 fn ws_config(options: &Options) -> WebSocketConfig {
     WebSocketConfig::default()
+        .read_buffer_size(WEBSOCKET_READ_BUFFER)
         .max_message_size(Some(options.max_frame))
         .max_frame_size(Some(options.max_frame))
 }

@@ -90,7 +90,7 @@ pub async fn serve_task(url: &str, options: Options) -> Result<()> {
 /// for the next connection.
 async fn serve_task_on(
     url: &str,
-    conn: Welcomed<crate::tls::Stream>,
+    conn: Welcomed<crate::connection::Socket>,
     carry: Option<Carry>,
     options: &Options,
 ) -> (Result<()>, Option<Carry>) {
@@ -167,7 +167,7 @@ where
 /// coordinator gave their jobs to others).
 async fn reconnecting<F, Fut>(url: &str, options: &Options, mut work: F) -> Result<()>
 where
-    F: FnMut(Welcomed<crate::tls::Stream>, Option<Carry>) -> Fut,
+    F: FnMut(Welcomed<crate::connection::Socket>, Option<Carry>) -> Fut,
     Fut: Future<Output = (Result<()>, Option<Carry>)>,
 {
     let mut backoff = options.backoff.clone();
