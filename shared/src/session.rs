@@ -633,18 +633,7 @@ pub fn close_frame_for(err: &Error) -> (u16, String) {
 /// The refusal a close frame's reason describes: `code: reason` as [`close_frame_for`]
 /// writes it, or the whole text under [`RefusalCode::Other`].
 fn refusal_from_close(reason: &str) -> Refusal {
-    const CODES: [RefusalCode; 9] = [
-        RefusalCode::VersionMismatch,
-        RefusalCode::BadToken,
-        RefusalCode::OriginNotAllowed,
-        RefusalCode::TooManyWorkers,
-        RefusalCode::Malformed,
-        RefusalCode::HandshakeTimeout,
-        RefusalCode::ShuttingDown,
-        RefusalCode::CutOff,
-        RefusalCode::Other,
-    ];
-    CODES
+    RefusalCode::ALL
         .into_iter()
         .find_map(|code| {
             let rest = reason.strip_prefix(&code.to_string())?.strip_prefix(": ")?;
@@ -1262,12 +1251,16 @@ mod tests {
     #[test]
     fn a_refusal_travels_in_a_close_frame_and_is_read_back() {
         let s = WorkerSession::new(SessionConfig::native(1), TransformChain::new());
+        let every_code = RefusalCode::ALL.map(|code| Refusal::new(code, "for a reason"));
         for refusal in [
             Refusal::new(RefusalCode::BadToken, "wrong access token"),
             Refusal::new(RefusalCode::VersionMismatch, "distchan.v1 vs distchan.v2"),
             Refusal::new(RefusalCode::CutOff, "this worker's group was cut off"),
             Refusal::new(RefusalCode::Other, "go away: now"),
-        ] {
+        ]
+        .into_iter()
+        .chain(every_code)
+        {
             let (code, reason) = close_frame_for(&Error::Refused(refusal.clone()));
             assert_eq!(reason, refusal.to_string());
             match s.close_reason(code, &reason, true) {

@@ -224,6 +224,21 @@ pub enum RefusalCode {
     Other,
 }
 
+impl RefusalCode {
+    /// Every code, in declaration order (a test keeps it whole).
+    pub const ALL: [RefusalCode; 9] = [
+        RefusalCode::VersionMismatch,
+        RefusalCode::BadToken,
+        RefusalCode::OriginNotAllowed,
+        RefusalCode::TooManyWorkers,
+        RefusalCode::Malformed,
+        RefusalCode::HandshakeTimeout,
+        RefusalCode::ShuttingDown,
+        RefusalCode::CutOff,
+        RefusalCode::Other,
+    ];
+}
+
 impl fmt::Display for RefusalCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = match self {
@@ -1121,6 +1136,25 @@ pub fn peek_hello_version(frame: &[u8]) -> Option<u32> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_refusal_code_is_listed_once_in_order() {
+        for (i, code) in RefusalCode::ALL.iter().enumerate() {
+            // Exhaustive: a new code does not compile until it has its place here and in ALL.
+            let place = match code {
+                RefusalCode::VersionMismatch => 0,
+                RefusalCode::BadToken => 1,
+                RefusalCode::OriginNotAllowed => 2,
+                RefusalCode::TooManyWorkers => 3,
+                RefusalCode::Malformed => 4,
+                RefusalCode::HandshakeTimeout => 5,
+                RefusalCode::ShuttingDown => 6,
+                RefusalCode::CutOff => 7,
+                RefusalCode::Other => 8,
+            };
+            assert_eq!(place, i, "{code:?} out of place in RefusalCode::ALL");
+        }
+    }
 
     fn hello(version: u32) -> Hello {
         Hello {
