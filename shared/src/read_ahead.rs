@@ -107,11 +107,6 @@ impl<S> ReadAhead<S> {
         }
     }
 
-    /// The socket underneath.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.io
-    }
-
     fn release(&mut self) {
         if let Some((buf, _, _)) = self.ahead.take() {
             self.pool.give_back(buf);

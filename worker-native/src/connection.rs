@@ -138,8 +138,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (request, subprotocol) = request(url, options)?;
-    let io = ReadAhead::new(io, ReadPool::process());
-    let connecting = client_async_with_config(request, io, Some(ws_config(options)));
+    let connecting = upgrade(request, io, options);
     let ws = match timeout(options.handshake_timeout, connecting).await {
         Err(_) => return Err(Error::Timeout(format!("connecting to {url}"))),
         Ok(result) => upgrade_result(url, &subprotocol, result)?,
@@ -162,8 +161,7 @@ pub(crate) async fn open(
     let (request, subprotocol) = request(url, options)?;
     let connecting = async {
         let io = tls::connect(request.uri(), &options.ca_certs).await?;
-        let io = ReadAhead::new(io, ReadPool::process());
-        let upgraded = client_async_with_config(request, io, Some(ws_config(options))).await;
+        let upgraded = upgrade(request, io, options).await;
         upgrade_result(url, &subprotocol, upgraded)
     };
     let ws = match timeout(options.handshake_timeout, connecting).await {
@@ -189,11 +187,28 @@ fn request(
     Ok((request, subprotocol))
 }
 
-fn ws_config(options: &Options) -> WebSocketConfig {
-    WebSocketConfig::default()
+/// The WebSocket client handshake over `io`, read ahead under a small WebSocket read buffer
+/// (the two go together; see [`read_ahead`](distchan_protocol::read_ahead)).
+async fn upgrade<S>(
+    request: tungstenite::handshake::client::Request,
+    io: S,
+    options: &Options,
+) -> std::result::Result<
+    (
+        WebSocketStream<ReadAhead<S>>,
+        tungstenite::handshake::client::Response,
+    ),
+    tungstenite::Error,
+>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = WebSocketConfig::default()
         .read_buffer_size(WEBSOCKET_READ_BUFFER)
         .max_message_size(Some(options.max_frame))
-        .max_frame_size(Some(options.max_frame))
+        .max_frame_size(Some(options.max_frame));
+    let io = ReadAhead::new(io, ReadPool::process());
+    client_async_with_config(request, io, Some(config)).await
 }
 
 fn upgrade_result<S, R>(
