@@ -90,6 +90,7 @@
 //! `--quick` runs the same measurements with small counts (well under a minute) for CI.
 
 mod children;
+mod cores;
 mod echo;
 mod fleet;
 mod modes;
@@ -414,6 +415,7 @@ enum Section {
 /// The whole benchmark, or the `sections` asked for.
 async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<Report> {
     let started = Instant::now();
+    let cross_core_start = cores::round_trip_ns();
     let wants = |s: Section| sections.is_empty() || sections.contains(&s);
     // The tiny job: 14 bytes of data, 16 bytes once encoded as a MessagePack `bin`.
     let tiny = data(14);
@@ -481,6 +483,7 @@ async fn bench(plan: Plan, sections: &[Section], json: PathBuf) -> BenchResult<R
         mode: plan.mode,
         settings: ours::tuning().describe(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        cross_core_ns: [cross_core_start, cores::round_trip_ns()],
         tiny_payload_bytes: tiny_payload,
         tiny_frame_bytes: tiny_frame,
         tiny: tiny_rows,

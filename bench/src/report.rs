@@ -279,6 +279,9 @@ pub struct Report {
     pub settings: String,
     /// Cores this machine offers.
     pub cores: usize,
+    /// The round trip of a cache line between the first two cores, in nanoseconds, at the
+    /// start and at the end of the run (see `cores`); absent with a single core.
+    pub cross_core_ns: [Option<f64>; 2],
     /// Size of the tiny job's encoded payload and of the frames echoed for it.
     pub tiny_payload_bytes: usize,
     /// Size of a job frame carrying the tiny payload (the echo's message size).
@@ -544,6 +547,15 @@ impl Report {
              figures are noisy on a shared machine: compare the ratios, all measured in this run.",
             self.mode, self.cores, self.elapsed_secs, self.settings
         );
+        if let [Some(start), Some(end)] = self.cross_core_ns {
+            let _ = writeln!(
+                out,
+                "Cross-core round trip of a cache line: {start:.0} ns at the start, {end:.0} ns \
+                 at the end. A host that moves this machine's cores apart (400 ns or more \
+                 against about 100) slows every row whose work crosses threads: compare runs \
+                 whose figures are alike."
+            );
+        }
         let _ = writeln!(
             out,
             "Tiny job: {} B payload, {} B frame; plain echo = the same frames through \
