@@ -1,10 +1,12 @@
 //! Typed values to payload bytes and back: serde, then MessagePack (with field names, so
 //! JavaScript handlers see objects), then the transform chain.
 
+use std::{any::TypeId, mem::ManuallyDrop};
+
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{transform::TransformChain, wire::JobFrameBuilder, Error, Result};
+use crate::{pool, transform::TransformChain, wire::JobFrameBuilder, Error, Result};
 
 /// Serializes `value` to MessagePack without transforms.
 pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
@@ -28,6 +30,46 @@ pub fn from_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     rmp_serde::from_slice(bytes).map_err(Error::Decode)
 }
 
+/// Deserializes MessagePack bytes (already through the transform chain), like
+/// [`from_msgpack`]. Into [`Bytes`], a large MessagePack `bin` (at least [`pool::LARGE`]
+/// bytes, making up the whole of `bytes`) is not copied: the value shares `bytes`' memory.
+/// Smaller ones are copied, so that a small value never keeps a large buffer alive.
+///
+/// ```
+/// use bytes::Bytes;
+/// use distchan_protocol::{payload, pool};
+///
+/// let data = Bytes::from(vec![7u8; pool::LARGE]);
+/// let encoded = payload::to_msgpack(&data)?;
+/// let back: Bytes = payload::from_msgpack_shared(encoded.clone())?;
+/// assert_eq!(back, data);
+/// assert!(encoded.as_ptr_range().contains(&back.as_ptr()), "shared, not copied");
+/// # Ok::<(), distchan_protocol::Error>(())
+/// ```
+pub fn from_msgpack_shared<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
+    // `typeid::of` rather than `TypeId::of`: `T` need not be 'static.
+    if typeid::of::<T>() == TypeId::of::<Bytes>() {
+        if let Some(body) = large_bin(&bytes) {
+            let body = ManuallyDrop::new(body);
+            // SAFETY: `T` is `Bytes`: their type ids are equal, and `Bytes` has no lifetime
+            // parameter that the comparison could have ignored. `body` is not dropped.
+            return Ok(unsafe { std::mem::transmute_copy::<Bytes, T>(&body) });
+        }
+    }
+    from_msgpack(&bytes)
+}
+
+/// The body of `bytes` when it is one MessagePack `bin` of at least [`pool::LARGE`] bytes
+/// and nothing else (a `bin 32`: the shorter kinds hold less).
+fn large_bin(bytes: &Bytes) -> Option<Bytes> {
+    const BIN32: u8 = 0xc6;
+    let (&BIN32, rest) = bytes.split_first()? else {
+        return None;
+    };
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    (len >= pool::LARGE && rest.len() == 4 + len).then(|| bytes.slice(5..))
+}
+
 /// Serializes `value` and applies the transform chain.
 pub fn encode<T: Serialize + ?Sized>(value: &T, chain: &TransformChain) -> Result<Bytes> {
     chain.encode(to_msgpack(value)?)
@@ -49,15 +91,65 @@ pub fn encode_job<T: Serialize + ?Sized>(
 }
 
 /// Undoes the transform chain and deserializes.
+/// Into [`Bytes`], a large payload shares `bytes`' memory (see [`from_msgpack_shared`]).
 pub fn decode<T: DeserializeOwned>(bytes: Bytes, chain: &TransformChain) -> Result<T> {
-    let plain = chain.decode(bytes)?;
-    from_msgpack(&plain)
+    from_msgpack_shared(chain.decode(bytes)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::transform::Aes256GcmTransform;
+
+    /// True when `value` lies inside `buffer`'s memory.
+    fn shares(buffer: &Bytes, value: &Bytes) -> bool {
+        buffer.as_ptr_range().contains(&value.as_ptr())
+    }
+
+    #[test]
+    fn a_large_bin_decodes_into_bytes_sharing_its_buffer() {
+        let chain = TransformChain::new();
+        let data = Bytes::from((0..pool::LARGE + 3).map(|i| i as u8).collect::<Vec<u8>>());
+        let encoded = to_msgpack(&data).unwrap();
+        let back: Bytes = decode(encoded.clone(), &chain).unwrap();
+        assert_eq!(back, data);
+        assert!(shares(&encoded, &back));
+    }
+
+    #[test]
+    fn small_bins_other_types_and_other_shapes_decode_as_before_with_a_copy() {
+        // A small bin into Bytes: copied, so that it keeps no frame alive.
+        let small = Bytes::from_static(b"small payload");
+        let encoded = to_msgpack(&small).unwrap();
+        let back: Bytes = from_msgpack_shared(encoded.clone()).unwrap();
+        assert_eq!(back, small);
+        assert!(!shares(&encoded, &back));
+
+        // A large bin into another type.
+        let data = vec![9u8; pool::LARGE];
+        let encoded = to_msgpack(&serde_bytes::ByteBuf::from(data.clone())).unwrap();
+        let other: serde_bytes::ByteBuf = from_msgpack_shared(encoded.clone()).unwrap();
+        assert_eq!(other.into_vec(), data);
+
+        // A large bin followed by more bytes: not only a bin, so serde decides, as before.
+        let mut longer = encoded.to_vec();
+        longer.push(0xc0);
+        let longer = Bytes::from(longer);
+        let expected: Result<Bytes> = from_msgpack(&longer);
+        let got: Result<Bytes> = from_msgpack_shared(longer.clone());
+        match (expected, got) {
+            (Ok(a), Ok(b)) => assert!(a == b && !shares(&longer, &b)),
+            (Err(_), Err(_)) => {}
+            (a, b) => panic!("{a:?} vs {b:?}"),
+        }
+
+        // A bin announcing more bytes than there are: the decode error serde gives.
+        let truncated = encoded.slice(..encoded.len() - 1);
+        assert!(matches!(
+            from_msgpack_shared::<Bytes>(truncated),
+            Err(Error::Decode(_))
+        ));
+    }
 
     #[test]
     fn wrong_type_is_a_decode_error() {

@@ -55,7 +55,7 @@ where
     serve_raw(url, options, move |plain: Bytes| {
         let handler = handler.clone();
         async move {
-            let job: J = payload::from_msgpack(&plain)
+            let job: J = payload::from_msgpack_shared(plain)
                 .map_err(|e| format!("the job is not of the type this worker takes: {e}"))?;
             let result = handler(job).await?;
             payload::to_msgpack(&result).map_err(|e| e.to_string())
