@@ -11,7 +11,10 @@
 
 use std::{
     hint,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Barrier,
+    },
     time::Instant,
 };
 
@@ -27,51 +30,43 @@ struct Line(AtomicU64);
 pub fn round_trip_ns() -> Option<f64> {
     let [a, b] = first_two_cpus()?;
     let line = Line(AtomicU64::new(0));
+    // Both threads pin themselves, then learn at the barrier whether both could.
+    let (barrier, unpinned) = (Barrier::new(2), AtomicBool::new(false));
+    let pinned = |cpu| {
+        if pin(cpu).is_none() {
+            unpinned.store(true, Ordering::Relaxed);
+        }
+        barrier.wait();
+        !unpinned.load(Ordering::Relaxed)
+    };
     std::thread::scope(|scope| {
-        let answer = scope.spawn(|| {
-            if pin(b).is_none() {
-                line.0.store(GIVE_UP, Ordering::Release);
-                return;
-            }
-            for i in 0..ROUND_TRIPS {
-                if wait_for(&line, 2 * i + 1).is_none() {
-                    return;
+        scope.spawn(|| {
+            if pinned(b) {
+                for i in 0..ROUND_TRIPS {
+                    wait_for(&line, 2 * i + 1);
+                    line.0.store(2 * i + 2, Ordering::Release);
                 }
-                line.0.store(2 * i + 2, Ordering::Release);
             }
         });
         // A thread of its own, so that the caller's affinity stays as it was.
         let ask = scope.spawn(|| {
-            let ns = pin(a).and_then(|()| {
+            pinned(a).then(|| {
                 let start = Instant::now();
                 for i in 0..ROUND_TRIPS {
                     line.0.store(2 * i + 1, Ordering::Release);
-                    wait_for(&line, 2 * i + 2)?;
+                    wait_for(&line, 2 * i + 2);
                 }
-                Some(start.elapsed().as_nanos() as f64 / ROUND_TRIPS as f64)
-            });
-            if ns.is_none() {
-                line.0.store(GIVE_UP, Ordering::Release);
-            }
-            ns
+                start.elapsed().as_nanos() as f64 / ROUND_TRIPS as f64
+            })
         });
-        let ns = ask.join().ok()?;
-        answer.join().ok()?;
-        ns
+        ask.join().ok()?
     })
 }
 
-/// Stored by a side that cannot go on, so that the other stops waiting.
-const GIVE_UP: u64 = u64::MAX;
-
-/// Spins until `line` holds `value`; `None` if the other side gave up.
-fn wait_for(line: &Line, value: u64) -> Option<()> {
-    loop {
-        match line.0.load(Ordering::Acquire) {
-            v if v == value => return Some(()),
-            GIVE_UP => return None,
-            _ => hint::spin_loop(),
-        }
+/// Spins until `line` holds `value`.
+fn wait_for(line: &Line, value: u64) {
+    while line.0.load(Ordering::Acquire) != value {
+        hint::spin_loop();
     }
 }
 
