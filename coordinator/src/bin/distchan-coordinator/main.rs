@@ -217,6 +217,10 @@ struct ServerArgs {
     /// Concurrency of each local worker [default: number of cores]
     #[arg(long, global = true, env = "DISTCHAN_LOCAL_CONCURRENCY")]
     local_concurrency: Option<usize>,
+    /// Threads of the coordinator's async runtime [default: the cores this process may use,
+    /// less one for each local worker, at least one]
+    #[arg(long, global = true, env = "DISTCHAN_THREADS", value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Option<u32>,
     /// Run every job through this WebAssembly task module (a WASI command or reactor, `.wasm`
     /// or `.wat`) instead of a built-in task; workers and volunteer tabs fetch it from here.
     #[arg(long, global = true, env = "DISTCHAN_MODULE")]
@@ -324,22 +328,39 @@ impl ServerArgs {
 }
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let cli = Cli::parse();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = runtime_threads(cli.server.threads, cores, cli.server.local_workers);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("distchan-coordinator: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(run());
+    let code = runtime.block_on(run(cli));
     // An interrupted pipe run may leave a read of standard input waiting on a blocking
     // thread (the producer has not closed it): the run is over, so do not wait for it.
     runtime.shutdown_background();
     code
 }
 
-async fn run() -> ExitCode {
-    let cli = Cli::parse();
+/// Threads for the async runtime: `asked`, or the `cores` that `local_workers` processes
+/// leave (each is counted as one core's worth of work: a worker spends per job about what
+/// the coordinator does), at least one. On two cores with a local worker, one thread
+/// handled more jobs than two: the work of a job no longer moves between cores.
+fn runtime_threads(asked: Option<u32>, cores: usize, local_workers: usize) -> usize {
+    match asked {
+        Some(n) => n as usize,
+        None => cores.saturating_sub(local_workers).max(1),
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     logging::init(cli.log.log_format);
     raise_open_file_limit();
     let demo_end = |ok: bool| {
@@ -503,3 +524,24 @@ fn raise_open_file_limit() {
 
 #[cfg(not(target_os = "linux"))]
 fn raise_open_file_limit() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runtime_gets_the_cores_local_workers_leave_or_what_was_asked() {
+        assert_eq!(runtime_threads(None, 2, 1), 1);
+        assert_eq!(runtime_threads(None, 2, 2), 1);
+        assert_eq!(runtime_threads(None, 8, 1), 7);
+        assert_eq!(runtime_threads(None, 4, 0), 4);
+        assert_eq!(runtime_threads(Some(3), 2, 2), 3);
+    }
+
+    #[test]
+    fn threads_are_read_from_the_command_line_and_zero_is_refused() {
+        let cli = Cli::try_parse_from(["distchan-coordinator", "pipe", "--threads", "3"]).unwrap();
+        assert_eq!(cli.server.threads, Some(3));
+        assert!(Cli::try_parse_from(["distchan-coordinator", "--threads", "0"]).is_err());
+    }
+}
