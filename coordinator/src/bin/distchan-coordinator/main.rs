@@ -350,9 +350,9 @@ fn main() -> ExitCode {
 }
 
 /// Threads for the async runtime: `asked`, or the `cores` that `local_workers` processes
-/// leave (each is counted as one core's worth of work: a worker spends per job about what
-/// the coordinator does), at least one. On two cores with a local worker, one thread
-/// handled more jobs than two: the work of a job no longer moves between cores.
+/// leave (each counted as one core's worth: a busy worker keeps a core busy), at least one.
+/// On two cores with two local workers, one thread handled more jobs than two: a job's
+/// steps no longer move between cores.
 fn runtime_threads(asked: Option<u32>, cores: usize, local_workers: usize) -> usize {
     match asked {
         Some(n) => n as usize,
