@@ -378,7 +378,8 @@ async fn upgrade(
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let io = Socket::new(TokioIo::new(upgraded), shared.read_pool.clone());
+                let io = Socket::new(TokioIo::new(upgraded), shared.read_pool.clone())
+                    .read_large_messages(max);
                 let ws = WebSocket::server(io, config).await;
                 connection::serve(ws, shared, peer, pending).await;
             }

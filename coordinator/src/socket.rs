@@ -3,7 +3,9 @@
 //! - **Reading ahead**: the WebSocket's own read buffer is small (`read_buffer_size`), so an
 //!   idle worker costs little memory. While data streams in, the socket is read in large
 //!   pieces through a [`ReadAhead`] (the protocol crate's, which the native worker uses
-//!   too), so a large payload takes a few system calls instead of one per small read.
+//!   too), so a large payload takes a few system calls instead of one per small read. A
+//!   large binary message is read past the WebSocket, straight into a buffer of its own
+//!   ([`Socket::take_large_message`]).
 //! - **An ordered write queue**: whole WebSocket frames can be queued ([`Socket::queue`];
 //!   the `websocket` module's `WebSocket` is the one that queues them).
 //!   Small ones are gathered into one contiguous buffer, large ones are sent from the memory
@@ -23,7 +25,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use distchan_protocol::read_ahead::{ReadAhead, ReadPool};
+use distchan_protocol::read_ahead::{End, ReadAhead, ReadPool};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Most bytes queued before writes from elsewhere than [`Socket::queue`] wait for the socket.
@@ -76,6 +78,19 @@ impl<S> Socket<S> {
             sent: 0,
             queued: 0,
         }
+    }
+
+    /// Reads binary messages of up to `max` bytes and at least
+    /// [`LARGE_MESSAGE`](distchan_protocol::read_ahead::LARGE_MESSAGE) past the WebSocket
+    /// (a worker's stream of frames starts here); see [`ReadAhead::read_large_messages`].
+    pub fn read_large_messages(mut self, max: usize) -> Self {
+        self.io = self.io.read_large_messages(End::Server, max);
+        self
+    }
+
+    /// The large message read past the WebSocket, which comes before the WebSocket's next.
+    pub fn take_large_message(&mut self) -> Option<Bytes> {
+        self.io.take_large_message()
     }
 
     /// Queues `bytes` to be written after everything written or queued so far.

@@ -51,7 +51,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 
     /// Waits for the next message.
     pub async fn next(&mut self) -> Read {
-        self.ws.next().await
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+
+    /// The next message: a large one the socket read past the WebSocket first (it came
+    /// before anything the WebSocket holds), else the WebSocket's.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
+        match self.ws.get_mut().take_large_message() {
+            Some(large) => Poll::Ready(Some(Ok(Message::Binary(large)))),
+            None => self.ws.poll_next_unpin(cx),
+        }
     }
 
     /// Sends one message now, behind every queued frame, and waits until it is written.
@@ -114,12 +123,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 return Poll::Ready(Err(e));
             }
         }
-        self.ws.poll_next_unpin(cx).map(Ok)
+        self.poll_message(cx).map(Ok)
     }
 
     /// Reads the next message if it is there already.
     pub fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Read> {
-        self.ws.poll_next_unpin(cx)
+        self.poll_message(cx)
     }
 }
 

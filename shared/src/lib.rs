@@ -14,7 +14,8 @@
 //! - [`payload`]: typed values to payload bytes and back (serde, MessagePack, transforms).
 //! - [`pool`]: buffers for large frames, reused instead of mapped afresh for each one.
 //! - `read_ahead` (feature `io`, native only): reads a busy socket in large pieces under a
-//!   WebSocket that keeps a small buffer; the coordinator and the native worker both use it.
+//!   WebSocket that keeps a small buffer, and large binary messages past the WebSocket into
+//!   buffers of their own; the coordinator and the native worker both use it.
 //! - [`session`]: the worker-side state machine: hello, welcome or refusal, jobs, results,
 //!   end of work, and what a close from the coordinator means; the close code and reason
 //!   either side sends for an error.

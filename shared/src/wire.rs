@@ -1090,19 +1090,15 @@ fn serde_to_coordinator(frame: &Bytes) -> Result<ToCoordinator> {
     })
 }
 
-/// A [`Bytes`] for `part`, which lies inside `frame`: a slice of the frame, or a copy in a
-/// [`pool`] buffer when it is large.
+/// A [`Bytes`] for `part`, which lies inside `frame`: a slice of the frame, no copy.
 ///
-/// A large payload is copied out so that the frame's memory is free again once the frame is
-/// read: the WebSocket reader then reads the next large frame into that same memory instead
-/// of into memory newly mapped (and faulted in page by page) while this payload is still in
-/// use. The copy costs less than those page faults. In a browser, memory is never given back
-/// to the system, so there the payload stays a slice.
+/// A frame carrying a large payload is a message of its own that the native coordinator
+/// and worker read past the WebSocket into a [`pool`] buffer (see `read_ahead`, feature
+/// `io`), which the pool takes back once the payload is dropped; in a browser, memory is
+/// never given back to the system anyway.
 fn share(frame: &Bytes, part: &[u8]) -> Bytes {
     if part.is_empty() {
         Bytes::new()
-    } else if part.len() >= pool::LARGE && !cfg!(target_arch = "wasm32") {
-        pool::copy(part)
     } else {
         frame.slice_ref(part)
     }
@@ -1180,7 +1176,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_job_reads_back_whole_and_apart_from_its_frame() {
+    fn a_large_job_reads_back_whole_sharing_its_frame() {
         use std::io::Write;
         let want = large_payload(pool::LARGE + 3);
         let mut builder = JobFrameBuilder::with_capacity(16);
@@ -1195,8 +1191,8 @@ mod tests {
         assert_eq!(job.id, JobId(1 << 40));
         assert!(job.payload == want, "the payload changed on its way");
         assert!(
-            !inside(&frame, &job.payload),
-            "a large payload holds its frame's memory"
+            inside(&frame, &job.payload),
+            "a large payload is not copied either"
         );
         let small = job_frame(JobId(2), b"small");
         let ToWorker::Job(job) = decode_to_worker_shared(&small).unwrap() else {
@@ -1217,7 +1213,7 @@ mod tests {
             panic!("not a batch");
         };
         assert_eq!(back, jobs);
-        assert!(back.iter().all(|j| !inside(&batch, &j.payload)));
+        assert!(back.iter().all(|j| inside(&batch, &j.payload)));
     }
 
     #[test]
@@ -1239,7 +1235,7 @@ mod tests {
                 assert_eq!(r.id, JobId(i as u64));
                 let payload = r.outcome.as_ref().unwrap();
                 assert!(payload == &big, "result {i} of {count} changed");
-                assert!(!inside(&frame, payload));
+                assert!(inside(&frame, payload));
             }
             assert_eq!(serde_to_coordinator(&frame).unwrap().clone(), {
                 if count == 1 {

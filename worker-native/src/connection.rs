@@ -12,13 +12,13 @@
 use std::{
     future::poll_fn,
     ops::ControlFlow::{self, Break, Continue},
-    task::Poll,
+    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use distchan_protocol::{
-    read_ahead::{ReadAhead, ReadPool, WEBSOCKET_READ_BUFFER},
+    read_ahead::{End, ReadAhead, ReadPool, WEBSOCKET_READ_BUFFER},
     session::{close_frame_for, truncate_reason, Event, WorkerSession},
     wire::{Outcome, Welcome, CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_NO_STATUS},
     Error, JobId, Result,
@@ -146,9 +146,8 @@ where
     Ok(handshake(url, ws, options, None).await?.stream(options))
 }
 
-/// The socket under a worker's WebSocket: TCP or TLS, read ahead while busy (the
-/// WebSocket's own read buffer stays small; see [`read_ahead`](distchan_protocol::read_ahead)).
-pub(crate) type Socket = ReadAhead<tls::Stream>;
+/// The socket under a worker's WebSocket: TCP or TLS (read ahead while busy, see [`Ws`]).
+pub(crate) type Socket = tls::Stream;
 
 /// Connects to `url` (over TLS for `wss://`, see [`tls`](crate::tls)) and completes the
 /// handshake, without starting the connection task; `resume` is the session of a lost
@@ -207,7 +206,8 @@ where
         .read_buffer_size(WEBSOCKET_READ_BUFFER)
         .max_message_size(Some(options.max_frame))
         .max_frame_size(Some(options.max_frame));
-    let io = ReadAhead::new(io, ReadPool::process());
+    let io =
+        ReadAhead::new(io, ReadPool::process()).read_large_messages(End::Client, options.max_frame);
     client_async_with_config(request, io, Some(config)).await
 }
 
@@ -229,7 +229,7 @@ fn upgrade_result<S, R>(
 
 /// A connection the coordinator has welcomed, before its task starts.
 pub(crate) struct Welcomed<S> {
-    ws: WebSocketStream<S>,
+    ws: Ws<S>,
     session: WorkerSession,
     welcome: Welcome,
 }
@@ -238,7 +238,7 @@ pub(crate) struct Welcomed<S> {
 /// the welcome.
 async fn handshake<S>(
     url: &str,
-    mut ws: WebSocketStream<S>,
+    mut ws: Ws<S>,
     options: &Options,
     resume: Option<&WorkerSession>,
 ) -> Result<Welcomed<S>>
@@ -348,13 +348,37 @@ where
     }
 }
 
+/// A worker's WebSocket: over a socket read ahead, which reads large binary messages past
+/// the WebSocket (see [`read_ahead`](distchan_protocol::read_ahead)).
+type Ws<S> = WebSocketStream<ReadAhead<S>>;
+
+/// The next message: a large one read past the WebSocket first (it came before anything
+/// the WebSocket holds), else the WebSocket's.
+fn poll_message<S>(ws: &mut Ws<S>, cx: &mut Context<'_>) -> Poll<Option<WsResult>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match ws.get_mut().take_large_message() {
+        Some(large) => Poll::Ready(Some(Ok(Message::Binary(large)))),
+        None => ws.poll_next_unpin(cx),
+    }
+}
+
+/// Waits for the next message (see [`poll_message`]).
+async fn next_message<S>(ws: &mut Ws<S>) -> Option<WsResult>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    poll_fn(|cx| poll_message(ws, cx)).await
+}
+
 /// Reads frames until one means something to the session.
-async fn next_event<S>(ws: &mut WebSocketStream<S>, session: &mut WorkerSession) -> Result<Event>
+async fn next_event<S>(ws: &mut Ws<S>, session: &mut WorkerSession) -> Result<Event>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        if let Some(frame) = binary(ws.next().await, session)? {
+        if let Some(frame) = binary(next_message(ws).await, session)? {
             return session.handle_frame_shared(&frame);
         }
     }
@@ -394,7 +418,7 @@ fn read_error(e: tungstenite::Error) -> Error {
     }
 }
 
-async fn close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
+async fn close<S>(ws: &mut Ws<S>, code: u16, reason: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -405,13 +429,13 @@ where
     let _ = timeout(Duration::from_secs(2), ws.send(Message::Close(Some(frame)))).await;
     // Wait briefly for the coordinator's answering close so it sees a clean end.
     let _ = timeout(Duration::from_secs(2), async {
-        while ws.next().await.is_some() {}
+        while next_message(ws).await.is_some() {}
     })
     .await;
 }
 
 /// Closes the connection with the code and reason `err` calls for, and hands `err` back.
-async fn fail<S>(ws: &mut WebSocketStream<S>, err: Error) -> Error
+async fn fail<S>(ws: &mut Ws<S>, err: Error) -> Error
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -439,7 +463,7 @@ type Step = ControlFlow<Result<()>>;
 
 /// The connection task's state.
 struct Driver<S> {
-    ws: WebSocketStream<S>,
+    ws: Ws<S>,
     session: WorkerSession,
     /// `None` once the caller's job stream has ended (end-of-work).
     jobs: Option<Jobs>,
@@ -494,7 +518,7 @@ where
                             break Err(e);
                         }
                     }
-                    msg = self.ws.next() => {
+                    msg = next_message(&mut self.ws) => {
                         last_seen = Instant::now();
                         if let Break(end) = self.read_batch(msg).await {
                             break end;
@@ -553,7 +577,7 @@ where
             if taken == BATCH {
                 break; // the rest waits for the next round, after this batch's answers
             }
-            msg = match poll_fn(|cx| Poll::Ready(self.ws.poll_next_unpin(cx))).await {
+            msg = match poll_fn(|cx| Poll::Ready(poll_message(&mut self.ws, cx))).await {
                 Poll::Ready(msg) => msg,
                 Poll::Pending => break,
             };

@@ -245,3 +245,65 @@ async fn with_inline_handlers_off_every_job_gets_a_task_of_its_own() {
     .await;
     assert_eq!(tasks.lock().unwrap().len(), 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_read_past_the_websocket_arrive_whole_and_in_place() {
+    // Around the size from which both ends read a message past the WebSocket, and well
+    // beyond it, between small ones: every job and every result arrives whole.
+    use bytes::Bytes;
+    use distchan_protocol::read_ahead::LARGE_MESSAGE;
+    let sizes = [
+        10,
+        LARGE_MESSAGE - 40,
+        LARGE_MESSAGE,
+        LARGE_MESSAGE + 7,
+        3,
+        (1 << 20) + 3,
+        3 << 20,
+    ];
+    let jobs_of = |round: usize| {
+        sizes.iter().enumerate().map(move |(i, &len)| -> Bytes {
+            (0..len).map(|b| (b * 7 + i * 13 + round) as u8).collect()
+        })
+    };
+    let (coordinator, jobs, mut results) = Coordinator::builder()
+        .config(Config::default())
+        .bind::<Bytes, Bytes>("127.0.0.1:0")
+        .await
+        .expect("coordinator starts");
+    let url = coordinator.ws_url();
+    let handler = |job: Bytes| async move {
+        let mut back = job.to_vec();
+        back.reverse();
+        Ok::<_, String>(Bytes::from(back))
+    };
+    let worker = tokio::spawn(async move { serve(&url, options(2, 4), handler).await });
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        for job in jobs_of(round) {
+            sent.push(job.clone());
+            jobs.send(job).await.expect("job sent");
+        }
+    }
+    drop(jobs);
+    let outcomes = timeout(LIMIT, results.collect_all())
+        .await
+        .expect("every job has its outcome in time");
+    assert_eq!(outcomes.len(), sent.len());
+    for o in outcomes {
+        let mut want = sent[o.id.0 as usize].to_vec();
+        want.reverse();
+        assert!(
+            o.result.expect("the job succeeds") == want,
+            "job {} ({} bytes) came back changed",
+            o.id,
+            want.len()
+        );
+    }
+    timeout(LIMIT, worker)
+        .await
+        .expect("the worker ends")
+        .unwrap()
+        .expect("the worker ends well");
+    coordinator.shutdown().await;
+}
