@@ -43,8 +43,8 @@ use distchan_protocol::{
     accept::{self, AcceptPolicy},
     session::{close_frame_for, truncate_reason},
     wire::{
-        self, Hello, JobResult, Refusal, RefusalCode, Resume, ToCoordinator, ToWorker, Welcome,
-        WorkerKind, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
+        self, Hello, JobFrame, JobResult, Refusal, RefusalCode, Resume, ToCoordinator, ToWorker,
+        Welcome, WorkerKind, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_PROTOCOL_ERROR,
     },
     Error, JobId,
 };
@@ -83,7 +83,7 @@ pub(crate) struct PeerInfo {
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     /// A complete job frame, and its job's id.
-    Job(JobId, Bytes),
+    Job(JobId, JobFrame),
     /// End-of-work: no more jobs will come.
     EndOfWork,
     /// The job with this id, sent before, was cancelled.
@@ -369,14 +369,20 @@ async fn run(
                 let mut bytes = 0;
                 for item in out.drain(..) {
                     let frame = match item {
+                        // A small job's frame is one part (a shared tail is large).
                         Outgoing::Job(_, frame) if frame.len() <= BATCHED_JOB_MAX => {
                             if jobs.bytes + frame.len() > JOBS_BATCH_BYTES {
                                 bytes += jobs.queue(ws);
                             }
-                            jobs.push(frame);
+                            jobs.push(frame.head().clone());
                             continue;
                         }
-                        Outgoing::Job(_, frame) => frame,
+                        Outgoing::Job(_, frame) => {
+                            bytes += jobs.queue(ws);
+                            bytes += frame.len() as u64;
+                            ws.queue_binary_parts(&[], frame.parts(), frame.len());
+                            continue;
+                        }
                         Outgoing::EndOfWork | Outgoing::Cancel(_) => {
                             let msg = match item {
                                 Outgoing::Cancel(id) => ToWorker::Cancel(id),

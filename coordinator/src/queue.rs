@@ -13,8 +13,7 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
-use distchan_protocol::JobId;
+use distchan_protocol::{wire::JobFrame, JobId};
 use tokio::{
     sync::{Semaphore, TryAcquireError},
     time::Instant,
@@ -35,7 +34,7 @@ pub(crate) struct NewJob {
     /// Its id.
     pub id: JobId,
     /// Its complete frame.
-    pub frame: Bytes,
+    pub frame: JobFrame,
     /// When it was admitted.
     pub at: Instant,
     /// True when it holds one of the line's places (given back when it is dispatched).

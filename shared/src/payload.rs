@@ -77,7 +77,19 @@ pub fn encode<T: Serialize + ?Sized>(value: &T, chain: &TransformChain) -> Resul
 
 /// Serializes `value` and applies the transform chain into a [`JobFrameBuilder`], which
 /// completes the job's frame around the payload once the job has an id. Without transforms
-/// the value is serialized straight into the frame: no copy of the payload is made.
+/// the value is serialized straight into the frame: no copy of the payload is made, and a
+/// [`Bytes`] of at least [`pool::LARGE`] bytes is not even copied into the frame: it ends
+/// the frame as a part of its own, shared ([`JobFrameBuilder::share`]).
+///
+/// ```
+/// use bytes::Bytes;
+/// use distchan_protocol::{payload, pool, transform::TransformChain, JobId};
+///
+/// let data = Bytes::from(vec![7u8; pool::LARGE]);
+/// let frame = payload::encode_job(&data, &TransformChain::new())?.finish(JobId(0));
+/// assert_eq!(frame.tail().as_ptr(), data.as_ptr(), "shared, not copied");
+/// # Ok::<(), distchan_protocol::Error>(())
+/// ```
 pub fn encode_job<T: Serialize + ?Sized>(
     value: &T,
     chain: &TransformChain,
@@ -85,9 +97,32 @@ pub fn encode_job<T: Serialize + ?Sized>(
     if !chain.is_empty() {
         return Ok(JobFrameBuilder::from_payload(&encode(value, chain)?));
     }
+    if let Some(large) = large_bytes(value) {
+        // What MessagePack makes of it: a `bin 32` header, then the bytes.
+        let mut frame = JobFrameBuilder::with_capacity(5);
+        std::io::Write::write_all(&mut frame, &[0xc6])?;
+        std::io::Write::write_all(&mut frame, &(large.len() as u32).to_be_bytes())?;
+        frame.share(large);
+        return Ok(frame);
+    }
     let mut frame = JobFrameBuilder::with_capacity(64);
     write_msgpack(&mut frame, value)?;
     Ok(frame)
+}
+
+/// `value` when it is a [`Bytes`] of at least [`pool::LARGE`] bytes (and at most a
+/// MessagePack `bin`'s limit), shared.
+fn large_bytes<T: ?Sized>(value: &T) -> Option<Bytes> {
+    // `typeid::of` rather than `TypeId::of`: `T` need not be 'static.
+    if typeid::of::<T>() != TypeId::of::<Bytes>() {
+        return None;
+    }
+    // SAFETY: `T` is `Bytes` (their type ids are equal, and `Bytes` has no lifetime
+    // parameter that the comparison could have ignored), so `value` points to a `Bytes`.
+    let bytes = unsafe { &*(value as *const T as *const Bytes) };
+    (pool::LARGE..=u32::MAX as usize)
+        .contains(&bytes.len())
+        .then(|| bytes.clone())
 }
 
 /// Undoes the transform chain and deserializes.
@@ -100,6 +135,7 @@ pub fn decode<T: DeserializeOwned>(bytes: Bytes, chain: &TransformChain) -> Resu
 mod tests {
     use super::*;
     use crate::transform::Aes256GcmTransform;
+    use std::io::Write;
 
     /// True when `value` lies inside `buffer`'s memory.
     fn shares(buffer: &Bytes, value: &Bytes) -> bool {
@@ -170,12 +206,47 @@ mod tests {
             TransformChain::new().with(Aes256GcmTransform::new(&[3; 32])),
         ] {
             let frame = encode_job(&value, &chain).unwrap().finish(JobId(9));
-            let wire::ToWorker::Job(job) = wire::decode_to_worker(&frame).unwrap() else {
+            assert!(frame.tail().is_empty(), "one part");
+            let wire::ToWorker::Job(job) = wire::decode_to_worker(&frame.to_bytes()).unwrap()
+            else {
                 panic!("not a job frame");
             };
             assert_eq!(job.id, JobId(9));
             let back: Vec<(u32, String)> = decode(job.payload, &chain).unwrap();
             assert_eq!(back, value);
+        }
+    }
+
+    #[test]
+    fn a_large_bytes_job_ends_its_frame_shared_and_reads_back_the_same() {
+        use crate::{wire, JobId};
+        let plain = TransformChain::new();
+        let encrypted = TransformChain::new().with(Aes256GcmTransform::new(&[3; 32]));
+        let large = Bytes::from((0..pool::LARGE + 9).map(|i| i as u8).collect::<Vec<u8>>());
+        let small = Bytes::from(vec![5u8; pool::LARGE - 1]);
+        for (value, chain, shared) in [
+            (&large, &plain, true),
+            (&large, &encrypted, false), // transformed: a new payload
+            (&small, &plain, false),
+        ] {
+            let frame = encode_job(value, chain).unwrap().finish(JobId(300));
+            assert_eq!(frame.tail().as_ptr() == value.as_ptr(), shared);
+            let whole = frame.to_bytes();
+            assert_eq!(whole.len(), frame.len());
+            // The same bytes as the value serialized into the frame.
+            let reference = {
+                let mut b = wire::JobFrameBuilder::with_capacity(16);
+                b.write_all(&encode(value, chain).unwrap()).unwrap();
+                b.finish(JobId(300)).to_bytes()
+            };
+            if chain.is_empty() {
+                assert_eq!(whole, reference);
+            }
+            let wire::ToWorker::Job(job) = wire::decode_to_worker(&whole).unwrap() else {
+                panic!("not a job frame");
+            };
+            let back: Bytes = decode(job.payload, chain).unwrap();
+            assert_eq!(&back, value);
         }
         assert_eq!(
             encode_job(&"x", &TransformChain::new()).unwrap().payload(),

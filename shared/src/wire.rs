@@ -515,11 +515,76 @@ pub fn job_frame(id: JobId, payload: &[u8]) -> Bytes {
     pool::share(out)
 }
 
+/// A job's whole frame, in one part or two: its encoded bytes, then (for a large payload
+/// shared with the caller instead of copied, see [`JobFrameBuilder::share`]) the bytes
+/// that end it. Sent one part after the other, the two are one WebSocket message.
+///
+/// ```
+/// use bytes::Bytes;
+/// use distchan_protocol::wire::JobFrame;
+///
+/// let frame = JobFrame::from(Bytes::from_static(b"one part"));
+/// assert_eq!((frame.len(), frame.tail().is_empty()), (8, true));
+/// assert_eq!(frame.to_bytes(), Bytes::from_static(b"one part"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFrame {
+    head: Bytes,
+    tail: Bytes,
+}
+
+impl JobFrame {
+    /// The frame's bytes, without the shared tail.
+    pub fn head(&self) -> &Bytes {
+        &self.head
+    }
+
+    /// The shared bytes that end the frame (empty for a frame in one part).
+    pub fn tail(&self) -> &Bytes {
+        &self.tail
+    }
+
+    /// The length of the whole frame.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// True for a frame of no bytes at all (never a job's).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The parts to send one after the other: the head, and the tail if there is one.
+    pub fn parts(&self) -> impl Iterator<Item = Bytes> + '_ {
+        std::iter::once(self.head.clone()).chain((!self.tail.is_empty()).then(|| self.tail.clone()))
+    }
+
+    /// The whole frame in one piece: a copy when it is in two parts.
+    pub fn to_bytes(&self) -> Bytes {
+        if self.tail.is_empty() {
+            return self.head.clone();
+        }
+        let mut whole = pool::take(self.len());
+        whole.extend_from_slice(&self.head);
+        whole.extend_from_slice(&self.tail);
+        pool::share(whole)
+    }
+}
+
+impl From<Bytes> for JobFrame {
+    fn from(head: Bytes) -> Self {
+        JobFrame {
+            head,
+            tail: Bytes::new(),
+        }
+    }
+}
+
 /// A job frame built around its payload: the payload is written first, behind room for
 /// the header, and [`JobFrameBuilder::finish`] writes the header in front of it once the
 /// job's id is known. The payload is never copied; a large one (from [`pool::LARGE`] bytes
 /// on) is written into a buffer of the [`pool`], which takes it back once the frame is
-/// dropped.
+/// dropped, or shared with its owner ([`JobFrameBuilder::share`]).
 ///
 /// ```
 /// use std::io::Write;
@@ -528,13 +593,15 @@ pub fn job_frame(id: JobId, payload: &[u8]) -> Bytes {
 /// let mut builder = JobFrameBuilder::with_capacity(16);
 /// builder.write_all(b"payload")?;
 /// let frame = builder.finish(JobId(300));
-/// let ToWorker::Job(job) = wire::decode_to_worker(&frame)? else { unreachable!() };
+/// let ToWorker::Job(job) = wire::decode_to_worker(&frame.to_bytes())? else { unreachable!() };
 /// assert_eq!((job.id, &job.payload[..]), (JobId(300), &b"payload"[..]));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct JobFrameBuilder {
     buf: Vec<u8>,
+    /// Bytes shared with their owner that end the payload.
+    tail: Bytes,
 }
 
 impl JobFrameBuilder {
@@ -542,11 +609,41 @@ impl JobFrameBuilder {
     pub fn with_capacity(capacity: usize) -> Self {
         let mut buf = pool::take(JOB_HEADER_MAX + capacity);
         buf.resize(JOB_HEADER_MAX, 0);
-        JobFrameBuilder { buf }
+        JobFrameBuilder {
+            buf,
+            tail: Bytes::new(),
+        }
+    }
+
+    /// Ends the payload with `tail`, shared instead of copied: the frame goes out in two
+    /// parts ([`JobFrame`]). Nothing may be written after it.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use bytes::Bytes;
+    /// use distchan_protocol::{wire::{self, JobFrameBuilder, ToWorker}, JobId};
+    ///
+    /// let data = Bytes::from(vec![7u8; 1 << 20]);
+    /// let mut builder = JobFrameBuilder::with_capacity(5);
+    /// builder.write_all(&[0xc6, 0x00, 0x10, 0x00, 0x00])?; // MessagePack: a bin of 1 MiB
+    /// builder.share(data.clone());
+    /// let frame = builder.finish(JobId(1));
+    /// assert_eq!(frame.tail().as_ptr(), data.as_ptr(), "not copied");
+    /// let ToWorker::Job(job) = wire::decode_to_worker(&frame.to_bytes())? else { unreachable!() };
+    /// assert_eq!(&job.payload[5..], &data[..]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn share(&mut self, tail: Bytes) {
+        debug_assert!(self.tail.is_empty(), "one shared tail per frame");
+        self.tail = tail;
     }
 
     /// Appends `data`; a payload growing large moves to a buffer of the [`pool`].
     fn append(&mut self, data: &[u8]) {
+        debug_assert!(
+            self.tail.is_empty(),
+            "nothing is written after a shared tail"
+        );
         pool::reserve(&mut self.buf, data.len());
         self.buf.extend_from_slice(data);
     }
@@ -558,19 +655,22 @@ impl JobFrameBuilder {
         builder
     }
 
-    /// The payload written so far.
+    /// The payload written so far (without a shared tail).
     pub fn payload(&self) -> &[u8] {
         &self.buf[JOB_HEADER_MAX..]
     }
 
     /// Completes the frame of job `id`.
-    pub fn finish(mut self, id: JobId) -> Bytes {
-        let (header, n) = job_header(id, self.payload().len());
+    pub fn finish(mut self, id: JobId) -> JobFrame {
+        let (header, n) = job_header(id, self.payload().len() + self.tail.len());
         let start = JOB_HEADER_MAX - n;
         self.buf[start..JOB_HEADER_MAX].copy_from_slice(&header[..n]);
-        let mut frame = pool::share(self.buf);
-        bytes::Buf::advance(&mut frame, start);
-        frame
+        let mut head = pool::share(self.buf);
+        bytes::Buf::advance(&mut head, start);
+        JobFrame {
+            head,
+            tail: self.tail,
+        }
     }
 }
 
@@ -1184,7 +1284,7 @@ mod tests {
         for piece in want.chunks(1000) {
             builder.write_all(piece).unwrap();
         }
-        let frame = builder.finish(JobId(1 << 40));
+        let frame = builder.finish(JobId(1 << 40)).to_bytes();
         let ToWorker::Job(job) = decode_to_worker_shared(&frame).unwrap() else {
             panic!("not a job frame");
         };
@@ -1443,7 +1543,7 @@ mod tests {
             prop_assert_eq!(&job_frame(JobId(id), &payload)[..], &reference[..]);
             let mut builder = JobFrameBuilder::with_capacity(1);
             std::io::Write::write_all(&mut builder, &payload).unwrap();
-            let built = builder.finish(JobId(id));
+            let built = builder.finish(JobId(id)).to_bytes();
             prop_assert_eq!(&built[..], &reference[..]);
             prop_assert_eq!(fast_job(&built), Some(Job { id: JobId(id), payload }));
             prop_assert_eq!(serde_to_worker(&built).unwrap(), msg);

@@ -1,8 +1,10 @@
 //! Dispatch: admitting new jobs, and handing waiting ones to workers with free credit, in
 //! line order, round-robin over the workers.
 
-use bytes::Bytes;
-use distchan_protocol::{wire::JobFrameBuilder, JobId};
+use distchan_protocol::{
+    wire::{JobFrame, JobFrameBuilder},
+    JobId,
+};
 use tokio::time::Instant;
 
 use super::{hub::Wakes, Scheduler, WorkerId};
@@ -115,7 +117,7 @@ impl Scheduler {
         &mut self,
         id: JobId,
         dispatch: u32,
-        frame: Bytes,
+        frame: JobFrame,
         wid: WorkerId,
         now: Instant,
         wakes: &mut Wakes,

@@ -19,7 +19,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use distchan_protocol::{wire::JobResult, JobId};
+use distchan_protocol::{
+    wire::{JobFrame, JobResult},
+    JobId,
+};
 use tokio::time::Instant;
 
 use super::{hub::Wakes, workers::Held, Scheduler, WorkerId};
@@ -42,7 +45,7 @@ enum State {
 /// A job between its first dispatch and the delivery of its outcome.
 pub(super) struct Entry {
     /// The complete job frame, sent again as it is when the job is dispatched again.
-    frame: Bytes,
+    frame: JobFrame,
     /// When it was last sent to a worker (for the round-trip histogram).
     at: Instant,
     /// Where it is.
@@ -277,7 +280,7 @@ impl Ledger {
     }
 
     /// Enters job `id`, dispatched for the first time to `worker` at `now`.
-    pub fn start(&mut self, id: JobId, frame: Bytes, worker: WorkerId, now: Instant) {
+    pub fn start(&mut self, id: JobId, frame: JobFrame, worker: WorkerId, now: Instant) {
         self.table.insert(
             id,
             Entry {
@@ -298,7 +301,7 @@ impl Ledger {
 
     /// Job `id`, waiting again, is dispatched to `worker` at `now`: returns which dispatch
     /// this is, and the frame to send.
-    pub fn restart(&mut self, id: JobId, worker: WorkerId, now: Instant) -> (u32, Bytes) {
+    pub fn restart(&mut self, id: JobId, worker: WorkerId, now: Instant) -> (u32, JobFrame) {
         let entry = self
             .table
             .get_mut(&id)

@@ -363,7 +363,13 @@ impl Workers {
     }
 
     /// Hands job `id`'s frame to worker `wid`, picked for it: the worker uses one credit.
-    pub fn hand_over(&mut self, id: JobId, frame: bytes::Bytes, wid: WorkerId, wakes: &mut Wakes) {
+    pub fn hand_over(
+        &mut self,
+        id: JobId,
+        frame: distchan_protocol::wire::JobFrame,
+        wid: WorkerId,
+        wakes: &mut Wakes,
+    ) {
         let w = self.map.get_mut(&wid).expect("picked workers exist");
         w.held += 1;
         self.free_credit -= 1;
