@@ -194,7 +194,10 @@ impl<S> ReadAhead<S> {
 
     /// The large binary message read past the WebSocket, if one waits: it came before
     /// anything the WebSocket has not returned yet. While one waits, reading the socket
-    /// stops (the read is woken again at once, so that its caller takes this first).
+    /// stops (the read is woken again at once, so that its caller takes this first): a
+    /// reader that never asks would spin. A large message that comes after a close frame
+    /// is read like any other (the WebSocket would refuse it); both of our readers stop
+    /// at the close.
     pub fn take_large_message(&mut self) -> Option<Bytes> {
         self.frames.as_mut()?.ready.take()
     }
@@ -212,9 +215,9 @@ struct Frames {
     end: End,
     /// The largest message read past the WebSocket.
     max: u64,
-    /// For a client still passing the HTTP response on: how much of its final blank line
-    /// (`\r\n\r\n`) the bytes passed so far end with.
-    http: Option<usize>,
+    /// For a client still passing the HTTP response on: where the bytes passed so far end
+    /// in the search for its end, a line break followed by an empty line.
+    http: Option<HttpEnd>,
     /// Bytes of the frame being passed to the WebSocket that are still to pass.
     pass: u64,
     /// A fragmented message is being passed: its frames all go to the WebSocket.
@@ -223,6 +226,32 @@ struct Frames {
     large: Option<(Option<[u8; 4]>, Vec<u8>, usize)>,
     /// A large message read, for [`ReadAhead::take_large_message`].
     ready: Option<Bytes>,
+}
+
+/// Where the search for the end of an HTTP response stands: its head ends with a line
+/// break (`\n`, or `\r\n`) followed by an empty line (`\n` or `\r\n`), as the WebSocket
+/// library's HTTP parser reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HttpEnd {
+    /// Inside a line.
+    InLine,
+    /// Right after a line break.
+    LineEnd,
+    /// After a line break and a `\r`.
+    LineEndCr,
+    /// The response is over: frames follow.
+    Found,
+}
+
+impl HttpEnd {
+    fn next(self, byte: u8) -> HttpEnd {
+        match (self, byte) {
+            (HttpEnd::LineEnd | HttpEnd::LineEndCr, b'\n') => HttpEnd::Found,
+            (_, b'\n') => HttpEnd::LineEnd,
+            (HttpEnd::LineEnd, b'\r') => HttpEnd::LineEndCr,
+            _ => HttpEnd::InLine,
+        }
+    }
 }
 
 /// A frame header's facts.
@@ -284,7 +313,7 @@ impl Frames {
         Frames {
             end,
             max: max as u64,
-            http: (end == End::Client).then_some(0),
+            http: (end == End::Client).then_some(HttpEnd::InLine),
             pass: 0,
             fragmented: false,
             large: None,
@@ -320,19 +349,14 @@ impl Frames {
         let mut n = 0;
         while n < room && n < bytes.len() {
             let rest = &bytes[n..];
-            if let Some(matched) = &mut self.http {
+            if let Some(at) = &mut self.http {
                 let mut i = 0;
-                while i < rest.len().min(room - n) && *matched < 4 {
-                    let want = b"\r\n\r\n"[*matched];
-                    *matched = match rest[i] {
-                        b if b == want => *matched + 1,
-                        b'\r' => 1,
-                        _ => 0,
-                    };
+                while i < rest.len().min(room - n) && *at != HttpEnd::Found {
+                    *at = at.next(rest[i]);
                     i += 1;
                 }
                 n += i;
-                if *matched == 4 {
+                if *at == HttpEnd::Found {
                     self.http = None;
                 }
                 continue;
@@ -726,8 +750,16 @@ mod tests {
         drop(raw);
         let ended = next(&mut ws).await;
         assert!(
-            !matches!(ended, Some((Ok(Message::Binary(_)), _))),
-            "no message from a cut frame: {ended:?}"
+            matches!(
+                ended,
+                Some((
+                    Err(tungstenite::Error::Protocol(
+                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+                    )),
+                    false
+                ))
+            ),
+            "the connection is lost, with no message from the cut frame: {ended:?}"
         );
         assert!(ws.get_mut().take_large_message().is_none());
     }
@@ -770,6 +802,88 @@ mod tests {
         let past: Vec<bool> = got.iter().map(|(_, past)| *past).collect();
         assert_eq!(past, [true, false, true, false]);
         assert_eq!(got.into_iter().map(|(m, _)| m).collect::<Vec<_>>(), sent);
+    }
+
+    /// A client's frame: `first` (FIN, opcode), masked with `key`.
+    fn client_frame(first: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut frame = vec![first];
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=0xffff => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        frame
+    }
+
+    #[tokio::test]
+    async fn frames_that_arrive_together_come_out_in_order() {
+        let (mut ws, client) = server(4 << 20).await;
+        let mut raw = client.into_inner();
+        let key = [0x0f, 0xf0, 0x55, 0xaa];
+        let (small, large, larger) = (bytes(9, 1), bytes(LARGE_MESSAGE + 3, 2), bytes(3 << 20, 3));
+        let (part1, part2) = (bytes(100, 4), bytes(200_000, 5));
+        let mut all = Vec::new();
+        all.extend(client_frame(0x82, &small, key));
+        all.extend(client_frame(0x89, b"ping", key));
+        all.extend(client_frame(0x02, &part1, key)); // a fragmented message...
+        all.extend(client_frame(0x8a, b"pong", key)); // ...with a control frame inside it
+        all.extend(client_frame(0x80, &part2, key));
+        all.extend(client_frame(0x82, &large, key));
+        all.extend(client_frame(0x82, &larger, [0; 4]));
+        all.extend(client_frame(0x82, &small, key));
+        let writer = tokio::spawn(async move {
+            raw.write_all(&all).await.unwrap();
+            raw
+        });
+        let mut got = Vec::new();
+        for _ in 0..7 {
+            let (msg, past) = next(&mut ws).await.unwrap();
+            got.push((msg.unwrap(), past));
+        }
+        let _raw = writer.await.unwrap();
+        let whole: Bytes = [&part1[..], &part2[..]].concat().into();
+        assert_eq!(
+            got,
+            [
+                (Message::Binary(small.clone()), false),
+                (Message::Ping("ping".into()), false),
+                (Message::Pong("pong".into()), false),
+                (Message::Binary(whole), false),
+                (Message::Binary(large), true),
+                (Message::Binary(larger), true),
+                (Message::Binary(small), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_http_response_ends_at_an_empty_line_after_either_line_break() {
+        let end_of = |response: &[u8]| {
+            let mut at = HttpEnd::InLine;
+            response.iter().position(|&b| {
+                at = at.next(b);
+                at == HttpEnd::Found
+            })
+        };
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket";
+        for (ending, len) in [
+            (&b"\r\n\r\n"[..], 4),
+            (b"\n\n", 2),
+            (b"\r\n\n", 3),
+            (b"\n\r\n", 3),
+        ] {
+            let response = [&head[..], ending, b"\x82\x0d\r\n\r\n"].concat();
+            assert_eq!(end_of(&response), Some(head.len() + len - 1), "{ending:?}");
+        }
+        assert_eq!(end_of(b"HTTP/1.1 101 OK\r\nA: b\r\n"), None, "not over yet");
     }
 
     #[test]

@@ -1195,7 +1195,8 @@ fn serde_to_coordinator(frame: &Bytes) -> Result<ToCoordinator> {
 /// A frame carrying a large payload is a message of its own that the native coordinator
 /// and worker read past the WebSocket into a [`pool`] buffer (see `read_ahead`, feature
 /// `io`), which the pool takes back once the payload is dropped; in a browser, memory is
-/// never given back to the system anyway.
+/// never given back to the system anyway. (A large message sent in fragments is put
+/// together by the WebSocket library instead; its payloads then keep that buffer alive.)
 fn share(frame: &Bytes, part: &[u8]) -> Bytes {
     if part.is_empty() {
         Bytes::new()

@@ -247,7 +247,7 @@ async fn with_inline_handlers_off_every_job_gets_a_task_of_its_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn large_payloads_read_past_the_websocket_arrive_whole_and_in_place() {
+async fn large_payloads_around_the_read_past_size_arrive_whole_both_ways() {
     // Around the size from which both ends read a message past the WebSocket, and well
     // beyond it, between small ones: every job and every result arrives whole.
     use bytes::Bytes;
