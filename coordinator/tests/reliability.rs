@@ -158,6 +158,55 @@ async fn a_worker_that_vanishes_mid_job_loses_nothing() {
     assert_eq!(b.await.unwrap().len(), 10);
 }
 
+/// Large `Bytes` jobs go out in two parts (their bytes shared, not copied into the frame):
+/// a worker that vanishes holding two of them loses nothing, and the next one gets them
+/// whole.
+#[tokio::test]
+async fn large_jobs_sent_in_two_parts_are_redelivered_whole() {
+    use bytes::Bytes;
+    let (coordinator, net, jobs, mut results) = start_mem::<Bytes, Bytes>(fixed()).await;
+    let (mut a, _) = raw_mem_worker(&net, capacity(2)).await;
+    let data: Vec<Bytes> = (0..4u8)
+        .map(|i| (0..(1 << 20) + i as usize).map(|b| (b as u8) ^ i).collect())
+        .collect();
+    for job in &data {
+        jobs.send(job.clone()).await.unwrap();
+    }
+    drop(jobs);
+    for i in 0..2 {
+        let job = next_job(&mut a).await;
+        let got: Bytes = distchan_protocol::payload::from_msgpack(&job.payload).unwrap();
+        assert!(got == data[job.id.0 as usize], "job {i} arrived whole");
+    }
+    drop(a); // gone without a word, holding two jobs
+    let b = tokio::spawn(async move {
+        let io = net.connect().unwrap();
+        let (mut jobs, results, client) = distchan_worker::connect_io::<Bytes, Bytes, _>(
+            "ws://memory/ws",
+            io,
+            Options::default(),
+        )
+        .await
+        .expect("worker connects");
+        while let Some(job) = jobs.recv().await {
+            let mut back = job.value.to_vec();
+            back.reverse();
+            results.send(job.id, Ok(back.into())).await.unwrap();
+        }
+        drop(results);
+        client.done().await.expect("worker ends cleanly");
+    });
+    let outcomes = timeout(LIMIT, results.collect_all()).await.unwrap();
+    assert_eq!(outcomes.len(), 4, "each job exactly once");
+    for o in outcomes {
+        let mut want = data[o.id.0 as usize].to_vec();
+        want.reverse();
+        assert!(o.result.unwrap() == want, "job {} came back whole", o.id);
+    }
+    assert_eq!(coordinator.stats().redelivered, 2);
+    b.await.unwrap();
+}
+
 /// A worker holding batches of jobs answers part of them (in one batch of results) and
 /// vanishes: the answered jobs count once, every other job of its batches goes to the next
 /// worker, and each job is reported exactly once.
