@@ -374,7 +374,7 @@ async fn run(
                             if jobs.bytes + frame.len() > JOBS_BATCH_BYTES {
                                 bytes += jobs.queue(ws);
                             }
-                            jobs.push(frame.head().clone());
+                            jobs.push(frame.into_parts().0);
                             continue;
                         }
                         Outgoing::Job(_, frame) => {

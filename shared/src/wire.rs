@@ -530,7 +530,8 @@ pub fn job_frame(id: JobId, payload: &[u8]) -> Bytes {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFrame {
     head: Bytes,
-    tail: Bytes,
+    // An `Option` rather than an empty `Bytes`: nothing to clone or drop for a small job.
+    tail: Option<Bytes>,
 }
 
 impl JobFrame {
@@ -540,13 +541,13 @@ impl JobFrame {
     }
 
     /// The shared bytes that end the frame (empty for a frame in one part).
-    pub fn tail(&self) -> &Bytes {
-        &self.tail
+    pub fn tail(&self) -> &[u8] {
+        self.tail.as_deref().unwrap_or_default()
     }
 
     /// The length of the whole frame.
     pub fn len(&self) -> usize {
-        self.head.len() + self.tail.len()
+        self.head.len() + self.tail().len()
     }
 
     /// True for a frame of no bytes at all (never a job's).
@@ -556,27 +557,29 @@ impl JobFrame {
 
     /// The parts to send one after the other: the head, and the tail if there is one.
     pub fn parts(&self) -> impl Iterator<Item = Bytes> + '_ {
-        std::iter::once(self.head.clone()).chain((!self.tail.is_empty()).then(|| self.tail.clone()))
+        std::iter::once(self.head.clone()).chain(self.tail.clone())
+    }
+
+    /// The head, and the tail if there is one.
+    pub fn into_parts(self) -> (Bytes, Option<Bytes>) {
+        (self.head, self.tail)
     }
 
     /// The whole frame in one piece: a copy when it is in two parts.
     pub fn to_bytes(&self) -> Bytes {
-        if self.tail.is_empty() {
+        let Some(tail) = &self.tail else {
             return self.head.clone();
-        }
+        };
         let mut whole = pool::take(self.len());
         whole.extend_from_slice(&self.head);
-        whole.extend_from_slice(&self.tail);
+        whole.extend_from_slice(tail);
         pool::share(whole)
     }
 }
 
 impl From<Bytes> for JobFrame {
     fn from(head: Bytes) -> Self {
-        JobFrame {
-            head,
-            tail: Bytes::new(),
-        }
+        JobFrame { head, tail: None }
     }
 }
 
@@ -601,7 +604,7 @@ impl From<Bytes> for JobFrame {
 pub struct JobFrameBuilder {
     buf: Vec<u8>,
     /// Bytes shared with their owner that end the payload.
-    tail: Bytes,
+    tail: Option<Bytes>,
 }
 
 impl JobFrameBuilder {
@@ -609,10 +612,7 @@ impl JobFrameBuilder {
     pub fn with_capacity(capacity: usize) -> Self {
         let mut buf = pool::take(JOB_HEADER_MAX + capacity);
         buf.resize(JOB_HEADER_MAX, 0);
-        JobFrameBuilder {
-            buf,
-            tail: Bytes::new(),
-        }
+        JobFrameBuilder { buf, tail: None }
     }
 
     /// Ends the payload with `tail`, shared instead of copied: the frame goes out in two
@@ -634,14 +634,14 @@ impl JobFrameBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn share(&mut self, tail: Bytes) {
-        debug_assert!(self.tail.is_empty(), "one shared tail per frame");
-        self.tail = tail;
+        debug_assert!(self.tail.is_none(), "one shared tail per frame");
+        self.tail = Some(tail);
     }
 
     /// Appends `data`; a payload growing large moves to a buffer of the [`pool`].
     fn append(&mut self, data: &[u8]) {
         debug_assert!(
-            self.tail.is_empty(),
+            self.tail.is_none(),
             "nothing is written after a shared tail"
         );
         pool::reserve(&mut self.buf, data.len());
@@ -662,7 +662,8 @@ impl JobFrameBuilder {
 
     /// Completes the frame of job `id`.
     pub fn finish(mut self, id: JobId) -> JobFrame {
-        let (header, n) = job_header(id, self.payload().len() + self.tail.len());
+        let tail = self.tail.as_ref().map_or(0, Bytes::len);
+        let (header, n) = job_header(id, self.payload().len() + tail);
         let start = JOB_HEADER_MAX - n;
         self.buf[start..JOB_HEADER_MAX].copy_from_slice(&header[..n]);
         let mut head = pool::share(self.buf);
