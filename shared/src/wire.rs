@@ -616,7 +616,8 @@ impl JobFrameBuilder {
     }
 
     /// Ends the payload with `tail`, shared instead of copied: the frame goes out in two
-    /// parts ([`JobFrame`]). Nothing may be written after it.
+    /// parts ([`JobFrame`]). Whatever is written or shared after it comes behind it as
+    /// before, but then the tail is copied in first: share last.
     ///
     /// ```
     /// use std::io::Write;
@@ -634,16 +635,22 @@ impl JobFrameBuilder {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn share(&mut self, tail: Bytes) {
-        debug_assert!(self.tail.is_none(), "one shared tail per frame");
+        self.copy_tail_in();
         self.tail = Some(tail);
+    }
+
+    /// Copies a shared tail into the buffer, for more bytes to follow it.
+    #[inline]
+    fn copy_tail_in(&mut self) {
+        if self.tail.is_some() {
+            let tail = self.tail.take().expect("checked");
+            self.append(&tail);
+        }
     }
 
     /// Appends `data`; a payload growing large moves to a buffer of the [`pool`].
     fn append(&mut self, data: &[u8]) {
-        debug_assert!(
-            self.tail.is_none(),
-            "nothing is written after a shared tail"
-        );
+        self.copy_tail_in();
         pool::reserve(&mut self.buf, data.len());
         self.buf.extend_from_slice(data);
     }
@@ -1316,6 +1323,21 @@ mod tests {
         };
         assert_eq!(back, jobs);
         assert!(back.iter().all(|j| inside(&batch, &j.payload)));
+    }
+
+    #[test]
+    fn bytes_written_after_a_shared_tail_follow_it() {
+        use std::io::Write;
+        let (a, b) = (Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 200]));
+        let mut builder = JobFrameBuilder::with_capacity(4);
+        builder.write_all(b"head").unwrap();
+        builder.share(a.clone());
+        builder.share(b.clone()); // the first tail is copied in, the second shared
+        builder.write_all(b"end").unwrap(); // and so is the second
+        let frame = builder.finish(JobId(7));
+        assert!(frame.tail().is_empty());
+        let want = [&b"head"[..], &a, &b, b"end"].concat();
+        assert_eq!(frame.to_bytes(), job_frame(JobId(7), &want));
     }
 
     #[test]
