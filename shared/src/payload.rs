@@ -59,10 +59,13 @@ pub fn from_msgpack_shared<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
     from_msgpack(&bytes)
 }
 
+/// The MessagePack marker of a `bin 32`: a length of four bytes (big-endian) follows, then
+/// the bytes.
+const BIN32: u8 = 0xc6;
+
 /// The body of `bytes` when it is one MessagePack `bin` of at least [`pool::LARGE`] bytes
 /// and nothing else (a `bin 32`: the shorter kinds hold less).
 fn large_bin(bytes: &Bytes) -> Option<Bytes> {
-    const BIN32: u8 = 0xc6;
     let (&BIN32, rest) = bytes.split_first()? else {
         return None;
     };
@@ -100,7 +103,7 @@ pub fn encode_job<T: Serialize + ?Sized>(
     if let Some(large) = large_bytes(value) {
         // What MessagePack makes of it: a `bin 32` header, then the bytes.
         let mut frame = JobFrameBuilder::with_capacity(5);
-        std::io::Write::write_all(&mut frame, &[0xc6])?;
+        std::io::Write::write_all(&mut frame, &[BIN32])?;
         std::io::Write::write_all(&mut frame, &(large.len() as u32).to_be_bytes())?;
         frame.share(large);
         return Ok(frame);

@@ -73,13 +73,6 @@ pub fn reserve(buf: &mut Vec<u8>, additional: usize) {
     }
 }
 
-/// A copy of `data`, in a kept buffer if it is large.
-pub fn copy(data: &[u8]) -> Bytes {
-    let mut buf = take(data.len());
-    buf.extend_from_slice(data);
-    share(buf)
-}
-
 /// Kept buffers, and the sum of their capacities.
 struct Pool(Mutex<(Vec<Vec<u8>>, usize)>);
 
