@@ -75,8 +75,8 @@
 //!   fixed ones (both without speculation), and with fixed windows and straggler
 //!   speculation (adaptive windows already balance the end, leaving it little to cut).
 //!
-//! `--strict-turns` and `--fixed-windows` change those settings of every coordinator the
-//! bench starts in-process (not the fleet's, which compares windows itself, nor pipe
+//! `--strict-turns`, `--fixed-windows`, `--start-window N` and `--max-turn N` change those
+//! settings of every coordinator the bench starts in-process (not the fleet's, which compares windows itself, nor pipe
 //! mode's binary).
 //!
 //! Every measurement has a deadline and fails the run when it passes; children are killed
@@ -149,6 +149,14 @@ struct Args {
     /// (`Config::adaptive_windows` off).
     #[arg(long)]
     fixed_windows: bool,
+    /// Our in-process coordinators start each worker's window at this many jobs
+    /// (`Config::start_window`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    start_window: Option<u32>,
+    /// Our in-process coordinators let one turn carry up to this many jobs
+    /// (`Config::max_turn`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_turn: Option<u32>,
     /// Jobs of each dispatch-rate run of the scale measurement (default: 20 per idle
     /// worker); more jobs per worker let the windows grow to what the workers keep up with.
     #[arg(long)]
@@ -561,6 +569,8 @@ async fn scale(plan: &Plan, tiny: &Bytes) -> BenchResult<ScaleRow> {
         ratio: per_s(&many.rate) / per_s(&ten.rate),
         cpu_10: Cpu::of(&ten.rate),
         cpu_many: Cpu::of(&many.rate),
+        answered_by: many.answered_by,
+        most_answered: many.most_answered,
     })
 }
 
@@ -915,6 +925,8 @@ async fn main() -> ExitCode {
         ours::set_tuning(ours::Tuning {
             strict_turns: args.strict_turns,
             fixed_windows: args.fixed_windows,
+            start_window: args.start_window.map(|n| n as usize),
+            max_turn: args.max_turn.map(|n| n as usize),
         });
         let json = args.json.clone().unwrap_or_else(default_json);
         let mut plan = Plan::new(args.quick);

@@ -230,6 +230,10 @@ pub struct Tuning {
     pub strict_turns: bool,
     /// Every worker's window is its declared capacity.
     pub fixed_windows: bool,
+    /// The window a worker starts with, when not the default.
+    pub start_window: Option<usize>,
+    /// Most jobs one turn carries, when not the default.
+    pub max_turn: Option<usize>,
 }
 
 impl Tuning {
@@ -237,15 +241,28 @@ impl Tuning {
     pub fn apply(self, config: &mut Config) {
         config.strict_turns |= self.strict_turns;
         config.adaptive_windows &= !self.fixed_windows;
+        config.start_window = self.start_window.unwrap_or(config.start_window);
+        config.max_turn = self.max_turn.unwrap_or(config.max_turn);
     }
 
     /// `defaults`, or the settings changed, for the report.
     pub fn describe(self) -> String {
-        match (self.strict_turns, self.fixed_windows) {
-            (false, false) => "defaults".into(),
-            (true, false) => "strict turns".into(),
-            (false, true) => "fixed windows".into(),
-            (true, true) => "strict turns, fixed windows".into(),
+        let mut changed = Vec::new();
+        if self.strict_turns {
+            changed.push("strict turns".to_string());
+        }
+        if self.fixed_windows {
+            changed.push("fixed windows".to_string());
+        }
+        if let Some(n) = self.start_window {
+            changed.push(format!("start window {n}"));
+        }
+        if let Some(n) = self.max_turn {
+            changed.push(format!("turns of up to {n} jobs"));
+        }
+        match changed.is_empty() {
+            true => "defaults".into(),
+            false => changed.join(", "),
         }
     }
 }
@@ -353,6 +370,9 @@ pub struct SwarmRun {
     pub rss_idle: u64,
     /// Tiny jobs through all the connected workers.
     pub rate: Throughput,
+    /// Workers that answered at least one of them, and the most one answered.
+    pub answered_by: usize,
+    pub most_answered: u64,
 }
 
 /// `connections` worker connections in one `--swarm` child, credit window `w` each: the
@@ -394,10 +414,19 @@ pub async fn swarm(
         .into());
     }
     let rate = s.pump(payload, n, Api::OneAtATime).await?;
+    let done: Vec<u64> = s
+        .coordinator
+        .workers()
+        .await
+        .iter()
+        .map(|w| w.done)
+        .collect();
     s.finish().await?;
     Ok(SwarmRun {
         rss_before,
         rss_idle,
         rate,
+        answered_by: done.iter().filter(|&&d| d > 0).count(),
+        most_answered: done.into_iter().max().unwrap_or(0),
     })
 }

@@ -257,6 +257,11 @@ pub struct ScaleRow {
     pub cpu_10: Cpu,
     /// CPU per job with `workers` workers.
     pub cpu_many: Cpu,
+    /// Of the `workers`, those that answered at least one job of the dispatch-rate run
+    /// (fewer when turns are long enough for some workers to take the jobs of others).
+    pub answered_by: usize,
+    /// The most jobs one of them answered.
+    pub most_answered: u64,
 }
 
 /// One performance target and whether this run met it.
@@ -635,6 +640,11 @@ impl Report {
                 pct(s.ratio),
                 s.cpu_many.show(),
                 s.cpu_10.show(),
+            );
+            let _ = writeln!(
+                out,
+                "  ({} of the {} workers answered jobs, at most {} each)",
+                s.answered_by, s.workers, s.most_answered
             );
         }
         if !self.tasks.is_empty() {

@@ -59,19 +59,30 @@ pub struct Config {
     pub max_workers: usize,
     /// Largest credit window granted to one worker, whatever it declares.
     pub max_capacity: u32,
-    /// Size each worker's credit window from its measured speed: it starts at two jobs
-    /// and doubles while that makes the worker faster, up to the capacity it declared, so a
-    /// fast worker gets a deep window and a slow one (a tab computing heavy jobs) does not
-    /// hoard jobs others could run. Off, every worker gets the capacity it declared at once.
+    /// Size each worker's credit window from its measured speed: it starts at
+    /// [`start_window`](Config::start_window) jobs and doubles while that makes the worker
+    /// faster, up to the capacity it declared, so a fast worker gets a deep window and a
+    /// slow one (a tab computing heavy jobs) does not hoard jobs others could run. Off, every
+    /// worker gets the capacity it declared at once.
     pub adaptive_windows: bool,
+    /// The window a worker starts with under [`adaptive_windows`](Config::adaptive_windows)
+    /// (2 by default; at most its capacity, at least 1). Its first measurement resizes it
+    /// either way, down to 2 for a slow worker. Above the default, a worker can take up to
+    /// this many jobs before it has answered one: good for many workers on tiny jobs (each
+    /// message carries more of them), bad for few, heavy jobs, where the first workers
+    /// would hold what later ones could run.
+    pub start_window: usize,
     /// Give each worker one job per turn of the round-robin, as the Go package did: with
     /// `N` workers that take every job they are offered, job `v` goes to worker `v mod N`.
     /// Off (the default), a worker's turn goes on while the jobs already given to it have
-    /// not left yet (its connection is still busy sending), up to 16 jobs and its free
-    /// credit: when jobs come faster than connections send them, consecutive jobs travel
+    /// not left yet (its connection is still busy sending), up to
+    /// [`max_turn`](Config::max_turn) jobs and its free credit: when jobs come faster than connections send them, consecutive jobs travel
     /// in one message to one worker instead of one message to each of many workers. When
     /// they come slower, every turn is one job either way.
     pub strict_turns: bool,
+    /// Most consecutive jobs one worker's turn carries unless turns are strict (16 by
+    /// default, at least 1; see [`strict_turns`](Config::strict_turns)).
+    pub max_turn: usize,
     /// Straggler speculation (on by default): at the end of a run (the job side closed,
     /// nothing waiting), a job a slow worker holds is also given to an idle worker measured
     /// at least twice as fast; the first result wins and the slower run is told to stop,
@@ -145,7 +156,9 @@ impl std::fmt::Debug for Config {
             max_workers,
             max_capacity,
             adaptive_windows,
+            start_window,
             strict_turns,
+            max_turn,
             speculation,
             replicas,
             max_wrong,
@@ -176,7 +189,9 @@ impl std::fmt::Debug for Config {
             .field("max_workers", max_workers)
             .field("max_capacity", max_capacity)
             .field("adaptive_windows", adaptive_windows)
+            .field("start_window", start_window)
             .field("strict_turns", strict_turns)
+            .field("max_turn", max_turn)
             .field("speculation", speculation)
             .field("replicas", replicas)
             .field("max_wrong", max_wrong)
@@ -212,7 +227,9 @@ impl Default for Config {
             max_workers: 100_000,
             max_capacity: 4096,
             adaptive_windows: true,
+            start_window: 2,
             strict_turns: false,
+            max_turn: 16,
             speculation: true,
             replicas: 1,
             max_wrong: None,

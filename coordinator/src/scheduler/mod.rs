@@ -76,9 +76,6 @@ use workers::Workers;
 /// A connected worker's id, unique for the coordinator's lifetime.
 pub(crate) type WorkerId = u64;
 
-/// Most consecutive jobs one worker's turn carries, unless turns are strict.
-const TURN_MAX: usize = 16;
-
 /// Ids of values workers emit on their own start here, apart from job ids.
 pub(crate) const EMITTED_ID_BASE: u64 = 1 << 63;
 
@@ -125,7 +122,11 @@ impl Scheduler {
     /// (`results`) or without a result side.
     fn new(config: Config, jobs: bool, results: bool) -> Self {
         let mut workers = Workers::default();
-        workers.set_turn_max(if config.strict_turns { 1 } else { TURN_MAX });
+        workers.set_turn_max(if config.strict_turns {
+            1
+        } else {
+            config.max_turn
+        });
         Scheduler {
             queue: JobQueue::new(jobs),
             ledger: Ledger::default(),

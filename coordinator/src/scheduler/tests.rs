@@ -321,6 +321,23 @@ async fn a_window_starts_at_two_and_grows_to_the_capacity_when_the_worker_is_fas
 }
 
 #[test]
+fn the_window_a_worker_starts_with_is_a_setting() {
+    let hub = adaptive_hub(Config {
+        start_window: 8,
+        ..Config::default()
+    });
+    let (w, small) = (join(&hub, 64), join(&hub, 4));
+    submit(&hub, 20);
+    assert_eq!(
+        sent(&hub, w),
+        ids(0..8),
+        "a new worker starts with eight jobs"
+    );
+    assert_eq!(sent(&hub, small), ids(8..12), "never above its capacity");
+    assert_eq!(hub.snapshot()[0].capacity, 8);
+}
+
+#[test]
 fn credit_is_never_exceeded() {
     let hub = hub(Config {
         max_capacity: 3,
@@ -420,12 +437,17 @@ fn a_turn_carries_consecutive_jobs_while_they_wait_to_leave() {
         "back in the ring after its turn, with two credits left"
     );
 
-    // A turn carries at most TURN_MAX jobs, however much credit is free.
-    let deep = self::hub(Config::default());
-    let workers = [join(&deep, 64), join(&deep, 64)];
-    submit(&deep, super::TURN_MAX + 3);
-    assert_eq!(sent(&deep, workers[0]).len(), super::TURN_MAX);
-    assert_eq!(sent(&deep, workers[1]).len(), 3);
+    // A turn carries at most `max_turn` jobs, however much credit is free.
+    for max_turn in [Config::default().max_turn, 40] {
+        let deep = self::hub(Config {
+            max_turn,
+            ..Config::default()
+        });
+        let workers = [join(&deep, 64), join(&deep, 64)];
+        submit(&deep, max_turn + 3);
+        assert_eq!(sent(&deep, workers[0]).len(), max_turn);
+        assert_eq!(sent(&deep, workers[1]).len(), 3);
+    }
 }
 
 #[test]

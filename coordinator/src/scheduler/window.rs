@@ -1,7 +1,8 @@
 //! Each worker's credit window: the capacity it declared is a ceiling, and the window is
 //! sized from what the worker is measured to do.
 //!
-//! A worker starts with a window of [`START`] jobs (or its capacity, if smaller). Every time
+//! A worker starts with a window of `Config::start_window` jobs ([`START`] by default, and
+//! never more than its capacity). Every time
 //! it has answered a window's worth of jobs over at least [`PERIOD`], its rate is measured,
 //! and the window becomes the larger of two sizes:
 //!
@@ -23,7 +24,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The window a worker starts with.
+/// The smallest window a measurement gives, and the one a worker starts with by default
+/// (`Config::start_window`).
 pub(super) const START: usize = 2;
 
 /// How much work a window holds, at the worker's measured rate.
@@ -54,17 +56,23 @@ pub(super) struct Window {
 }
 
 impl Window {
-    /// The window of a worker that declared `ceiling`, sized from its measured speed when
-    /// `adaptive`, its whole capacity otherwise.
-    pub fn new(ceiling: usize, adaptive: bool) -> Self {
+    /// The window of a worker that declared `ceiling`: `Some(start)` jobs at first, then
+    /// sized from its measured speed; `None` for its whole capacity, for good.
+    pub fn new(ceiling: usize, start: Option<usize>) -> Self {
         let ceiling = ceiling.max(1);
-        let adaptive = adaptive && ceiling > START;
-        let size = if adaptive { START } else { ceiling };
+        // A capacity of the smallest window or less leaves nothing to size.
+        let adaptive = start.is_some() && ceiling > START;
+        let size = match start {
+            Some(start) if adaptive => start.clamp(1, ceiling),
+            _ => ceiling,
+        };
         Window {
             ceiling,
             size,
             adaptive,
-            probe: size,
+            // The probe for side-by-side work starts from the smallest window, whatever
+            // the start: a slow worker's first measurement takes it down there.
+            probe: START.min(size),
             probing: Some(0.0),
             start: None,
             results: 0,
@@ -127,7 +135,18 @@ mod tests {
     /// Drives a window for a worker that answers `parallel` jobs at a time, each taking
     /// `job` plus `trip` on the way, always kept full; returns the size it ends at.
     fn settle(ceiling: usize, parallel: usize, job: Duration, trip: Duration) -> usize {
-        let mut w = Window::new(ceiling, true);
+        settle_from(START, ceiling, parallel, job, trip)
+    }
+
+    /// [`settle`] for a window that starts at `start` jobs.
+    fn settle_from(
+        start: usize,
+        ceiling: usize,
+        parallel: usize,
+        job: Duration,
+        trip: Duration,
+    ) -> usize {
+        let mut w = Window::new(ceiling, Some(start));
         let mut now = Instant::now();
         for _ in 0..200 {
             // One round: the window's jobs take ceil(size / parallel) job times, plus a trip.
@@ -161,8 +180,32 @@ mod tests {
     }
 
     #[test]
+    fn a_larger_start_window_is_only_where_it_starts() {
+        assert_eq!(Window::new(64, Some(32)).size(), 32);
+        assert_eq!(
+            Window::new(16, Some(32)).size(),
+            16,
+            "never above the capacity"
+        );
+        let (ms, trip) = (Duration::from_millis(1), Duration::from_millis(2));
+        // Measured, each worker ends where it ends from the default start.
+        assert_eq!(
+            settle_from(32, 64, 1, 100 * ms, trip),
+            3,
+            "100 ms tiles, one thread"
+        );
+        assert_eq!(
+            settle_from(32, 64, 16, 1000 * ms, trip),
+            16,
+            "sixteen threads, 1 s jobs"
+        );
+        let tiny = Duration::from_micros(10);
+        assert_eq!(settle_from(32, 64, 1, tiny, trip), 64, "tiny jobs");
+    }
+
+    #[test]
     fn an_idle_spell_shrinks_a_window_and_work_gives_it_back_and_fixed_windows_never_move() {
-        let mut w = Window::new(64, true);
+        let mut w = Window::new(64, Some(START));
         let mut now = Instant::now();
         let mut answer = |w: &mut Window, n: usize, every: Duration| {
             for _ in 0..n {
@@ -176,9 +219,13 @@ mod tests {
         assert_eq!(w.size(), START, "shrunk to where it started");
         answer(&mut w, 1000, Duration::from_micros(100));
         assert_eq!(w.size(), 64, "back once it is busy again");
-        let mut fixed = Window::new(64, false);
+        let mut fixed = Window::new(64, None);
         answer(&mut fixed, 100, Duration::from_micros(10));
         assert_eq!(fixed.size(), 64);
-        assert_eq!(Window::new(1, true).size(), 1, "never above the capacity");
+        assert_eq!(
+            Window::new(1, Some(START)).size(),
+            1,
+            "never above the capacity"
+        );
     }
 }

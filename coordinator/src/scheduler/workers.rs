@@ -524,7 +524,12 @@ impl Scheduler {
         }
         let resume = j.resume.take();
         let capacity = j.capacity.clamp(1, self.config.max_capacity.max(1)) as usize;
-        let window = Window::new(capacity, self.config.adaptive_windows);
+        let window = Window::new(
+            capacity,
+            self.config
+                .adaptive_windows
+                .then_some(self.config.start_window),
+        );
         let (id, wake) = self.workers.add(j, window, self.end_sent, wakes);
         let resumed = resume.is_some_and(|r| self.resume(id, r, wakes));
         let session = self.open_session(id);

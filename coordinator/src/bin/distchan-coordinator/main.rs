@@ -185,10 +185,20 @@ struct ServerArgs {
     /// at two jobs and grows while that makes the worker faster.
     #[arg(long, global = true, env = "DISTCHAN_FIXED_WINDOWS")]
     fixed_windows: bool,
+    /// The window a worker starts with before its speed is measured (jobs, at most its
+    /// capacity). Larger starts suit many workers on tiny jobs; small ones keep heavy jobs
+    /// spread over the workers.
+    #[arg(long, global = true, env = "DISTCHAN_START_WINDOW", default_value_t = Config::default().start_window as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    start_window: u32,
     /// Give each worker one job per turn of the round-robin (job v to worker v mod N, as the
     /// Go package did), instead of consecutive jobs while its connection is still sending.
     #[arg(long, global = true, env = "DISTCHAN_STRICT_TURNS")]
     strict_turns: bool,
+    /// Most consecutive jobs one worker's turn carries (without --strict-turns).
+    #[arg(long, global = true, env = "DISTCHAN_MAX_TURN", default_value_t = Config::default().max_turn as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_turn: u32,
     /// Turn off straggler speculation: at the end of a run, a job a slow worker holds is no
     /// longer also given to an idle worker twice as fast (the first result wins).
     #[arg(long, global = true, env = "DISTCHAN_NO_SPECULATION")]
@@ -270,7 +280,9 @@ impl ServerArgs {
             max_pending_connections: self.max_pending_connections,
             trust_forwarded_for: self.trust_forwarded_for,
             adaptive_windows: !self.fixed_windows,
+            start_window: self.start_window as usize,
             strict_turns: self.strict_turns,
+            max_turn: self.max_turn as usize,
             speculation: !self.no_speculation,
             replicas: self.replicas,
             max_wrong: self.max_wrong,
