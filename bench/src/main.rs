@@ -76,8 +76,8 @@
 //!   speculation (adaptive windows already balance the end, leaving it little to cut).
 //!
 //! `--strict-turns`, `--fixed-windows`, `--start-window N` and `--max-turn N` change those
-//! settings of every coordinator the bench starts in-process (not the fleet's, which compares windows itself, nor pipe
-//! mode's binary).
+//! settings of every coordinator the bench starts in-process (not the fleet's, which
+//! compares windows itself, nor pipe mode's binary).
 //!
 //! Every measurement has a deadline and fails the run when it passes; children are killed
 //! when their guard ([`children::Children`]) drops, whatever the reason, and die with the

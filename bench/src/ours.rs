@@ -370,8 +370,9 @@ pub struct SwarmRun {
     pub rss_idle: u64,
     /// Tiny jobs through all the connected workers.
     pub rate: Throughput,
-    /// Workers that answered at least one of them, and the most one answered.
+    /// Workers that answered at least one of them.
     pub answered_by: usize,
+    /// The most jobs one worker answered.
     pub most_answered: u64,
 }
 

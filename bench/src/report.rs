@@ -643,7 +643,7 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  ({} of the {} workers answered jobs, at most {} each)",
+                "  ({} of the {} workers answered jobs; the busiest answered {})",
                 s.answered_by, s.workers, s.most_answered
             );
         }

@@ -66,8 +66,10 @@ pub struct Config {
     /// worker gets the capacity it declared at once.
     pub adaptive_windows: bool,
     /// The window a worker starts with under [`adaptive_windows`](Config::adaptive_windows)
-    /// (2 by default; at most its capacity, at least 1). Its first measurement resizes it
-    /// either way, down to 2 for a slow worker. Above the default, a worker can take up to
+    /// (2 by default; at most its capacity, at least 1; not used with fixed windows, nor for
+    /// a worker whose capacity is 2 or less). Its first measurement, once it has answered
+    /// that many jobs, resizes it either way, down to 2 for a slow worker. Above the
+    /// default, a worker can take up to
     /// this many jobs before it has answered one: good for many workers on tiny jobs (each
     /// message carries more of them), bad for few, heavy jobs, where the first workers
     /// would hold what later ones could run.
@@ -76,9 +78,10 @@ pub struct Config {
     /// `N` workers that take every job they are offered, job `v` goes to worker `v mod N`.
     /// Off (the default), a worker's turn goes on while the jobs already given to it have
     /// not left yet (its connection is still busy sending), up to
-    /// [`max_turn`](Config::max_turn) jobs and its free credit: when jobs come faster than connections send them, consecutive jobs travel
-    /// in one message to one worker instead of one message to each of many workers. When
-    /// they come slower, every turn is one job either way.
+    /// [`max_turn`](Config::max_turn) jobs and its free credit: when jobs come faster than
+    /// connections send them, consecutive jobs travel in one message to one worker instead
+    /// of one message to each of many workers. When they come slower, every turn is one job
+    /// either way.
     pub strict_turns: bool,
     /// Most consecutive jobs one worker's turn carries unless turns are strict (16 by
     /// default, at least 1; see [`strict_turns`](Config::strict_turns)).

@@ -335,6 +335,20 @@ fn the_window_a_worker_starts_with_is_a_setting() {
     );
     assert_eq!(sent(&hub, small), ids(8..12), "never above its capacity");
     assert_eq!(hub.snapshot()[0].capacity, 8);
+
+    // Fixed windows: the whole capacity at once, whatever the start.
+    let fixed = self::hub(Config {
+        start_window: 8,
+        ..Config::default()
+    });
+    let w = join(&fixed, 64);
+    submit(&fixed, 20);
+    assert_eq!(
+        sent(&fixed, w).len(),
+        20,
+        "all 20 jobs, beyond the start of 8"
+    );
+    assert_eq!(fixed.snapshot()[0].capacity, 64);
 }
 
 #[test]
@@ -448,6 +462,14 @@ fn a_turn_carries_consecutive_jobs_while_they_wait_to_leave() {
         assert_eq!(sent(&deep, workers[0]).len(), max_turn);
         assert_eq!(sent(&deep, workers[1]).len(), 3);
     }
+    // Strict turns are one job each, whatever `max_turn` says.
+    let strict = self::hub(Config {
+        max_turn: 40,
+        ..strict()
+    });
+    let workers = [join(&strict, 64), join(&strict, 64)];
+    submit(&strict, 6);
+    assert_eq!(sent(&strict, workers[0]), [JobId(0), JobId(2), JobId(4)]);
 }
 
 #[test]

@@ -70,8 +70,8 @@ impl Window {
             ceiling,
             size,
             adaptive,
-            // The probe for side-by-side work starts from the smallest window, whatever
-            // the start: a slow worker's first measurement takes it down there.
+            // The probe for side-by-side work starts at most from the smallest window,
+            // whatever the start: a slow worker's first measurement takes it down there.
             probe: START.min(size),
             probing: Some(0.0),
             start: None,

@@ -182,12 +182,12 @@ struct ServerArgs {
     #[arg(long, global = true, env = "DISTCHAN_TRUST_FORWARDED_FOR")]
     trust_forwarded_for: bool,
     /// Give every worker the capacity it declares at once, instead of a window that starts
-    /// at two jobs and grows while that makes the worker faster.
+    /// at --start-window jobs and grows while that makes the worker faster.
     #[arg(long, global = true, env = "DISTCHAN_FIXED_WINDOWS")]
     fixed_windows: bool,
     /// The window a worker starts with before its speed is measured (jobs, at most its
-    /// capacity). Larger starts suit many workers on tiny jobs; small ones keep heavy jobs
-    /// spread over the workers.
+    /// capacity; not used with --fixed-windows). Larger starts suit many workers on tiny
+    /// jobs; small ones keep heavy jobs spread over the workers.
     #[arg(long, global = true, env = "DISTCHAN_START_WINDOW", default_value_t = Config::default().start_window as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     start_window: u32,
