@@ -69,10 +69,9 @@ pub struct Config {
     /// (2 by default; at most its capacity, at least 1; not used with fixed windows, nor for
     /// a worker whose capacity is 2 or less). Its first measurement, once it has answered
     /// that many jobs, resizes it either way, down to 2 for a slow worker. Above the
-    /// default, a worker can take up to
-    /// this many jobs before it has answered one: good for many workers on tiny jobs (each
-    /// message carries more of them), bad for few, heavy jobs, where the first workers
-    /// would hold what later ones could run.
+    /// default, a worker can take up to this many jobs before it has answered one: good for
+    /// many workers on tiny jobs (each message carries more of them), bad for few, heavy
+    /// jobs, where the first workers would hold what later ones could run.
     pub start_window: usize,
     /// Give each worker one job per turn of the round-robin, as the Go package did: with
     /// `N` workers that take every job they are offered, job `v` goes to worker `v mod N`.

@@ -2,9 +2,9 @@
 //! sized from what the worker is measured to do.
 //!
 //! A worker starts with a window of `Config::start_window` jobs ([`START`] by default, and
-//! never more than its capacity). Every time
-//! it has answered a window's worth of jobs over at least [`PERIOD`], its rate is measured,
-//! and the window becomes the larger of two sizes:
+//! never more than its capacity). Every time it has answered a window's worth of jobs over
+//! at least [`PERIOD`], its rate is measured, and the window becomes the larger of two
+//! sizes:
 //!
 //! - **Work for [`TARGET`]**: the jobs it answers in that time at the rate measured. A fast
 //!   native worker, or a tab whose tiny jobs mostly travel, gets a deep window at the first
