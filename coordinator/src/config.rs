@@ -229,7 +229,7 @@ impl Default for Config {
             max_workers: 100_000,
             max_capacity: 4096,
             adaptive_windows: true,
-            start_window: 2,
+            start_window: crate::scheduler::START_WINDOW,
             strict_turns: false,
             max_turn: 16,
             speculation: true,

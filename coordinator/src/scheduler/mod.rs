@@ -68,6 +68,7 @@ use crate::{config::Config, queue::JobQueue, stats::Tallies};
 pub(crate) use hub::{Batch, Hub, Submit, Take};
 pub(crate) use outcomes::RawOutcome;
 pub use report::{ShutdownReport, WorkerShare, WorkerSnapshot, MAX_SHARES};
+pub(crate) use window::START as START_WINDOW;
 
 use ledger::Ledger;
 use resume::Grace;

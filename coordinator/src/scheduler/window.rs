@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 /// The smallest window a measurement gives, and the one a worker starts with by default
 /// (`Config::start_window`).
-pub(super) const START: usize = 2;
+pub(crate) const START: usize = 2;
 
 /// How much work a window holds, at the worker's measured rate.
 const TARGET: Duration = Duration::from_millis(250);
