@@ -10,7 +10,9 @@
 //!   the `websocket` module's `WebSocket` is the one that queues them).
 //!   Small ones are gathered into one contiguous buffer, large ones are sent from the memory
 //!   they were encoded in (a job's payload is not copied again), and everything queued is
-//!   written many pieces at a time with one vectored write. Bytes the WebSocket itself
+//!   written many pieces at a time with one vectored write, then the stream is flushed (a
+//!   TLS stream may otherwise hold back the end of what it took until the next write,
+//!   while the socket is full). Bytes the WebSocket itself
 //!   writes (pongs, the close) go behind whatever is queued, so frames never interleave.
 //!   When the socket takes only part of a write, the rest waits here and is written from
 //!   where it stopped. The connection bounds what it queues (credit); writes from elsewhere
@@ -67,6 +69,9 @@ pub(crate) struct Socket<S> {
     sent: usize,
     /// Bytes in `queue`, not counting `sent`.
     queued: usize,
+    /// True once bytes were written and the stream not flushed since: a TLS stream may
+    /// hold back part of what it took until then.
+    unflushed: bool,
 }
 
 impl<S> Socket<S> {
@@ -77,6 +82,7 @@ impl<S> Socket<S> {
             queue: VecDeque::new(),
             sent: 0,
             queued: 0,
+            unflushed: false,
         }
     }
 
@@ -122,9 +128,9 @@ impl<S> Socket<S> {
         self.queue.push_back(Piece::Gathered(v));
     }
 
-    /// True while queued bytes wait to be written.
+    /// True while queued bytes wait to be written, or written ones to be flushed.
     pub fn has_queued(&self) -> bool {
-        self.queued > 0
+        self.queued > 0 || self.unflushed
     }
 
     /// Drops `n` written bytes from the front of the queue.
@@ -157,7 +163,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Socket<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Socket<S> {
-    /// Writes what is queued, many pieces at a time; ready once nothing is.
+    /// Writes what is queued, many pieces at a time, then flushes the stream; ready once
+    /// everything is out (a TLS stream keeps nothing back).
     pub fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.queued > 0 {
             let n = if self.io.is_write_vectored() {
@@ -176,7 +183,12 @@ impl<S: AsyncWrite + Unpin> Socket<S> {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.unflushed = true;
             self.advance(n);
+        }
+        if self.unflushed {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.unflushed = false;
         }
         Poll::Ready(Ok(()))
     }
@@ -199,8 +211,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Socket<S> {
         }
         match Pin::new(&mut this.io).poll_write(cx, data) {
             Poll::Ready(Ok(n)) if n > 0 && n < data.len() => {
+                this.unflushed = true;
                 this.gather(&data[n..]);
                 Poll::Ready(Ok(data.len()))
+            }
+            Poll::Ready(Ok(n)) => {
+                this.unflushed |= n > 0;
+                Poll::Ready(Ok(n))
             }
             other => other,
         }
@@ -208,8 +225,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Socket<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_write_queued(cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
+        this.unflushed = true; // whatever the stream holds goes now
+        this.poll_write_queued(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -221,6 +238,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Socket<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -256,6 +275,28 @@ mod tests {
         want.extend_from_slice(b"between");
         want.extend(pieces[100..].concat());
         assert_eq!(reader.await.unwrap(), want);
+    }
+
+    /// A stream that keeps what it is given until flushed (as a TLS stream may keep part of
+    /// it): written queued frames reach the peer without another write after them.
+    #[tokio::test]
+    async fn queued_frames_are_flushed_through_a_stream_that_holds_them_back() {
+        let pool = Arc::new(ReadPool::new(4));
+        let (io, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut socket = Socket::new(tokio::io::BufWriter::new(io), pool);
+        socket.queue(Bytes::from_static(b"a small frame"));
+        socket.queue(Bytes::from(vec![7u8; 3000]));
+        std::future::poll_fn(|cx| socket.poll_write_queued(cx))
+            .await
+            .unwrap();
+        assert!(!socket.has_queued());
+        let mut got = vec![0u8; 13 + 3000];
+        tokio::time::timeout(Duration::from_secs(20), peer.read_exact(&mut got))
+            .await
+            .expect("everything written reached the peer")
+            .unwrap();
+        assert_eq!(&got[..13], b"a small frame");
+        assert!(got[13..].iter().all(|&b| b == 7));
     }
 
     #[tokio::test]
