@@ -31,8 +31,9 @@
 //! - **Latency** ([`ours::latency`], [`echo::latency`]): one 16-byte job at a time through
 //!   one worker (send, wait for the result, repeat), p50 and p99 of the round trip after a
 //!   warm-up; the same with one echo connection; the ratio. Measured twice: driven from the
-//!   runtime's main thread (the body of `#[tokio::main]`), where every hand-over to a
-//!   connection's task and back crosses threads, and from a task of the runtime.
+//!   runtime's main thread (the body of `#[tokio::main]`), where the result's hand-over
+//!   from a connection's task crosses threads (the job is written by the sender, as no
+//!   other is out), and from a task of the runtime.
 //! - **Task modules** ([`tasks::throughput`]): tiny jobs (a 14-letter string) through the
 //!   built-in `capitalize` task, then the same work as a task module, as a WASI command (a
 //!   fresh instance per job) and as a reactor (one instance, many jobs); K=2 worker

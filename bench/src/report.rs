@@ -199,7 +199,7 @@ pub struct LargeRow {
 #[serde(rename_all = "kebab-case")]
 pub enum Caller {
     /// The runtime's main thread (the body of `#[tokio::main]`), which runs no task of the
-    /// runtime: waking a connection's task, and being woken by it, crosses threads.
+    /// runtime: being woken by a connection's task crosses threads.
     Main,
     /// A task spawned on the runtime, like the connections' tasks.
     Task,
@@ -489,12 +489,7 @@ impl Report {
             }
         }
         for l in &self.latency {
-            // From the main thread, the program's two hand-overs per job to and from the
-            // connection's task cross threads, where the echo does its own I/O.
-            let within = match l.caller {
-                Caller::Main => 1.3,
-                Caller::Task => 1.1,
-            };
+            let within = 1.1;
             targets.push(TargetRow {
                 target: format!(
                     "one job at a time from {}: p50 within {within}x of plain echo",

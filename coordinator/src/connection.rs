@@ -17,7 +17,10 @@
 //!   unexpected frame closes this connection with a reason and a log line; other workers
 //!   never notice, and the frames before it still count.
 //!
-//! One task drives both, in one loop: the socket is never shared between tasks.
+//! One task drives both, in one loop. The one exception is a job sent while no other job is
+//! out (one job at a time): the sender writes it at once, from its own thread, through the
+//! connection's [`Outlet`], which the task shares with the scheduler for that. It saves the
+//! hand-over between threads that is much of a single job's latency.
 //!
 //! When the connection ends for any reason the scheduler is told ([`Hub::leave`]) and puts
 //! the worker's unanswered jobs back in the line, or, when the connection was lost and the
@@ -32,9 +35,9 @@ use std::{
     net::SocketAddr,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, MutexGuard,
     },
-    task::Poll,
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -62,7 +65,9 @@ use tokio_tungstenite::tungstenite::{
 
 use crate::{
     scheduler::{Hub, WorkerId},
-    server, websocket, Shared,
+    server,
+    stats::Counters,
+    websocket, Shared,
 };
 
 /// A worker's WebSocket, over the upgraded HTTP connection.
@@ -135,7 +140,7 @@ pub(crate) struct Joining {
 const BATCH: usize = 256;
 
 /// Jobs whose frame is at most this large travel in batches; a larger one goes alone.
-const BATCHED_JOB_MAX: usize = 16 * 1024;
+pub(crate) const BATCHED_JOB_MAX: usize = 16 * 1024;
 
 /// Most bytes of job frames in one batch message.
 const JOBS_BATCH_BYTES: usize = 256 * 1024;
@@ -200,9 +205,17 @@ pub(crate) async fn serve(
         resumed: joined.resumed,
     });
     let silence = silence_limit(&shared, hello.kind);
+    let outlet = &joined.outlet;
     let (code, reason) = match wire::encode_to_worker(&welcome) {
         Ok(frame) => match ws.send(Message::Binary(frame)).await {
-            Ok(()) => run(worker, &joined.wake, &mut ws, &shared, &last_seen, silence).await,
+            Ok(()) => {
+                // From here on, a job sent while no other is out may be written by its
+                // sender; the welcome went first.
+                let attached = outlet.attach(ws);
+                let end = run(outlet, &shared, &last_seen, silence).await;
+                ws = attached.detach();
+                end
+            }
             Err(e) => (CLOSE_GOING_AWAY, format!("could not send the welcome: {e}")),
         },
         Err(e) => (
@@ -298,21 +311,21 @@ fn silence_limit(shared: &Shared, kind: WorkerKind) -> Option<Duration> {
 /// Every heartbeat interval the worker gets a [`ToWorker::Ping`], which its own event loop
 /// answers; only the worker's frames count as signs of life (a browser answers WebSocket
 /// pings even when its page is frozen). Silent for `silence`, it is dead.
+///
+/// The WebSocket is `outlet`'s, attached; the outlet is locked for each step on it, and
+/// never while the scheduler is told what was read.
 async fn run(
-    worker: WorkerId,
-    wake: &Notify,
-    ws: &mut WebSocket,
+    outlet: &Outlet,
     shared: &Shared,
     last_seen: &AtomicU64,
     silence: Option<Duration>,
 ) -> (u16, String) {
+    let worker = outlet.worker;
     let epoch = shared.epoch;
     let start = Instant::now();
     let heartbeat = shared.config.heartbeat;
     let hub: &Hub = &shared.hub;
     let mut batch = Vec::new(); // grow on first use: idle workers stay small
-    let mut out = Vec::new();
-    let mut jobs = JobBatch::default();
     let enabled = !heartbeat.is_zero();
     let period = if enabled {
         heartbeat
@@ -325,12 +338,12 @@ async fn run(
     let deadline = tokio::time::sleep_until(start + silence);
     tokio::pin!(deadline);
     // Kept across rounds of the loop, and armed again only once it fired.
-    let woken = wake.notified();
+    let woken = outlet.wake.notified();
     tokio::pin!(woken);
     loop {
         tokio::select! {
             // Queued frames go out first, then the next message is read.
-            step = poll_fn(|cx| ws.poll_write_then_read(cx)) => {
+            step = poll_fn(|cx| outlet.line().ws.poll_write_then_read(cx)) => {
                 let mut next = match step {
                     Ok(msg) => msg,
                     Err(e) => return (CLOSE_GOING_AWAY, format!("write failed: {e}")),
@@ -346,7 +359,7 @@ async fn run(
                     if taken == BATCH {
                         break; // the rest waits for the next round
                     }
-                    next = match poll_fn(|cx| Poll::Ready(ws.poll_read(cx))).await {
+                    next = match poll_fn(|cx| Poll::Ready(outlet.line().ws.poll_read(cx))).await {
                         Poll::Ready(msg) => msg,
                         Poll::Pending => break,
                     };
@@ -356,6 +369,11 @@ async fn run(
                     last_seen.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                     shared.counters.bytes_in.inc_by(bytes);
                 }
+                if end.is_some() {
+                    // Nothing more is written from outside: a job sent from here on stays
+                    // in the outbox, and goes back to the line unsent when the worker leaves.
+                    outlet.line().ending = true;
+                }
                 if !batch.is_empty() {
                     hub.settle(worker, &mut batch);
                 }
@@ -364,23 +382,16 @@ async fn run(
                 }
             }
             _ = &mut woken => {
-                woken.set(wake.notified());
-                hub.take_outbox(worker, &mut out);
+                woken.set(outlet.wake.notified());
+                let mut line = outlet.line();
+                let line = &mut *line;
+                hub.take_outbox(worker, &mut line.out);
+                let mut out = std::mem::take(&mut line.out);
                 let mut bytes = 0;
                 for item in out.drain(..) {
                     let frame = match item {
-                        // A small job's frame is one part (a shared tail is large).
-                        Outgoing::Job(_, frame) if frame.len() <= BATCHED_JOB_MAX => {
-                            if jobs.bytes + frame.len() > JOBS_BATCH_BYTES {
-                                bytes += jobs.queue(ws);
-                            }
-                            jobs.push(frame.into_parts().0);
-                            continue;
-                        }
                         Outgoing::Job(_, frame) => {
-                            bytes += jobs.queue(ws);
-                            bytes += frame.len() as u64;
-                            ws.queue_binary_parts(&[], frame.parts(), frame.len());
+                            bytes += line.queue_job(frame);
                             continue;
                         }
                         Outgoing::EndOfWork | Outgoing::Cancel(_) => {
@@ -396,17 +407,18 @@ async fn run(
                         Outgoing::Close { code, reason } => return (code, reason),
                     };
                     // In order: the jobs gathered so far go first.
-                    bytes += jobs.queue(ws);
+                    bytes += line.jobs.queue(&mut line.ws);
                     bytes += frame.len() as u64;
-                    ws.queue_binary(frame);
+                    line.ws.queue_binary(frame);
                 }
-                bytes += jobs.queue(ws);
+                line.out = out; // its room is kept for the next round
+                bytes += line.jobs.queue(&mut line.ws);
                 shared.counters.bytes_out.inc_by(bytes);
             }
             _ = ping.tick(), if enabled => {
                 pings += 1;
                 match wire::encode_to_worker(&ToWorker::Ping(pings)) {
-                    Ok(frame) => ws.queue_binary(frame),
+                    Ok(frame) => outlet.line().ws.queue_binary(frame),
                     Err(e) => return (CLOSE_POLICY, e.to_string()),
                 }
             }
@@ -418,6 +430,166 @@ async fn run(
                 deadline.as_mut().reset(seen_at + silence);
             }
         }
+    }
+}
+
+/// A connection's way out, shared with the scheduler: the wake for its task and, while the
+/// connection serves its worker, its WebSocket with what its writer keeps between rounds.
+///
+/// Its task writes whatever the scheduler puts in the worker's outbox when woken. But a
+/// job sent while no other job is out (one job at a time) is written at once by the
+/// sender, from its own thread ([`Outlet::write_now`]): one hand-over between threads
+/// fewer on the way to the worker, much of a single job's latency when it is sent from
+/// outside the runtime. In a flood of jobs the connections' tasks write them side by side
+/// with the senders, many jobs to a message.
+pub(crate) struct Outlet {
+    /// The worker this connection serves.
+    worker: WorkerId,
+    /// Wakes the connection's task when the outbox has something for it.
+    wake: Notify,
+    /// The WebSocket and the writer's buffers, while the connection serves its worker
+    /// (after its welcome, until it ends).
+    line: Mutex<Option<Line>>,
+}
+
+/// The connection's WebSocket, and what its writer keeps between rounds.
+struct Line {
+    ws: WebSocket,
+    /// True once the connection's end was read: [`Outlet::write_now`] leaves jobs where
+    /// they are.
+    ending: bool,
+    /// The outbox taken from the scheduler, drained each round.
+    out: Vec<Outgoing>,
+    /// Small jobs gathered into one message.
+    jobs: JobBatch,
+}
+
+impl Line {
+    /// Queues job `frame`: a small one joins the batch, a large one goes alone, after the
+    /// batch. Returns the bytes queued.
+    fn queue_job(&mut self, frame: JobFrame) -> u64 {
+        // A small job's frame is one part (a shared tail is large).
+        if frame.len() <= BATCHED_JOB_MAX {
+            let mut bytes = 0;
+            if self.jobs.bytes + frame.len() > JOBS_BATCH_BYTES {
+                bytes += self.jobs.queue(&mut self.ws);
+            }
+            self.jobs.push(frame.into_parts().0);
+            return bytes;
+        }
+        let bytes = self.jobs.queue(&mut self.ws) + frame.len() as u64;
+        self.ws.queue_binary_parts(&[], frame.parts(), frame.len());
+        bytes
+    }
+}
+
+impl Outlet {
+    /// The outlet of worker `worker`'s connection, before it is attached.
+    pub(crate) fn new(worker: WorkerId) -> Self {
+        Outlet {
+            worker,
+            wake: Notify::new(),
+            line: Mutex::new(None),
+        }
+    }
+
+    /// Wakes the connection's task: its worker's outbox has something.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Writes the jobs in the worker's outbox from this thread, now. The scheduler calls
+    /// this, its lock released, for a job sent while no other job was out.
+    ///
+    /// It leaves the work to the connection's task (and wakes it) whenever that is
+    /// simpler: the task holds the WebSocket, the connection is not attached (or is
+    /// ending), earlier frames still wait to be written or flushed (a heartbeat, say), the
+    /// outbox holds something else than jobs, or the socket does not take every byte at
+    /// once. Nothing written here waits for the socket: the task writes what it left, in
+    /// order.
+    pub(crate) fn write_now(&self, hub: &Hub, counters: &Counters) {
+        let Ok(mut line) = self.line.try_lock() else {
+            return self.wake();
+        };
+        let Some(line) = line.as_mut().filter(|line| !line.ending) else {
+            return self.wake();
+        };
+        if line.ws.has_queued() || !hub.take_outbox_jobs(self.worker, &mut line.out) {
+            return self.wake();
+        }
+        let mut out = std::mem::take(&mut line.out);
+        let mut bytes = 0;
+        for item in out.drain(..) {
+            if let Outgoing::Job(_, frame) = item {
+                bytes += line.queue_job(frame);
+            }
+        }
+        line.out = out;
+        bytes += line.jobs.queue(&mut line.ws);
+        counters.bytes_out.inc_by(bytes);
+        // No task waits here: a socket that takes only part gets the rest from the task.
+        let mut cx = Context::from_waker(Waker::noop());
+        if !matches!(line.ws.poll_write_queued(&mut cx), Poll::Ready(Ok(()))) {
+            self.wake();
+        }
+    }
+
+    /// Hands the WebSocket over once the welcome is sent: from now on its task and the
+    /// scheduler's [`Outlet::write_now`] share it, until the attachment returned is
+    /// detached or dropped (the task's end, even by a panic, closes the socket).
+    fn attach(&self, ws: WebSocket) -> Attachment<'_> {
+        *self.lock() = Some(Line {
+            ws,
+            ending: false,
+            out: Vec::new(),
+            jobs: JobBatch::default(),
+        });
+        Attachment(self)
+    }
+
+    /// The line, locked.
+    fn lock(&self) -> MutexGuard<'_, Option<Line>> {
+        // A panic under the lock is a bug; the WebSocket is still the best there is.
+        self.line.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The line, locked, while the connection is attached (all through [`run`]).
+    fn line(&self) -> Attached<'_> {
+        Attached(self.lock())
+    }
+}
+
+/// The WebSocket lent to an [`Outlet`]; taken back when detached or dropped.
+struct Attachment<'a>(&'a Outlet);
+
+impl Attachment<'_> {
+    /// Takes the WebSocket back when the connection ends.
+    fn detach(self) -> WebSocket {
+        let line = self.0.lock().take();
+        line.expect("attached until its attachment is detached or dropped")
+            .ws
+    }
+}
+
+impl Drop for Attachment<'_> {
+    fn drop(&mut self) {
+        self.0.lock().take();
+    }
+}
+
+/// The attached line, locked; see [`Outlet::line`].
+struct Attached<'a>(MutexGuard<'a, Option<Line>>);
+
+impl std::ops::Deref for Attached<'_> {
+    type Target = Line;
+    fn deref(&self) -> &Line {
+        self.0.as_ref().expect("attached all through run")
+    }
+}
+
+impl std::ops::DerefMut for Attached<'_> {
+    fn deref_mut(&mut self) -> &mut Line {
+        self.0.as_mut().expect("attached all through run")
     }
 }
 

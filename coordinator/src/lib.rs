@@ -15,7 +15,8 @@
 //!   (the lock and every step taken under it), `dispatch`, `workers` (ring and credit),
 //!   `ledger` (in-flight table, dedup, retries, leases), `outcomes`, `report`.
 //! - `connection` (private): one worker's handshake, reader, writer and heartbeats, and
-//!   the messages it exchanges with the scheduler.
+//!   the messages it exchanges with the scheduler; its outlet lets the sender of a job
+//!   write it at once when no other job is out.
 //! - [`result`]: [`ResultReceiver`] takes outcomes in batches and decodes them (optionally
 //!   in send order); `job_error` (private): [`JobError`], why a job has no result (its
 //!   handler failed, it was lost with its workers, its result does not decode).

@@ -115,6 +115,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         socket
     }
 
+    /// True while queued bytes wait to be written, or written ones to be flushed.
+    pub fn has_queued(&self) -> bool {
+        self.ws.get_ref().has_queued()
+    }
+
+    /// Writes what is queued; ready once nothing is.
+    pub fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.ws.get_mut().poll_write_queued(cx)
+    }
+
     /// Writes what is queued, then reads the next message; fails only when writing does.
     pub fn poll_write_then_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Read>> {
         let socket = self.ws.get_mut();

@@ -10,6 +10,19 @@ use tokio::time::Instant;
 use super::{hub::Wakes, Scheduler, WorkerId};
 use crate::queue::{NewJob, Waiting};
 
+/// How a job is dispatched this time.
+#[derive(Debug, Clone, Copy)]
+enum Dispatch {
+    /// For the first time, as it is admitted, while no other job is out: one job at a time,
+    /// where its latency is what counts. When its worker holds no other job and the job is
+    /// small, it is written at once by the thread that sent it, together with any that
+    /// join it in the same step (the rest of its worker's turn in a `send_many`), unless
+    /// the connection is busy ([`Outlet::write_now`](crate::connection::Outlet::write_now)).
+    Alone,
+    /// For the `n`th time.
+    Nth(u32),
+}
+
 impl Scheduler {
     /// True when a new job can be dispatched at once: credit is free, nothing dispatchable
     /// waits ahead of it, and the receiver keeps up.
@@ -43,7 +56,12 @@ impl Scheduler {
         } else {
             None
         } {
-            Some(wid) => self.send_new(job, wid, now, wakes),
+            Some(wid) => {
+                // Not in a flood of sends: there, writing would slow the sender, while the
+                // connections' tasks write side by side with it.
+                let alone = self.ledger.is_empty();
+                self.send_new(job, wid, alone, now, wakes)
+            }
             None => self.queue.push_back(job),
         }
         id
@@ -62,7 +80,7 @@ impl Scheduler {
             };
             match waiting {
                 Waiting::New(job) => match self.workers.pick(None, |_, _| false) {
-                    Some(wid) => self.send_new(job, wid, now, wakes),
+                    Some(wid) => self.send_new(job, wid, false, now, wakes),
                     None => deferred.push(Waiting::New(job)),
                 },
                 Waiting::Again(id) => {
@@ -94,35 +112,52 @@ impl Scheduler {
         self.queue.defer(deferred);
     }
 
-    /// Sends a new job to worker `wid`, which has credit for it.
-    fn send_new(&mut self, job: NewJob, wid: WorkerId, now: Instant, wakes: &mut Wakes) {
+    /// Sends a new job to worker `wid`, which has credit for it; `alone` when it is
+    /// dispatched as it is admitted, while no other job is out ([`Dispatch::Alone`]).
+    fn send_new(
+        &mut self,
+        job: NewJob,
+        wid: WorkerId,
+        alone: bool,
+        now: Instant,
+        wakes: &mut Wakes,
+    ) {
         self.tallies.dispatch_wait.observe(now - job.at);
         if job.holds_room {
             wakes.room += 1;
         }
         let frame = job.frame.clone();
         self.ledger.start(job.id, job.frame, wid, now);
-        self.hand_over(job.id, 1, frame, wid, now, wakes);
+        let dispatch = if alone {
+            Dispatch::Alone
+        } else {
+            Dispatch::Nth(1)
+        };
+        self.hand_over(job.id, dispatch, frame, wid, now, wakes);
     }
 
     /// Sends job `id`, waiting again, to worker `wid`, which has credit for it.
     fn send_again(&mut self, id: JobId, wid: WorkerId, now: Instant, wakes: &mut Wakes) {
         let (dispatch, frame) = self.ledger.restart(id, wid, now);
-        self.hand_over(id, dispatch, frame, wid, now, wakes);
+        self.hand_over(id, Dispatch::Nth(dispatch), frame, wid, now, wakes);
     }
 
-    /// Puts the frame of job `id` (dispatched for the `dispatch`th time) in the outbox of
-    /// worker `wid`, which holds one more job from now on, and gives the job a lease.
+    /// Puts the frame of job `id` in the outbox of worker `wid`, which holds one more job
+    /// from now on, and gives the job a lease.
     fn hand_over(
         &mut self,
         id: JobId,
-        dispatch: u32,
+        dispatch: Dispatch,
         frame: JobFrame,
         wid: WorkerId,
         now: Instant,
         wakes: &mut Wakes,
     ) {
-        self.workers.hand_over(id, frame, wid, wakes);
+        let (dispatch, alone) = match dispatch {
+            Dispatch::Alone => (1, true),
+            Dispatch::Nth(n) => (n, false),
+        };
+        self.workers.hand_over(id, frame, wid, alone, wakes);
         if let Some(lease) = self.config.lease {
             wakes.leases |= self.ledger.lease(id, dispatch, now + lease);
         }

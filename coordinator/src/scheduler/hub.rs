@@ -1,6 +1,7 @@
 //! The scheduler behind its lock: every step the rest of the coordinator takes with it
 //! (submit, join, settle, leave, take outcomes, expire leases, shut down), each one short
-//! and under the lock, and the tasks woken once the lock is released.
+//! and under the lock, and the tasks woken once the lock is released. A job sent while no
+//! other is out is written to its worker's connection then and there, by the sender.
 
 use std::{
     collections::VecDeque,
@@ -17,7 +18,7 @@ use tokio::{
 use super::{RawOutcome, Scheduler, ShutdownReport, WorkerId, WorkerSnapshot};
 use crate::{
     config::Config,
-    connection::{Incoming, Joining, Outgoing},
+    connection::{Incoming, Joining, Outgoing, Outlet},
     queue::{Room, RoomError},
     stats::{self, Counters, Gauges, Stats},
 };
@@ -26,7 +27,7 @@ use crate::{
 #[derive(Default)]
 pub(super) struct Wakes {
     /// Connection writers with something new in their outbox.
-    pub(super) writers: SmallVec<[Arc<Notify>; 4]>,
+    pub(super) writers: SmallVec<[Writer; 4]>,
     /// True when the result receiver may find outcomes (or their end).
     pub(super) results: bool,
     /// Places in the line given back by jobs dispatched.
@@ -38,6 +39,15 @@ pub(super) struct Wakes {
     pub(super) workers: Option<usize>,
     /// True once end-of-work was sent.
     pub(super) finished: bool,
+}
+
+/// A connection writer with something new in its outbox.
+pub(super) struct Writer {
+    /// The connection's way out.
+    pub(super) outlet: Arc<Outlet>,
+    /// True when the outbox holds the only job out, which its worker's idle connection
+    /// gets written at once rather than through its task.
+    pub(super) at_once: bool,
 }
 
 /// The scheduler behind its lock, and what is woken outside it.
@@ -84,8 +94,9 @@ pub(crate) enum Batch {
 pub(crate) struct Joined {
     /// Its id.
     pub id: WorkerId,
-    /// Wakes its connection's writer when its outbox has something.
-    pub wake: Arc<Notify>,
+    /// Its connection's way out, which the scheduler wakes (or writes to) when the
+    /// worker's outbox has something.
+    pub outlet: Arc<Outlet>,
     /// The session to give it in the welcome (with a reconnect grace only).
     pub session: Option<String>,
     /// True when it resumed the session its hello named, with the jobs it holds.
@@ -181,9 +192,6 @@ impl Hub {
         if wakes.finished {
             self.finished_watch.send_replace(true);
         }
-        for writer in &wakes.writers {
-            writer.notify_one();
-        }
         if wakes.results {
             self.results_ready.notify_one();
         }
@@ -192,6 +200,14 @@ impl Hub {
         }
         if wakes.leases {
             self.leases_changed.notify_one();
+        }
+        // Last: writing at once takes a system call.
+        for writer in &wakes.writers {
+            if writer.at_once {
+                writer.outlet.write_now(self, &self.counters);
+            } else {
+                writer.outlet.wake();
+            }
         }
     }
 
@@ -300,6 +316,24 @@ impl Hub {
         if let Some(w) = s.workers.get_mut(worker) {
             std::mem::swap(&mut w.outbox, out);
         }
+    }
+
+    /// Moves the jobs in the worker's outbox into `out` (which should be empty), unless
+    /// it holds anything else: then it leaves it for the connection's task, and returns
+    /// false.
+    pub fn take_outbox_jobs(&self, worker: WorkerId, out: &mut Vec<Outgoing>) -> bool {
+        let mut s = self.lock();
+        let Some(w) = s.workers.get_mut(worker) else {
+            return true;
+        };
+        let jobs_only = w
+            .outbox
+            .iter()
+            .all(|item| matches!(item, Outgoing::Job(..)));
+        if jobs_only {
+            std::mem::swap(&mut w.outbox, out);
+        }
+        jobs_only
     }
 
     /// Settles what a connection read, in order.

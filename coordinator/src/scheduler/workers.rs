@@ -12,15 +12,15 @@ use distchan_protocol::{
     JobId,
 };
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 
 use super::{
-    hub::{Joined, Wakes},
+    hub::{Joined, Wakes, Writer},
     window::Window,
     Scheduler, WorkerId, WorkerShare, MAX_SHARES,
 };
 use crate::{
-    connection::{Joining, Outgoing},
+    connection::{Joining, Outgoing, Outlet, BATCHED_JOB_MAX},
     stats,
 };
 
@@ -58,8 +58,8 @@ pub(super) struct Worker {
     in_ring: bool,
     /// What the connection's writer sends next.
     pub(super) outbox: Vec<Outgoing>,
-    /// Wakes the connection's writer.
-    wake: Arc<Notify>,
+    /// Its connection's way out: the writer to wake, or to write to at once.
+    outlet: Arc<Outlet>,
     /// The session its welcome gave (with a reconnect grace only).
     pub(super) session: Option<String>,
 }
@@ -111,8 +111,23 @@ impl Worker {
 
     /// Puts `out` in the outbox, and has the writer woken if the outbox was empty.
     pub(super) fn send(&mut self, out: Outgoing, wakes: &mut Wakes) {
+        self.send_or_write(out, false, wakes);
+    }
+
+    /// Puts `out` in the outbox, and has the writer woken if the outbox was empty; with
+    /// `at_once`, a small job for a worker that holds no other is written at once instead,
+    /// by whoever handed it over ([`Outlet::write_now`]). A large one is left to the
+    /// connection's task: its transfer dwarfs a hand-over, and the sender's thread would
+    /// pay for it.
+    fn send_or_write(&mut self, out: Outgoing, at_once: bool, wakes: &mut Wakes) {
         if self.outbox.is_empty() {
-            wakes.writers.push(self.wake.clone());
+            let at_once = at_once
+                && self.held == 1
+                && matches!(&out, Outgoing::Job(_, frame) if frame.len() <= BATCHED_JOB_MAX);
+            wakes.writers.push(Writer {
+                outlet: self.outlet.clone(),
+                at_once,
+            });
         }
         self.outbox.push(out);
     }
@@ -234,11 +249,11 @@ impl Workers {
         window: Window,
         end_sent: bool,
         wakes: &mut Wakes,
-    ) -> (WorkerId, Arc<Notify>) {
+    ) -> (WorkerId, Arc<Outlet>) {
         let id = self.next_id;
         self.next_id += 1;
         tracing::debug!(worker = id, agent = %j.agent, kind = ?j.kind, addr = %j.addr, capacity = j.capacity, "worker registered");
-        let wake = Arc::new(Notify::new());
+        let outlet = Arc::new(Outlet::new(id));
         let mut worker = Worker {
             agent: j.agent,
             kind: j.kind,
@@ -255,7 +270,7 @@ impl Workers {
             group: j.group.map(Arc::from),
             in_ring: true,
             outbox: Vec::new(),
-            wake: wake.clone(),
+            outlet: outlet.clone(),
             session: None,
         };
         if end_sent {
@@ -265,7 +280,7 @@ impl Workers {
         self.free_credit += worker.free();
         self.map.insert(id, worker);
         self.ring.push_back(id);
-        (id, wake)
+        (id, outlet)
     }
 
     /// Removes worker `id` and its free credit.
@@ -363,17 +378,20 @@ impl Workers {
     }
 
     /// Hands job `id`'s frame to worker `wid`, picked for it: the worker uses one credit.
+    /// With `alone` (dispatched as it was sent, while no other job is out), the job is
+    /// written at once by the caller, once the scheduler's lock is released.
     pub fn hand_over(
         &mut self,
         id: JobId,
         frame: distchan_protocol::wire::JobFrame,
         wid: WorkerId,
+        alone: bool,
         wakes: &mut Wakes,
     ) {
         let w = self.map.get_mut(&wid).expect("picked workers exist");
         w.held += 1;
         self.free_credit -= 1;
-        w.send(Outgoing::Job(id, frame), wakes);
+        w.send_or_write(Outgoing::Job(id, frame), alone, wakes);
         if w.free() == 0 || self.turn_max == 1 {
             self.end_turn();
         }
@@ -447,7 +465,10 @@ impl Workers {
                     .filter(|out| !(ended && matches!(out, Outgoing::EndOfWork))),
             );
             if !outbox.is_empty() {
-                wakes.writers.push(w.wake.clone());
+                wakes.writers.push(Writer {
+                    outlet: w.outlet.clone(),
+                    at_once: false,
+                });
             }
             w.outbox = outbox;
         })
@@ -530,14 +551,14 @@ impl Scheduler {
                 .adaptive_windows
                 .then_some(self.config.start_window),
         );
-        let (id, wake) = self.workers.add(j, window, self.end_sent, wakes);
+        let (id, outlet) = self.workers.add(j, window, self.end_sent, wakes);
         let resumed = resume.is_some_and(|r| self.resume(id, r, wakes));
         let session = self.open_session(id);
         wakes.workers = Some(self.workers.len());
         self.dispatch(Instant::now(), wakes);
         Ok(Joined {
             id,
-            wake,
+            outlet,
             session,
             resumed,
         })
