@@ -261,19 +261,21 @@ pub struct Streams {
 
 /// Makes the two streams if they are missing (an existing stream is used as it is).
 pub async fn ensure_streams(js: &Context, settings: &QueueSettings) -> Result<Streams, Error> {
-    let jobs = js
-        .get_or_create_stream(stream::Config {
+    let jobs = get_or_create(
+        js,
+        stream::Config {
             name: settings.jobs_stream.clone(),
             subjects: vec![settings.jobs_subject.clone()],
             retention: RetentionPolicy::WorkQueue,
             storage: StorageType::File,
             duplicate_window: Duration::from_secs(120),
             ..Default::default()
-        })
-        .await
-        .map_err(error)?;
-    let results = js
-        .get_or_create_stream(stream::Config {
+        },
+    )
+    .await?;
+    let results = get_or_create(
+        js,
+        stream::Config {
             name: settings.results_stream.clone(),
             subjects: vec![format!("{}.>", settings.results_prefix)],
             retention: RetentionPolicy::Limits,
@@ -281,10 +283,23 @@ pub async fn ensure_streams(js: &Context, settings: &QueueSettings) -> Result<St
             duplicate_window: Duration::from_secs(120),
             max_age: settings.results_max_age,
             ..Default::default()
-        })
-        .await
-        .map_err(error)?;
+        },
+    )
+    .await?;
     Ok(Streams { jobs, results })
+}
+
+/// The stream `config` names, made if it does not exist. Coordinators (and submitters)
+/// that start together on a new broker all find it missing and all make it; the broker
+/// may refuse all but one of them, saying the subjects overlap with the stream made
+/// meanwhile. The others then take that stream; without one of that name, the refusal
+/// stands.
+async fn get_or_create(js: &Context, config: stream::Config) -> Result<stream::Stream, Error> {
+    let name = config.name.clone();
+    match js.get_or_create_stream(config).await {
+        Ok(stream) => Ok(stream),
+        Err(refused) => js.get_stream(&name).await.map_err(|_| error(refused)),
+    }
 }
 
 /// The durable pull consumer every coordinator takes jobs from (made if missing). It

@@ -978,3 +978,36 @@ fn the_exactly_once_check_catches_missing_repeated_and_wrong_lines() {
         assert!(exactly_once(&lines, 3, "x").is_err(), "{lines:?}");
     }
 }
+
+/// Coordinators that start together on a new broker all find the streams missing and all
+/// make them: the broker may refuse all but one maker (saying the subjects overlap with
+/// the stream made meanwhile), and every coordinator must take the stream made instead of
+/// failing. Eight at once on forty new brokers: without that, each of three runs tried
+/// failed within twenty.
+#[test]
+fn coordinators_starting_together_share_the_streams_one_of_them_made() {
+    use distchan_coordinator::jetstream::{connect, ensure_streams, QueueSettings};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for round in 0..40 {
+        let dir = TempDir::new().unwrap();
+        let nats = Nats::start(dir.path());
+        runtime.block_on(async {
+            let settings = QueueSettings::new(nats.url());
+            // One connection each, as separate coordinators have.
+            let mut links = Vec::new();
+            for _ in 0..8 {
+                links.push(connect(&settings).await.expect("the broker is up"));
+            }
+            let starts = links.iter().map(|js| ensure_streams(js, &settings));
+            for made in futures_util::future::join_all(starts).await {
+                let streams = made.unwrap_or_else(|e| panic!("round {round}: {e}"));
+                assert_eq!(streams.jobs.cached_info().config.name, settings.jobs_stream);
+                assert_eq!(
+                    streams.results.cached_info().config.name,
+                    settings.results_stream
+                );
+            }
+        });
+    }
+}
