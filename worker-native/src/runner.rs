@@ -27,8 +27,8 @@ use tokio::{sync::mpsc, task::AbortHandle};
 
 use crate::job::Reply;
 
-/// A handler computing longer than this before it first waits is not run on the connection
-/// task.
+/// A handler computing longer than this before it first waits, two jobs in a row, is not
+/// run on the connection task any more.
 pub const LONG_HANDLER: Duration = Duration::from_micros(50);
 
 /// Quick jobs in a row, on tasks of their own, before the connection task runs the handler
@@ -77,6 +77,9 @@ pub(crate) struct Runner {
     /// When the last job run on the connection task in this round ended (the next one's
     /// start: one clock reading per job).
     last: Option<Instant>,
+    /// True when the last job run on the connection task took longer than
+    /// [`LONG_HANDLER`]: one more in a row sends the jobs back to tasks of their own.
+    was_slow: bool,
     /// Jobs in a row that finished quickly without waiting on tasks of their own; those
     /// tasks keep it up to date.
     quick: Arc<AtomicU32>,
@@ -109,6 +112,7 @@ impl Runner {
             inline: false,
             may_inline,
             last: None,
+            was_slow: false,
             quick: Arc::new(AtomicU32::new(0)),
             replies,
         }
@@ -137,11 +141,19 @@ impl Runner {
             let polled = poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
             let ended = Instant::now();
             self.last = Some(ended);
-            if ended - started > LONG_HANDLER {
-                tracing::debug!("a job was slow: jobs get tasks of their own until quick again");
+            // One slow job alone is most often the machine stalling the thread (another
+            // process took the core), not the handler: on two busy cores that came every
+            // few thousand tiny jobs, and each time the next CALIBRATION jobs paid for
+            // tasks of their own. A handler that is slow is slow twice in a row.
+            let slow = ended - started > LONG_HANDLER;
+            if slow && self.was_slow {
+                tracing::debug!(
+                    "two jobs in a row were slow: jobs get tasks of their own until quick again"
+                );
                 self.inline = false;
                 self.quick.store(0, Ordering::Relaxed);
             }
+            self.was_slow = slow && self.inline;
             if let Poll::Ready(outcome) = polled {
                 return Some((id, outcome));
             }

@@ -5,9 +5,10 @@
 //! Those tasks time the handler: once it has finished [`CALIBRATION`] jobs in a row quickly
 //! (within [`LONG_HANDLER`]) without waiting, the connection task runs it itself, and each
 //! job is answered on the spot, in the same write as the jobs read with it, without
-//! crossing a task. There every job is timed too, and one slow job (a heavier input, or the
-//! machine stalling the thread) sends the jobs back to tasks of their own until the handler
-//! has proved quick again. A job whose handler waits (for I/O, a timer) is moved to a task
+//! crossing a task. There every job is timed too, and two slow jobs in a row (heavier
+//! inputs) send the jobs back to tasks of their own until the handler has proved quick
+//! again; one slow job alone is taken for the machine stalling the thread, which a busy
+//! machine does every few thousand jobs. A job whose handler waits (for I/O, a timer) is moved to a task
 //! of its own where it waits. [`Options::inline_handlers`](crate::Options::inline_handlers)
 //! turns the connection task's part off.
 

@@ -162,9 +162,9 @@ async fn quick_handlers_move_onto_the_connection_task_and_slow_ones_never_do() {
         64,
         "the first jobs each start on a task of their own"
     );
-    // Then the connection task runs them. (A job the machine happens to stall sends the next
-    // CALIBRATION jobs to tasks of their own again, so not every later job need be on it;
-    // without this behaviour no task would run more than one.)
+    // Then the connection task runs them. (Two jobs in a row the machine happens to stall
+    // send the next CALIBRATION jobs to tasks of their own again, so not every later job
+    // need be on it; without this behaviour no task would run more than one.)
     let mut per_task = std::collections::HashMap::new();
     for &(_, id) in &seen[64..] {
         *per_task.entry(id).or_insert(0usize) += 1;
@@ -189,6 +189,42 @@ async fn quick_handlers_move_onto_the_connection_task_and_slow_ones_never_do() {
         distinct.len(),
         100,
         "a slow handler always gets a task of its own"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_job_alone_leaves_a_quick_handler_on_the_connection_task() {
+    let tasks = Arc::new(Mutex::new(Vec::new()));
+    let t = tasks.clone();
+    // Quick jobs, but for three, each alone, that take four times LONG_HANDLER: the way a
+    // busy machine stalls a thread now and then.
+    let slow = [150, 200, 250];
+    run(Config::default(), options(4, 16), 400, move |x| {
+        let id = tokio::task::try_id().expect("handlers run on a task");
+        t.lock().unwrap().push((x, id));
+        if slow.contains(&x) {
+            std::thread::sleep(4 * serve::LONG_HANDLER);
+        }
+        std::future::ready(Ok(x))
+    })
+    .await;
+    let seen = tasks.lock().unwrap();
+    let mut per_task = std::collections::HashMap::new();
+    for &(_, id) in seen.iter() {
+        *per_task.entry(id).or_insert(0usize) += 1;
+    }
+    let (connection_task, _) = per_task.into_iter().max_by_key(|&(_, n)| n).unwrap();
+    let elsewhere: Vec<u64> = seen
+        .iter()
+        .filter(|&&(x, id)| x > slow[0] && id != connection_task)
+        .map(|&(x, _)| x)
+        .collect();
+    // Sending the jobs back to tasks of their own after a slow one would put the next
+    // CALIBRATION jobs on tasks each time.
+    assert!(
+        elsewhere.len() < CALIBRATION as usize,
+        "{} jobs after the first slow one ran off the connection task: {elsewhere:?}",
+        elsewhere.len()
     );
 }
 
