@@ -1,7 +1,8 @@
 //! The runner of a handler that the connection task drives: every job starts on a task of
 //! its own, up to `concurrency` at once, until the handler has proved quick; then the
-//! connection task runs it itself, and one slow job sends the jobs back to tasks of their
-//! own. See [`serve`](mod@crate::serve) for the whole story.
+//! connection task runs it itself, and a slow job there that follows another within
+//! [`CALIBRATION`] jobs sends the jobs back to tasks of their own. See
+//! [`serve`](mod@crate::serve) for the whole story.
 //!
 //! The connection hands a [`Runner`] each job it reads and answers the outcomes the runner
 //! returns at once; jobs on tasks of their own report as [`Reply`]s on the runner's channel.
@@ -27,8 +28,8 @@ use tokio::{sync::mpsc, task::AbortHandle};
 
 use crate::job::Reply;
 
-/// A handler computing longer than this before it first waits, two jobs in a row, is not
-/// run on the connection task any more.
+/// A handler computing longer than this before it first waits, in two jobs less than
+/// [`CALIBRATION`] jobs apart, is not run on the connection task any more.
 pub const LONG_HANDLER: Duration = Duration::from_micros(50);
 
 /// Quick jobs in a row, on tasks of their own, before the connection task runs the handler
@@ -77,9 +78,10 @@ pub(crate) struct Runner {
     /// When the last job run on the connection task in this round ended (the next one's
     /// start: one clock reading per job).
     last: Option<Instant>,
-    /// True when the last job run on the connection task took longer than
-    /// [`LONG_HANDLER`]: one more in a row sends the jobs back to tasks of their own.
-    was_slow: bool,
+    /// Jobs run on the connection task since the last one that took longer than
+    /// [`LONG_HANDLER`] (from [`CALIBRATION`] when it starts running them): a slow job
+    /// while this is under [`CALIBRATION`] sends the jobs back to tasks of their own.
+    since_slow: u32,
     /// Jobs in a row that finished quickly without waiting on tasks of their own; those
     /// tasks keep it up to date.
     quick: Arc<AtomicU32>,
@@ -112,7 +114,7 @@ impl Runner {
             inline: false,
             may_inline,
             last: None,
-            was_slow: false,
+            since_slow: CALIBRATION,
             quick: Arc::new(AtomicU32::new(0)),
             replies,
         }
@@ -135,25 +137,31 @@ impl Runner {
         if !self.inline && self.may_inline && self.quick.load(Ordering::Relaxed) == CALIBRATION {
             tracing::debug!("the handler is quick: the connection task runs it");
             self.inline = true;
+            self.since_slow = CALIBRATION;
         }
         if self.inline {
             let started = self.last.unwrap_or_else(Instant::now);
             let polled = poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await;
             let ended = Instant::now();
             self.last = Some(ended);
-            // One slow job alone is most often the machine stalling the thread (another
+            // A lone slow job is most often the machine stalling the thread (another
             // process took the core), not the handler: on two busy cores that came every
             // few thousand tiny jobs, and each time the next CALIBRATION jobs paid for
-            // tasks of their own. A handler that is slow is slow twice in a row.
+            // tasks of their own. So a slow job is forgiven unless another came within
+            // CALIBRATION jobs before it: where slow jobs come that often, the handler is
+            // slow. That runs at most one slow job more here than leaving at the first one
+            // did (which came back after CALIBRATION quick ones).
             let slow = ended - started > LONG_HANDLER;
-            if slow && self.was_slow {
-                tracing::debug!(
-                    "two jobs in a row were slow: jobs get tasks of their own until quick again"
-                );
+            if slow && self.since_slow < CALIBRATION {
+                tracing::debug!("slow jobs again: jobs get tasks of their own until quick again");
                 self.inline = false;
                 self.quick.store(0, Ordering::Relaxed);
             }
-            self.was_slow = slow && self.inline;
+            self.since_slow = if slow {
+                0
+            } else {
+                self.since_slow.saturating_add(1)
+            };
             if let Poll::Ready(outcome) = polled {
                 return Some((id, outcome));
             }

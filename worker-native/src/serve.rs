@@ -5,12 +5,15 @@
 //! Those tasks time the handler: once it has finished [`CALIBRATION`] jobs in a row quickly
 //! (within [`LONG_HANDLER`]) without waiting, the connection task runs it itself, and each
 //! job is answered on the spot, in the same write as the jobs read with it, without
-//! crossing a task. There every job is timed too, and two slow jobs in a row (heavier
-//! inputs) send the jobs back to tasks of their own until the handler has proved quick
-//! again; one slow job alone is taken for the machine stalling the thread, which a busy
-//! machine does every few thousand jobs. A job whose handler waits (for I/O, a timer) is moved to a task
-//! of its own where it waits. [`Options::inline_handlers`](crate::Options::inline_handlers)
-//! turns the connection task's part off.
+//! crossing a task. There every job is timed too, and a slow job that comes within
+//! [`CALIBRATION`] jobs of another sends the jobs back to tasks of their own until the
+//! handler has proved quick again. A lone slow job is taken for the machine stalling the
+//! thread, which a busy machine does every few thousand jobs: it runs on the connection
+//! task, which reads nothing and answers no heartbeat meanwhile, as did the first slow job
+//! before each return to tasks. A job whose handler waits (for I/O, a timer) is moved to a
+//! task of its own where it waits. [`Options::inline_handlers`](crate::Options::inline_handlers)
+//! turns the connection task's part off: do so for a handler with heavy inputs far apart
+//! (one in hundreds), which would hold up the connection for each of them.
 
 use std::{future::Future, sync::Arc};
 

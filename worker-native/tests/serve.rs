@@ -192,39 +192,76 @@ async fn quick_handlers_move_onto_the_connection_task_and_slow_ones_never_do() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_slow_job_alone_leaves_a_quick_handler_on_the_connection_task() {
+/// Runs `n` jobs through a handler that sleeps `slow` on the jobs `is_slow` picks and returns
+/// the jobs by input, each with the task that ran it.
+async fn run_timed(
+    n: u64,
+    slow: Duration,
+    is_slow: fn(u64) -> bool,
+) -> Vec<(u64, tokio::task::Id)> {
     let tasks = Arc::new(Mutex::new(Vec::new()));
     let t = tasks.clone();
-    // Quick jobs, but for three, each alone, that take four times LONG_HANDLER: the way a
-    // busy machine stalls a thread now and then.
-    let slow = [150, 200, 250];
-    run(Config::default(), options(4, 16), 400, move |x| {
+    run(Config::default(), options(4, 16), n, move |x| {
         let id = tokio::task::try_id().expect("handlers run on a task");
         t.lock().unwrap().push((x, id));
-        if slow.contains(&x) {
-            std::thread::sleep(4 * serve::LONG_HANDLER);
+        if is_slow(x) {
+            std::thread::sleep(slow);
         }
         std::future::ready(Ok(x))
     })
     .await;
-    let seen = tasks.lock().unwrap();
+    let mut seen = std::mem::take(&mut *tasks.lock().unwrap());
+    seen.sort_by_key(|&(x, _)| x);
+    seen
+}
+
+/// The task that ran the most of the jobs `seen` holds below `below`: the connection task,
+/// once the handler proved quick.
+fn busiest_task(seen: &[(u64, tokio::task::Id)], below: u64) -> tokio::task::Id {
     let mut per_task = std::collections::HashMap::new();
-    for &(_, id) in seen.iter() {
+    for &(_, id) in seen.iter().filter(|&&(x, _)| x < below) {
         *per_task.entry(id).or_insert(0usize) += 1;
     }
-    let (connection_task, _) = per_task.into_iter().max_by_key(|&(_, n)| n).unwrap();
+    per_task.into_iter().max_by_key(|&(_, n)| n).unwrap().0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_slow_job_leaves_a_quick_handler_on_the_connection_task() {
+    // Quick jobs, but for three, far apart, that take four times LONG_HANDLER: the way a
+    // busy machine stalls a thread now and then.
+    let seen = run_timed(600, 4 * serve::LONG_HANDLER, |x| {
+        [150, 300, 450].contains(&x)
+    })
+    .await;
+    let connection_task = busiest_task(&seen, 600);
     let elsewhere: Vec<u64> = seen
         .iter()
-        .filter(|&&(x, id)| x > slow[0] && id != connection_task)
+        .filter(|&&(x, id)| x > 150 && id != connection_task)
         .map(|&(x, _)| x)
         .collect();
-    // Sending the jobs back to tasks of their own after a slow one would put the next
-    // CALIBRATION jobs on tasks each time.
+    // Sending the jobs back to tasks of their own after each slow one would put at least
+    // the next CALIBRATION jobs on tasks three times; one stray pair of stalls, once.
     assert!(
-        elsewhere.len() < CALIBRATION as usize,
+        elsewhere.len() < 2 * CALIBRATION as usize,
         "{} jobs after the first slow one ran off the connection task: {elsewhere:?}",
         elsewhere.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_handler_that_turns_slow_goes_back_to_tasks() {
+    // Quick until job 200, then every job takes four times LONG_HANDLER.
+    let seen = run_timed(300, 4 * serve::LONG_HANDLER, |x| x >= 200).await;
+    let connection_task = busiest_task(&seen, 200);
+    let stayed: Vec<u64> = seen
+        .iter()
+        .filter(|&&(x, id)| x >= 202 && id == connection_task)
+        .map(|&(x, _)| x)
+        .collect();
+    // The second slow job is the last the connection task runs.
+    assert!(
+        stayed.is_empty(),
+        "the connection task still ran slow jobs {stayed:?}"
     );
 }
 
