@@ -497,7 +497,7 @@ fn job_header(id: JobId, len: usize) -> ([u8; JOB_HEADER_MAX], usize) {
     // `memcpy`); the next part overwrites what lies past the end of the one before.
     let mut header = [0u8; JOB_HEADER_MAX];
     let mut n = JOB_TAG.len();
-    header[..JOB_TAG.len()].copy_from_slice(JOB_TAG);
+    header[..n].copy_from_slice(JOB_TAG);
     let mut int = [0u8; 9];
     let k = put_uint(&mut int, id.0);
     header[n..n + 9].copy_from_slice(&int);
@@ -727,9 +727,9 @@ pub(crate) fn outcome_len(outcome: &Outcome) -> usize {
 
 /// Appends `[id, {"Ok": bin}]` or `[id, {"Err": str}]` to `out`.
 fn put_result_element(out: &mut Vec<u8>, id: JobId, outcome: &Outcome) {
-    let (tag, body, text) = match outcome {
-        Ok(payload) => (OK_TAG, &payload[..], false),
-        Err(message) => (ERR_TAG, message.as_bytes(), true),
+    let (body, text) = match outcome {
+        Ok(payload) => (&payload[..], false),
+        Err(message) => (message.as_bytes(), true),
     };
     // The element's head is put together in place, every part copied whole (fixed sizes,
     // no call to `memcpy`; each part overwrites what lies past the end of the one before),
@@ -739,12 +739,13 @@ fn put_result_element(out: &mut Vec<u8>, id: JobId, outcome: &Outcome) {
     let mut int = [0u8; 9];
     let mut n = 1 + put_uint(&mut int, id.0);
     head[1..10].copy_from_slice(&int);
-    if text {
+    n += if text {
         head[n..n + ERR_TAG.len()].copy_from_slice(ERR_TAG);
+        ERR_TAG.len()
     } else {
         head[n..n + OK_TAG.len()].copy_from_slice(OK_TAG);
-    }
-    n += tag.len();
+        OK_TAG.len()
+    };
     let mut len = [0u8; 5];
     let len_len = put_len(&mut len, body.len(), text);
     head[n..n + 5].copy_from_slice(&len);
