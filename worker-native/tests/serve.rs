@@ -140,58 +140,6 @@ async fn long_computations_run_side_by_side_and_never_silence_the_worker() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quick_handlers_move_onto_the_connection_task_and_slow_ones_never_do() {
-    let tasks = Arc::new(Mutex::new(Vec::new()));
-    let record = |tasks: &Arc<Mutex<Vec<(u64, tokio::task::Id)>>>, x: u64| {
-        let id = tokio::task::try_id().expect("handlers run on a task");
-        tasks.lock().unwrap().push((x, id));
-    };
-
-    let t = tasks.clone();
-    run(Config::default(), options(4, 16), 1000, move |x| {
-        record(&t, x);
-        std::future::ready(Ok(x))
-    })
-    .await;
-    let mut seen = std::mem::take(&mut *tasks.lock().unwrap());
-    seen.sort_by_key(|&(x, _)| x);
-    let first: HashSet<_> = seen[..64].iter().map(|&(_, id)| id).collect();
-    assert_eq!(
-        first.len(),
-        64,
-        "the first jobs each start on a task of their own"
-    );
-    // Then the connection task runs them. (Two jobs in a row the machine happens to stall
-    // send the next CALIBRATION jobs to tasks of their own again, so not every later job
-    // need be on it; without this behaviour no task would run more than one.)
-    let mut per_task = std::collections::HashMap::new();
-    for &(_, id) in &seen[64..] {
-        *per_task.entry(id).or_insert(0usize) += 1;
-    }
-    let (connection_task, most) = per_task.into_iter().max_by_key(|&(_, n)| n).unwrap();
-    assert!(
-        most >= CALIBRATION as usize,
-        "the connection task ran only {most} jobs"
-    );
-    assert!(!first.contains(&connection_task));
-
-    let t = tasks.clone();
-    run(Config::default(), options(4, 16), 100, move |x| {
-        record(&t, x);
-        std::thread::sleep(Duration::from_micros(200));
-        std::future::ready(Ok(x))
-    })
-    .await;
-    let seen = tasks.lock().unwrap();
-    let distinct: HashSet<_> = seen.iter().map(|&(_, id)| id).collect();
-    assert_eq!(
-        distinct.len(),
-        100,
-        "a slow handler always gets a task of its own"
-    );
-}
-
 /// Runs `n` jobs through a handler that sleeps `slow` on the jobs `is_slow` picks and returns
 /// the jobs by input, each with the task that ran it.
 async fn run_timed(
@@ -215,14 +163,46 @@ async fn run_timed(
     seen
 }
 
-/// The task that ran the most of the jobs `seen` holds below `below`: the connection task,
-/// once the handler proved quick.
-fn busiest_task(seen: &[(u64, tokio::task::Id)], below: u64) -> tokio::task::Id {
+/// The task that ran the most of the jobs `seen` holds within `jobs`, and how many it ran:
+/// the connection task, once the handler proved quick.
+fn busiest_task(
+    seen: &[(u64, tokio::task::Id)],
+    jobs: impl std::ops::RangeBounds<u64>,
+) -> (tokio::task::Id, usize) {
     let mut per_task = std::collections::HashMap::new();
-    for &(_, id) in seen.iter().filter(|&&(x, _)| x < below) {
+    for &(_, id) in seen.iter().filter(|&&(x, _)| jobs.contains(&x)) {
         *per_task.entry(id).or_insert(0usize) += 1;
     }
-    per_task.into_iter().max_by_key(|&(_, n)| n).unwrap().0
+    per_task.into_iter().max_by_key(|&(_, n)| n).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_handlers_move_onto_the_connection_task_and_slow_ones_never_do() {
+    let seen = run_timed(1000, Duration::ZERO, |_| false).await;
+    let first: HashSet<_> = seen[..64].iter().map(|&(_, id)| id).collect();
+    assert_eq!(
+        first.len(),
+        64,
+        "the first jobs each start on a task of their own"
+    );
+    // Then the connection task runs them. (Two slow jobs less than CALIBRATION apart, where
+    // the machine happens to stall, send the next CALIBRATION jobs to tasks of their own
+    // again, so not every later job need be on it; without this behaviour no task would run
+    // more than one.)
+    let (connection_task, most) = busiest_task(&seen, 64..);
+    assert!(
+        most >= CALIBRATION as usize,
+        "the connection task ran only {most} jobs"
+    );
+    assert!(!first.contains(&connection_task));
+
+    let seen = run_timed(100, Duration::from_micros(200), |_| true).await;
+    let distinct: HashSet<_> = seen.iter().map(|&(_, id)| id).collect();
+    assert_eq!(
+        distinct.len(),
+        100,
+        "a slow handler always gets a task of its own"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +213,7 @@ async fn a_lone_slow_job_leaves_a_quick_handler_on_the_connection_task() {
         [150, 300, 450].contains(&x)
     })
     .await;
-    let connection_task = busiest_task(&seen, 600);
+    let (connection_task, _) = busiest_task(&seen, ..);
     let elsewhere: Vec<u64> = seen
         .iter()
         .filter(|&&(x, id)| x > 150 && id != connection_task)
@@ -252,7 +232,7 @@ async fn a_lone_slow_job_leaves_a_quick_handler_on_the_connection_task() {
 async fn a_quick_handler_that_turns_slow_goes_back_to_tasks() {
     // Quick until job 200, then every job takes four times LONG_HANDLER.
     let seen = run_timed(300, 4 * serve::LONG_HANDLER, |x| x >= 200).await;
-    let connection_task = busiest_task(&seen, 200);
+    let (connection_task, _) = busiest_task(&seen, ..200);
     let stayed: Vec<u64> = seen
         .iter()
         .filter(|&&(x, id)| x >= 202 && id == connection_task)
