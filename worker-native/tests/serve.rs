@@ -214,17 +214,24 @@ async fn a_lone_slow_job_leaves_a_quick_handler_on_the_connection_task() {
     })
     .await;
     let (connection_task, _) = busiest_task(&seen, ..);
-    let elsewhere: Vec<u64> = seen
+    // The job right after a lone slow one: leaving at the first slow job puts every one of
+    // them on a task of its own. Here it stays on the connection task, unless the machine
+    // stalled one more job within CALIBRATION before that slow one (a debug build among
+    // parallel tests on two cores does, often; how many jobs move then is noise, so it is
+    // not what is counted), and it cannot have done so before all three.
+    let after_slow: Vec<(u64, bool)> = [151, 301, 451]
         .iter()
-        .filter(|&&(x, id)| x > 150 && id != connection_task)
-        .map(|&(x, _)| x)
+        .map(|&next| {
+            let &(_, id) = seen
+                .iter()
+                .find(|&&(x, _)| x == next)
+                .expect("every job ran");
+            (next, id == connection_task)
+        })
         .collect();
-    // Sending the jobs back to tasks of their own after each slow one would put at least
-    // the next CALIBRATION jobs on tasks three times; one stray pair of stalls, once.
     assert!(
-        elsewhere.len() < 2 * CALIBRATION as usize,
-        "{} jobs after the first slow one ran off the connection task: {elsewhere:?}",
-        elsewhere.len()
+        after_slow.iter().any(|&(_, stayed)| stayed),
+        "every job right after a lone slow one ran off the connection task: {after_slow:?}"
     );
 }
 
