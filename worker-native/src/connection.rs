@@ -149,7 +149,7 @@ where
 /// The socket under a worker's WebSocket: TCP or TLS (read ahead while busy, see [`Ws`]).
 pub(crate) type Socket = tls::Stream;
 
-/// Connects to `url` (over TLS for `wss://`, see [`tls`](crate::tls)) and completes the
+/// Connects to `url` (over TLS for `wss://`, see [`tls`]) and completes the
 /// handshake, without starting the connection task; `resume` is the session of a lost
 /// connection, readied for its resume.
 pub(crate) async fn open(

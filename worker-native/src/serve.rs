@@ -161,7 +161,7 @@ where
 
 /// Connects to `url` and hands each welcomed connection to `work`, until a connection ends
 /// well, or ends with an error that connecting again cannot change
-/// ([`should_reconnect`](distchan_protocol::session::should_reconnect)), or
+/// ([`should_reconnect`]), or
 /// [`Options::reconnect`] is off; waits [`Options::backoff`]'s delays in between (a welcome
 /// starts them over), and returns `Ok` when a drain is asked for during a wait.
 ///
