@@ -474,7 +474,7 @@ impl Line {
             if self.jobs.bytes + frame.len() > JOBS_BATCH_BYTES {
                 bytes += self.jobs.queue(&mut self.ws);
             }
-            self.jobs.push(frame.into_parts().0);
+            self.jobs.push(frame);
             return bytes;
         }
         let bytes = self.jobs.queue(&mut self.ws) + frame.len() as u64;
@@ -593,16 +593,16 @@ impl std::ops::DerefMut for Attached<'_> {
     }
 }
 
-/// Job frames waiting to go out together as one batch message.
+/// Job frames (each in one part) waiting to go out together as one batch message.
 #[derive(Default)]
 struct JobBatch {
-    frames: Vec<Bytes>,
+    frames: Vec<JobFrame>,
     /// Bytes of `frames`.
     bytes: usize,
 }
 
 impl JobBatch {
-    fn push(&mut self, frame: Bytes) {
+    fn push(&mut self, frame: JobFrame) {
         self.bytes += frame.len();
         self.frames.push(frame);
     }
@@ -614,12 +614,11 @@ impl JobBatch {
             0 => 0,
             1 => {
                 let frame = self.frames.pop().expect("one frame");
-                let len = frame.len();
-                ws.queue_binary(frame);
-                len
+                ws.queue_binary_parts(&[], frame.parts(), frame.len());
+                frame.len()
             }
             _ => {
-                let (head, parts) = wire::jobs_frame_parts(&self.frames);
+                let (head, parts) = wire::job_frames_parts(&self.frames);
                 ws.queue_binary_parts(head.as_bytes(), parts, head.frame_len());
                 head.frame_len()
             }

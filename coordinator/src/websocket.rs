@@ -13,6 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use distchan_protocol::wire::FramePart;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::{
@@ -74,11 +75,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     }
 
     /// Queues one binary message of `len` bytes made of `head` (copied) and then `parts`
-    /// (each gathered or shared as [`Socket::queue`] decides), without joining them first.
-    pub fn queue_binary_parts(
+    /// (each copied, or shared bytes gathered or shared as [`Socket::queue`] decides),
+    /// without joining them first.
+    pub fn queue_binary_parts<'a>(
         &mut self,
         head: &[u8],
-        parts: impl Iterator<Item = Bytes>,
+        parts: impl Iterator<Item = FramePart<'a>>,
         len: usize,
     ) {
         let socket = self.queue_header(OpCode::Data(Data::Binary), len);
@@ -86,7 +88,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let mut written = head.len();
         for part in parts {
             written += part.len();
-            socket.queue(part);
+            match part {
+                FramePart::Copy(bytes) => socket.gather(bytes),
+                FramePart::Shared(bytes) => socket.queue(bytes),
+            }
         }
         debug_assert_eq!(written, len, "the parts add up to the announced length");
     }
@@ -160,8 +165,14 @@ mod tests {
         server.queue_binary(small.clone());
         server.queue_binary(Bytes::new());
         server.queue_binary(large.clone());
-        let parts = [small.clone(), large.clone(), small.clone()];
-        let len = 4 + parts.iter().map(Bytes::len).sum::<usize>();
+        let parts = [
+            FramePart::Shared(small.clone()),
+            FramePart::Shared(large.clone()),
+            FramePart::Copy(b"copied"),
+            FramePart::Shared(small.clone()),
+        ];
+        let len = 4 + parts.iter().map(FramePart::len).sum::<usize>();
+        let batch = [&b"head"[..], &small, &large, b"copied", &small].concat();
         server.queue_binary_parts(b"head", parts.iter().cloned(), len);
         server.send(Message::Binary("after".into())).await.unwrap();
         let mut got = Vec::new();
@@ -174,7 +185,7 @@ mod tests {
                 Message::Binary(small),
                 Message::Binary(Bytes::new()),
                 Message::Binary(large),
-                Message::Binary([&b"head"[..], &parts.concat()].concat().into()),
+                Message::Binary(batch.into()),
                 Message::Binary("after".into()),
             ]
         );

@@ -521,6 +521,11 @@ pub fn job_frame(id: JobId, payload: &[u8]) -> Bytes {
 /// shared with the caller instead of copied, see [`JobFrameBuilder::share`]) the bytes
 /// that end it. Sent one part after the other, the two are one WebSocket message.
 ///
+/// A small frame (a tiny job's) is kept in place, in the `JobFrame` itself: the
+/// coordinator copies it into its table of jobs in flight and into a worker's outbox, and
+/// frees it on another thread, with no allocation, reference count or free on the way.
+/// Larger ones are shared bytes.
+///
 /// ```
 /// use bytes::Bytes;
 /// use distchan_protocol::wire::JobFrame;
@@ -529,27 +534,85 @@ pub fn job_frame(id: JobId, payload: &[u8]) -> Bytes {
 /// assert_eq!((frame.len(), frame.tail().is_empty()), (8, true));
 /// assert_eq!(frame.to_bytes(), Bytes::from_static(b"one part"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobFrame {
-    head: Bytes,
-    // An `Option` rather than an empty `Bytes`: nothing to clone or drop for a small job.
-    tail: Option<Bytes>,
+#[derive(Clone)]
+pub struct JobFrame(Repr);
+
+/// How a [`JobFrame`] holds its bytes.
+#[derive(Clone)]
+enum Repr {
+    /// A small frame, in place: copied with the frame, with nothing to allocate, count or
+    /// free on the way (a tiny job's frame is copied a few times and freed on another
+    /// thread; shared bytes would cost an allocation and an atomic count per copy).
+    Inline { len: u8, bytes: [u8; INLINE_MAX] },
+    /// The frame's bytes, and (an `Option` rather than an empty `Bytes`: nothing to clone
+    /// or drop without one) the shared tail that ends it.
+    Shared { head: Bytes, tail: Option<Bytes> },
+}
+
+/// Longest frame a [`JobFrame`] keeps in place rather than in shared bytes.
+const INLINE_MAX: usize = 62;
+
+/// One piece of a frame on its way out: bytes to copy, or shared bytes to send as they are.
+#[derive(Debug, Clone)]
+pub enum FramePart<'a> {
+    /// Bytes to copy (a small frame kept in place).
+    Copy(&'a [u8]),
+    /// Shared bytes.
+    Shared(Bytes),
+}
+
+impl FramePart<'_> {
+    /// Its length.
+    pub fn len(&self) -> usize {
+        self.as_ref().len()
+    }
+
+    /// True when it holds no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl AsRef<[u8]> for FramePart<'_> {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            FramePart::Copy(bytes) => bytes,
+            FramePart::Shared(bytes) => bytes,
+        }
+    }
 }
 
 impl JobFrame {
-    /// The frame's bytes, without the shared tail.
-    pub fn head(&self) -> &Bytes {
-        &self.head
+    /// A small frame of `bytes`, kept in place; `None` when longer than [`INLINE_MAX`].
+    #[inline]
+    fn inline(bytes: &[u8]) -> Option<Self> {
+        let len = u8::try_from(bytes.len())
+            .ok()
+            .filter(|&n| usize::from(n) <= INLINE_MAX)?;
+        let mut inline = [0u8; INLINE_MAX];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        Some(JobFrame(Repr::Inline { len, bytes: inline }))
+    }
+
+    /// The frame's bytes, without the shared tail (the whole frame when in one part).
+    pub fn head(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Shared { head, .. } => head,
+        }
     }
 
     /// The shared bytes that end the frame (empty for a frame in one part).
     pub fn tail(&self) -> &[u8] {
-        self.tail.as_deref().unwrap_or_default()
+        match &self.0 {
+            Repr::Inline { .. } => &[],
+            Repr::Shared { tail, .. } => tail.as_deref().unwrap_or_default(),
+        }
     }
 
     /// The length of the whole frame.
     pub fn len(&self) -> usize {
-        self.head.len() + self.tail().len()
+        self.head().len() + self.tail().len()
     }
 
     /// True for a frame of no bytes at all (never a job's).
@@ -558,30 +621,54 @@ impl JobFrame {
     }
 
     /// The parts to send one after the other: the head, and the tail if there is one.
-    pub fn parts(&self) -> impl Iterator<Item = Bytes> + '_ {
-        std::iter::once(self.head.clone()).chain(self.tail.clone())
-    }
-
-    /// The head, and the tail if there is one.
-    pub fn into_parts(self) -> (Bytes, Option<Bytes>) {
-        (self.head, self.tail)
-    }
-
-    /// The whole frame in one piece: a copy when it is in two parts.
-    pub fn to_bytes(&self) -> Bytes {
-        let Some(tail) = &self.tail else {
-            return self.head.clone();
+    pub fn parts(&self) -> impl Iterator<Item = FramePart<'_>> + '_ {
+        let (head, tail) = match &self.0 {
+            Repr::Inline { .. } => (FramePart::Copy(self.head()), None),
+            Repr::Shared { head, tail } => (FramePart::Shared(head.clone()), tail.clone()),
         };
-        let mut whole = pool::take(self.len());
-        whole.extend_from_slice(&self.head);
-        whole.extend_from_slice(tail);
-        pool::share(whole)
+        std::iter::once(head).chain(tail.map(FramePart::Shared))
+    }
+
+    /// The whole frame in one piece: a copy when it is in two parts or kept in place.
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.0 {
+            Repr::Inline { .. } => Bytes::copy_from_slice(self.head()),
+            Repr::Shared { head, tail: None } => head.clone(),
+            Repr::Shared {
+                head,
+                tail: Some(tail),
+            } => {
+                let mut whole = pool::take(self.len());
+                whole.extend_from_slice(head);
+                whole.extend_from_slice(tail);
+                pool::share(whole)
+            }
+        }
     }
 }
 
+impl fmt::Debug for JobFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobFrame")
+            .field("head", &Bytes::copy_from_slice(self.head()))
+            .field("tail_len", &self.tail().len())
+            .finish()
+    }
+}
+
+impl PartialEq for JobFrame {
+    /// Frames are equal when their bytes are, however each holds them.
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len()
+            && (self.head().iter().chain(self.tail())).eq(other.head().iter().chain(other.tail()))
+    }
+}
+
+impl Eq for JobFrame {}
+
 impl From<Bytes> for JobFrame {
     fn from(head: Bytes) -> Self {
-        JobFrame { head, tail: None }
+        JobFrame::inline(&head).unwrap_or(JobFrame(Repr::Shared { head, tail: None }))
     }
 }
 
@@ -679,12 +766,17 @@ impl JobFrameBuilder {
         let mut padded = [0u8; 2 * JOB_HEADER_MAX];
         padded[JOB_HEADER_MAX..].copy_from_slice(&header);
         self.buf[..JOB_HEADER_MAX].copy_from_slice(&padded[n..n + JOB_HEADER_MAX]);
+        if self.tail.is_none() {
+            if let Some(frame) = JobFrame::inline(&self.buf[start..]) {
+                return frame;
+            }
+        }
         let mut head = pool::share(self.buf);
         bytes::Buf::advance(&mut head, start);
-        JobFrame {
+        JobFrame(Repr::Shared {
             head,
             tail: self.tail,
-        }
+        })
     }
 }
 
@@ -818,23 +910,66 @@ impl BatchHead {
 /// # Ok::<(), distchan_protocol::Error>(())
 /// ```
 pub fn jobs_frame_parts(frames: &[Bytes]) -> (BatchHead, impl Iterator<Item = Bytes> + '_) {
-    let mut bytes = [0u8; 11];
-    bytes[..JOBS_TAG.len()].copy_from_slice(JOBS_TAG);
-    let mut array = [0u8; 5];
-    let k = put_array_len(&mut array, frames.len());
-    bytes[JOBS_TAG.len()..JOBS_TAG.len() + k].copy_from_slice(&array[..k]);
     let skip = without_pair(JOB_TAG).len();
-    let len = JOBS_TAG.len() + k;
-    let head = BatchHead {
-        bytes,
-        len,
-        frame_len: len + frames.iter().map(|f| f.len() - skip).sum::<usize>(),
-    };
+    let head = batch_head(
+        frames.len(),
+        frames.iter().map(|f| f.len() - skip).sum::<usize>(),
+    );
     let parts = frames.iter().map(move |frame| {
         debug_assert!(frame.starts_with(JOB_TAG), "not a job frame");
         frame.slice(skip..)
     });
     (head, parts)
+}
+
+/// [`jobs_frame_parts`] for job frames as the coordinator keeps them, each in one part
+/// (a small job's): the head, then one part per frame, copied from a frame kept in place
+/// and shared from one in shared bytes.
+///
+/// ```
+/// use distchan_protocol::{wire::{self, JobFrame, ToWorker}, JobId};
+///
+/// let frames = [1, 2].map(|i| JobFrame::from(wire::job_frame(JobId(i), b"job")));
+/// let (head, parts) = wire::job_frames_parts(&frames);
+/// let mut batch = head.as_bytes().to_vec();
+/// parts.for_each(|part| batch.extend_from_slice(part.as_ref()));
+/// let ToWorker::Jobs(jobs) = wire::decode_to_worker(&batch)? else { unreachable!() };
+/// assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [JobId(1), JobId(2)]);
+/// # Ok::<(), distchan_protocol::Error>(())
+/// ```
+pub fn job_frames_parts(
+    frames: &[JobFrame],
+) -> (BatchHead, impl Iterator<Item = FramePart<'_>> + '_) {
+    let skip = without_pair(JOB_TAG).len();
+    let head = batch_head(
+        frames.len(),
+        frames.iter().map(|f| f.len() - skip).sum::<usize>(),
+    );
+    let parts = frames.iter().map(move |frame| {
+        debug_assert!(frame.head().starts_with(JOB_TAG), "not a job frame");
+        debug_assert!(frame.tail().is_empty(), "a job frame in two parts");
+        match &frame.0 {
+            Repr::Inline { .. } => FramePart::Copy(&frame.head()[skip..]),
+            Repr::Shared { head, .. } => FramePart::Shared(head.slice(skip..)),
+        }
+    });
+    (head, parts)
+}
+
+/// The head of a [`ToWorker::Jobs`] frame of `count` jobs whose frames, without the bytes
+/// a batch leaves out, add up to `parts_len` bytes.
+fn batch_head(count: usize, parts_len: usize) -> BatchHead {
+    let mut bytes = [0u8; 11];
+    bytes[..JOBS_TAG.len()].copy_from_slice(JOBS_TAG);
+    let mut array = [0u8; 5];
+    let k = put_array_len(&mut array, count);
+    bytes[JOBS_TAG.len()..JOBS_TAG.len() + k].copy_from_slice(&array[..k]);
+    let len = JOBS_TAG.len() + k;
+    BatchHead {
+        bytes,
+        len,
+        frame_len: len + parts_len,
+    }
 }
 
 /// Writes one [`ToCoordinator::Results`] frame, result by result, into one buffer; a
@@ -1349,6 +1484,21 @@ mod tests {
     }
 
     #[test]
+    fn small_job_frames_are_kept_in_place_and_larger_ones_shared() {
+        for len in [0, 1, 16, 49, 50, 300] {
+            let payload = vec![9u8; len];
+            let frame = JobFrameBuilder::from_payload(&payload).finish(JobId(1 << 20));
+            let whole = job_frame(JobId(1 << 20), &payload);
+            assert_eq!(frame.to_bytes(), whole, "{len} bytes");
+            assert_eq!(frame, JobFrame::from(whole.clone()), "{len} bytes");
+            let in_place = matches!(frame.0, Repr::Inline { .. });
+            assert_eq!(in_place, whole.len() <= INLINE_MAX, "{len} bytes");
+            let copied = frame.parts().all(|p| matches!(p, FramePart::Copy(_)));
+            assert_eq!(copied, in_place, "{len} bytes");
+        }
+    }
+
+    #[test]
     fn bytes_written_after_a_shared_tail_follow_it() {
         use std::io::Write;
         let (a, b) = (Bytes::from(vec![1u8; 300]), Bytes::from(vec![2u8; 200]));
@@ -1662,6 +1812,15 @@ mod tests {
             prop_assert_eq!(batch.len(), head.frame_len());
             let msg = ToWorker::Jobs(jobs.clone());
             prop_assert_eq!(&batch[..], &rmp_serde::to_vec(&msg).unwrap()[..]);
+            // The same batch from frames as the coordinator keeps them (small ones in place).
+            let built: Vec<JobFrame> = jobs
+                .iter()
+                .map(|j| JobFrameBuilder::from_payload(&j.payload).finish(j.id))
+                .collect();
+            let (head, parts) = job_frames_parts(&built);
+            let mut again = head.as_bytes().to_vec();
+            parts.for_each(|part| again.extend_from_slice(part.as_ref()));
+            prop_assert_eq!(&again[..], &batch[..]);
             let batch = Bytes::from(batch);
             prop_assert_eq!(fast_jobs(&batch), Some(jobs));
             let decoded = decode_to_worker_shared(&batch).unwrap();
