@@ -10,6 +10,13 @@ use crate::{pool, transform::TransformChain, wire::JobFrameBuilder, Error, Resul
 
 /// Serializes `value` to MessagePack without transforms.
 pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
+    // A `Bytes` as serde writes it (see `encode_job`), without its machinery.
+    if let Some((bytes, (header, n))) = as_bin(value) {
+        let mut out = Vec::with_capacity(n + bytes.len());
+        out.extend_from_slice(&header[..n]);
+        out.extend_from_slice(bytes);
+        return Ok(out.into());
+    }
     let mut out = Vec::new();
     write_msgpack(&mut out, value)?;
     Ok(out.into())
@@ -49,7 +56,13 @@ pub fn from_msgpack<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 pub fn from_msgpack_shared<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
     // `typeid::of` rather than `TypeId::of`: `T` need not be 'static.
     if typeid::of::<T>() == TypeId::of::<Bytes>() {
-        if let Some(body) = large_bin(&bytes) {
+        // One `bin` and nothing else, read here rather than through serde's machinery:
+        // serde gives the same value (anything else is left to it).
+        if let Some(start) = bin_start(&bytes) {
+            let body = match bytes.len() - start >= pool::LARGE {
+                true => bytes.slice(start..),
+                false => Bytes::copy_from_slice(&bytes[start..]),
+            };
             let body = ManuallyDrop::new(body);
             // SAFETY: `T` is `Bytes`: their type ids are equal, and `Bytes` has no lifetime
             // parameter that the comparison could have ignored. `body` is not dropped.
@@ -59,18 +72,45 @@ pub fn from_msgpack_shared<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
     from_msgpack(&bytes)
 }
 
-/// The MessagePack marker of a `bin 32`: a length of four bytes (big-endian) follows, then
-/// the bytes.
+/// The MessagePack markers of a `bin 8`, `bin 16` and `bin 32`: a length of one, two or
+/// four bytes (big-endian) follows, then the bytes.
+const BIN8: u8 = 0xc4;
+const BIN16: u8 = 0xc5;
 const BIN32: u8 = 0xc6;
 
-/// The body of `bytes` when it is one MessagePack `bin` of at least [`pool::LARGE`] bytes
-/// and nothing else (a `bin 32`: the shorter kinds hold less).
-fn large_bin(bytes: &Bytes) -> Option<Bytes> {
-    let (&BIN32, rest) = bytes.split_first()? else {
-        return None;
+/// Where the body starts when `bytes` is one MessagePack `bin` and nothing else.
+fn bin_start(bytes: &[u8]) -> Option<usize> {
+    let (&marker, rest) = bytes.split_first()?;
+    let width = match marker {
+        BIN8 => 1,
+        BIN16 => 2,
+        BIN32 => 4,
+        _ => return None,
     };
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    (len >= pool::LARGE && rest.len() == 4 + len).then(|| bytes.slice(5..))
+    let len = rest
+        .get(..width)?
+        .iter()
+        .fold(0usize, |acc, &b| acc << 8 | usize::from(b));
+    (rest.len() == width + len).then_some(1 + width)
+}
+
+/// The header MessagePack (and serde) writes before `len` bytes: the shortest `bin` that
+/// holds them. `None` past a `bin`'s limit.
+fn bin_header(len: usize) -> Option<([u8; 5], usize)> {
+    let mut header = [0u8; 5];
+    let n = if let Ok(len) = u8::try_from(len) {
+        header[..2].copy_from_slice(&[BIN8, len]);
+        2
+    } else if let Ok(len) = u16::try_from(len) {
+        header[0] = BIN16;
+        header[1..3].copy_from_slice(&len.to_be_bytes());
+        3
+    } else {
+        header[0] = BIN32;
+        header[1..].copy_from_slice(&u32::try_from(len).ok()?.to_be_bytes());
+        5
+    };
+    Some((header, n))
 }
 
 /// Serializes `value` and applies the transform chain.
@@ -100,12 +140,16 @@ pub fn encode_job<T: Serialize + ?Sized>(
     if !chain.is_empty() {
         return Ok(JobFrameBuilder::from_payload(&encode(value, chain)?));
     }
-    if let Some(large) = large_bytes(value) {
-        // What MessagePack makes of it: a `bin 32` header, then the bytes.
-        let mut frame = JobFrameBuilder::with_capacity(5);
-        std::io::Write::write_all(&mut frame, &[BIN32])?;
-        std::io::Write::write_all(&mut frame, &(large.len() as u32).to_be_bytes())?;
-        frame.share(large);
+    // A `Bytes` is what MessagePack makes of it, a `bin` header then the bytes, written
+    // here rather than through serde's machinery; a large one is shared, not copied.
+    if let Some((bytes, (header, n))) = as_bin(value) {
+        let large = bytes.len() >= pool::LARGE;
+        let mut frame = JobFrameBuilder::with_capacity(n + if large { 0 } else { bytes.len() });
+        std::io::Write::write_all(&mut frame, &header[..n])?;
+        match large {
+            true => frame.share(bytes.clone()),
+            false => std::io::Write::write_all(&mut frame, bytes)?,
+        }
         return Ok(frame);
     }
     let mut frame = JobFrameBuilder::with_capacity(64);
@@ -113,19 +157,22 @@ pub fn encode_job<T: Serialize + ?Sized>(
     Ok(frame)
 }
 
-/// `value` when it is a [`Bytes`] of at least [`pool::LARGE`] bytes (and at most a
-/// MessagePack `bin`'s limit), shared.
-fn large_bytes<T: ?Sized>(value: &T) -> Option<Bytes> {
+/// `value` when it is a [`Bytes`] (of at most a `bin`'s limit), with the header
+/// MessagePack writes before it and that header's length.
+fn as_bin<T: ?Sized>(value: &T) -> Option<(&Bytes, ([u8; 5], usize))> {
+    let bytes = as_bytes(value)?;
+    Some((bytes, bin_header(bytes.len())?))
+}
+
+/// `value` when it is a [`Bytes`].
+fn as_bytes<T: ?Sized>(value: &T) -> Option<&Bytes> {
     // `typeid::of` rather than `TypeId::of`: `T` need not be 'static.
     if typeid::of::<T>() != TypeId::of::<Bytes>() {
         return None;
     }
     // SAFETY: `T` is `Bytes` (their type ids are equal, and `Bytes` has no lifetime
     // parameter that the comparison could have ignored), so `value` points to a `Bytes`.
-    let bytes = unsafe { &*(value as *const T as *const Bytes) };
-    (pool::LARGE..=u32::MAX as usize)
-        .contains(&bytes.len())
-        .then(|| bytes.clone())
+    Some(unsafe { &*(value as *const T as *const Bytes) })
 }
 
 /// Undoes the transform chain and deserializes.
@@ -188,6 +235,48 @@ mod tests {
             from_msgpack_shared::<Bytes>(truncated),
             Err(Error::Decode(_))
         ));
+    }
+
+    #[test]
+    fn bytes_are_written_and_read_as_serde_does_at_every_bin_size() {
+        use crate::JobId;
+        let plain = TransformChain::new();
+        for len in [
+            0,
+            1,
+            16,
+            255,
+            256,
+            65_535,
+            65_536,
+            pool::LARGE - 1,
+            pool::LARGE,
+        ] {
+            let value = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+            let reference = rmp_serde::encode::to_vec_named(&value).unwrap();
+            let frame = encode_job(&value, &plain)
+                .unwrap()
+                .finish(JobId(1))
+                .to_bytes();
+            let crate::wire::ToWorker::Job(job) = crate::wire::decode_to_worker(&frame).unwrap()
+            else {
+                panic!("not a job frame");
+            };
+            assert_eq!(&job.payload[..], &reference[..], "{len} bytes written");
+            assert_eq!(
+                &to_msgpack(&value).unwrap()[..],
+                &reference[..],
+                "{len} bytes"
+            );
+            let back: Bytes = from_msgpack_shared(Bytes::from(reference.clone())).unwrap();
+            let serde: Bytes = rmp_serde::from_slice(&reference).unwrap();
+            assert_eq!((&back, &serde), (&value, &value), "{len} bytes read");
+            let short = Bytes::from(reference[..reference.len() - 1].to_vec());
+            assert!(
+                matches!(from_msgpack_shared::<Bytes>(short), Err(Error::Decode(_))),
+                "{len} bytes, one missing"
+            );
+        }
     }
 
     #[test]
