@@ -691,16 +691,39 @@ impl From<Bytes> for JobFrame {
 /// ```
 #[derive(Debug, Clone)]
 pub struct JobFrameBuilder {
-    buf: Vec<u8>,
+    /// The frame so far: room for the header, then the payload.
+    buf: Space,
     /// Bytes shared with their owner that end the payload.
     tail: Option<Bytes>,
 }
 
+/// Where a [`JobFrameBuilder`] writes.
+#[derive(Debug, Clone)]
+enum Space {
+    /// In place, while the frame fits: nothing to allocate or free for a small job.
+    Small { len: u8, bytes: [u8; SMALL_BUILD] },
+    /// An allocated buffer (of the [`pool`] once large).
+    Heap(Vec<u8>),
+}
+
+/// Most bytes a [`JobFrameBuilder`] writes in place: the header's room and a payload that
+/// makes a frame of up to [`INLINE_MAX`] bytes with any header. Also what lets
+/// [`JobFrameBuilder::finish`] copy a small frame out in one fixed-size move.
+const SMALL_BUILD: usize = JOB_HEADER_MAX + INLINE_MAX;
+
 impl JobFrameBuilder {
     /// An empty payload with room for `capacity` bytes of it.
     pub fn with_capacity(capacity: usize) -> Self {
-        let mut buf = pool::take(JOB_HEADER_MAX + capacity);
-        buf.extend_from_slice(&[0; JOB_HEADER_MAX]);
+        let buf = if JOB_HEADER_MAX + capacity <= SMALL_BUILD {
+            Space::Small {
+                len: JOB_HEADER_MAX as u8,
+                bytes: [0; SMALL_BUILD],
+            }
+        } else {
+            let mut buf = pool::take(JOB_HEADER_MAX + capacity);
+            buf.extend_from_slice(&[0; JOB_HEADER_MAX]);
+            Space::Heap(buf)
+        };
         JobFrameBuilder { buf, tail: None }
     }
 
@@ -737,11 +760,29 @@ impl JobFrameBuilder {
         }
     }
 
-    /// Appends `data`; a payload growing large moves to a buffer of the [`pool`].
+    /// Appends `data`; a payload outgrowing the room in place moves to an allocated
+    /// buffer, and one growing large to a buffer of the [`pool`].
     fn append(&mut self, data: &[u8]) {
         self.copy_tail_in();
-        pool::reserve(&mut self.buf, data.len());
-        self.buf.extend_from_slice(data);
+        match &mut self.buf {
+            Space::Small { len, bytes } => {
+                let used = usize::from(*len);
+                if let Some(room) = bytes.get_mut(used..used + data.len()) {
+                    room.copy_from_slice(data);
+                    // At most SMALL_BUILD, so it fits a u8.
+                    *len = (used + data.len()) as u8;
+                    return;
+                }
+                let mut buf = pool::take((used + data.len()).max(2 * SMALL_BUILD));
+                buf.extend_from_slice(&bytes[..used]);
+                buf.extend_from_slice(data);
+                self.buf = Space::Heap(buf);
+            }
+            Space::Heap(buf) => {
+                pool::reserve(buf, data.len());
+                buf.extend_from_slice(data);
+            }
+        }
     }
 
     /// A builder holding a copy of `payload`.
@@ -751,9 +792,20 @@ impl JobFrameBuilder {
         builder
     }
 
+    /// The frame so far: the header's room, then the payload.
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match &mut self.buf {
+            Space::Small { len, bytes } => &mut bytes[..usize::from(*len)],
+            Space::Heap(buf) => buf,
+        }
+    }
+
     /// The payload written so far (without a shared tail).
     pub fn payload(&self) -> &[u8] {
-        &self.buf[JOB_HEADER_MAX..]
+        match &self.buf {
+            Space::Small { len, bytes } => &bytes[JOB_HEADER_MAX..usize::from(*len)],
+            Space::Heap(buf) => &buf[JOB_HEADER_MAX..],
+        }
     }
 
     /// Completes the frame of job `id`.
@@ -765,14 +817,34 @@ impl JobFrameBuilder {
         // ends with it (a fixed size, so no call to `memcpy` for a few bytes).
         let mut padded = [0u8; 2 * JOB_HEADER_MAX];
         padded[JOB_HEADER_MAX..].copy_from_slice(&header);
-        self.buf[..JOB_HEADER_MAX].copy_from_slice(&padded[n..n + JOB_HEADER_MAX]);
-        if self.tail.is_none() {
-            if let Some(frame) = JobFrame::inline(&self.buf[start..]) {
-                return frame;
+        self.bytes_mut()[..JOB_HEADER_MAX].copy_from_slice(&padded[n..n + JOB_HEADER_MAX]);
+        let head = match self.buf {
+            Space::Small { len, bytes } => {
+                let frame = &bytes[start..usize::from(len)];
+                match (&self.tail, u8::try_from(frame.len())) {
+                    (None, Ok(frame_len)) if frame.len() <= INLINE_MAX => {
+                        // A fixed-size move: `start + INLINE_MAX` is within SMALL_BUILD.
+                        let mut inline = [0u8; INLINE_MAX];
+                        inline.copy_from_slice(&bytes[start..start + INLINE_MAX]);
+                        return JobFrame(Repr::Inline {
+                            len: frame_len,
+                            bytes: inline,
+                        });
+                    }
+                    _ => Bytes::copy_from_slice(frame),
+                }
             }
-        }
-        let mut head = pool::share(self.buf);
-        bytes::Buf::advance(&mut head, start);
+            Space::Heap(buf) => {
+                if self.tail.is_none() {
+                    if let Some(frame) = JobFrame::inline(&buf[start..]) {
+                        return frame;
+                    }
+                }
+                let mut head = pool::share(buf);
+                bytes::Buf::advance(&mut head, start);
+                head
+            }
+        };
         JobFrame(Repr::Shared {
             head,
             tail: self.tail,
@@ -1495,6 +1567,20 @@ mod tests {
             assert_eq!(in_place, whole.len() <= INLINE_MAX, "{len} bytes");
             let copied = frame.parts().all(|p| matches!(p, FramePart::Copy(_)));
             assert_eq!(copied, in_place, "{len} bytes");
+        }
+        // Written a byte at a time, past the room the builder has in place.
+        let mut builder = JobFrameBuilder::with_capacity(1);
+        let mut payload = Vec::new();
+        for i in 0..=2 * SMALL_BUILD {
+            assert_eq!(builder.payload(), &payload[..]);
+            let frame = builder.clone().finish(JobId(i as u64));
+            assert_eq!(
+                frame.to_bytes(),
+                job_frame(JobId(i as u64), &payload),
+                "{i} bytes"
+            );
+            std::io::Write::write_all(&mut builder, &[i as u8]).unwrap();
+            payload.push(i as u8);
         }
     }
 
