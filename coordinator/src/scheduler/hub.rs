@@ -214,9 +214,8 @@ impl Hub {
     /// Admits a job: gives it the next id and dispatches it, or puts it in the line. With
     /// `has_room` the caller holds a place in the line (from [`Hub::wait_for_room`]).
     pub fn try_submit(&self, frame: JobFrameBuilder, has_room: bool) -> Submit {
-        // The clock is read before the lock is taken: the lock is held a little shorter.
-        let now = Instant::now();
         self.with(|s, wakes| {
+            let now = Instant::now();
             let submitted = self.admit_one(s, frame, has_room, now, wakes);
             s.dispatch(now, wakes);
             submitted
@@ -233,8 +232,8 @@ impl Hub {
         mut has_room: bool,
         ids: &mut Vec<JobId>,
     ) -> Batch {
-        let now = Instant::now();
         self.with(|s, wakes| {
+            let now = Instant::now();
             let mut outcome = Batch::Done;
             while let Some(frame) = frames.pop_front() {
                 match self.admit_one(s, frame, std::mem::take(&mut has_room), now, wakes) {
@@ -339,8 +338,8 @@ impl Hub {
 
     /// Settles what a connection read, in order.
     pub fn settle(&self, worker: WorkerId, batch: &mut Vec<Incoming>) {
-        let now = Instant::now();
         self.with(|s, wakes| {
+            let now = Instant::now();
             for item in batch.drain(..) {
                 match item {
                     Incoming::Result(r) => s.on_result(worker, r, now, wakes),
