@@ -468,8 +468,9 @@ impl Line {
     /// Queues job `frame`: a small one joins the batch, a large one goes alone, after the
     /// batch. Returns the bytes queued.
     fn queue_job(&mut self, frame: JobFrame) -> u64 {
-        // A small job's frame is one part (a shared tail is large).
-        if frame.len() <= BATCHED_JOB_MAX {
+        // A batch carries small frames in one part (a shared tail is large, but a frame
+        // that has one goes alone whatever its size).
+        if frame.len() <= BATCHED_JOB_MAX && frame.tail().is_empty() {
             let mut bytes = 0;
             if self.jobs.bytes + frame.len() > JOBS_BATCH_BYTES {
                 bytes += self.jobs.queue(&mut self.ws);

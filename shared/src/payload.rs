@@ -6,7 +6,12 @@ use std::{any::TypeId, mem::ManuallyDrop};
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::{pool, transform::TransformChain, wire::JobFrameBuilder, Error, Result};
+use crate::{
+    pool,
+    transform::TransformChain,
+    wire::{self, JobFrameBuilder},
+    Error, Result,
+};
 
 /// Serializes `value` to MessagePack without transforms.
 pub fn to_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
@@ -91,7 +96,8 @@ fn bin_start(bytes: &[u8]) -> Option<usize> {
         .get(..width)?
         .iter()
         .fold(0usize, |acc, &b| acc << 8 | usize::from(b));
-    (rest.len() == width + len).then_some(1 + width)
+    // `rest` holds the width already: no sum that could overflow a 32-bit usize.
+    (rest.len() - width == len).then_some(1 + width)
 }
 
 /// The header MessagePack (and serde) writes before `len` bytes: the shortest `bin` that
@@ -152,7 +158,9 @@ pub fn encode_job<T: Serialize + ?Sized>(
         }
         return Ok(frame);
     }
-    let mut frame = JobFrameBuilder::with_capacity(64);
+    // Room for a frame kept in place: a small value is written there, a larger one moves
+    // to an allocated buffer as it grows.
+    let mut frame = JobFrameBuilder::with_capacity(wire::INLINE_MAX);
     write_msgpack(&mut frame, value)?;
     Ok(frame)
 }

@@ -550,7 +550,7 @@ enum Repr {
 }
 
 /// Longest frame a [`JobFrame`] keeps in place rather than in shared bytes.
-const INLINE_MAX: usize = 62;
+pub(crate) const INLINE_MAX: usize = 62;
 
 /// One piece of a frame on its way out: bytes to copy, or shared bytes to send as they are.
 #[derive(Debug, Clone)]
@@ -1557,9 +1557,15 @@ mod tests {
 
     #[test]
     fn small_job_frames_are_kept_in_place_and_larger_ones_shared() {
-        for len in [0, 1, 16, 49, 50, 300] {
+        for (len, room) in [0, 1, 16, 49, 50, 300]
+            .into_iter()
+            .flat_map(|n| [(n, n), (n, 500)])
+        {
             let payload = vec![9u8; len];
-            let frame = JobFrameBuilder::from_payload(&payload).finish(JobId(1 << 20));
+            // Written in place, or into an allocated buffer when more room was asked for.
+            let mut builder = JobFrameBuilder::with_capacity(room);
+            std::io::Write::write_all(&mut builder, &payload).unwrap();
+            let frame = builder.finish(JobId(1 << 20));
             let whole = job_frame(JobId(1 << 20), &payload);
             assert_eq!(frame.to_bytes(), whole, "{len} bytes");
             assert_eq!(frame, JobFrame::from(whole.clone()), "{len} bytes");
