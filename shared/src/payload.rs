@@ -77,46 +77,11 @@ pub fn from_msgpack_shared<T: DeserializeOwned>(bytes: Bytes) -> Result<T> {
     from_msgpack(&bytes)
 }
 
-/// The MessagePack markers of a `bin 8`, `bin 16` and `bin 32`: a length of one, two or
-/// four bytes (big-endian) follows, then the bytes.
-const BIN8: u8 = 0xc4;
-const BIN16: u8 = 0xc5;
-const BIN32: u8 = 0xc6;
-
 /// Where the body starts when `bytes` is one MessagePack `bin` and nothing else.
 fn bin_start(bytes: &[u8]) -> Option<usize> {
-    let (&marker, rest) = bytes.split_first()?;
-    let width = match marker {
-        BIN8 => 1,
-        BIN16 => 2,
-        BIN32 => 4,
-        _ => return None,
-    };
-    let len = rest
-        .get(..width)?
-        .iter()
-        .fold(0usize, |acc, &b| acc << 8 | usize::from(b));
-    // `rest` holds the width already: no sum that could overflow a 32-bit usize.
-    (rest.len() - width == len).then_some(1 + width)
-}
-
-/// The header MessagePack (and serde) writes before `len` bytes: the shortest `bin` that
-/// holds them. `None` past a `bin`'s limit.
-fn bin_header(len: usize) -> Option<([u8; 5], usize)> {
-    let mut header = [0u8; 5];
-    let n = if let Ok(len) = u8::try_from(len) {
-        header[..2].copy_from_slice(&[BIN8, len]);
-        2
-    } else if let Ok(len) = u16::try_from(len) {
-        header[0] = BIN16;
-        header[1..3].copy_from_slice(&len.to_be_bytes());
-        3
-    } else {
-        header[0] = BIN32;
-        header[1..].copy_from_slice(&u32::try_from(len).ok()?.to_be_bytes());
-        5
-    };
-    Some((header, n))
+    let (len, n) = wire::get_len(bytes, false)?;
+    // `get_len` saw the whole header: no sum that could overflow a 32-bit usize.
+    (bytes.len() - n == len).then_some(n)
 }
 
 /// Serializes `value` and applies the transform chain.
@@ -166,10 +131,13 @@ pub fn encode_job<T: Serialize + ?Sized>(
 }
 
 /// `value` when it is a [`Bytes`] (of at most a `bin`'s limit), with the header
-/// MessagePack writes before it and that header's length.
+/// MessagePack writes before it (the shortest `bin` that holds it, as serde writes) and
+/// that header's length.
 fn as_bin<T: ?Sized>(value: &T) -> Option<(&Bytes, ([u8; 5], usize))> {
-    let bytes = as_bytes(value)?;
-    Some((bytes, bin_header(bytes.len())?))
+    let bytes = as_bytes(value).filter(|b| u32::try_from(b.len()).is_ok())?;
+    let mut header = [0u8; 5];
+    let n = wire::put_len(&mut header, bytes.len(), false);
+    Some((bytes, (header, n)))
 }
 
 /// `value` when it is a [`Bytes`].

@@ -463,7 +463,7 @@ fn put_uint(out: &mut [u8; 9], v: u64) -> usize {
 
 /// Writes the MessagePack header of a `bin` (`str` when `text`) of `len` bytes into `out`;
 /// returns its length. Lengths beyond `u32::MAX` cannot be framed (frames are far smaller).
-fn put_len(out: &mut [u8; 5], len: usize, text: bool) -> usize {
+pub(crate) fn put_len(out: &mut [u8; 5], len: usize, text: bool) -> usize {
     let (one, two, four) = if text {
         (0xd9, 0xda, 0xdb)
     } else {
@@ -1143,7 +1143,7 @@ fn get_uint(b: &[u8]) -> Option<(u64, usize)> {
 
 /// Reads a MessagePack `bin` (`str` when `text`) header at the start of `b`: the length it
 /// announces and its own length.
-fn get_len(b: &[u8], text: bool) -> Option<(usize, usize)> {
+pub(crate) fn get_len(b: &[u8], text: bool) -> Option<(usize, usize)> {
     let (&first, rest) = b.split_first()?;
     let be = |n: usize| -> Option<usize> {
         let bytes = rest.get(..n)?;
