@@ -619,7 +619,7 @@ impl JobBatch {
                 frame.len()
             }
             _ => {
-                let (head, parts) = wire::job_frames_parts(&self.frames);
+                let (head, parts) = wire::jobs_frame_parts(&self.frames);
                 ws.queue_binary_parts(head.as_bytes(), parts, head.frame_len());
                 head.frame_len()
             }

@@ -374,11 +374,14 @@ pub fn encode_to_worker(msg: &ToWorker) -> Result<Bytes> {
     match msg {
         ToWorker::Job(job) => Ok(job_frame(job.id, &job.payload)),
         ToWorker::Jobs(jobs) => {
-            let frames: Vec<Bytes> = jobs.iter().map(|j| job_frame(j.id, &j.payload)).collect();
+            let frames: Vec<JobFrame> = jobs
+                .iter()
+                .map(|j| JobFrame::from(job_frame(j.id, &j.payload)))
+                .collect();
             let (head, parts) = jobs_frame_parts(&frames);
             let mut out = pool::take(head.frame_len());
             out.extend_from_slice(head.as_bytes());
-            parts.for_each(|part| out.extend_from_slice(&part));
+            parts.for_each(|part| out.extend_from_slice(part.as_ref()));
             Ok(pool::share(out))
         }
         _ => encode_with(msg, true, 0),
@@ -966,57 +969,38 @@ impl BatchHead {
 }
 
 /// The parts of one [`ToWorker::Jobs`] frame carrying the jobs of `frames`, each a job
-/// frame as [`job_frame`] and [`JobFrameBuilder`] write them: the head, then one part per
-/// frame, which shares the frame's memory. Written one after the other they are the batch;
-/// its length is the head's plus the parts'.
-///
-/// ```
-/// use distchan_protocol::{wire::{self, ToWorker}, JobId};
-///
-/// let frames = [wire::job_frame(JobId(1), b"a"), wire::job_frame(JobId(2), b"bc")];
-/// let (head, parts) = wire::jobs_frame_parts(&frames);
-/// let mut batch = head.as_bytes().to_vec();
-/// parts.for_each(|part| batch.extend_from_slice(&part));
-/// let ToWorker::Jobs(jobs) = wire::decode_to_worker(&batch)? else { unreachable!() };
-/// assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [JobId(1), JobId(2)]);
-/// # Ok::<(), distchan_protocol::Error>(())
-/// ```
-pub fn jobs_frame_parts(frames: &[Bytes]) -> (BatchHead, impl Iterator<Item = Bytes> + '_) {
-    let skip = without_pair(JOB_TAG).len();
-    let head = batch_head(
-        frames.len(),
-        frames.iter().map(|f| f.len() - skip).sum::<usize>(),
-    );
-    let parts = frames.iter().map(move |frame| {
-        debug_assert!(frame.starts_with(JOB_TAG), "not a job frame");
-        frame.slice(skip..)
-    });
-    (head, parts)
-}
-
-/// [`jobs_frame_parts`] for job frames as the coordinator keeps them, each in one part
-/// (a small job's): the head, then one part per frame, copied from a frame kept in place
-/// and shared from one in shared bytes.
+/// frame in one part, as [`job_frame`] and [`JobFrameBuilder`] write them (a small job's):
+/// the head, then one part per frame, copied from a frame kept in place and shared from
+/// one in shared bytes. Written one after the other they are the batch; its length is the
+/// head's plus the parts'.
 ///
 /// ```
 /// use distchan_protocol::{wire::{self, JobFrame, ToWorker}, JobId};
 ///
-/// let frames = [1, 2].map(|i| JobFrame::from(wire::job_frame(JobId(i), b"job")));
-/// let (head, parts) = wire::job_frames_parts(&frames);
+/// let frames = [(1, &b"a"[..]), (2, b"bc")]
+///     .map(|(id, payload)| JobFrame::from(wire::job_frame(JobId(id), payload)));
+/// let (head, parts) = wire::jobs_frame_parts(&frames);
 /// let mut batch = head.as_bytes().to_vec();
 /// parts.for_each(|part| batch.extend_from_slice(part.as_ref()));
 /// let ToWorker::Jobs(jobs) = wire::decode_to_worker(&batch)? else { unreachable!() };
 /// assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [JobId(1), JobId(2)]);
 /// # Ok::<(), distchan_protocol::Error>(())
 /// ```
-pub fn job_frames_parts(
+pub fn jobs_frame_parts(
     frames: &[JobFrame],
 ) -> (BatchHead, impl Iterator<Item = FramePart<'_>> + '_) {
+    let mut bytes = [0u8; 11];
+    bytes[..JOBS_TAG.len()].copy_from_slice(JOBS_TAG);
+    let mut array = [0u8; 5];
+    let k = put_array_len(&mut array, frames.len());
+    bytes[JOBS_TAG.len()..JOBS_TAG.len() + k].copy_from_slice(&array[..k]);
     let skip = without_pair(JOB_TAG).len();
-    let head = batch_head(
-        frames.len(),
-        frames.iter().map(|f| f.len() - skip).sum::<usize>(),
-    );
+    let len = JOBS_TAG.len() + k;
+    let head = BatchHead {
+        bytes,
+        len,
+        frame_len: len + frames.iter().map(|f| f.len() - skip).sum::<usize>(),
+    };
     let parts = frames.iter().map(move |frame| {
         debug_assert!(frame.head().starts_with(JOB_TAG), "not a job frame");
         debug_assert!(frame.tail().is_empty(), "a job frame in two parts");
@@ -1026,22 +1010,6 @@ pub fn job_frames_parts(
         }
     });
     (head, parts)
-}
-
-/// The head of a [`ToWorker::Jobs`] frame of `count` jobs whose frames, without the bytes
-/// a batch leaves out, add up to `parts_len` bytes.
-fn batch_head(count: usize, parts_len: usize) -> BatchHead {
-    let mut bytes = [0u8; 11];
-    bytes[..JOBS_TAG.len()].copy_from_slice(JOBS_TAG);
-    let mut array = [0u8; 5];
-    let k = put_array_len(&mut array, count);
-    bytes[JOBS_TAG.len()..JOBS_TAG.len() + k].copy_from_slice(&array[..k]);
-    let len = JOBS_TAG.len() + k;
-    BatchHead {
-        bytes,
-        len,
-        frame_len: len + parts_len,
-    }
 }
 
 /// Writes one [`ToCoordinator::Results`] frame, result by result, into one buffer; a
@@ -1897,10 +1865,13 @@ mod tests {
         fn job_batches_are_serdes_bytes(ids in prop::collection::vec(ids(), 0..40), len in lengths()) {
             let len = len.min(3000);
             let jobs = jobs_of(&ids, len);
-            let frames: Vec<Bytes> = jobs.iter().map(|j| job_frame(j.id, &j.payload)).collect();
+            let frames: Vec<JobFrame> = jobs
+                .iter()
+                .map(|j| JobFrame::from(job_frame(j.id, &j.payload)))
+                .collect();
             let (head, parts) = jobs_frame_parts(&frames);
             let mut batch = head.as_bytes().to_vec();
-            parts.for_each(|part| batch.extend_from_slice(&part));
+            parts.for_each(|part| batch.extend_from_slice(part.as_ref()));
             prop_assert_eq!(batch.len(), head.frame_len());
             let msg = ToWorker::Jobs(jobs.clone());
             prop_assert_eq!(&batch[..], &rmp_serde::to_vec(&msg).unwrap()[..]);
@@ -1909,7 +1880,7 @@ mod tests {
                 .iter()
                 .map(|j| JobFrameBuilder::from_payload(&j.payload).finish(j.id))
                 .collect();
-            let (head, parts) = job_frames_parts(&built);
+            let (head, parts) = jobs_frame_parts(&built);
             let mut again = head.as_bytes().to_vec();
             parts.for_each(|part| again.extend_from_slice(part.as_ref()));
             prop_assert_eq!(&again[..], &batch[..]);
