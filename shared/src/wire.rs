@@ -589,12 +589,14 @@ impl JobFrame {
     /// A small frame of `bytes`, kept in place; `None` when longer than [`INLINE_MAX`].
     #[inline]
     fn inline(bytes: &[u8]) -> Option<Self> {
-        let len = u8::try_from(bytes.len())
-            .ok()
-            .filter(|&n| usize::from(n) <= INLINE_MAX)?;
-        let mut inline = [0u8; INLINE_MAX];
-        inline[..bytes.len()].copy_from_slice(bytes);
-        Some(JobFrame(Repr::Inline { len, bytes: inline }))
+        (bytes.len() <= INLINE_MAX).then(|| {
+            let mut inline = [0u8; INLINE_MAX];
+            inline[..bytes.len()].copy_from_slice(bytes);
+            JobFrame(Repr::Inline {
+                len: bytes.len() as u8, // at most INLINE_MAX
+                bytes: inline,
+            })
+        })
     }
 
     /// The frame's bytes, without the shared tail (the whole frame when in one part).
@@ -824,18 +826,16 @@ impl JobFrameBuilder {
         let head = match self.buf {
             Space::Small { len, bytes } => {
                 let frame = &bytes[start..usize::from(len)];
-                match (&self.tail, u8::try_from(frame.len())) {
-                    (None, Ok(frame_len)) if frame.len() <= INLINE_MAX => {
-                        // A fixed-size move: `start + INLINE_MAX` is within SMALL_BUILD.
-                        let mut inline = [0u8; INLINE_MAX];
-                        inline.copy_from_slice(&bytes[start..start + INLINE_MAX]);
-                        return JobFrame(Repr::Inline {
-                            len: frame_len,
-                            bytes: inline,
-                        });
-                    }
-                    _ => Bytes::copy_from_slice(frame),
+                if self.tail.is_none() && frame.len() <= INLINE_MAX {
+                    // A fixed-size move: `start + INLINE_MAX` is within SMALL_BUILD.
+                    let mut inline = [0u8; INLINE_MAX];
+                    inline.copy_from_slice(&bytes[start..start + INLINE_MAX]);
+                    return JobFrame(Repr::Inline {
+                        len: frame.len() as u8, // at most INLINE_MAX
+                        bytes: inline,
+                    });
                 }
+                Bytes::copy_from_slice(frame)
             }
             Space::Heap(buf) => {
                 if self.tail.is_none() {
