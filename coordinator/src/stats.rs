@@ -79,8 +79,13 @@ pub(crate) struct Tally {
 impl Tally {
     /// Counts one duration.
     pub fn observe(&mut self, d: Duration) {
-        let nanos = d.as_secs().saturating_mul(1_000_000_000) + u64::from(d.subsec_nanos());
-        let bucket = BOUNDS_NS.partition_point(|&bound| bound < nanos);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // The bounds below it, counted without a branch: a search's branches are a coin
+        // toss for every job.
+        let bucket: usize = BOUNDS_NS
+            .iter()
+            .map(|&bound| usize::from(bound < nanos))
+            .sum();
         self.counts[bucket] += 1;
         self.sum_nanos = self.sum_nanos.saturating_add(nanos);
         self.count += 1;
@@ -424,6 +429,23 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duration_counts_in_the_first_bucket_whose_bound_it_does_not_exceed() {
+        for (i, &bound) in BOUNDS_NS.iter().enumerate() {
+            for (nanos, bucket) in [(bound - 1, i), (bound, i), (bound + 1, i + 1)] {
+                let mut tally = Tally::default();
+                tally.observe(Duration::from_nanos(nanos));
+                let mut want = [0; BUCKETS];
+                want[bucket] = 1;
+                assert_eq!(tally.counts, want, "{nanos} ns");
+            }
+        }
+        let mut tally = Tally::default();
+        tally.observe(Duration::ZERO);
+        tally.observe(Duration::MAX);
+        assert_eq!((tally.counts[0], tally.counts[BUCKETS - 1]), (1, 1));
+    }
 
     #[test]
     fn histograms_render_cumulative_buckets() {
