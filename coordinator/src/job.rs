@@ -75,18 +75,18 @@ impl<J: Serialize> JobSender<J> {
     /// the job cannot be encoded (nothing is queued then), and with [`Error::Closed`] once
     /// the coordinator has shut down.
     pub async fn send(&self, job: J) -> Result<JobId> {
-        let frame = payload::encode_job(&job, &self.inner.chain)?;
+        let mut frame = payload::encode_job(&job, &self.inner.chain)?;
         let hub = &self.inner.hub;
-        match hub.try_submit(frame, false) {
+        match hub.try_submit(&mut frame, false) {
             Submit::Sent(id) => Ok(id),
             Submit::Closed => Err(Error::Closed),
-            Submit::NoRoom(frame) => {
+            Submit::NoRoom => {
                 if !hub.wait_for_room().await {
                     return Err(Error::Closed);
                 }
-                match hub.try_submit(frame, true) {
+                match hub.try_submit(&mut frame, true) {
                     Submit::Sent(id) => Ok(id),
-                    Submit::Closed | Submit::NoRoom(_) => Err(Error::Closed),
+                    Submit::Closed | Submit::NoRoom => Err(Error::Closed),
                 }
             }
         }
@@ -132,18 +132,15 @@ impl<J: Serialize> JobSender<J> {
         let mut has_room = false;
         loop {
             let sent = keyed.submit(key, || {
-                let encoded = match frame.take() {
+                let encoded = match &mut frame {
                     Some(f) => f,
-                    None => payload::encode_job(&job, &self.inner.chain)?,
+                    None => frame.insert(payload::encode_job(&job, &self.inner.chain)?),
                 };
                 match hub.try_submit(encoded, has_room) {
                     Submit::Sent(id) => Ok(Some(id)),
                     Submit::Closed => Err(Error::Closed),
-                    Submit::NoRoom(_) if has_room => Err(Error::Closed),
-                    Submit::NoRoom(encoded) => {
-                        frame = Some(encoded);
-                        Ok(None)
-                    }
+                    Submit::NoRoom if has_room => Err(Error::Closed),
+                    Submit::NoRoom => Ok(None),
                 }
             })?;
             match sent {
@@ -207,10 +204,11 @@ impl<J: Serialize> JobSender<J> {
     /// Like [`JobSender::send`], but fails with [`TrySendError::Full`] instead of waiting
     /// when the queue is full.
     pub fn try_send(&self, job: J) -> std::result::Result<JobId, TrySendError> {
-        let frame = payload::encode_job(&job, &self.inner.chain).map_err(TrySendError::Encode)?;
-        match self.inner.hub.try_submit(frame, false) {
+        let mut frame =
+            payload::encode_job(&job, &self.inner.chain).map_err(TrySendError::Encode)?;
+        match self.inner.hub.try_submit(&mut frame, false) {
             Submit::Sent(id) => Ok(id),
-            Submit::NoRoom(_) => Err(TrySendError::Full),
+            Submit::NoRoom => Err(TrySendError::Full),
             Submit::Closed => Err(TrySendError::Closed),
         }
     }

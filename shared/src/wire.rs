@@ -711,6 +711,14 @@ enum Space {
     Heap(Vec<u8>),
 }
 
+impl Space {
+    /// Room for the header and no payload yet, in place.
+    const EMPTY: Space = Space::Small {
+        len: JOB_HEADER_MAX as u8,
+        bytes: [0; SMALL_BUILD],
+    };
+}
+
 /// Most bytes a [`JobFrameBuilder`] writes in place: the header's room and a payload that
 /// makes a frame of up to [`INLINE_MAX`] bytes with any header. Also what lets
 /// [`JobFrameBuilder::finish`] copy a small frame out in one fixed-size move.
@@ -720,10 +728,7 @@ impl JobFrameBuilder {
     /// An empty payload with room for `capacity` bytes of it.
     pub fn with_capacity(capacity: usize) -> Self {
         let buf = if JOB_HEADER_MAX + capacity <= SMALL_BUILD {
-            Space::Small {
-                len: JOB_HEADER_MAX as u8,
-                bytes: [0; SMALL_BUILD],
-            }
+            Space::EMPTY
         } else {
             let mut buf = pool::take(JOB_HEADER_MAX + capacity);
             buf.extend_from_slice(&[0; JOB_HEADER_MAX]);
@@ -815,18 +820,37 @@ impl JobFrameBuilder {
 
     /// Completes the frame of job `id`.
     pub fn finish(mut self, id: JobId) -> JobFrame {
-        let tail = self.tail.as_ref().map_or(0, Bytes::len);
-        let (header, n) = job_header(id, self.payload().len() + tail);
+        self.take_frame(id)
+    }
+
+    /// Completes the frame of job `id` like [`JobFrameBuilder::finish`], and leaves the
+    /// builder empty, as [`JobFrameBuilder::with_capacity`]`(0)` makes it. For a caller that
+    /// lends the builder on its way (`&mut` instead of a move: a builder is over a hundred
+    /// bytes, so each move is a copy).
+    ///
+    /// ```
+    /// use distchan_protocol::{wire::JobFrameBuilder, JobId};
+    ///
+    /// let mut builder = JobFrameBuilder::from_payload(b"payload");
+    /// let frame = builder.take_frame(JobId(300));
+    /// assert_eq!(frame.to_bytes(), JobFrameBuilder::from_payload(b"payload").finish(JobId(300)).to_bytes());
+    /// assert!(builder.payload().is_empty());
+    /// ```
+    pub fn take_frame(&mut self, id: JobId) -> JobFrame {
+        let tail = self.tail.take();
+        let tail_len = tail.as_ref().map_or(0, Bytes::len);
+        let (header, n) = job_header(id, self.payload().len() + tail_len);
         let start = JOB_HEADER_MAX - n;
         // The header ends where the payload starts: copied whole from a window that
         // ends with it (a fixed size, so no call to `memcpy` for a few bytes).
         let mut padded = [0u8; 2 * JOB_HEADER_MAX];
         padded[JOB_HEADER_MAX..].copy_from_slice(&header);
         self.bytes_mut()[..JOB_HEADER_MAX].copy_from_slice(&padded[n..n + JOB_HEADER_MAX]);
-        let head = match self.buf {
+        let head = match &mut self.buf {
             Space::Small { len, bytes } => {
-                let frame = &bytes[start..usize::from(len)];
-                if self.tail.is_none() && frame.len() <= INLINE_MAX {
+                let end = usize::from(std::mem::replace(len, JOB_HEADER_MAX as u8));
+                let frame = &bytes[start..end];
+                if tail.is_none() && frame.len() <= INLINE_MAX {
                     // A fixed-size move: `start + INLINE_MAX` is within SMALL_BUILD.
                     let mut inline = [0u8; INLINE_MAX];
                     inline.copy_from_slice(&bytes[start..start + INLINE_MAX]);
@@ -838,7 +862,9 @@ impl JobFrameBuilder {
                 Bytes::copy_from_slice(frame)
             }
             Space::Heap(buf) => {
-                if self.tail.is_none() {
+                let buf = std::mem::take(buf);
+                self.buf = Space::EMPTY;
+                if tail.is_none() {
                     if let Some(frame) = JobFrame::inline(&buf[start..]) {
                         return frame;
                     }
@@ -848,10 +874,7 @@ impl JobFrameBuilder {
                 head
             }
         };
-        JobFrame(Repr::Shared {
-            head,
-            tail: self.tail,
-        })
+        JobFrame(Repr::Shared { head, tail })
     }
 }
 
@@ -1555,6 +1578,36 @@ mod tests {
             );
             std::io::Write::write_all(&mut builder, &[i as u8]).unwrap();
             payload.push(i as u8);
+        }
+    }
+
+    #[test]
+    fn a_taken_frame_leaves_its_builder_empty_and_reusable() {
+        let tail = Bytes::from(vec![3u8; 300]);
+        for (len, room) in [(16, 16), (16, 500), (300, 300)] {
+            let payload = vec![9u8; len];
+            for shared in [false, true] {
+                let mut builder = JobFrameBuilder::with_capacity(room);
+                std::io::Write::write_all(&mut builder, &payload).unwrap();
+                let mut want = payload.clone();
+                if shared {
+                    builder.share(tail.clone());
+                    want.extend_from_slice(&tail);
+                }
+                let case = format!("{len} bytes, room {room}, shared tail {shared}");
+                let frame = builder.clone().finish(JobId(5));
+                assert_eq!(builder.take_frame(JobId(5)), frame, "{case}");
+                assert_eq!(frame.to_bytes(), job_frame(JobId(5), &want), "{case}");
+                // Empty, with nothing of the first job's left, tail included.
+                assert!(builder.payload().is_empty(), "{case}");
+                assert_eq!(
+                    builder.take_frame(JobId(6)).to_bytes(),
+                    job_frame(JobId(6), b"")
+                );
+                std::io::Write::write_all(&mut builder, b"next").unwrap();
+                let next = builder.take_frame(JobId(1 << 40)).to_bytes();
+                assert_eq!(next, job_frame(JobId(1 << 40), b"next"), "{case}");
+            }
         }
     }
 

@@ -32,11 +32,12 @@ impl Scheduler {
             && !self.outcomes_full()
     }
 
-    /// Gives a job the next id and sends it to a worker at once when `direct`, else puts it
-    /// in the line (the caller dispatches the line afterwards).
+    /// Gives a job the next id, taking its frame from `frame`, and sends it to a worker at
+    /// once when `direct`, else puts it in the line (the caller dispatches the line
+    /// afterwards).
     pub(super) fn admit(
         &mut self,
-        frame: JobFrameBuilder,
+        frame: &mut JobFrameBuilder,
         holds_room: bool,
         direct: bool,
         now: Instant,
@@ -46,7 +47,7 @@ impl Scheduler {
         self.next_id += 1;
         let job = NewJob {
             id,
-            frame: frame.finish(id),
+            frame: frame.take_frame(id),
             at: now,
             holds_room,
         };

@@ -74,8 +74,9 @@ pub(crate) struct Hub {
 pub(crate) enum Submit {
     /// Admitted with this id.
     Sent(JobId),
-    /// The line is full: wait for room, then submit again with it.
-    NoRoom(JobFrameBuilder),
+    /// The line is full: wait for room, then submit the job (still in its builder) again
+    /// with it.
+    NoRoom,
     /// The coordinator has shut down.
     Closed,
 }
@@ -211,9 +212,10 @@ impl Hub {
         }
     }
 
-    /// Admits a job: gives it the next id and dispatches it, or puts it in the line. With
-    /// `has_room` the caller holds a place in the line (from [`Hub::wait_for_room`]).
-    pub fn try_submit(&self, frame: JobFrameBuilder, has_room: bool) -> Submit {
+    /// Admits a job: gives it the next id and dispatches it, or puts it in the line; its
+    /// frame is then taken from `frame`. With `has_room` the caller holds a place in the
+    /// line (from [`Hub::wait_for_room`]).
+    pub fn try_submit(&self, frame: &mut JobFrameBuilder, has_room: bool) -> Submit {
         self.with(|s, wakes| {
             let now = Instant::now();
             let submitted = self.admit_one(s, frame, has_room, now, wakes);
@@ -235,11 +237,11 @@ impl Hub {
         self.with(|s, wakes| {
             let now = Instant::now();
             let mut outcome = Batch::Done;
-            while let Some(frame) = frames.pop_front() {
+            let mut admitted = 0;
+            for frame in frames.iter_mut() {
                 match self.admit_one(s, frame, std::mem::take(&mut has_room), now, wakes) {
                     Submit::Sent(id) => ids.push(id),
-                    Submit::NoRoom(frame) => {
-                        frames.push_front(frame);
+                    Submit::NoRoom => {
                         outcome = Batch::NoRoom;
                         break;
                     }
@@ -248,7 +250,9 @@ impl Hub {
                         break;
                     }
                 }
+                admitted += 1;
             }
+            frames.drain(..admitted);
             s.dispatch(now, wakes);
             outcome
         })
@@ -258,7 +262,7 @@ impl Hub {
     fn admit_one(
         &self,
         s: &mut Scheduler,
-        frame: JobFrameBuilder,
+        frame: &mut JobFrameBuilder,
         mut has_room: bool,
         now: Instant,
         wakes: &mut Wakes,
@@ -273,7 +277,7 @@ impl Hub {
         if !direct && !has_room {
             match self.room.try_take() {
                 Ok(()) => has_room = true,
-                Err(RoomError::Full) => return Submit::NoRoom(frame),
+                Err(RoomError::Full) => return Submit::NoRoom,
                 Err(RoomError::Closed) => return Submit::Closed,
             }
         }

@@ -81,9 +81,9 @@ fn try_join(
 fn submit(hub: &Hub, n: usize) -> Vec<JobId> {
     (0..n)
         .map(
-            |_| match hub.try_submit(JobFrameBuilder::from_payload(b"job"), false) {
+            |_| match hub.try_submit(&mut JobFrameBuilder::from_payload(b"job"), false) {
                 Submit::Sent(id) => id,
-                Submit::NoRoom(_) => panic!("the line is full"),
+                Submit::NoRoom => panic!("the line is full"),
                 Submit::Closed => panic!("shut down"),
             },
         )
@@ -383,15 +383,14 @@ fn the_line_takes_queue_capacity_jobs_beyond_the_free_credit() {
     submit(&hub, 1);
     assert_eq!(sent(&hub, w), ids(0..1));
     answer(&hub, w, JobId(0), Ok("done")); // the credit comes back
-    let admitted =
-        std::iter::from_fn(
-            || match hub.try_submit(JobFrameBuilder::from_payload(b"job"), false) {
-                Submit::Sent(id) => Some(id),
-                Submit::NoRoom(_) | Submit::Closed => None,
-            },
-        )
-        .take(10)
-        .count();
+    let admitted = std::iter::from_fn(|| {
+        match hub.try_submit(&mut JobFrameBuilder::from_payload(b"job"), false) {
+            Submit::Sent(id) => Some(id),
+            Submit::NoRoom | Submit::Closed => None,
+        }
+    })
+    .take(10)
+    .count();
     assert_eq!(
         admitted,
         1 + 2,
@@ -629,8 +628,8 @@ fn a_cancelled_job_in_the_line_leaves_it_and_its_place_is_free_again() {
     assert!(outcomes(&hub).is_empty(), "and reported once");
     assert_eq!(submit(&hub, 1), ids(2..3), "its place in the line is free");
     assert!(matches!(
-        hub.try_submit(JobFrameBuilder::from_payload(b"job"), false),
-        Submit::NoRoom(_)
+        hub.try_submit(&mut JobFrameBuilder::from_payload(b"job"), false),
+        Submit::NoRoom
     ));
     let w = join(&hub, 4);
     assert_eq!(sent(&hub, w), [JobId(1), JobId(2)], "job 0 is never run");
