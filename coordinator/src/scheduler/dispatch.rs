@@ -1,10 +1,7 @@
 //! Dispatch: admitting new jobs, and handing waiting ones to workers with free credit, in
 //! line order, round-robin over the workers.
 
-use distchan_protocol::{
-    wire::{JobFrame, JobFrameBuilder},
-    JobId,
-};
+use distchan_protocol::{wire::JobFrame, JobId};
 use tokio::time::Instant;
 
 use super::{hub::Wakes, Scheduler, WorkerId};
@@ -32,25 +29,11 @@ impl Scheduler {
             && !self.outcomes_full()
     }
 
-    /// Gives a job the next id, taking its frame from `frame`, and sends it to a worker at
-    /// once when `direct`, else puts it in the line (the caller dispatches the line
-    /// afterwards).
-    pub(super) fn admit(
-        &mut self,
-        frame: &mut JobFrameBuilder,
-        holds_room: bool,
-        direct: bool,
-        now: Instant,
-        wakes: &mut Wakes,
-    ) -> JobId {
-        let id = JobId(self.next_id);
+    /// Admits `job`, which has the next id: sends it to a worker at once when `direct`,
+    /// else puts it in the line (the caller dispatches the line afterwards).
+    pub(super) fn admit(&mut self, job: NewJob, direct: bool, now: Instant, wakes: &mut Wakes) {
+        debug_assert_eq!(job.id, JobId(self.next_id), "jobs are admitted in id order");
         self.next_id += 1;
-        let job = NewJob {
-            id,
-            frame: frame.take_frame(id),
-            at: now,
-            holds_room,
-        };
         // A new job is held by no one, so any worker with credit can take it.
         match if direct {
             self.workers.pick(None, |_, _| false)
@@ -65,7 +48,21 @@ impl Scheduler {
             }
             None => self.queue.push_back(job),
         }
-        id
+    }
+
+    /// Admits the jobs senders left (taken into `left`; they have the next ids), in order,
+    /// one at a time: a panic in one leaves the rest for the next step.
+    pub(super) fn admit_left(&mut self, now: Instant, wakes: &mut Wakes) {
+        while let Some((id, frame)) = self.left.pop_front() {
+            let job = NewJob {
+                id,
+                frame,
+                at: now,
+                holds_room: true,
+            };
+            let direct = self.can_dispatch_new();
+            self.admit(job, direct, now, wakes);
+        }
     }
 
     /// Gives every waiting job it can to a worker with credit, in line order.

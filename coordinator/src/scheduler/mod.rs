@@ -4,8 +4,10 @@
 //! All scheduling state is one `Scheduler` inside a [`Hub`], behind a mutex that is held
 //! for a few microseconds at a time and never across an `.await`. There is no scheduler task:
 //! each party does its own step under the lock and leaves, so a job crosses no task of ours
-//! on its way. [`JobSender::send`](crate::JobSender::send) hands a job straight to a
-//! connection's outbox when a worker has credit; the connection that reads a result settles
+//! on its way. A sender that finds the lock taken does not wait for it: it numbers its job
+//! and leaves it for the holder to admit (see `admissions`).
+//! [`JobSender::send`](crate::JobSender::send) hands a job straight to a connection's outbox
+//! when a worker has credit; the connection that reads a result settles
 //! it and gives the freed credit its next job; the result receiver takes outcomes in
 //! batches. Tasks are woken only after the lock is released, and only when they wait.
 //!
@@ -26,6 +28,7 @@
 //!
 //! One file per part:
 //!
+//! - `admissions`: jobs left, numbered, by senders that found the lock taken.
 //! - `hub`: the scheduler behind its lock, every step the rest of the coordinator takes
 //!   with it, the tasks woken once the lock is released, and the metrics it counts.
 //! - `dispatch`: admitting new jobs, and handing waiting jobs to workers with credit.
@@ -44,6 +47,7 @@
 //! - `report`: what the coordinator reports about its workers and at shutdown.
 //! - `tests`: the scheduler driven directly, without sockets.
 
+mod admissions;
 mod cancel;
 mod dispatch;
 mod hub;
@@ -61,6 +65,7 @@ mod workers;
 
 use std::collections::VecDeque;
 
+use distchan_protocol::{wire::JobFrame, JobId};
 use tokio::time::Instant;
 
 use crate::{config::Config, queue::JobQueue, stats::Tallies};
@@ -94,6 +99,9 @@ struct Scheduler {
     grace: Grace,
     /// The id the next admitted job gets.
     next_id: u64,
+    /// Jobs senders left while the lock was taken (see `admissions`), taken from there and
+    /// being admitted, in id order.
+    left: VecDeque<(JobId, JobFrame)>,
     /// Jobs at the front of the line that the last dispatch round could give to no one
     /// (every worker with credit already holds them, after their lease ran out).
     stuck: usize,
@@ -134,6 +142,7 @@ impl Scheduler {
             workers,
             grace: Grace::default(),
             next_id: 0,
+            left: VecDeque::new(),
             stuck: 0,
             outcomes: VecDeque::new(),
             receiver: results,

@@ -173,6 +173,68 @@ fn a_job_submitted_goes_to_a_worker_with_credit_and_waits_without_one() {
     assert_eq!((stats.in_flight, stats.queued), (2, 1));
 }
 
+/// Runs `f` on another thread, to its end.
+fn elsewhere<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| scope.spawn(f).join().expect("the other thread panicked"))
+}
+
+#[test]
+fn jobs_sent_while_the_scheduler_is_held_are_admitted_in_order_once_it_is_released() {
+    let hub = hub(Config::default());
+    let w = join(&hub, 2);
+    // The other thread's sends return at once, numbered, while this one holds the lock.
+    let left = hub.hold(|| elsewhere(|| submit(&hub, 5)));
+    assert_eq!(left, ids(0..5));
+    assert_eq!(
+        sent(&hub, w),
+        ids(0..2),
+        "admitted and dispatched on release"
+    );
+    assert_eq!(hub.stats().queued, 3);
+    assert_eq!(
+        submit(&hub, 1),
+        ids(5..6),
+        "no id is skipped or taken twice"
+    );
+    for first in [0, 2, 4] {
+        answer(&hub, w, JobId(first), Ok("done"));
+        answer(&hub, w, JobId(first + 1), Ok("done"));
+        if first < 4 {
+            assert_eq!(sent(&hub, w), ids(first + 2..first + 4), "in line order");
+        }
+    }
+    let got: Vec<JobId> = outcomes(&hub).iter().map(|o| o.id).collect();
+    assert_eq!(got, ids(0..6), "nothing lost");
+}
+
+#[test]
+fn a_holder_admits_the_jobs_left_with_earlier_ids_before_its_own() {
+    let hub = hub(Config::default());
+    let w = join(&hub, 8);
+    let mut left = Vec::new();
+    let own = hub.submit_after(
+        || left = elsewhere(|| submit(&hub, 3)),
+        &mut JobFrameBuilder::from_payload(b"own"),
+    );
+    assert_eq!(left, ids(0..3));
+    assert!(matches!(own, Submit::Sent(JobId(3))));
+    assert_eq!(sent(&hub, w), ids(0..4));
+}
+
+#[test]
+fn after_shutdown_a_job_sent_while_the_scheduler_is_held_is_refused_and_kept() {
+    let hub = hub(Config::default());
+    assert_eq!(submit(&hub, 1), ids(0..1));
+    // Left while held before the shutdown: admitted, and reported unfinished.
+    assert_eq!(hub.hold(|| elsewhere(|| submit(&hub, 1))), ids(1..2));
+    assert_eq!(hub.shut_down().unfinished, ids(0..2));
+    let mut frame = JobFrameBuilder::from_payload(b"late");
+    // With a place in the line already held, as after waiting for room.
+    let late = hub.hold(|| elsewhere(|| hub.try_submit(&mut frame, true)));
+    assert!(matches!(late, Submit::Closed));
+    assert_eq!(frame.payload(), b"late", "the sender keeps its job");
+}
+
 #[test]
 fn a_result_is_delivered_once_and_its_credit_takes_the_next_job() {
     let hub = hub(Config::default());
