@@ -53,6 +53,7 @@ use distchan_protocol::{
 };
 use hyper_util::rt::TokioIo;
 use tokio::{
+    io::{AsyncRead, AsyncWrite},
     sync::Notify,
     time::{timeout, timeout_at, Instant},
 };
@@ -452,9 +453,10 @@ pub(crate) struct Outlet {
     line: Mutex<Option<Line>>,
 }
 
-/// The connection's WebSocket, and what its writer keeps between rounds.
-struct Line {
-    ws: WebSocket,
+/// The connection's WebSocket, and what its writer keeps between rounds (over any socket
+/// `S`, for tests; a worker's is always a [`WebSocket`]).
+struct Line<S = TokioIo<hyper::upgrade::Upgraded>> {
+    ws: websocket::WebSocket<S>,
     /// True once the connection's end was read: [`Outlet::write_now`] leaves jobs where
     /// they are.
     ending: bool,
@@ -464,7 +466,7 @@ struct Line {
     jobs: JobBatch,
 }
 
-impl Line {
+impl<S: AsyncRead + AsyncWrite + Unpin> Line<S> {
     /// Queues job `frame`: a small one joins the batch, a large one goes alone, after the
     /// batch. Returns the bytes queued.
     fn queue_job(&mut self, frame: JobFrame) -> u64 {
@@ -610,7 +612,10 @@ impl JobBatch {
 
     /// Queues the jobs gathered on `ws`: one alone as its own frame, several as one
     /// [`ToWorker::Jobs`] message. Returns the bytes queued.
-    fn queue(&mut self, ws: &mut WebSocket) -> u64 {
+    fn queue<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        ws: &mut websocket::WebSocket<S>,
+    ) -> u64 {
         let queued = match self.frames.len() {
             0 => 0,
             1 => {
@@ -728,5 +733,60 @@ fn read_error(e: tungstenite::Error) -> Error {
             }
         }
         other => Error::connection_from("read failed", other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use distchan_protocol::{read_ahead::ReadPool, wire::JobFrameBuilder};
+    use futures_util::StreamExt;
+    use tokio_tungstenite::{
+        tungstenite::protocol::{Role, WebSocketConfig},
+        WebSocketStream,
+    };
+
+    use super::*;
+    use crate::socket::Socket;
+
+    #[tokio::test]
+    async fn a_small_frame_with_a_shared_tail_goes_alone_not_in_a_batch() {
+        let (io, peer) = tokio::io::duplex(1 << 20);
+        let socket = Socket::new(io, Arc::new(ReadPool::new(1)));
+        let mut line = Line {
+            ws: websocket::WebSocket::server(socket, WebSocketConfig::default()).await,
+            ending: false,
+            out: Vec::new(),
+            jobs: JobBatch::default(),
+        };
+        let mut client = WebSocketStream::from_raw_socket(peer, Role::Client, None).await;
+        let plain = |id| JobFrame::from(wire::job_frame(JobId(id), b"plain"));
+        let mut builder = JobFrameBuilder::with_capacity(2);
+        builder.write_all(b"ab").unwrap();
+        builder.share(Bytes::from_static(b"tail"));
+        let tailed = builder.finish(JobId(1));
+        assert!(!tailed.tail().is_empty() && tailed.len() <= BATCHED_JOB_MAX);
+        for frame in [plain(0), tailed.clone(), plain(2), plain(3)] {
+            line.queue_job(frame);
+        }
+        line.jobs.queue(&mut line.ws);
+        line.ws.send(Message::Binary("end".into())).await.unwrap();
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            match client.next().await.unwrap().unwrap() {
+                Message::Binary(bytes) => got.push(bytes),
+                other => panic!("expected a binary message, got {other:?}"),
+            }
+        }
+        // The first job went alone ahead of the tailed one, whole; the last two in a batch.
+        assert_eq!(got[0], plain(0).to_bytes());
+        assert_eq!(got[1], tailed.to_bytes(), "the tail was written");
+        let ToWorker::Jobs(batch) = wire::decode_to_worker(&got[2]).unwrap() else {
+            panic!("the last two jobs were not a batch");
+        };
+        let ids: Vec<JobId> = batch.iter().map(|job| job.id).collect();
+        assert_eq!(ids, [JobId(2), JobId(3)]);
+        assert_eq!(&got[3][..], b"end");
     }
 }
