@@ -4,9 +4,10 @@
 //! that worker; otherwise it takes one of the line's `queue_capacity` places (its sender
 //! waits while none is free, which is the senders' backpressure) and waits here, frame and
 //! all, until a worker has credit. A job whose sender found the scheduler busy and left it
-//! for the scheduler's holder takes a place in any case, until it is dispatched. Jobs taken back from workers (lost, or overrun) go to the
-//! front, ahead of new ones, without taking a place: they were admitted already, and wait
-//! by id, their frame staying in the scheduler's in-flight table.
+//! for the scheduler's holder takes a place in any case, until it is dispatched. Jobs taken
+//! back from workers (lost, or overrun) go to the front, ahead of new ones, without taking a
+//! place: they were admitted already, and wait by id, their frame staying in the
+//! scheduler's in-flight table.
 //!
 //! The places themselves are [`Room`], a semaphore kept next to the scheduler's lock rather
 //! than under it, so that a sender can wait for one without holding the lock; a job gives

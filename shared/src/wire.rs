@@ -833,7 +833,8 @@ impl JobFrameBuilder {
     ///
     /// let mut builder = JobFrameBuilder::from_payload(b"payload");
     /// let frame = builder.take_frame(JobId(300));
-    /// assert_eq!(frame.to_bytes(), JobFrameBuilder::from_payload(b"payload").finish(JobId(300)).to_bytes());
+    /// let finished = JobFrameBuilder::from_payload(b"payload").finish(JobId(300));
+    /// assert_eq!(frame.to_bytes(), finished.to_bytes());
     /// assert!(builder.payload().is_empty());
     /// ```
     pub fn take_frame(&mut self, id: JobId) -> JobFrame {

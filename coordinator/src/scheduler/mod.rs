@@ -7,9 +7,9 @@
 //! on its way. A sender that finds the lock taken does not wait for it: it numbers its job
 //! and leaves it for the holder to admit (see `admissions`).
 //! [`JobSender::send`](crate::JobSender::send) hands a job straight to a connection's outbox
-//! when a worker has credit; the connection that reads a result settles
-//! it and gives the freed credit its next job; the result receiver takes outcomes in
-//! batches. Tasks are woken only after the lock is released, and only when they wait.
+//! when a worker has credit; the connection that reads a result settles it and gives the
+//! freed credit its next job; the result receiver takes outcomes in batches. Tasks are
+//! woken only after the lock is released, and only when they wait.
 //!
 //! - **Credit**: a worker never holds more unanswered jobs than the capacity it declared;
 //!   with adaptive windows (the default), than the window it has earned by answering
