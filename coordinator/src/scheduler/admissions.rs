@@ -83,7 +83,11 @@ impl Admissions {
     /// Moves the waiting jobs into `into`, in id order; waits for a sender that is leaving
     /// one.
     pub(super) fn take(&self, into: &mut VecDeque<(JobId, JobFrame)>) {
-        let mut waiting = self.waiting();
+        self.move_out(&mut self.waiting(), into);
+    }
+
+    /// Moves the jobs of `waiting` (its lock held) into `into`: none is pending any more.
+    fn move_out(&self, waiting: &mut Waiting, into: &mut VecDeque<(JobId, JobFrame)>) {
         into.append(&mut waiting.jobs);
         self.pending.store(false, Ordering::Relaxed);
     }
@@ -97,8 +101,7 @@ impl Admissions {
         if waiting.jobs.is_empty() {
             return Some(self.next_id.fetch_add(1, Ordering::Relaxed));
         }
-        into.append(&mut waiting.jobs);
-        self.pending.store(false, Ordering::Relaxed);
+        self.move_out(&mut waiting, into);
         None
     }
 
@@ -106,8 +109,7 @@ impl Admissions {
     pub(super) fn close(&self, into: &mut VecDeque<(JobId, JobFrame)>) {
         let mut waiting = self.waiting();
         waiting.closed = true;
-        into.append(&mut waiting.jobs);
-        self.pending.store(false, Ordering::Relaxed);
+        self.move_out(&mut waiting, into);
     }
 }
 
