@@ -389,10 +389,16 @@ impl Report {
             }
         }
         if let Some(r) = tiny(256) {
+            // The floor was set in a sitting whose echo did 3.09M: 65% of it. Absolute
+            // figures move with the hour, so the row shows this run's echo beside it.
             targets.push(TargetRow {
-                target: "16 B jobs, K=2, W=256: >= 1M jobs/s (goal)".into(),
-                figure: rate(r.ours_per_s),
-                status: verdict(r.ours_per_s >= 1e6),
+                target: "16 B jobs, K=2, W=256: >= 2M jobs/s (65% of the echo when set)".into(),
+                figure: format!(
+                    "{} ({} of this run's echo)",
+                    rate(r.ours_per_s),
+                    r.ratio.map(pct).unwrap_or_else(|| "-".into())
+                ),
+                status: verdict(r.ours_per_s >= 2e6),
             });
         }
         for (work, floor, what) in [
@@ -436,6 +442,19 @@ impl Report {
         }
         if let Some(p) = &self.pipe {
             targets.push(TargetRow {
+                target: format!(
+                    "pipe mode, {} JSON lines, 2 workers: >= 600k lines/s",
+                    p.lines
+                ),
+                figure: rate(p.per_s),
+                status: if p.workers == 2 && p.lines >= 1_000_000 {
+                    verdict(p.per_s >= 600e3)
+                } else {
+                    // Quick runs pipe fewer lines: start-up weighs more than in the floor's run.
+                    "n/a".into()
+                },
+            });
+            targets.push(TargetRow {
                 target: "pipe mode, --journal: >= 80% of the throughput without".into(),
                 figure: format!(
                     "{} ({} lines with vs {} without)",
@@ -476,7 +495,7 @@ impl Report {
             });
         }
         if let Some(r) = self.large.iter().find(|r| r.payload_bytes == 1 << 20) {
-            for (floor, what) in [(1e9, "1 GB/s"), (1.5e9, "1.5 GB/s (goal)")] {
+            for (floor, what) in [(1e9, "1 GB/s"), (2e9, "2 GB/s")] {
                 targets.push(TargetRow {
                     target: format!("1 MiB payloads, K=2: >= {what}"),
                     figure: format!(
