@@ -169,7 +169,16 @@ impl Hub {
     /// Runs `f` under the lock, after admitting the jobs left meanwhile, then wakes whom it
     /// asked for.
     fn with<T>(&self, f: impl FnOnce(&mut Scheduler, &mut Wakes) -> T) -> T {
-        let out = self.step(self.lock(), f);
+        self.with_held(self.lock(), f)
+    }
+
+    /// [`Hub::with`] on the scheduler `s`, already locked.
+    fn with_held<T>(
+        &self,
+        s: MutexGuard<'_, Scheduler>,
+        f: impl FnOnce(&mut Scheduler, &mut Wakes) -> T,
+    ) -> T {
+        let out = self.step(s, f);
         self.relay();
         out
     }
@@ -290,14 +299,12 @@ impl Hub {
                 None => self.lock(),
             },
         };
-        let submitted = self.step(s, |s, wakes| {
+        self.with_held(s, |s, wakes| {
             let now = Instant::now();
             let submitted = self.admit_one(s, frame, has_room, now, wakes);
             s.dispatch(now, wakes);
             submitted
-        });
-        self.relay();
-        submitted
+        })
     }
 
     /// Leaves the job in `frame` for the scheduler's holder; `None` when the line has no
@@ -420,13 +427,11 @@ impl Hub {
         meanwhile: impl FnOnce(),
         frame: &mut JobFrameBuilder,
     ) -> Submit {
-        let submitted = self.step(self.lock(), |s, wakes| {
+        self.with(|s, wakes| {
             meanwhile();
             let now = Instant::now();
             self.admit_one(s, frame, false, now, wakes)
-        });
-        self.relay();
-        submitted
+        })
     }
 
     /// Waits for a place in the line; `false` once the coordinator has shut down.
